@@ -1,0 +1,55 @@
+"""The codebook delay pattern: codebook k runs `delay[k]` steps behind codebook 0.
+
+Mono (K = 4): delays 0,1,2,3. Stereo (K = 8, ordered L1,R1,L2,R2,...): delays 0,0,1,1,2,2,3,3.
+A sequence of `length` decoder positions (position 0 is the start token) carries, for codebook k,
+audio frame f at position 1 + delay[k] + f; every other position holds the pad token. So `length`
+positions hold `length - 1 - max(delay)` whole frames. Example, 4 codebooks, length 8 (P = pad):
+
+    P a0 a1 a2 a3 P  P  P
+    P P  b0 b1 b2 b3 P  P
+    P P  P  c0 c1 c2 c3 P
+    P P  P  P  d0 d1 d2 d3
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+UNKNOWN = -1  # a position the model has to fill in
+
+
+def codebook_delays(num_codebooks: int, audio_channels: int = 1) -> list[int]:
+    return [k // audio_channels for k in range(num_codebooks)]
+
+
+def num_frames(length: int, delays: list[int]) -> int:
+    """How many whole audio frames a delayed sequence of `length` positions holds."""
+    return length - 1 - max(delays)
+
+
+def build_pattern(prompt: Tensor, length: int, delays: list[int], pad: int) -> Tensor:
+    """Lay out known frames prompt [B, K, P] over `length` positions -> [B, K, length].
+
+    Positions that hold a prompt frame or padding are set; the ones left to generate are UNKNOWN.
+    """
+    B, K, P = prompt.shape
+    pattern = torch.full((B, K, length), UNKNOWN, dtype=torch.long, device=prompt.device)
+    frames = num_frames(length, delays)
+    for k, d in enumerate(delays):
+        pattern[:, k, : 1 + d] = pad  # before the first frame (and the start token)
+        pattern[:, k, 1 + d + frames :] = pad  # after the last frame
+        pattern[:, k, 1 + d : 1 + d + P] = prompt[:, k]
+    return pattern
+
+
+def first_unknown(pattern: Tensor) -> int:
+    """The first position with something left to generate (codebook 0 has no delay, so look there)."""
+    unknown = (pattern[:, 0] == UNKNOWN).any(dim=0).nonzero()
+    return int(unknown[0]) if len(unknown) else pattern.shape[-1]
+
+
+def undelay(sequence: Tensor, delays: list[int]) -> Tensor:
+    """[B, K, length] delayed sequence -> [B, K, frames] aligned audio codes."""
+    frames = num_frames(sequence.shape[-1], delays)
+    return torch.stack([sequence[:, k, 1 + d : 1 + d + frames] for k, d in enumerate(delays)], dim=1)

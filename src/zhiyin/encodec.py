@@ -1,0 +1,255 @@
+"""EnCodec: the neural audio codec whose discrete codes MusicGen models (32 kHz, mono, 4 codebooks).
+
+A SEANet convolutional encoder turns audio [B, C, T] into latents [B, D, T / hop]; a residual vector
+quantizer (RVQ) turns each latent frame into K codebook indices; the decoder mirrors the encoder.
+
+Module and attribute names follow the Hugging Face checkpoints, so that after `fold_weight_norm` the
+checkpoint keys load directly (`encoder.layers.0.conv.weight`, `quantizer.layers.0.codebook.embed`, ...).
+Weight norm is folded at load, so every convolution here is a plain nn.Conv1d / nn.ConvTranspose1d.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import EncodecConfig
+
+# Codebook buffers the checkpoints carry for k-means training; inference never reads them.
+IGNORED_CHECKPOINT_SUFFIXES = ("codebook.inited", "codebook.cluster_size", "codebook.embed_avg")
+
+
+def _pad1d(x: Tensor, left: int, right: int, mode: str) -> Tensor:
+    """F.pad on the last dim; reflect padding on an input shorter than the pad gets zeros appended first."""
+    if mode != "reflect":
+        return F.pad(x, (left, right), mode=mode)
+    length = x.shape[-1]
+    extra = max(left, right) - length + 1 if length <= max(left, right) else 0
+    x = F.pad(x, (0, extra))
+    x = F.pad(x, (left, right), mode="reflect")
+    return x[..., : x.shape[-1] - extra]
+
+
+class EncodecConv1d(nn.Module):
+    """Conv1d that pads its input itself so that the output has exactly ceil(T / stride) frames."""
+
+    def __init__(self, config: EncodecConfig, c_in: int, c_out: int, kernel_size: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        if config.norm_type not in ("weight_norm", "time_group_norm"):
+            raise ValueError(f"norm_type must be 'weight_norm' or 'time_group_norm', got {config.norm_type!r}")
+        self.causal = config.use_causal_conv
+        self.pad_mode = config.pad_mode
+        self.conv = nn.Conv1d(c_in, c_out, kernel_size, stride, dilation=dilation)
+        self.norm = nn.GroupNorm(1, c_out) if config.norm_type == "time_group_norm" else None
+        self.stride = stride
+        self.padding_total = (kernel_size - 1) * dilation + 1 - stride  # effective kernel minus stride
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, C_in, T] -> [B, C_out, ceil(T / stride)]
+        length = x.shape[-1]
+        # extra right padding so that the last window is complete: padded length = ceil(T / s) * s + padding_total
+        extra = math.ceil(length / self.stride) * self.stride - length
+        if self.causal:
+            left, right = self.padding_total, 0
+        else:
+            right = self.padding_total // 2
+            left = self.padding_total - right
+        x = self.conv(_pad1d(x, left, right + extra, self.pad_mode))
+        return x if self.norm is None else self.norm(x)
+
+
+class EncodecConvTranspose1d(nn.Module):
+    """ConvTranspose1d that trims its fixed padding: T frames in, T * stride samples out."""
+
+    def __init__(self, config: EncodecConfig, c_in: int, c_out: int, kernel_size: int, stride: int = 1):
+        super().__init__()
+        if config.norm_type not in ("weight_norm", "time_group_norm"):
+            raise ValueError(f"norm_type must be 'weight_norm' or 'time_group_norm', got {config.norm_type!r}")
+        if not (config.use_causal_conv or config.trim_right_ratio == 1.0):
+            raise ValueError("trim_right_ratio != 1.0 only makes sense for causal convolutions")
+        self.conv = nn.ConvTranspose1d(c_in, c_out, kernel_size, stride)
+        self.norm = nn.GroupNorm(1, c_out) if config.norm_type == "time_group_norm" else None
+        padding_total = kernel_size - stride
+        if config.use_causal_conv:
+            self.trim_right = math.ceil(padding_total * config.trim_right_ratio)
+        else:
+            self.trim_right = padding_total // 2
+        self.trim_left = padding_total - self.trim_right
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, C_in, T] -> [B, C_out, T * stride]
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x[..., self.trim_left : x.shape[-1] - self.trim_right]
+
+
+class EncodecLSTM(nn.Module):
+    """Multi-layer LSTM over time with a skip connection, on channel-first tensors."""
+
+    def __init__(self, config: EncodecConfig, dim: int):
+        super().__init__()
+        self.lstm = nn.LSTM(dim, dim, config.num_lstm_layers)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, C, T]
+        x = x.permute(2, 0, 1)  # [T, B, C]
+        x = self.lstm(x)[0] + x
+        return x.permute(1, 2, 0)  # [B, C, T]
+
+
+class EncodecResnetBlock(nn.Module):
+    """SEANet residual block: ELU, conv k (dim -> dim / compress), ELU, conv 1 (-> dim), plus a shortcut."""
+
+    def __init__(self, config: EncodecConfig, dim: int, dilation: int):
+        super().__init__()
+        hidden = dim // config.compress
+        self.block = nn.ModuleList([
+            nn.ELU(),
+            EncodecConv1d(config, dim, hidden, config.residual_kernel_size, dilation=dilation),
+            nn.ELU(),
+            EncodecConv1d(config, hidden, dim, 1),
+        ])
+        self.shortcut = EncodecConv1d(config, dim, dim, 1) if config.use_conv_shortcut else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, dim, T]
+        y = x
+        for layer in self.block:
+            y = layer(y)
+        return self.shortcut(x) + y
+
+
+class EncodecEncoder(nn.Module):
+    """SEANet encoder: audio [B, C, T] -> latents [B, hidden_size, ceil(T / hop_length)]."""
+
+    def __init__(self, config: EncodecConfig):
+        super().__init__()
+        dim = config.num_filters
+        layers: list[nn.Module] = [EncodecConv1d(config, config.audio_channels, dim, config.kernel_size)]
+        for ratio in reversed(config.upsampling_ratios):
+            for j in range(config.num_residual_layers):
+                layers.append(EncodecResnetBlock(config, dim, config.dilation_growth_rate**j))
+            layers += [nn.ELU(), EncodecConv1d(config, dim, dim * 2, kernel_size=2 * ratio, stride=ratio)]
+            dim *= 2
+        layers += [EncodecLSTM(config, dim), nn.ELU(), EncodecConv1d(config, dim, config.hidden_size, config.last_kernel_size)]
+        self.layers = nn.ModuleList(layers)  # ELUs are list entries too, so the checkpoint indices line up
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class EncodecDecoder(nn.Module):
+    """SEANet decoder: latents [B, hidden_size, frames] -> audio [B, C, frames * hop_length]."""
+
+    def __init__(self, config: EncodecConfig):
+        super().__init__()
+        dim = config.num_filters * 2 ** len(config.upsampling_ratios)
+        layers: list[nn.Module] = [EncodecConv1d(config, config.hidden_size, dim, config.kernel_size), EncodecLSTM(config, dim)]
+        for ratio in config.upsampling_ratios:
+            layers += [nn.ELU(), EncodecConvTranspose1d(config, dim, dim // 2, kernel_size=2 * ratio, stride=ratio)]
+            dim //= 2
+            for j in range(config.num_residual_layers):
+                layers.append(EncodecResnetBlock(config, dim, config.dilation_growth_rate**j))
+        layers += [nn.ELU(), EncodecConv1d(config, dim, config.audio_channels, config.last_kernel_size)]
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class EncodecCodebook(nn.Module):
+    """One codebook: `embed` [codebook_size, codebook_dim], nearest neighbour in Euclidean distance."""
+
+    def __init__(self, config: EncodecConfig):
+        super().__init__()
+        self.register_buffer("embed", torch.zeros(config.codebook_size, config.codebook_dim))
+
+    def encode(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, T]
+        # Distances in float32 even for bf16 weights: the argmax is sensitive to rounding.
+        # Same expression as the reference, so float32 codes are bit-identical.
+        flat = x.reshape(-1, x.shape[-1]).float()  # [B*T, D]
+        embed = self.embed.float().t()  # [D, N]
+        dist = -(flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed + embed.pow(2).sum(0, keepdim=True))
+        return dist.max(dim=-1).indices.view(x.shape[:-1])
+
+    def decode(self, codes: Tensor) -> Tensor:  # [B, T] -> [B, T, D]
+        return F.embedding(codes, self.embed)
+
+
+class EncodecVectorQuantization(nn.Module):
+    """Wrapper that exists only so that the key reads `quantizer.layers.{k}.codebook.embed`."""
+
+    def __init__(self, config: EncodecConfig):
+        super().__init__()
+        self.codebook = EncodecCodebook(config)
+
+
+class EncodecResidualVectorQuantizer(nn.Module):
+    """K codebooks in sequence: each one quantizes what the previous ones left over."""
+
+    def __init__(self, config: EncodecConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([EncodecVectorQuantization(config) for _ in range(config.num_quantizers)])
+
+    def encode(self, x: Tensor, num_quantizers: int) -> Tensor:  # [B, D, T] -> [B, K, T]
+        residual = x.transpose(1, 2)  # [B, T, D]
+        codes = []
+        for layer in self.layers[:num_quantizers]:
+            idx = layer.codebook.encode(residual)  # [B, T]
+            residual = residual - layer.codebook.decode(idx)
+            codes.append(idx)
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: Tensor) -> Tensor:  # [B, K, T] -> [B, D, T]
+        out = 0
+        for k in range(codes.shape[1]):
+            out = out + self.layers[k].codebook.decode(codes[:, k])  # [B, T, D]
+        return out.transpose(1, 2)
+
+
+class EncodecModel(nn.Module):
+    def __init__(self, config: EncodecConfig):
+        super().__init__()
+        if 2 ** int(math.log2(config.codebook_size)) != config.codebook_size:
+            raise ValueError("codebook_size must be a power of 2")
+        self.config = config
+        self.encoder = EncodecEncoder(config)
+        self.decoder = EncodecDecoder(config)
+        self.quantizer = EncodecResidualVectorQuantizer(config)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.quantizer.layers[0].codebook.embed.dtype
+
+    def num_quantizers_for_bandwidth(self, bandwidth: float) -> int:
+        bits_per_frame = math.log2(self.config.codebook_size) * self.config.frame_rate
+        return max(1, math.floor(bandwidth * 1000 / bits_per_frame))
+
+    def encode(self, input_values: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Audio [B, C, T] -> codes [B, K, ceil(T / hop_length)] at the smallest bandwidth (MusicGen's setting).
+
+        As in the reference, `padding_mask` ([B, T] or [B, C, T], 1 = real sample) only zeroes the padded
+        samples before encoding: every item still gets ceil(T / hop_length) frames, codes over padding included.
+        """
+        if self.config.normalize:
+            # The reference would divide by the input RMS and hand the scale to decode; MusicGen
+            # checkpoints have normalize=false, and our codes-only API has nowhere to carry a scale.
+            raise NotImplementedError("EnCodec with normalize=True is not supported")
+        if self.config.chunk_length_s is not None:
+            raise NotImplementedError("chunked EnCodec (chunk_length_s set) is not supported")
+        if input_values.dim() != 3 or input_values.shape[1] != self.config.audio_channels:
+            raise ValueError(f"expected audio [B, {self.config.audio_channels}, T], got {tuple(input_values.shape)}")
+        x = input_values.to(self.dtype)
+        if padding_mask is not None:
+            mask = padding_mask.reshape(padding_mask.shape[0], -1, padding_mask.shape[-1]).bool()  # [B, 1 or C, T]
+            x = x * mask
+        latents = self.encoder(x)  # [B, D, frames]
+        return self.quantizer.encode(latents, self.num_quantizers_for_bandwidth(self.config.target_bandwidths[0]))
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes [B, K, frames] -> audio [B, C, frames * hop_length]."""
+        return self.decoder(self.quantizer.decode(codes))

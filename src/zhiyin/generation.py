@@ -1,0 +1,57 @@
+"""The autoregressive loop over the delay pattern, separate from the model.
+
+One call: prefill the known positions (start token, audio prompt), then one decoder step per position,
+each step choosing K tokens (guided and sampled as `SamplingSettings` says) and keeping the pattern's known
+values where it has them. Returns the aligned audio codes [B, K, frames].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .decoder import CrossKV, MusicgenDecoder
+from .delay_pattern import UNKNOWN, build_pattern, codebook_delays, first_unknown, undelay
+from .sampling import SamplingSettings, next_tokens
+
+
+@torch.inference_mode()
+def generate_codes(
+    decoder: MusicgenDecoder,
+    cross: CrossKV,
+    prompt: Tensor,
+    max_new_tokens: int,
+    settings: SamplingSettings,
+    progress: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """prompt [B, K, P] audio codes (P may be 0); cross holds 2B rows with guidance, B without.
+
+    The sequence is 1 (start token) + P + max_new_tokens positions long, as in the reference, so it holds
+    P + max_new_tokens - max_delay frames.
+    """
+    config = decoder.config
+    delays = codebook_delays(config.num_codebooks, config.audio_channels)
+    B = prompt.shape[0]
+    length = 1 + prompt.shape[-1] + max_new_tokens
+    pattern = build_pattern(prompt, length, delays, pad=config.pad_token_id)  # [B, K, length]
+    sequence = pattern.clone()
+    start = first_unknown(pattern)
+    rows = 2 * B if settings.uses_guidance else B
+
+    def inputs(columns: Tensor) -> Tensor:  # [B, K, T] -> decoder rows
+        return columns.repeat(2, 1, 1) if settings.uses_guidance else columns
+
+    decoder.setup_caches(rows, length)
+    try:
+        logits = decoder(inputs(sequence[:, :, :start]), cross, start=0)[:, :, -1]  # [rows, K, V]
+        for position in tqdm(range(start, length), disable=not progress, desc="generating", unit="step"):
+            tokens = next_tokens(logits, settings, generator)  # [B, K]
+            known = pattern[:, :, position]
+            sequence[:, :, position] = torch.where(known == UNKNOWN, tokens, known)
+            if position + 1 < length:
+                logits = decoder(inputs(sequence[:, :, position : position + 1]), cross, start=position)[:, :, -1]
+    finally:
+        decoder.free_caches()
+    return undelay(sequence, delays)

@@ -1,0 +1,70 @@
+"""Finding a checkpoint's files: a local folder, or a Hugging Face hub id downloaded and cached with
+`huggingface_hub` (which honours HF_HUB_OFFLINE, HF_HOME, HF_HUB_CACHE and the other usual variables)."""
+
+from __future__ import annotations
+
+import os
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The checkpoint can't be had: no such folder, no such hub repo, or offline and not cached."""
+
+
+def _is_local(name_or_path: str) -> bool:
+    return os.path.isdir(name_or_path) or name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1) or os.path.exists(name_or_path)
+
+
+def resolve_file(name_or_path: str | os.PathLike, filename: str, required: bool = True, **hub_kwargs) -> str | None:
+    """Path of `filename` in a local checkpoint folder or hub repo; None if it is absent and not required.
+
+    hub_kwargs go to `huggingface_hub.hf_hub_download` (revision, cache_dir, token, local_files_only).
+    """
+    name = os.fspath(name_or_path)
+    if _is_local(name):
+        folder = os.path.expanduser(name)
+        if not os.path.isdir(folder):
+            raise ModelNotFoundError(f"model folder '{name}' does not exist: pass a folder holding config.json, or a hub id such as facebook/musicgen-small")
+        path = os.path.join(folder, filename)
+        if os.path.isfile(path):
+            return path
+        if required:
+            raise ModelNotFoundError(f"'{name}' has no {filename}: is it a MusicGen checkpoint folder?")
+        return None
+    return _hub_file(name, filename, required, **hub_kwargs)
+
+
+def _hub_file(repo_id: str, filename: str, required: bool, **hub_kwargs) -> str | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return hf_hub_download(repo_id, filename, **hub_kwargs)
+    except LocalEntryNotFoundError as e:
+        # Offline (or the hub is unreachable) and the file is not in the cache. For an optional file of a repo
+        # whose config is cached, "not cached" most likely means "the repo has no such file".
+        if not required:
+            return None
+        raise ModelNotFoundError(
+            f"cannot get '{repo_id}': the Hugging Face hub is unreachable (offline or HF_HUB_OFFLINE=1) and "
+            f"{filename} is not in the local cache. Download it once on a machine with internet "
+            f"(`hf download {repo_id}`), or pass the path of a local checkpoint folder instead."
+        ) from e
+    except GatedRepoError as e:
+        raise ModelNotFoundError(f"'{repo_id}' is gated on the hub: accept its terms and log in (`hf auth login`)") from e
+    except RepositoryNotFoundError as e:
+        raise ModelNotFoundError(f"no model '{repo_id}' on the Hugging Face hub (nor a local folder of that name): check the name, e.g. facebook/musicgen-small") from e
+    except RevisionNotFoundError as e:
+        raise ModelNotFoundError(f"'{repo_id}' has no revision {hub_kwargs.get('revision')!r}") from e
+    except EntryNotFoundError as e:
+        if required:
+            raise ModelNotFoundError(f"'{repo_id}' has no {filename}: is it a MusicGen checkpoint?") from e
+        return None
+    except HFValidationError as e:
+        raise ModelNotFoundError(f"'{repo_id}' is neither a local folder nor a valid hub id (like facebook/musicgen-small)") from e

@@ -1,0 +1,351 @@
+"""`MusicgenForConditionalGeneration`: T5 text encoder + MusicGen decoder + EnCodec, with the Hugging Face-style
+`from_pretrained` / `generate` / `get_unconditional_inputs` / `save_pretrained`.
+
+    text ──T5──> [B, S, 768] ──enc_to_dec_proj──> [B, S, D] ──cross-attention──┐
+    audio prompt ──EnCodec.encode──> codes [B, K, P] ──delay pattern──> decoder ─┴─> codes [B, K, F]
+    codes ──EnCodec.decode──> audio [B, channels, F * 640]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import hub, weights
+from .config import GenerationConfig, MusicgenConfig
+from .decoder import CrossKV, MusicgenDecoder
+from .delay_pattern import codebook_delays, num_frames
+from .encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel
+from .generation import generate_codes
+from .sampling import SamplingSettings
+from .t5 import T5Encoder
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelInputs(dict):
+    """A dict whose keys are also attributes, so that `model.generate(**inputs)` and `inputs.input_ids` both work."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype '{dtype}': use one of {', '.join(_DTYPES)} (or 'auto' for the checkpoint's)")
+    return _DTYPES[name]
+
+
+def _as_tensor(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Tensor | None:
+    if value is None:
+        return None
+    tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
+    return tensor.to(device=device, dtype=dtype) if dtype is not None else tensor.to(device)
+
+
+class MusicgenForConditionalGeneration(nn.Module):
+    def __init__(self, config: MusicgenConfig, generation_config: GenerationConfig | None = None):
+        super().__init__()
+        self.config = config
+        self.generation_config = generation_config or GenerationConfig()
+        self.text_encoder = T5Encoder(config.text_encoder)
+        self.enc_to_dec_proj = (
+            nn.Linear(config.text_encoder.hidden_size, config.decoder.hidden_size) if config.needs_enc_to_dec_proj else None
+        )
+        self.audio_encoder = EncodecModel(config.audio_encoder)
+        self.decoder = MusicgenDecoder(config.decoder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.final_norm.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.final_norm.weight.dtype
+
+    # ---- loading and saving ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        *,
+        torch_dtype: str | torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+    ) -> "MusicgenForConditionalGeneration":
+        """Load a checkpoint from a local folder or a hub id (e.g. 'facebook/musicgen-small').
+
+        dtype: float32 (default), bfloat16, float16, or 'auto' for the dtype the weights are stored in.
+        """
+        dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+        hub_kwargs = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+        config_path = hub.resolve_file(name_or_path, "config.json", **hub_kwargs)
+        with open(config_path, encoding="utf-8") as f:
+            raw = json.load(f)
+        if raw.get("model_type") == "musicgen_melody":
+            raise ValueError(f"'{name_or_path}' is a melody checkpoint (musicgen_melody), which zhiyin does not support yet")
+        config = MusicgenConfig.from_dict(raw)
+        generation_path = hub.resolve_file(name_or_path, "generation_config.json", required=False, **hub_kwargs)
+        generation_config = GenerationConfig.from_json_file(generation_path) if generation_path else None
+
+        state = weights.read_state_dict(_weight_files(name_or_path, hub_kwargs))
+        state = weights.from_checkpoint(state)
+        stored_dtype = next(iter(state.values())).dtype
+        with torch.device("meta"):
+            model = cls(config, generation_config)
+        model._load_converted(state, str(name_or_path))
+        target = stored_dtype if dtype == "auto" else (dtype or torch.float32)
+        model.to(dtype=target)
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+    def _load_converted(self, state: dict[str, Tensor], name: str) -> None:
+        state = {k: v for k, v in state.items() if not k.endswith(IGNORED_CHECKPOINT_SUFFIXES)}
+        if self.enc_to_dec_proj is None:
+            state.pop("enc_to_dec_proj.weight", None), state.pop("enc_to_dec_proj.bias", None)
+        result = self.load_state_dict(state, strict=False, assign=True)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"the weights of '{name}' do not fit its config.json: "
+                f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write config.json, generation_config.json and model.safetensors in the layout transformers loads."""
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        state = self.state_dict()
+        normed = set()
+        if self.config.audio_encoder.norm_type == "weight_norm":
+            normed = {k for k in state if k.startswith("audio_encoder.") and k.endswith("conv.weight")}
+        if "text_encoder.shared.weight" in state:
+            state["text_encoder.encoder.embed_tokens.weight"] = state["text_encoder.shared.weight"]
+        tensors = weights.to_checkpoint(state, normed)
+        # tied tensors must not share storage in a safetensors file
+        tensors["text_encoder.encoder.embed_tokens.weight"] = tensors["text_encoder.encoder.embed_tokens.weight"].clone()
+        _write_atomic(os.path.join(folder, "model.safetensors"), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        config = self.config.to_dict()
+        config["dtype"] = str(self.dtype).removeprefix("torch.")
+        _write_atomic(os.path.join(folder, "config.json"), lambda p: _dump_json(config, p))
+        _write_atomic(
+            os.path.join(folder, "generation_config.json"), lambda p: _dump_json(self.generation_config.to_dict(), p)
+        )
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+
+    def get_unconditional_inputs(self, num_samples: int = 1) -> ModelInputs:
+        """Null text inputs for unconditional generation (guidance off), as the reference gives them."""
+        hidden = torch.zeros(num_samples, 1, self.config.text_encoder.hidden_size, device=self.device, dtype=self.dtype)
+        mask = torch.zeros(num_samples, 1, device=self.device, dtype=torch.long)
+        return ModelInputs(encoder_outputs=(hidden,), attention_mask=mask, guidance_scale=1.0)
+
+    @torch.inference_mode()
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """T5 last hidden states [B, S, text_hidden]."""
+        return self.text_encoder(input_ids, attention_mask)
+
+    @torch.inference_mode()
+    def encode_audio(self, input_values: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Audio [B, channels, T] at the codec's rate -> prompt codes [B, K, frames] in the decoder's codebook order."""
+        channels = self.config.decoder.audio_channels
+        if input_values.dim() != 3:
+            raise ValueError(f"input_values must be [batch, channels, samples], got shape {tuple(input_values.shape)}")
+        if input_values.shape[1] != channels:
+            if channels == 1 and input_values.shape[1] == 2:
+                input_values = input_values.mean(dim=1, keepdim=True)
+            elif channels == 2 and input_values.shape[1] == 1:
+                input_values = input_values.expand(-1, 2, -1)
+            else:
+                raise ValueError(f"this model takes {channels}-channel audio prompts, got {input_values.shape[1]} channels")
+        input_values = input_values.to(self.audio_encoder.dtype)
+        if channels == 1:
+            return self.audio_encoder.encode(input_values, padding_mask)
+        left = self.audio_encoder.encode(input_values[:, :1], padding_mask)
+        right = self.audio_encoder.encode(input_values[:, 1:], padding_mask)
+        return torch.stack([left, right], dim=2).flatten(1, 2)  # [B, 2K', F]: L1, R1, L2, R2, ...
+
+    @torch.inference_mode()
+    def decode_audio(self, codes: Tensor) -> Tensor:
+        """Codes [B, K, frames] -> audio [B, channels, samples] float32."""
+        if self.config.decoder.audio_channels == 1:
+            return self.audio_encoder.decode(codes).float()
+        left = self.audio_encoder.decode(codes[:, 0::2])
+        right = self.audio_encoder.decode(codes[:, 1::2])
+        return torch.cat([left, right], dim=1).float()
+
+    def _text_states(self, input_ids, attention_mask, encoder_outputs) -> tuple[Tensor, Tensor]:
+        """Text hidden states [B, S, text_hidden] and mask [B, S] from token ids or given encoder outputs."""
+        device = self.device
+        if encoder_outputs is not None:
+            if isinstance(encoder_outputs, (tuple, list)):
+                hidden = encoder_outputs[0]
+            else:
+                hidden = getattr(encoder_outputs, "last_hidden_state", encoder_outputs)
+            hidden = _as_tensor(hidden, device, self.dtype)
+        elif input_ids is not None:
+            input_ids = _as_tensor(input_ids, device, torch.long)
+            if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+                raise ValueError("input_ids must be [batch, tokens] with at least one token: use the processor on your text")
+            mask = _as_tensor(attention_mask, device)
+            hidden = self.encode_text(input_ids, mask)
+        else:
+            raise ValueError(
+                "generate() needs a text prompt (input_ids from the processor) or null inputs: "
+                "use model.get_unconditional_inputs(num_samples) for unconditional music"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=device)
+        return hidden, _as_tensor(attention_mask, device, torch.long)
+
+    def _cross_attention_inputs(self, text: Tensor, text_mask: Tensor) -> CrossKV:
+        """Text states [B, S, text_hidden] -> per-layer cross-attention keys/values (projected, padding zeroed)."""
+        if self.enc_to_dec_proj is not None:
+            text = self.enc_to_dec_proj(text)
+        text = text * text_mask[..., None].to(text.dtype)
+        return self.decoder.project_text(text, text_mask)
+
+    @torch.inference_mode()
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None) -> Tensor:
+        """Decoder logits [B, K, T, V] for decoder_input_ids [B, K, T] (or [B*K, T] as the reference takes them)."""
+        text, text_mask = self._text_states(input_ids, attention_mask, encoder_outputs)
+        tokens = _as_tensor(decoder_input_ids, self.device, torch.long)
+        tokens = tokens.reshape(text.shape[0], self.config.decoder.num_codebooks, -1)
+        return self.decoder(tokens, self._cross_attention_inputs(text, text_mask), start=0)
+
+    def _settings(self, kw: dict[str, Any]) -> SamplingSettings:
+        g = self.generation_config
+
+        def pick(name):
+            value = kw.get(name)
+            return value if value is not None else getattr(g, name)
+
+        settings = SamplingSettings(
+            do_sample=bool(pick("do_sample")),
+            temperature=pick("temperature"),
+            top_k=pick("top_k"),
+            top_p=pick("top_p"),
+            guidance_scale=pick("guidance_scale"),
+        )
+        settings.validate()
+        return settings
+
+    def max_frames(self) -> int:
+        """The most audio frames one pass can make: the decoder's positions less the start token and delays."""
+        c = self.config.decoder
+        return num_frames(c.max_position_embeddings, codebook_delays(c.num_codebooks, c.audio_channels))
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_values=None,
+        padding_mask=None,
+        encoder_outputs=None,
+        *,
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        do_sample: bool | None = None,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        progress_bar: bool = False,
+        return_codes: bool = False,
+        generator: torch.Generator | None = None,
+        **unknown,
+    ) -> Tensor:
+        """Generate music; returns audio [batch, channels, samples] float32 (codes [B, K, frames] if return_codes).
+
+        Arguments not given default to the checkpoint's generation_config.json, then to the reference's
+        defaults (greedy, max_length 20, top_k 50), exactly as transformers does.
+        """
+        if unknown:
+            raise ValueError(f"generate() got arguments it does not know: {', '.join(sorted(unknown))}")
+        settings = self._settings(
+            dict(do_sample=do_sample, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        )
+        device, K = self.device, self.config.decoder.num_codebooks
+        text, text_mask = self._text_states(input_ids, attention_mask, encoder_outputs)
+        B = text.shape[0]
+
+        if input_values is not None:
+            audio = _as_tensor(input_values, device, torch.float32)
+            if audio.dim() == 2:
+                audio = audio[:, None]
+            if audio.shape[0] != B:
+                raise ValueError(f"{audio.shape[0]} audio prompts for {B} text prompts: give one audio prompt per text")
+            prompt = self.encode_audio(audio, _as_tensor(padding_mask, device))
+        else:
+            prompt = torch.zeros(B, K, 0, dtype=torch.long, device=device)
+
+        P = prompt.shape[-1]
+        if max_new_tokens is None:
+            max_new_tokens = self.generation_config.max_new_tokens
+        if max_new_tokens is None:
+            max_new_tokens = (max_length or self.generation_config.max_length) - 1 - P
+        delays = codebook_delays(K, self.config.decoder.audio_channels)
+        if max_new_tokens <= max(delays):
+            raise ValueError(f"max_new_tokens must be more than {max(delays)} (the codebook delay) to make any audio, got {max_new_tokens}")
+        if num_frames(1 + P + max_new_tokens, delays) > self.max_frames():
+            seconds = self.max_frames() / self.config.audio_encoder.frame_rate
+            raise ValueError(
+                f"{P} prompt frames + {max_new_tokens} new tokens is longer than one pass of this model can make "
+                f"(at most {self.max_frames()} frames = {seconds:.1f} s); longer music is not supported yet"
+            )
+
+        # classifier-free guidance: a second batch half with null text (zero states, zero mask)
+        if settings.uses_guidance:
+            text = torch.cat([text, torch.zeros_like(text)])
+            text_mask = torch.cat([text_mask, torch.zeros_like(text_mask)])
+        cross = self._cross_attention_inputs(text, text_mask)
+
+        codes = generate_codes(self.decoder, cross, prompt, max_new_tokens, settings, progress_bar, generator)
+        return codes if return_codes else self.decode_audio(codes)
+
+
+def _weight_files(name_or_path, hub_kwargs) -> list[str]:
+    for filename in weights.WEIGHT_FILES:
+        path = hub.resolve_file(name_or_path, filename, required=False, **hub_kwargs)
+        if path is None:
+            continue
+        if filename.endswith(".index.json"):
+            return [hub.resolve_file(name_or_path, shard, **hub_kwargs) for shard in weights.shard_names(path)]
+        return [path]
+    raise hub.ModelNotFoundError(
+        f"'{name_or_path}' has no weights: expected one of {', '.join(weights.WEIGHT_FILES)}"
+    )
+
+
+def _dump_json(data: dict, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def _write_atomic(path: str, write) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,158 @@
+"""Reading checkpoint weights: safetensors (single or sharded) or pytorch_model.bin, and folding weight norm.
+
+Weight-normed convolutions appear under two spellings in the wild:
+  2023 checkpoints:     <conv>.weight_g, <conv>.weight_v
+  current transformers: <conv>.parametrizations.weight.original0 (= g), ...original1 (= v)
+Both are folded at load into one plain `<conv>.weight = g * v / ||v||` (norm over every dim but the first).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_G_SUFFIXES = (".weight_g", ".parametrizations.weight.original0")
+_V_SUFFIXES = (".weight_v", ".parametrizations.weight.original1")
+
+
+def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return a state dict where every (g, v) weight-norm pair is replaced by `<prefix>.weight`."""
+    out: dict[str, torch.Tensor] = {}
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        for kind, suffixes in (("g", _G_SUFFIXES), ("v", _V_SUFFIXES)):
+            suffix = next((s for s in suffixes if key.endswith(s)), None)
+            if suffix is not None:
+                pending.setdefault(key[: -len(suffix)], {})[kind] = value
+                break
+        else:
+            out[key] = value
+    for prefix, pair in pending.items():
+        if set(pair) != {"g", "v"}:
+            raise ValueError(f"checkpoint has half a weight-norm pair for '{prefix}' (found only {sorted(pair)})")
+        g, v = pair["g"].float(), pair["v"].float()
+        norm = v.norm(dim=tuple(range(1, v.dim())), keepdim=True)
+        out[prefix + ".weight"] = (g * v / norm).to(pair["v"].dtype)
+    return out
+
+
+# ---- reading checkpoint files ---------------------------------------------------------------------------------
+
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+
+
+def read_state_dict(paths: list[str]) -> dict[str, torch.Tensor]:
+    """Read weight files (all safetensors or all .bin) into one state dict, memory-mapped where possible."""
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state.update(load_file(path))  # mmap-backed tensors: no copy until they are used
+        else:
+            try:
+                state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            except RuntimeError:  # an old non-zip pickle can't be memory-mapped
+                state.update(torch.load(path, map_location="cpu", weights_only=True))
+    return state
+
+
+def shard_names(index_path: str) -> list[str]:
+    """The shard file names a `*.index.json` lists, in order, without repeats."""
+    import json
+
+    with open(index_path, encoding="utf-8") as f:
+        weight_map = json.load(f)["weight_map"]
+    return list(dict.fromkeys(weight_map.values()))
+
+
+# ---- checkpoint layout <-> zhiyin layout (the decoder fuses its projections) ---------------------------------
+
+_DECODER = "decoder.model.decoder."
+_RENAMES = {  # checkpoint (after the layer prefix) -> ours
+    "self_attn.out_proj.weight": "self_attn.out.weight",
+    "self_attn_layer_norm.weight": "self_attn_norm.weight",
+    "self_attn_layer_norm.bias": "self_attn_norm.bias",
+    "encoder_attn.q_proj.weight": "cross_attn.q.weight",
+    "encoder_attn.out_proj.weight": "cross_attn.out.weight",
+    "encoder_attn_layer_norm.weight": "cross_attn_norm.weight",
+    "encoder_attn_layer_norm.bias": "cross_attn_norm.bias",
+    "final_layer_norm.weight": "ffn_norm.weight",
+    "final_layer_norm.bias": "ffn_norm.bias",
+    "fc1.weight": "fc1.weight",
+    "fc2.weight": "fc2.weight",
+}
+_FUSED = {  # ours -> the checkpoint's pieces, concatenated along dim 0
+    "self_attn.qkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "cross_attn.kv.weight": ("encoder_attn.k_proj.weight", "encoder_attn.v_proj.weight"),
+}
+
+
+def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Checkpoint keys (either weight-norm spelling) -> the keys of zhiyin's MusicgenForConditionalGeneration."""
+    state = fold_weight_norm(state)
+    out: dict[str, torch.Tensor] = {}
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith(_DECODER + "layers."):
+            index, rest = key[len(_DECODER + "layers.") :].split(".", 1)
+            layers.setdefault(int(index), {})[rest] = value
+        elif key.startswith(_DECODER + "embed_tokens."):
+            out["decoder." + key[len(_DECODER) :]] = value
+        elif key.startswith(_DECODER + "layer_norm."):
+            out["decoder.final_norm." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("decoder.lm_heads."):
+            out[key] = value
+        elif key == "text_encoder.encoder.embed_tokens.weight":
+            out.setdefault("text_encoder.shared.weight", value)  # tied to shared; some files carry only this one
+        elif key == "text_encoder.shared.weight":
+            out[key] = value
+        elif key.startswith(("text_encoder.", "audio_encoder.", "enc_to_dec_proj.")):
+            out[key] = value
+        elif key.startswith("decoder.model.decoder.embed_positions"):
+            continue  # sinusoidal, recomputed
+        else:
+            raise ValueError(f"unexpected weight '{key}' in the checkpoint: is this a MusicGen checkpoint?")
+    for index, parts in layers.items():
+        prefix = f"decoder.layers.{index}."
+        for ours, pieces in _FUSED.items():
+            missing = [p for p in pieces if p not in parts]
+            if missing:
+                raise ValueError(f"checkpoint lacks decoder layer {index} weights {missing}")
+            out[prefix + ours] = torch.cat([parts.pop(p) for p in pieces], dim=0)
+        for theirs, value in parts.items():
+            if theirs not in _RENAMES:
+                raise ValueError(f"unexpected weight 'decoder layer {index}: {theirs}' in the checkpoint")
+            out[prefix + _RENAMES[theirs]] = value
+    return out
+
+
+def to_checkpoint(state: dict[str, torch.Tensor], weight_normed: set[str]) -> dict[str, torch.Tensor]:
+    """zhiyin keys -> checkpoint keys as current transformers writes them (weight norm as original0/original1).
+
+    `weight_normed` names our conv weights (e.g. 'audio_encoder.encoder.layers.0.conv.weight') to split back
+    into g and v, so that the reference loads the file into its weight-normed convolutions.
+    """
+    back = {v: k for k, v in _RENAMES.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        value = value.detach().contiguous()
+        if key.startswith("decoder.layers."):
+            index, rest = key[len("decoder.layers.") :].split(".", 1)
+            prefix = f"{_DECODER}layers.{index}."
+            if rest in _FUSED:
+                for piece, chunk in zip(_FUSED[rest], value.chunk(len(_FUSED[rest]), dim=0)):
+                    out[prefix + piece] = chunk.contiguous()
+            else:
+                out[prefix + back[rest]] = value
+        elif key.startswith("decoder.embed_tokens."):
+            out[_DECODER + key[len("decoder.") :]] = value
+        elif key.startswith("decoder.final_norm."):
+            out[_DECODER + "layer_norm." + key.rsplit(".", 1)[1]] = value
+        elif key in weight_normed:
+            base = key[: -len(".weight")]
+            g = value.float().norm(dim=tuple(range(1, value.dim())), keepdim=True).to(value.dtype)
+            out[base + ".parametrizations.weight.original0"] = g
+            out[base + ".parametrizations.weight.original1"] = value
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,209 @@
+"""zhiyin.encodec against the transformers EncodecModel (the test oracle), on random weights."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from zhiyin.config import EncodecConfig  # noqa: E402
+from zhiyin.encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel  # noqa: E402
+from zhiyin.weights import fold_weight_norm  # noqa: E402
+
+AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+
+TINY = dict(
+    sampling_rate=32_000, upsampling_ratios=[8, 5, 4, 4], num_filters=8, hidden_size=16, codebook_size=64,
+    target_bandwidths=[2.2], use_causal_conv=False, use_conv_shortcut=False,
+)
+CAUSAL_24K: dict = {}  # the transformers defaults: 24 kHz, causal, conv shortcut, 32 codebooks of 1024
+# the rarer options: time_group_norm, trim_right_ratio, stereo, 2 residual layers, zero padding
+VARIANTS = dict(
+    TINY, use_causal_conv=True, trim_right_ratio=0.5, norm_type="time_group_norm", num_residual_layers=2,
+    dilation_growth_rate=3, audio_channels=2, pad_mode="constant", use_conv_shortcut=True,
+)
+MUSICGEN_32K = dict(
+    sampling_rate=32_000, upsampling_ratios=[8, 5, 4, 4], num_filters=64, hidden_size=128, codebook_size=2048,
+    codebook_dim=128, target_bandwidths=[2.2], use_causal_conv=False, use_conv_shortcut=False, compress=2,
+    num_lstm_layers=2,
+)
+
+
+def load_music(seconds: float, sr: int = 32_000, offset_s: float = 1.0) -> torch.Tensor:
+    """About `seconds` of real music, mono, resampled to `sr`: [T]."""
+    sf = pytest.importorskip("soundfile")
+    soxr = pytest.importorskip("soxr")
+    files = sorted(AUDIO_DIR.glob("*.ogg"))
+    if not files:
+        pytest.skip(f"no .ogg files in {AUDIO_DIR}")
+    data, file_sr = sf.read(str(files[0]), dtype="float32", always_2d=True)
+    data = data.mean(axis=1)
+    data = data[int(offset_s * file_sr) : int((offset_s + seconds) * file_sr) + 1]
+    data = soxr.resample(data, file_sr, sr).astype(np.float32)
+    return torch.from_numpy(data[: int(seconds * sr)].copy())
+
+
+def build_pair(kwargs: dict, probe: torch.Tensor, seed: int = 0):
+    """A random transformers EncodecModel and ours loaded from its (folded) checkpoint.
+
+    The reference initialises the codebooks to zeros, so we fill them with random vectors at the scale
+    of the encoder's latents on `probe` (each residual codebook a bit smaller), to get meaningful codes.
+    """
+    torch.manual_seed(seed)
+    ref = transformers.EncodecModel(transformers.EncodecConfig(**kwargs)).eval()
+    with torch.no_grad():
+        latents = ref.encoder(probe.reshape(1, ref.config.audio_channels, -1))  # [1, D, frames]
+        mean, std = latents.mean(dim=(0, 2)), latents.std(dim=(0, 2))
+        for k, layer in enumerate(ref.quantizer.layers):
+            embed = layer.codebook.embed
+            embed.copy_(torch.randn_like(embed) * std * 0.5**k + (mean if k == 0 else 0))
+    ours = EncodecModel(EncodecConfig.from_dict(kwargs)).eval()
+    missing, unexpected = ours.load_state_dict(fold_weight_norm(ref.state_dict()), strict=False)
+    assert missing == []
+    assert unexpected and all(k.endswith(IGNORED_CHECKPOINT_SUFFIXES) for k in unexpected)
+    return ref, ours
+
+
+def ref_encode(ref, x, mask=None) -> torch.Tensor:
+    out = ref.encode(x, mask)
+    assert out.audio_codes.shape[0] == 1 and out.audio_scales == [None]
+    return out.audio_codes[0]  # [B, K, frames]
+
+
+def ref_decode(ref, codes) -> torch.Tensor:
+    return ref.decode(codes[None], [None]).audio_values
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+@pytest.fixture(scope="module")
+def music_2s() -> torch.Tensor:
+    return load_music(2.0)
+
+
+def test_state_dict_keys_both_spellings():
+    torch.manual_seed(0)
+    ref = transformers.EncodecModel(transformers.EncodecConfig(**TINY))
+    new = ref.state_dict()
+    old = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v"): v
+        for k, v in new.items()
+    }
+    assert any(k.endswith(".weight_g") for k in old)
+    folded_new, folded_old = fold_weight_norm(new), fold_weight_norm(old)
+    assert folded_new.keys() == folded_old.keys()
+    for k in folded_new:
+        torch.testing.assert_close(folded_new[k], folded_old[k], rtol=0, atol=0)
+
+    ours = EncodecModel(EncodecConfig.from_dict(TINY))
+    expected = {k for k in folded_new if not k.endswith(IGNORED_CHECKPOINT_SUFFIXES)}
+    assert set(ours.state_dict()) == expected
+    for sd in (folded_new, folded_old):
+        missing, unexpected = ours.load_state_dict(sd, strict=False)
+        assert missing == []
+        assert sorted(unexpected) == sorted(set(sd) - expected)
+    for key in ("encoder.layers.0.conv.weight", "encoder.layers.1.block.1.conv.weight",
+                "encoder.layers.13.lstm.weight_ih_l0", "quantizer.layers.0.codebook.embed"):
+        assert key in expected
+
+
+@pytest.mark.parametrize("kwargs", [TINY, CAUSAL_24K, VARIANTS], ids=["tiny", "causal_24k", "variants"])
+@torch.inference_mode()
+def test_matches_reference_random_audio(kwargs):
+    cfg = transformers.EncodecConfig(**kwargs)
+    torch.manual_seed(1)
+    x = 0.3 * torch.randn(2, cfg.audio_channels, cfg.sampling_rate // 2 + 123)
+    ref, ours = build_pair(kwargs, x[0])
+
+    codes = ours.encode(x)
+    expected = ref_encode(ref, x)
+    assert codes.dtype == torch.long
+    assert codes.shape == (2, ref.quantizer.get_num_quantizers_for_bandwidth(cfg.target_bandwidths[0]), math.ceil(x.shape[-1] / cfg.hop_length))
+    assert torch.equal(codes, expected)
+    assert len(codes.unique()) > 4  # the codebooks are actually used
+
+    audio = ours.decode(codes)
+    expected_audio = ref_decode(ref, codes)
+    assert audio.shape == expected_audio.shape == (2, cfg.audio_channels, codes.shape[-1] * cfg.hop_length)
+    assert rel_err(audio, expected_audio) < 1e-4
+
+    # decode any number of codebooks, not only the encode bandwidth's
+    random_codes = torch.randint(0, cfg.codebook_size, (2, len(ref.quantizer.layers), 7))
+    assert rel_err(ours.decode(random_codes), ref_decode(ref, random_codes)) < 1e-4
+
+
+@torch.inference_mode()
+def test_frames_and_short_inputs():
+    """ceil(T / 640) frames, including inputs shorter than the reflect padding (the small-input workaround)."""
+    x = 0.3 * torch.randn(1, 1, 2000)
+    ref, ours = build_pair(TINY, x[0, 0])
+    for length in (1, 5, 639, 640, 641, 1280, 1999):
+        codes = ours.encode(x[..., :length])
+        assert codes.shape[-1] == math.ceil(length / 640)
+        assert torch.equal(codes, ref_encode(ref, x[..., :length]))
+
+
+@torch.inference_mode()
+def test_padded_batch_with_mask():
+    torch.manual_seed(2)
+    lengths = (3000, 1900)
+    x = torch.zeros(2, 1, max(lengths))
+    mask = torch.zeros(2, max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        x[i, 0, :n] = 0.3 * torch.randn(n)
+        mask[i, :n] = 1
+    x[1, 0, lengths[1]:] = 0.5  # garbage in the padding: the mask must zero it
+    ref, ours = build_pair(TINY, x[0, 0])
+
+    codes = ours.encode(x, mask)
+    assert torch.equal(codes, ref_encode(ref, x, mask))
+    assert codes.shape[-1] == math.ceil(max(lengths) / 640)  # padding is not trimmed from the codes
+    clean = x.clone()
+    clean[1, 0, lengths[1]:] = 0
+    assert torch.equal(codes, ours.encode(clean))  # masking == zeroing the padded samples
+    assert not torch.equal(codes, ours.encode(x))
+    # a [B, C, T] mask works the same
+    assert torch.equal(codes, ours.encode(x, mask[:, None, :]))
+
+
+@torch.inference_mode()
+def test_musicgen_32k_on_real_music(music_2s):
+    x = music_2s.reshape(1, 1, -1)
+    ref, ours = build_pair(MUSICGEN_32K, music_2s)
+    codes = ours.encode(x)
+    expected = ref_encode(ref, x)
+    assert codes.shape == (1, 4, math.ceil(x.shape[-1] / 640)) == (1, 4, 100)
+    assert torch.equal(codes, expected)
+
+    audio = ours.decode(codes)
+    expected_audio = ref_decode(ref, codes)
+    assert audio.shape == expected_audio.shape == (1, 1, 64_000)
+    assert rel_err(audio, expected_audio) < 1e-4
+
+
+@torch.inference_mode()
+def test_bfloat16_follows_weights():
+    x = 0.3 * torch.randn(1, 1, 6400)
+    ref, ours = build_pair(TINY, x[0, 0])
+    codes = ours.encode(x)
+    audio32 = ours.decode(codes)
+    ours = ours.to(torch.bfloat16)
+    audio16 = ours.decode(codes)
+    assert audio16.dtype == torch.bfloat16
+    assert rel_err(audio16, audio32) < 0.05
+    codes16 = ours.encode(x)  # float32 input is cast to the weights' dtype
+    assert codes16.shape == codes.shape and codes16.dtype == torch.long
+    assert (codes16[:, 0] == codes[:, 0]).float().mean() > 0.5
+
+
+def test_normalize_not_supported():
+    cfg = EncodecConfig.from_dict({**TINY, "normalize": True})
+    with pytest.raises(NotImplementedError):
+        EncodecModel(cfg).encode(torch.zeros(1, 1, 640))
