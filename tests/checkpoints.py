@@ -57,16 +57,31 @@ def build_reference(shape: str = "tiny", text_vocab: int = 200, seed: int = 0):
     t5, codec, decoder = _configs(shape, text_vocab)
     model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5, audio_encoder=codec, decoder=decoder))
     with torch.no_grad():
-        # codebook entries at the scale of real encoder latents, so that prompts use many codes
-        probe = torch.randn(1, 1, 32000) * 0.1
-        latents = model.audio_encoder.encoder(probe)
+        # transformers leaves the codebooks at zero; fill them like a k-means init on real music latents, so
+        # that audio prompts use many codes: each layer's entries are frames of the residual left by the ones before
+        residual = model.audio_encoder.encoder(_real_music(codec.sampling_rate))[0].T  # [frames, D]
         for layer in model.audio_encoder.quantizer.layers:
-            layer.codebook.embed.normal_(0, float(latents.std()))
+            embed = layer.codebook.embed
+            picks = torch.randint(0, residual.shape[0], (embed.shape[0],))
+            embed.copy_(residual[picks] + 0.01 * residual.std() * torch.randn_like(embed))
+            nearest = torch.cdist(residual, embed).argmin(dim=1)
+            residual = residual - embed[nearest]
     pad = decoder.pad_token_id
     g = model.generation_config
     g.do_sample, g.guidance_scale, g.max_length = True, 3.0, 1500
     g.pad_token_id = g.bos_token_id = g.decoder_start_token_id = pad
     return model.eval()
+
+
+def _real_music(sampling_rate: int, seconds: float = 4.0) -> torch.Tensor:
+    """[1, 1, samples] of real music (the vibraphone clip) at `sampling_rate`."""
+    import soundfile
+    import soxr
+
+    data, rate = soundfile.read(SHARED_AUDIO / "kevin_macleod_vibe_ace.ogg", dtype="float32", frames=int(seconds * 22050))
+    if data.ndim > 1:
+        data = data.mean(axis=1)
+    return torch.from_numpy(soxr.resample(data, rate, sampling_rate)).float()[None, None]
 
 
 def _rename_2023(state: dict) -> dict:

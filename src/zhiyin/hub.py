@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import os
+import re
 
 
 class ModelNotFoundError(FileNotFoundError):
     """The checkpoint can't be had: no such folder, no such hub repo, or offline and not cached."""
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "org/name"
+
+
 def _is_local(name_or_path: str) -> bool:
-    return os.path.isdir(name_or_path) or name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1) or os.path.exists(name_or_path)
+    """A path that exists, or anything that can't be a hub id, is taken as a local folder."""
+    return os.path.exists(os.path.expanduser(name_or_path)) or not _HUB_ID.match(name_or_path)
 
 
 def resolve_file(name_or_path: str | os.PathLike, filename: str, required: bool = True, **hub_kwargs) -> str | None:
@@ -52,7 +57,7 @@ def _hub_file(repo_id: str, filename: str, required: bool, **hub_kwargs) -> str 
         if not required:
             return None
         raise ModelNotFoundError(
-            f"cannot get '{repo_id}': the Hugging Face hub is unreachable (offline or HF_HUB_OFFLINE=1) and "
+            f"cannot get '{repo_id}' (no local folder of that name): the Hugging Face hub is unreachable (offline or HF_HUB_OFFLINE=1) and "
             f"{filename} is not in the local cache. Download it once on a machine with internet "
             f"(`hf download {repo_id}`), or pass the path of a local checkpoint folder instead."
         ) from e

@@ -22,20 +22,11 @@ from .decoder import CrossKV, MusicgenDecoder
 from .delay_pattern import codebook_delays, num_frames
 from .encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel
 from .generation import generate_codes
+from .inputs import BatchFeature
 from .sampling import SamplingSettings
 from .t5 import T5Encoder
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelInputs(dict):
-    """A dict whose keys are also attributes, so that `model.generate(**inputs)` and `inputs.input_ids` both work."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
@@ -151,11 +142,11 @@ class MusicgenForConditionalGeneration(nn.Module):
 
     # ---- generation ----------------------------------------------------------------------------------------------
 
-    def get_unconditional_inputs(self, num_samples: int = 1) -> ModelInputs:
+    def get_unconditional_inputs(self, num_samples: int = 1) -> BatchFeature:
         """Null text inputs for unconditional generation (guidance off), as the reference gives them."""
         hidden = torch.zeros(num_samples, 1, self.config.text_encoder.hidden_size, device=self.device, dtype=self.dtype)
         mask = torch.zeros(num_samples, 1, device=self.device, dtype=torch.long)
-        return ModelInputs(encoder_outputs=(hidden,), attention_mask=mask, guidance_scale=1.0)
+        return BatchFeature(encoder_outputs=(hidden,), attention_mask=mask, guidance_scale=1.0)
 
     @torch.inference_mode()
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -305,11 +296,12 @@ class MusicgenForConditionalGeneration(nn.Module):
         delays = codebook_delays(K, self.config.decoder.audio_channels)
         if max_new_tokens <= max(delays):
             raise ValueError(f"max_new_tokens must be more than {max(delays)} (the codebook delay) to make any audio, got {max_new_tokens}")
-        if num_frames(1 + P + max_new_tokens, delays) > self.max_frames():
-            seconds = self.max_frames() / self.config.audio_encoder.frame_rate
+        frames = num_frames(1 + P + max_new_tokens, delays)
+        if frames > self.max_frames():
+            rate = self.config.audio_encoder.frame_rate
             raise ValueError(
-                f"{P} prompt frames + {max_new_tokens} new tokens is longer than one pass of this model can make "
-                f"(at most {self.max_frames()} frames = {seconds:.1f} s); longer music is not supported yet"
+                f"{frames / rate:.1f} s of audio (prompt included) is longer than one pass of this model can make "
+                f"(at most {self.max_frames() / rate:.1f} s); longer music is not supported yet"
             )
 
         # classifier-free guidance: a second batch half with null text (zero states, zero mask)

@@ -1,0 +1,174 @@
+"""`zhiyin generate "80s pop track with bassy drums and synth" -o song.wav` and friends.
+
+Bad input gets one line on stderr and exit status 2, and no output file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+DEFAULT_MODEL = "facebook/musicgen-small"
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zhiyin", description="Make music with MusicGen.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    g = commands.add_parser("generate", help="generate music from text, from nothing, or from an audio prompt")
+    g.add_argument("prompts", nargs="*", help="text descriptions; several prompts make several files")
+    g.add_argument("-o", "--output", default="music.wav",
+                   help="output file (default music.wav); with several prompts NAME-1.wav, NAME-2.wav, ...")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
+    g.add_argument("--duration", type=float, default=10.0,
+                   help="seconds of new music to make (default 10); an audio prompt comes on top of it")
+    g.add_argument("--audio-prompt", metavar="FILE", help="continue this audio (any format and rate soundfile reads)")
+    g.add_argument("--unconditional", action="store_true", help="no text: music from nothing")
+    g.add_argument("--num-samples", type=int, default=1, help="how many files to make with --unconditional")
+    g.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3, 1 = off)")
+    g.add_argument("--top-k", type=int, default=250, help="sample from the k most likely tokens (default 250)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep tokens up to this probability")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    g.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
+    g.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same music")
+    g.add_argument("--format", choices=["wav", "flac", "ogg"], default=None,
+                   help="audio format (default: from the output file's extension, else wav)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weights dtype")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def output_paths(output: str, count: int, format: str | None) -> list[str]:
+    stem, ext = os.path.splitext(output)
+    if format is not None:
+        ext = "." + format
+    elif not ext:
+        ext = ".wav"
+    if ext.lower().lstrip(".") not in ("wav", "flac", "ogg"):
+        raise UsageError(f"unknown output format '{ext}': use .wav, .flac or .ogg (or --format)")
+    if count == 1:
+        return [stem + ext]
+    return [f"{stem}-{i + 1}{ext}" for i in range(count)]
+
+
+def check_arguments(args) -> list[str]:
+    """Everything that can be checked before loading a model. Returns the output paths."""
+    prompts = [p for p in args.prompts]
+    if args.unconditional and prompts:
+        raise UsageError("--unconditional takes no text prompt: drop the prompt or drop --unconditional")
+    if not args.unconditional and (not prompts or any(not p.strip() for p in prompts)):
+        raise UsageError('empty prompt: give a description such as "lofi hip hop with piano", or use --unconditional')
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.duration <= 0:
+        raise UsageError(f"--duration must be more than 0 seconds, got {args.duration:g}")
+    if args.guidance < 1:
+        raise UsageError(f"--guidance must be >= 1 (1 turns guidance off), got {args.guidance:g}")
+    if not args.greedy:
+        if args.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+        if args.top_p is not None and not 0 < args.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {args.top_p:g}")
+        if args.temperature <= 0:
+            raise UsageError(f"--temperature must be > 0 when sampling, got {args.temperature:g} (use --greedy instead)")
+    count = args.num_samples if args.unconditional else len(prompts)
+    paths = output_paths(args.output, count, args.format)
+    folder = os.path.dirname(os.path.abspath(paths[0]))
+    if not os.path.isdir(folder):
+        raise UsageError(f"output folder '{folder}' does not exist: create it or choose another -o")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"output folder '{folder}' is not writable: choose another -o")
+    for path in paths:
+        if os.path.isdir(path):
+            raise UsageError(f"'{path}' is a folder: give a file name such as '{os.path.join(path, 'music.wav')}'")
+    if args.audio_prompt is not None and not os.path.isfile(args.audio_prompt):
+        raise UsageError(f"audio prompt '{args.audio_prompt}' not found")
+    return paths
+
+
+def generate(args) -> int:
+    paths = check_arguments(args)
+    import torch
+
+    from .audio_io import read_audio, write_audio
+    from .config import MusicgenConfig
+    from .delay_pattern import codebook_delays
+    from .hub import resolve_file
+    from .model import MusicgenForConditionalGeneration
+    from .processor import MusicgenProcessor
+
+    config = MusicgenConfig.from_json_file(resolve_file(args.model, "config.json"))
+    rate, channels = config.audio_encoder.sampling_rate, config.decoder.audio_channels
+    prompt_audio = None
+    if args.audio_prompt is not None:
+        prompt_audio = read_audio(args.audio_prompt, rate, channels)  # [channels, samples]
+
+    started = time.perf_counter()
+    model = MusicgenForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    frame_rate = config.audio_encoder.frame_rate
+    delay = max(codebook_delays(config.decoder.num_codebooks, channels))
+    new_frames = round(args.duration * frame_rate)
+    if new_frames < 1:
+        raise UsageError(f"--duration {args.duration:g} s is shorter than one audio frame (1/{frame_rate} s)")
+
+    if args.unconditional:
+        inputs = dict(model.get_unconditional_inputs(args.num_samples))
+        guidance = inputs.pop("guidance_scale", 1.0)  # generate() takes it as its own argument
+        if prompt_audio is not None:
+            raise UsageError("--audio-prompt needs a text prompt here; give one (it may be short, e.g. \"music\")")
+    else:
+        processor = MusicgenProcessor.from_pretrained(args.model)
+        audio = [prompt_audio] * len(args.prompts) if prompt_audio is not None else None
+        inputs = processor(text=args.prompts, audio=audio, sampling_rate=rate if audio else None, padding=True, return_tensors="pt")
+        guidance = args.guidance
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    audio_values = model.generate(
+        **inputs,
+        do_sample=not args.greedy,
+        guidance_scale=guidance,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        max_new_tokens=new_frames + delay,
+        progress_bar=not args.quiet,
+    )
+    audio_values = audio_values.cpu().numpy()
+    failed = 0
+    for path, audio in zip(paths, audio_values):
+        try:
+            write_audio(path, audio, rate, format=args.format)
+        except (OSError, ValueError) as error:
+            failed += 1
+            print(f"zhiyin: error: could not write {path}: {error}", file=sys.stderr)
+            continue
+        kind = "stereo" if audio.shape[0] == 2 else "mono"
+        print(f"wrote {path} ({audio.shape[-1] / rate:.2f} s, {rate} Hz, {kind})")
+    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        return generate(args)
+    except UsageError as error:
+        print(f"zhiyin: error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        print(f"zhiyin: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("zhiyin: interrupted; nothing written", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""Text and audio inputs for MusicGen: `MusicgenProcessor` (alias `AutoProcessor`).
+
+It behaves like transformers' MusicgenProcessor, built from two plain parts:
+- `TextTokenizer`: the T5 tokenizer, run by the `tokenizers` library from `tokenizer.json`. Text is padded on the
+  right and every sequence ends with `</s>` (the tokenizer.json post-processor adds it).
+- `AudioFeatureExtractor`: raw waveforms for the audio prompt, as transformers' EncodecFeatureExtractor prepares
+  them. The published MusicGen configs pad audio on the LEFT (`padding_side: "left"`); `padding_mask` is 1 on
+  real samples, 0 on padding.
+
+Files read (all from one folder): tokenizer.json, tokenizer_config.json, special_tokens_map.json (optional) and
+preprocessor_config.json (or processor_config.json, which may nest the same settings under "feature_extractor").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from .hub import resolve_file as _resolve_file
+from .inputs import BatchFeature
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
+PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
+PROCESSOR_CONFIG_FILE = "processor_config.json"
+
+# what transformers uses when tokenizer_config.json gives no model_max_length
+UNLIMITED_LENGTH = int(1e30)
+
+
+def _read_json(path: str | None) -> dict:
+    if path is None:
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True, ensure_ascii=False)
+        handle.write("\n")
+
+
+def _token_text(token: Any) -> str | None:
+    """Special tokens are written either as "</s>" or as {"content": "</s>", ...}."""
+    if isinstance(token, dict):
+        return token.get("content")
+    return token
+
+
+def _check_return_tensors(return_tensors: str | None) -> None:
+    if return_tensors not in (None, "pt", "np"):
+        raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+
+
+def _padding_strategy(padding: bool | str) -> str:
+    """True/"longest" -> "longest"; "max_length"; False/None/"do_not_pad" -> "do_not_pad"."""
+    if padding is True or padding == "longest":
+        return "longest"
+    if padding is False or padding is None or padding == "do_not_pad":
+        return "do_not_pad"
+    if padding == "max_length":
+        return "max_length"
+    raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+
+
+# --------------------------------------------------------------------------------------------------- text
+
+
+class TextTokenizer:
+    """The T5 tokenizer of a MusicGen checkpoint (a `tokenizers.Tokenizer` plus tokenizer_config.json)."""
+
+    def __init__(self, tokenizer: Tokenizer, config: dict | None = None, special_tokens: dict | None = None):
+        self.backend = tokenizer
+        self.config = dict(config or {})
+        special_tokens = dict(special_tokens or {})
+        self.pad_token = _token_text(self.config.get("pad_token") or special_tokens.get("pad_token")) or "<pad>"
+        self.eos_token = _token_text(self.config.get("eos_token") or special_tokens.get("eos_token")) or "</s>"
+        self.unk_token = _token_text(self.config.get("unk_token") or special_tokens.get("unk_token")) or "<unk>"
+        self.pad_token_id = tokenizer.token_to_id(self.pad_token)
+        self.eos_token_id = tokenizer.token_to_id(self.eos_token)
+        self.unk_token_id = tokenizer.token_to_id(self.unk_token)
+        self.model_max_length = int(self.config.get("model_max_length") or UNLIMITED_LENGTH)
+        self.padding_side = self.config.get("padding_side", "right")
+        self.clean_up_tokenization_spaces = bool(self.config.get("clean_up_tokenization_spaces", False))
+
+    @classmethod
+    def from_files(
+        cls, tokenizer_file: str, config_file: str | None, special_tokens_file: str | None
+    ) -> "TextTokenizer":
+        return cls(Tokenizer.from_file(tokenizer_file), _read_json(config_file), _read_json(special_tokens_file))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size()
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __call__(
+        self,
+        text: str | list[str],
+        padding: bool | str = True,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        add_special_tokens: bool = True,
+    ) -> BatchFeature:
+        """`input_ids` and `attention_mask` for one text or a batch, padded on the right with `<pad>`."""
+        _check_return_tensors(return_tensors)
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("text must be a string or a non-empty list of strings")
+
+        ids = [self._encode(t, truncation, max_length, add_special_tokens) for t in texts]
+        ids, mask = self._pad(ids, _padding_strategy(padding), max_length)
+
+        if return_tensors is None:
+            if single:
+                return BatchFeature(input_ids=ids[0], attention_mask=mask[0])
+            return BatchFeature(input_ids=ids, attention_mask=mask)
+        if len({len(row) for row in ids}) > 1:
+            raise ValueError("the texts have different lengths; pass padding=True to return them as one tensor")
+        input_ids, attention_mask = np.array(ids, dtype=np.int64), np.array(mask, dtype=np.int64)
+        if return_tensors == "pt":
+            input_ids, attention_mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        return BatchFeature(input_ids=input_ids, attention_mask=attention_mask)
+
+    def _encode(
+        self, text: str, truncation: bool | str | None, max_length: int | None, add_special_tokens: bool
+    ) -> list[int]:
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        if truncation not in (None, False, "do_not_truncate"):
+            limit = max_length if max_length is not None else self.model_max_length
+            if add_special_tokens:
+                limit -= self.backend.num_special_tokens_to_add(is_pair=False)
+            if limit < 0:
+                raise ValueError(f"max_length={max_length} leaves no room for the special tokens")
+            encoding.truncate(limit)
+        if add_special_tokens:
+            encoding = self.backend.post_process(encoding, add_special_tokens=True)
+        ids = list(encoding.ids)
+        if len(ids) > self.model_max_length and truncation in (None, False, "do_not_truncate"):
+            logger.warning(
+                "a text has %d tokens, more than the tokenizer's model_max_length (%d); pass truncation=True to cut it",
+                len(ids), self.model_max_length,
+            )
+        return ids
+
+    def _pad(self, ids: list[list[int]], strategy: str, max_length: int | None) -> tuple[list, list]:
+        if strategy == "longest":
+            target = max(len(row) for row in ids)
+        elif strategy == "max_length":
+            target = max_length if max_length is not None else self.model_max_length
+        else:
+            return ids, [[1] * len(row) for row in ids]
+        padded, mask = [], []
+        for row in ids:
+            fill = max(target - len(row), 0)
+            if self.padding_side == "left":
+                padded.append([self.pad_token_id] * fill + row)
+                mask.append([0] * fill + [1] * len(row))
+            else:
+                padded.append(row + [self.pad_token_id] * fill)
+                mask.append([1] * len(row) + [0] * fill)
+        return padded, mask
+
+    def decode(
+        self, token_ids: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None
+    ) -> str:
+        ids = _as_id_list(token_ids)
+        text = self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return _clean_up_spaces(text) if clean_up_tokenization_spaces else text
+
+    def batch_decode(
+        self, sequences: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None
+    ) -> list[str]:
+        return [self.decode(row, skip_special_tokens, clean_up_tokenization_spaces) for row in sequences]
+
+    def save(self, folder: str) -> list[str]:
+        tokenizer_path = os.path.join(folder, TOKENIZER_FILE)
+        self.backend.save(tokenizer_path)
+        config = dict(self.config)
+        config.update(
+            tokenizer_class=config.get("tokenizer_class", "T5Tokenizer"),
+            padding_side=self.padding_side,
+            pad_token=self.pad_token,
+            eos_token=self.eos_token,
+            unk_token=self.unk_token,
+            processor_class="MusicgenProcessor",
+        )
+        if self.model_max_length < UNLIMITED_LENGTH:
+            config["model_max_length"] = self.model_max_length
+        config_path = os.path.join(folder, TOKENIZER_CONFIG_FILE)
+        _write_json(config_path, config)
+        special_path = os.path.join(folder, SPECIAL_TOKENS_MAP_FILE)
+        special = {"eos_token": self.eos_token, "pad_token": self.pad_token, "unk_token": self.unk_token}
+        if config.get("additional_special_tokens"):
+            special["additional_special_tokens"] = config["additional_special_tokens"]
+        _write_json(special_path, special)
+        return [tokenizer_path, config_path, special_path]
+
+
+def _as_id_list(token_ids: Any) -> list[int]:
+    if isinstance(token_ids, torch.Tensor):
+        token_ids = token_ids.tolist()
+    elif isinstance(token_ids, np.ndarray):
+        token_ids = token_ids.tolist()
+    if isinstance(token_ids, int):
+        return [token_ids]
+    return [int(i) for i in token_ids]
+
+
+def _clean_up_spaces(text: str) -> str:
+    """Remove the space a word-piece decode leaves before punctuation and English contractions."""
+    for spaced, joined in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                           (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(spaced, joined)
+    return text
+
+
+# -------------------------------------------------------------------------------------------------- audio
+
+
+class AudioFeatureExtractor:
+    """Raw-waveform inputs for the audio codec, as transformers' EncodecFeatureExtractor prepares them.
+
+    Each clip is `[feature_size, samples]` (1-D for mono, `(2, samples)` for stereo); a batch is padded to one
+    length on `padding_side` with `padding_value`.
+    """
+
+    def __init__(self, sampling_rate: int = 24000, feature_size: int = 1, padding_value: float = 0.0,
+                 padding_side: str = "right", config: dict | None = None):
+        # defaults are the reference's for a config that lacks the key; published MusicGen configs set all four
+        self.sampling_rate = int(sampling_rate)
+        self.feature_size = int(feature_size)
+        self.padding_value = float(padding_value)
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.padding_side = padding_side
+        self.config = dict(config or {})
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "AudioFeatureExtractor":
+        names = ("sampling_rate", "feature_size", "padding_value", "padding_side")
+        known = {name: config[name] for name in names if config.get(name) is not None}
+        return cls(**known, config=config)
+
+    def to_dict(self) -> dict:
+        data = {"chunk_length_s": None, "overlap": None, "return_attention_mask": True}
+        data.update(self.config)
+        data.update(
+            feature_extractor_type="EncodecFeatureExtractor",
+            feature_size=self.feature_size,
+            padding_side=self.padding_side,
+            padding_value=self.padding_value,
+            processor_class="MusicgenProcessor",
+            sampling_rate=self.sampling_rate,
+        )
+        return data
+
+    def __call__(
+        self,
+        audio: Any,
+        sampling_rate: int | None = None,
+        padding: bool | str = True,
+        max_length: int | None = None,
+        truncation: bool = False,
+        return_tensors: str | None = None,
+    ) -> BatchFeature:
+        """`input_values` `[batch, channels, samples]` and, when padding, `padding_mask` `[batch, samples]`."""
+        _check_return_tensors(return_tensors)
+        self._check_sampling_rate(sampling_rate)
+        clips = [self._as_clip(clip) for clip in _split_batch(audio)]
+        if truncation:
+            if max_length is None:
+                raise ValueError("truncation=True needs max_length (in samples)")
+            clips = [clip[:, :max_length] for clip in clips]
+
+        strategy = _padding_strategy(padding)
+        out = BatchFeature()
+        if strategy != "do_not_pad":
+            target = max(clip.shape[-1] for clip in clips)
+            if strategy == "max_length":
+                if max_length is None:
+                    raise ValueError("padding='max_length' needs max_length (in samples)")
+                target = max_length
+            clips, mask = self._pad(clips, target)
+            out["padding_mask"] = torch.from_numpy(mask) if return_tensors == "pt" else mask
+
+        if return_tensors is None:
+            out["input_values"] = clips
+        else:
+            if len({clip.shape[-1] for clip in clips}) > 1:
+                raise ValueError("the audio clips have different lengths; pass padding=True to return one tensor")
+            values = np.stack(clips)
+            out["input_values"] = torch.from_numpy(values) if return_tensors == "pt" else values
+        return out
+
+    def _check_sampling_rate(self, sampling_rate: int | None) -> None:
+        if sampling_rate is None:
+            logger.warning(
+                "no sampling_rate given with the audio; assuming %d Hz. Pass sampling_rate=%d to be sure",
+                self.sampling_rate, self.sampling_rate,
+            )
+        elif int(sampling_rate) != self.sampling_rate:
+            raise ValueError(
+                f"the audio is sampled at {sampling_rate} Hz but this model takes {self.sampling_rate} Hz; "
+                f"resample it first, e.g. zhiyin.audio_io.resample(audio, {sampling_rate}, {self.sampling_rate}), "
+                f"or load it with zhiyin.audio_io.read_audio(path, {self.sampling_rate}, {self.feature_size})"
+            )
+
+    def _as_clip(self, clip: Any) -> np.ndarray:
+        """One clip -> float32 `[feature_size, samples]`, or a ValueError that says which layout is expected."""
+        clip = _to_numpy(clip).astype(np.float32, copy=False)
+        if clip.ndim == 1 and self.feature_size == 1:
+            return clip[None, :]
+        if clip.ndim == 2 and clip.shape[0] == self.feature_size:
+            return clip
+        if self.feature_size == 1:
+            expected = "mono audio: a 1-D array of samples (a batch: a list of 1-D arrays)"
+            hint = "; down-mix it with zhiyin.audio_io.to_channels(audio, 1)"
+        else:
+            expected = f"{self.feature_size}-channel audio of shape ({self.feature_size}, samples)"
+            hint = f"; mix it with zhiyin.audio_io.to_channels(audio, {self.feature_size})"
+        raise ValueError(f"expected {expected}, got a clip of shape {tuple(clip.shape)}{hint}")
+
+    def _pad(self, clips: list[np.ndarray], target: int) -> tuple[list[np.ndarray], np.ndarray]:
+        padded, mask = [], np.zeros((len(clips), target), dtype=np.int32)
+        for i, clip in enumerate(clips):
+            length = clip.shape[-1]
+            fill = np.full((clip.shape[0], max(target - length, 0)), self.padding_value, dtype=np.float32)
+            if self.padding_side == "left":
+                padded.append(np.concatenate([fill, clip], axis=-1))
+                mask[i, target - length:] = 1
+            else:
+                padded.append(np.concatenate([clip, fill], axis=-1))
+                mask[i, :length] = 1
+        return padded, mask
+
+    def decode(self, audio_values: Any, padding_mask: Any = None) -> list[np.ndarray]:
+        """Generated audio `[batch, channels, samples]` -> list of `[channels, samples]` arrays, the prompt's
+        padding removed.
+
+        The mask is the one the prompt was prepared with; generated samples past its end are kept (the reference
+        extends the mask with ones), and samples where it is 0 (the padding) are dropped.
+        """
+        audio = _to_numpy(audio_values)
+        if audio.ndim != 3:
+            raise ValueError(f"expected audio of shape [batch, channels, samples], got shape {tuple(audio.shape)}")
+        if padding_mask is None:
+            return list(audio)
+        mask = _to_numpy(padding_mask)
+        if mask.ndim != 2 or mask.shape[0] != audio.shape[0]:
+            raise ValueError(
+                f"padding_mask of shape {tuple(mask.shape)} does not fit audio of shape {tuple(audio.shape)}"
+            )
+        extra = audio.shape[-1] - mask.shape[-1]
+        if extra < 0:
+            raise ValueError(
+                f"padding_mask ({mask.shape[-1]} samples) is longer than the audio ({audio.shape[-1]} samples)"
+            )
+        keep = np.concatenate([mask != 0, np.ones((mask.shape[0], extra), dtype=bool)], axis=-1)
+        return [item[:, row] for item, row in zip(audio, keep)]
+
+
+def _to_numpy(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+        if values.is_floating_point():
+            values = values.float()
+        return values.numpy()
+    return np.asarray(values)
+
+
+def _is_clip(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, torch.Tensor, list, tuple))
+
+
+def _split_batch(audio: Any) -> list[Any]:
+    """The clips of an audio input: a list/tuple of arrays is a batch; a 3-D array is `[batch, channels,
+    samples]`; anything else (1-D array, (channels, samples) array, list of numbers) is one clip."""
+    if isinstance(audio, (list, tuple)):
+        if not audio:
+            raise ValueError("audio is an empty list; give at least one clip")
+        return list(audio) if _is_clip(audio[0]) else [audio]
+    if _is_clip(audio) and np.ndim(audio) == 3:
+        return list(audio)
+    if not _is_clip(audio):
+        raise TypeError(f"audio must be a numpy array, a torch tensor or a list of them, got {type(audio).__name__}")
+    return [audio]
+
+
+# ---------------------------------------------------------------------------------------------- processor
+
+
+class MusicgenProcessor:
+    """Prepares MusicGen's inputs (text, audio prompt) and turns generated audio back into arrays.
+
+        processor = MusicgenProcessor.from_pretrained(folder)
+        inputs = processor(text=["80s pop with synths"], padding=True, return_tensors="pt")
+        audio_values = model.generate(**inputs, max_new_tokens=256)
+    """
+
+    def __init__(self, feature_extractor: AudioFeatureExtractor, tokenizer: TextTokenizer):
+        self.feature_extractor = feature_extractor
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **hub_options: Any
+    ) -> "MusicgenProcessor":
+        """Load from a checkpoint folder (tokenizer.json, tokenizer_config.json, preprocessor_config.json)."""
+        source = pretrained_model_name_or_path
+        return cls(_load_feature_extractor(source, hub_options), _load_tokenizer(source, hub_options))
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
+        """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and preprocessor_config.json."""
+        folder = os.fspath(save_directory)
+        os.makedirs(folder, exist_ok=True)
+        written = self.tokenizer.save(folder)
+        preprocessor_path = os.path.join(folder, PREPROCESSOR_CONFIG_FILE)
+        _write_json(preprocessor_path, self.feature_extractor.to_dict())
+        return written + [preprocessor_path]
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        audio: Any = None,
+        sampling_rate: int | None = None,
+        padding: bool | str = True,
+        return_tensors: str | None = None,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> BatchFeature:
+        """Text -> `input_ids`, `attention_mask`; audio -> `input_values`, `padding_mask`; or both.
+
+        `truncation` and `max_length` apply to the text. As in transformers, a first positional argument that is
+        not text is taken as audio: `processor(waveform, sampling_rate=32000)`.
+        """
+        if text is not None and audio is None and not _looks_like_text(text):
+            text, audio = None, text
+        if text is None and audio is None:
+            raise ValueError("give text=..., audio=..., or both")
+        out = BatchFeature()
+        if text is not None:
+            out.update(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length,
+                                      return_tensors=return_tensors, add_special_tokens=add_special_tokens))
+        if audio is not None:
+            out.update(self.feature_extractor(audio, sampling_rate=sampling_rate, padding=padding,
+                                              return_tensors=return_tensors))
+        return out
+
+    def batch_decode(self, values: Any = None, padding_mask: Any = None, *, audio: Any = None, sequences: Any = None,
+                     skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> list:
+        """Generated audio `[batch, channels, samples]` -> list of `[channels, samples]` numpy arrays with the
+        prompt's padding removed (give the prompt's `padding_mask`); token ids -> list of strings."""
+        if audio is None and sequences is None:
+            if values is None:
+                raise ValueError("give the audio values (or token ids) to decode")
+            if _is_token_ids(values):
+                sequences = values
+            else:
+                audio = values
+        if audio is not None:
+            return self.feature_extractor.decode(audio, padding_mask)
+        return self.tokenizer.batch_decode(sequences, skip_special_tokens, clean_up_tokenization_spaces)
+
+    def decode_audio(self, audio_values: Any, padding_mask: Any = None) -> list[np.ndarray]:
+        """Same as `batch_decode(audio_values, padding_mask)`."""
+        return self.feature_extractor.decode(audio_values, padding_mask)
+
+    def decode(
+        self, token_ids: Any, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None
+    ) -> str:
+        """One sequence of token ids -> text."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens, clean_up_tokenization_spaces)
+
+
+AutoProcessor = MusicgenProcessor
+
+
+def _looks_like_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+def _is_token_ids(values: Any) -> bool:
+    """Integer tensors/arrays, or (nested) lists of ints, are token ids; float audio is not."""
+    if isinstance(values, torch.Tensor):
+        return not values.is_floating_point() and not values.is_complex()
+    if isinstance(values, np.ndarray):
+        return np.issubdtype(values.dtype, np.integer)
+    if isinstance(values, (list, tuple)) and values:
+        return all(_is_token_ids(v) if _is_clip(v) else isinstance(v, (int, np.integer)) for v in values)
+    return False
+
+
+def _load_tokenizer(source: str | os.PathLike, hub_options: dict) -> TextTokenizer:
+    tokenizer_file = _resolve_file(source, TOKENIZER_FILE, required=False, **hub_options)
+    if tokenizer_file is None:
+        if _resolve_file(source, "spiece.model", required=False, **hub_options) is not None:
+            raise FileNotFoundError(
+                f"'{os.fspath(source)}' has spiece.model but no tokenizer.json, which zhiyin needs (it does not read "
+                "SentencePiece models). Get tokenizer.json from the checkpoint's repository, or create it once with "
+                "transformers: AutoTokenizer.from_pretrained(folder).save_pretrained(folder)"
+            )
+        raise FileNotFoundError(f"'{os.fspath(source)}' has no tokenizer.json; the processor needs it")
+    return TextTokenizer.from_files(
+        tokenizer_file,
+        _resolve_file(source, TOKENIZER_CONFIG_FILE, required=False, **hub_options),
+        _resolve_file(source, SPECIAL_TOKENS_MAP_FILE, required=False, **hub_options),
+    )
+
+
+def _load_feature_extractor(source: str | os.PathLike, hub_options: dict) -> AudioFeatureExtractor:
+    path = _resolve_file(source, PREPROCESSOR_CONFIG_FILE, required=False, **hub_options)
+    if path is not None:
+        return AudioFeatureExtractor.from_dict(_read_json(path))
+    path = _resolve_file(source, PROCESSOR_CONFIG_FILE, required=False, **hub_options)
+    if path is None:
+        raise FileNotFoundError(
+            f"'{os.fspath(source)}' has neither preprocessor_config.json nor processor_config.json; the processor "
+            "needs one of them for the audio settings (sampling_rate, feature_size)"
+        )
+    config = _read_json(path)
+    return AudioFeatureExtractor.from_dict(config.get("feature_extractor", config))

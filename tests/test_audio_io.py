@@ -1,0 +1,162 @@
+"""zhiyin.audio_io: reading, resampling, channel mixing and atomic writing of audio files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from zhiyin import audio_io
+from zhiyin.audio_io import read_audio, resample, to_channels, write_audio
+
+AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+TRUMPET = AUDIO_DIR / "sorohanro_solo_trumpet_06.ogg"  # 22.05 kHz mono, 5.3 s
+
+
+def _stereo_tone(seconds: float = 0.5, rate: int = 32000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 660 * t)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("extension", ["wav", "flac", "ogg"])
+def test_round_trip_keeps_length_channels_and_rate(tmp_path, extension):
+    audio = _stereo_tone()
+    path = tmp_path / f"tone.{extension}"
+    assert write_audio(path, audio, 32000) == str(path)
+
+    info = soundfile.info(str(path))
+    assert (info.samplerate, info.channels, info.frames) == (32000, 2, audio.shape[1])
+    back = read_audio(path, 32000, 2)
+    assert back.dtype == np.float32 and back.shape == audio.shape
+    if extension == "ogg":  # lossy: the waveform is only close
+        assert np.corrcoef(back[0], audio[0])[0, 1] > 0.99
+    else:  # 16-bit PCM
+        np.testing.assert_allclose(back, audio, atol=1e-4)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_format_argument_overrides_the_extension(tmp_path):
+    path = tmp_path / "tone.audio"
+    write_audio(path, _stereo_tone(), 32000, format="flac")
+    info = soundfile.info(str(path))
+    assert (info.format, info.subtype) == ("FLAC", "PCM_16")
+
+
+def test_unknown_format_lists_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="wav, flac, ogg"):
+        write_audio(tmp_path / "tone.mp4", _stereo_tone(), 32000)
+    with pytest.raises(ValueError, match="wav, flac, ogg"):
+        write_audio(tmp_path / "tone.wav", _stereo_tone(), 32000, format="aiff")
+
+
+def test_write_accepts_tensors_and_mono_and_clips(tmp_path):
+    path = tmp_path / "loud.wav"
+    write_audio(path, torch.tensor([[2.0, -3.0, 0.5, float("nan")]]), 16000)
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    assert rate == 16000 and data.shape == (4, 1)
+    np.testing.assert_allclose(data[:, 0], [1.0, -1.0, 0.5, 0.0], atol=1e-4)
+
+    write_audio(path, np.zeros(100, dtype=np.float32), 16000)  # 1-D = mono
+    assert soundfile.info(str(path)).channels == 1
+
+
+def test_write_rejects_batches_and_transposed_audio(tmp_path):
+    with pytest.raises(ValueError, match=r"audio\[0\]"):
+        write_audio(tmp_path / "a.wav", np.zeros((1, 1, 100)), 32000)
+    with pytest.raises(ValueError, match="transpose"):
+        write_audio(tmp_path / "a.wav", np.zeros((1000, 2)), 32000)
+
+
+def test_missing_output_folder(tmp_path):
+    target = tmp_path / "no" / "such" / "out.wav"
+    with pytest.raises(FileNotFoundError, match="does not exist; create it"):
+        write_audio(target, _stereo_tone(), 32000)
+
+
+def test_unwritable_output_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(audio_io.os, "access", lambda path, mode: False)  # root may write anywhere
+    with pytest.raises(PermissionError, match="choose a writable folder"):
+        write_audio(tmp_path / "out.wav", _stereo_tone(), 32000)
+
+
+def test_failed_write_leaves_no_half_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    target = tmp_path / "song.wav"
+    old = _stereo_tone(0.1)
+    write_audio(target, old, 32000)
+    old_bytes = target.read_bytes()
+    real_write = soundfile.write
+
+    def write_half_then_fail(file, data, *args, **kwargs):
+        real_write(file, data[: len(data) // 2], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(audio_io.soundfile, "write", write_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_audio(target, _stereo_tone(1.0), 32000)
+    assert target.read_bytes() == old_bytes
+    with pytest.raises(OSError, match="disk full"):
+        write_audio(tmp_path / "new.flac", _stereo_tone(1.0), 32000)
+    assert sorted(os.listdir(tmp_path)) == ["song.wav"]
+
+
+def test_read_resamples_real_music_to_32k():
+    frames = soundfile.info(str(TRUMPET)).frames
+    audio = read_audio(TRUMPET, 32000, 1)
+    assert audio.dtype == np.float32 and audio.shape[0] == 1
+    assert abs(audio.shape[1] - frames * 32000 / 22050) <= 1
+    assert 0.01 < np.abs(audio).max() <= 1.5
+
+
+def test_read_up_mixes_mono_to_stereo():
+    stereo = read_audio(TRUMPET, 22050, 2)
+    mono, _ = soundfile.read(str(TRUMPET), dtype="float32")
+    assert stereo.shape == (2, mono.shape[0])
+    np.testing.assert_array_equal(stereo[0], mono)
+    np.testing.assert_array_equal(stereo[1], mono)
+
+
+def test_read_down_mixes_stereo_to_mono(tmp_path):
+    path = tmp_path / "stereo.flac"
+    tone = _stereo_tone()
+    write_audio(path, tone, 32000)
+    mono = read_audio(path, 32000, 1)
+    assert mono.shape == (1, tone.shape[1])
+    np.testing.assert_allclose(mono[0], tone.mean(axis=0), atol=1e-4)
+
+
+def test_channel_and_rate_helpers():
+    tone = _stereo_tone()
+    np.testing.assert_array_equal(to_channels(tone, 2), tone)
+    np.testing.assert_allclose(to_channels(tone, 1)[0], tone.mean(axis=0))
+    np.testing.assert_array_equal(to_channels(tone[0], 2), np.stack([tone[0], tone[0]]))
+    with pytest.raises(ValueError, match="down-mix it to mono first"):
+        to_channels(np.zeros((6, 10)), 2)
+
+    assert resample(tone, 32000, 32000).shape == tone.shape
+    assert resample(tone, 32000, 16000).shape == (2, tone.shape[1] // 2)
+    assert resample(tone[0], 32000, 16000).shape == (tone.shape[1] // 2,)
+
+
+def test_missing_file_names_it(tmp_path):
+    missing = tmp_path / "nothing_here.wav"
+    with pytest.raises(FileNotFoundError, match="nothing_here.wav"):
+        read_audio(missing, 32000, 1)
+
+
+@pytest.mark.parametrize("content", [b"", b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10])
+def test_corrupt_or_empty_file_is_a_value_error(tmp_path, content):
+    path = tmp_path / "broken.wav"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"cannot read audio from '.*broken.wav'.*soundfile can read"):
+        read_audio(path, 32000, 1)
+
+
+def test_file_without_samples_is_a_value_error(tmp_path):
+    path = tmp_path / "silent.wav"
+    soundfile.write(str(path), np.zeros((0, 1), dtype=np.float32), 32000)
+    with pytest.raises(ValueError, match="no samples"):
+        read_audio(path, 32000, 1)

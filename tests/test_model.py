@@ -1,0 +1,253 @@
+"""zhiyin against the transformers oracle on random tiny checkpoints: logits, greedy tokens, seeded sampling,
+audio prompts, every checkpoint layout, save_pretrained round trip, and clear errors."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from checkpoints import make_checkpoint
+from zhiyin import ModelNotFoundError, MusicgenForConditionalGeneration, MusicgenProcessor
+from zhiyin.audio_io import read_audio
+
+TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_checkpoint):
+    """(folder, reference model whose EnCodec decode records the codes it is given, ours, reference processor)."""
+    from transformers import AutoProcessor
+
+    folder, reference = tiny_checkpoint
+    seen = {}
+    decode = reference.audio_encoder.decode
+
+    def recording_decode(codes, *args, **kwargs):
+        seen["codes"] = codes[0]  # [B, K, frames]
+        return decode(codes, *args, **kwargs)
+
+    reference.audio_encoder.decode = recording_decode
+    reference.seen = seen
+    ours = MusicgenForConditionalGeneration.from_pretrained(folder)
+    return folder, reference, ours, AutoProcessor.from_pretrained(folder)
+
+
+def relative_error(got, want):
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def prompt_clips(shared_audio):
+    clip = read_audio(shared_audio / "sorohanro_solo_trumpet_06.ogg", 32000, 1)[0]
+    return [clip[:24000], clip[5000:17000]]  # two lengths: the shorter one is left-padded
+
+
+def test_logits_match_reference(pair):
+    folder, reference, ours, processor = pair
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    tokens = torch.randint(0, 64, (2 * 4, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = reference(**inputs, decoder_input_ids=tokens).logits  # [B*K, T, V]
+        want_text = reference.text_encoder(**inputs).last_hidden_state
+    got = ours(**inputs, decoder_input_ids=tokens)  # [B, K, T, V]
+    assert got.shape == (2, 4, 9, 64)
+    assert relative_error(got.reshape(8, 9, 64), want) < 1e-4
+    valid = inputs["attention_mask"].bool()
+    got_text = ours.encode_text(inputs["input_ids"], inputs["attention_mask"])
+    assert relative_error(got_text[valid], want_text[valid]) < 1e-4
+
+
+def test_greedy_unconditional_token_identical(pair):
+    folder, reference, ours, _ = pair
+    want_audio = reference.generate(**reference.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24)
+    codes = ours.generate(**ours.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24, return_codes=True)
+    assert codes.shape == (2, 4, 21)  # max_new_tokens - 3 frames, as the reference
+    assert torch.equal(codes, reference.seen["codes"])
+    audio = ours.decode_audio(codes)
+    assert audio.shape == want_audio.shape == (2, 1, 21 * 640)
+    assert audio.dtype == torch.float32
+    assert relative_error(audio, want_audio) < 1e-4
+
+
+def test_greedy_text_guidance_padded_batch_token_identical(pair):
+    folder, reference, ours, processor = pair
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    assert inputs["attention_mask"].sum(1).tolist()[0] != inputs["attention_mask"].sum(1).tolist()[1]
+    want_audio = reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40)
+    audio = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40)
+    codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40, return_codes=True)
+    assert torch.equal(codes, reference.seen["codes"])
+    assert relative_error(audio, want_audio) < 1e-4
+
+
+def test_greedy_audio_prompt_and_text_token_identical(pair, shared_audio):
+    folder, reference, ours, processor = pair
+    inputs = processor(audio=prompt_clips(shared_audio), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
+    want_audio = reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16)
+    codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16, return_codes=True)
+    prompt_frames = -(-24000 // 640)
+    assert codes.shape == (2, 4, prompt_frames + 16 - 3)
+    assert torch.equal(codes, reference.seen["codes"])
+    assert len(torch.unique(codes[:, 0, :prompt_frames])) > 5  # the prompt really was encoded
+    audio = ours.decode_audio(codes)
+    assert relative_error(audio, want_audio) < 1e-4
+    # stripping the prompt's left padding gives each item its own length back
+    stripped = MusicgenProcessor.from_pretrained(folder).batch_decode(audio, padding_mask=inputs["padding_mask"])
+    assert stripped[0].shape[-1] == audio.shape[-1]
+    assert stripped[1].shape[-1] == audio.shape[-1] - (24000 - 12000)
+
+
+def test_sampling_same_seed_same_tokens_as_reference(pair):
+    folder, reference, ours, processor = pair
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    torch.manual_seed(7)
+    reference.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=30)
+    torch.manual_seed(7)
+    first = ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=30, return_codes=True)
+    assert torch.equal(first, reference.seen["codes"])
+    torch.manual_seed(7)
+    again = ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=30, return_codes=True)
+    torch.manual_seed(8)
+    other = ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=30, return_codes=True)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_sampled_tokens_stay_in_top_k(pair, monkeypatch):
+    """Record each step's guided logits and check every sampled token is among their top k."""
+    import zhiyin.generation as generation
+    from zhiyin.sampling import apply_guidance, next_tokens
+
+    folder, reference, ours, processor = pair
+    steps = []
+
+    def recording_next_tokens(logits, settings, generator=None):
+        tokens = next_tokens(logits, settings, generator)
+        steps.append((apply_guidance(logits.float(), settings.guidance_scale), tokens))
+        return tokens
+
+    monkeypatch.setattr(generation, "next_tokens", recording_next_tokens)
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=3, temperature=2.0, max_new_tokens=30)
+    assert len(steps) == 30
+    for guided, tokens in steps:
+        top = guided.topk(3, dim=-1).indices  # [B, K, 3]
+        assert (top == tokens[..., None]).any(-1).all()
+
+
+def test_defaults_come_from_generation_config(pair):
+    folder, reference, ours, processor = pair
+    assert ours.generation_config.do_sample is True and ours.generation_config.guidance_scale == 3.0
+    assert ours.generation_config.top_k == 50  # unset in the file: the reference's fallback
+    inputs = processor(text=TEXTS[:1], return_tensors="pt")
+    torch.manual_seed(1)
+    reference.generate(**inputs, max_new_tokens=12)  # do_sample, guidance 3, top_k 50 from the config
+    torch.manual_seed(1)
+    codes = ours.generate(**inputs, max_new_tokens=12, return_codes=True)
+    assert torch.equal(codes, reference.seen["codes"])
+
+
+def test_numpy_inputs_work(pair):
+    folder, reference, ours, processor = pair
+    inputs = processor(text=TEXTS, padding=True, return_tensors="np")
+    codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=10, return_codes=True)
+    want = ours.generate(**processor(text=TEXTS, padding=True, return_tensors="pt"), do_sample=False,
+                         guidance_scale=3, max_new_tokens=10, return_codes=True)
+    assert torch.equal(codes, want)
+
+
+@pytest.mark.parametrize("layout", ["bin-2023", "sharded", "sharded-bin"])
+def test_every_checkpoint_layout_loads_the_same_model(layout, tmp_path, pair):
+    folder, reference, ours, processor = pair
+    make_checkpoint(tmp_path, "tiny", layout)  # same seed: the same weights
+    other = MusicgenForConditionalGeneration.from_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert ("model.safetensors" in files) is False
+    mine, theirs = ours.state_dict(), other.state_dict()
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.allclose(mine[key], theirs[key], rtol=1e-6, atol=1e-7), key
+
+
+def test_no_projection_when_text_and_decoder_widths_match(tmp_path):
+    from transformers import AutoProcessor
+
+    reference = make_checkpoint(tmp_path, "tiny-noproj", "safetensors")
+    ours = MusicgenForConditionalGeneration.from_pretrained(tmp_path)
+    assert ours.enc_to_dec_proj is None
+    inputs = AutoProcessor.from_pretrained(tmp_path)(text=TEXTS, padding=True, return_tensors="pt")
+    tokens = torch.randint(0, 64, (8, 5))
+    with torch.no_grad():
+        want = reference(**inputs, decoder_input_ids=tokens).logits
+    assert relative_error(ours(**inputs, decoder_input_ids=tokens).reshape(8, 5, 64), want) < 1e-4
+
+
+def test_save_pretrained_round_trip_loads_in_reference(pair, tmp_path):
+    from transformers import MusicgenForConditionalGeneration as Reference
+
+    folder, reference, ours, processor = pair
+    ours.save_pretrained(tmp_path)
+    again = MusicgenForConditionalGeneration.from_pretrained(tmp_path)
+    for key, value in ours.state_dict().items():
+        assert torch.allclose(value, again.state_dict()[key], rtol=1e-6, atol=1e-6), key
+    loaded = Reference.from_pretrained(tmp_path).eval()
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    tokens = torch.randint(0, 64, (8, 6))
+    with torch.no_grad():
+        want = reference(**inputs, decoder_input_ids=tokens).logits
+        got = loaded(**inputs, decoder_input_ids=tokens).logits
+    assert relative_error(got, want) < 1e-5
+    assert json.loads((tmp_path / "generation_config.json").read_text())["guidance_scale"] == 3.0
+
+
+def test_bfloat16_runs_and_stays_close(pair):
+    folder, reference, ours, processor = pair
+    half = MusicgenForConditionalGeneration.from_pretrained(folder, dtype="bfloat16")
+    assert half.dtype == torch.bfloat16
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    tokens = torch.randint(0, 64, (2, 4, 6))
+    assert relative_error(half(**inputs, decoder_input_ids=tokens).float(), ours(**inputs, decoder_input_ids=tokens)) < 0.05
+    audio = half.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=8)
+    assert audio.dtype == torch.float32 and audio.shape == (2, 1, 5 * 640)
+
+
+def test_loads_from_the_hub_cache(pair, tmp_path, monkeypatch):
+    """A hub id goes through huggingface_hub: here a cache laid out as the hub client writes it, offline."""
+    folder = pair[0]
+    snapshot = tmp_path / "hub" / "models--facebook--musicgen-tiny" / "snapshots" / ("a" * 40)
+    shutil.copytree(folder, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = MusicgenForConditionalGeneration.from_pretrained("facebook/musicgen-tiny", cache_dir=tmp_path / "hub")
+    assert model.config.decoder.num_codebooks == 4
+
+
+def test_errors_are_clear(pair, tmp_path, monkeypatch):
+    folder, reference, ours, processor = pair
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        MusicgenForConditionalGeneration.from_pretrained(tmp_path / "nowhere")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="facebook/musicgen-small.*(unreachable|offline)"):
+        MusicgenForConditionalGeneration.from_pretrained("facebook/musicgen-small", cache_dir=tmp_path / "empty")
+    (tmp_path / "empty_ckpt").mkdir()
+    (tmp_path / "empty_ckpt" / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        MusicgenForConditionalGeneration.from_pretrained(tmp_path / "empty_ckpt")
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    for bad, message in [
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(guidance_scale=0.5), "guidance_scale"),
+        (dict(max_new_tokens=3), "max_new_tokens"),
+        (dict(max_new_tokens=5000), "longer music is not supported yet"),
+        (dict(num_beams=4), "num_beams"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ours.generate(**inputs, do_sample=True, max_new_tokens=bad.pop("max_new_tokens", 8), **bad)
+    with pytest.raises(ValueError, match="get_unconditional_inputs"):
+        ours.generate(max_new_tokens=8)
