@@ -4,6 +4,7 @@
 """
 
 from .config import GenerationConfig, MusicgenConfig
+from . import kernels
 from .hub import ModelNotFoundError
 from .model import MusicgenForConditionalGeneration
 from .processor import AutoProcessor, MusicgenProcessor

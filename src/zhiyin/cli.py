@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--format", choices=["wav", "flac", "ogg"], default=None,
                    help="audio format (default: from the output file's extension, else wav)")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weights dtype")
+    g.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8: decoder weights as int8 (weight-only; fastest on CPU, output differs slightly)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -111,7 +113,9 @@ def generate(args) -> int:
         prompt_audio = read_audio(args.audio_prompt, rate, channels)  # [channels, samples]
 
     started = time.perf_counter()
-    model = MusicgenForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    model = MusicgenForConditionalGeneration.from_pretrained(
+        args.model, dtype=args.dtype, device=args.device, quantize=args.quantize
+    )
     frame_rate = config.audio_encoder.frame_rate
     delay = max(codebook_delays(config.decoder.num_codebooks, channels))
     new_frames = round(args.duration * frame_rate)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import hub, weights
+from . import hub, kernels, weights
 from .config import GenerationConfig, MusicgenConfig
 from .decoder import CrossKV, MusicgenDecoder
 from .delay_pattern import codebook_delays, num_frames
@@ -79,10 +79,13 @@ class MusicgenForConditionalGeneration(nn.Module):
         cache_dir: str | os.PathLike | None = None,
         token: str | bool | None = None,
         local_files_only: bool = False,
+        quantize: str | None = None,
     ) -> "MusicgenForConditionalGeneration":
         """Load a checkpoint from a local folder or a hub id (e.g. 'facebook/musicgen-small').
 
         dtype: float32 (default), bfloat16, float16, or 'auto' for the dtype the weights are stored in.
+        quantize: 'int8' stores the decoder's linear weights as int8 with a scale per output row (weight-only).
+        On the CPU the decoder's linear layers run in zhiyin's weight-streaming kernels (see kernels.py).
         """
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
         hub_kwargs = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
@@ -105,6 +108,8 @@ class MusicgenForConditionalGeneration(nn.Module):
         model.to(dtype=target)
         if device is not None:
             model.to(device)
+        if model.device.type == "cpu" or quantize is not None:
+            kernels.accelerate_decoder(model.decoder, quantize)
         return model.eval()
 
     def _load_converted(self, state: dict[str, Tensor], name: str) -> None:
@@ -122,8 +127,10 @@ class MusicgenForConditionalGeneration(nn.Module):
         """Write config.json, generation_config.json and model.safetensors in the layout transformers loads."""
         from safetensors.torch import save_file
 
-        os.makedirs(folder, exist_ok=True)
         state = self.state_dict()
+        if any(v.dtype == torch.int8 for v in state.values()):
+            raise ValueError("cannot save an int8-quantized model: save the float checkpoint (load it without quantize)")
+        os.makedirs(folder, exist_ok=True)
         normed = set()
         if self.config.audio_encoder.norm_type == "weight_norm":
             normed = {k for k in state if k.startswith("audio_encoder.") and k.endswith("conv.weight")}
@@ -155,7 +162,13 @@ class MusicgenForConditionalGeneration(nn.Module):
 
     @torch.inference_mode()
     def encode_audio(self, input_values: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        """Audio [B, channels, T] at the codec's rate -> prompt codes [B, K, frames] in the decoder's codebook order."""
+        """Audio [B, channels, T] at the codec's rate -> prompt codes [B, K, frames] in the decoder's codebook order.
+
+        Stereo models encode each channel with the mono EnCodec and interleave the codes L1, R1, L2, R2, ...
+        A prompt whose channel count is not the model's is mixed to it: mono for a stereo model is copied to both
+        channels (L = R, as the reference's forward() repeats mono codes; its generate() raises instead), stereo
+        for a mono model is averaged (the reference crashes in EnCodec); any other count raises ValueError.
+        """
         channels = self.config.decoder.audio_channels
         if input_values.dim() != 3:
             raise ValueError(f"input_values must be [batch, channels, samples], got shape {tuple(input_values.shape)}")
@@ -268,6 +281,8 @@ class MusicgenForConditionalGeneration(nn.Module):
 
         Arguments not given default to the checkpoint's generation_config.json, then to the reference's
         defaults (greedy, max_length 20, top_k 50), exactly as transformers does.
+        channels is config.decoder.audio_channels (2 for musicgen-stereo-*); input_values ([B, channels, T], or
+        [B, T] for mono) with another channel count is mixed to the model's, as `encode_audio` says.
         """
         if unknown:
             raise ValueError(f"generate() got arguments it does not know: {', '.join(sorted(unknown))}")

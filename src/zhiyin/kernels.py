@@ -1,0 +1,155 @@
+"""Fast CPU decoding: the decoder's linear layers as weight-streaming matrix-vector products.
+
+A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so it is bound by
+how fast the weights stream from memory. PyTorch's BLAS reaches a third to a half of the memory bandwidth on such
+shapes; `csrc/gemv.cpp` reaches most of it, for float32, bfloat16 and int8 (weight-only, one scale per output row)
+weights. It is compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`) into ~/.cache/zhiyin
+(or $ZHIYIN_CACHE) and called through ctypes. Without a compiler, or with ZHIYIN_KERNELS=0, the same layers run
+on plain PyTorch: results agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SOURCE = Path(__file__).with_name("csrc") / "gemv.cpp"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+MAX_ROWS = 8  # the kernel's limit; more rows (prefill) go to PyTorch, where they are compute-bound anyway
+
+_library: ctypes.CDLL | None = None
+_tried = False
+_enabled = os.environ.get("ZHIYIN_KERNELS", "1") != "0"
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Switch the kernels on or off (off: the same layers run on plain PyTorch); returns the previous setting."""
+    global _enabled
+    previous, _enabled = _enabled, enabled
+    return previous
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() + platform.machine()
+
+
+def _build(target: Path) -> None:
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(temporary)], check=True, capture_output=True, text=True)
+        os.replace(temporary, target)
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {error.stderr.strip()[-500:]}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on first use; None if they are switched off or can't be built here."""
+    global _library, _tried
+    if not _enabled:
+        return None
+    if _tried:
+        return _library
+    _tried = True
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("ZHIYIN_CACHE") or Path.home() / ".cache" / "zhiyin")
+    target = cache / f"gemv-{key}.so"
+    try:
+        if not target.exists():
+            _build(target)
+        lib = ctypes.CDLL(str(target))
+    except (RuntimeError, OSError) as error:
+        warnings.warn(f"zhiyin: fast CPU kernels unavailable ({error}); using plain PyTorch (slower)", stacklevel=2)
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.zhiyin_gemv_f32.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int]
+    lib.zhiyin_gemv_bf16.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int]
+    lib.zhiyin_gemv_i8.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int]
+    _library = lib
+    return lib
+
+
+def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-output-row int8: weight [N, K] ~= q [N, K] int8 * scale [N] float32."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class StreamingLinear(nn.Module):
+    """A bias-free linear layer (y = x W^T) whose few-row products run in the streaming kernel.
+
+    weight is float32, bfloat16 or int8 ([N, K], same key as nn.Linear's); int8 carries `scale` [N].
+    """
+
+    def __init__(self, weight: Tensor, scale: Tensor | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+        self.scale = None if scale is None else nn.Parameter(scale.float().contiguous(), requires_grad=False)
+        self.out_features, self.in_features = weight.shape
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, quantize: str | None = None) -> "StreamingLinear":
+        if linear.bias is not None:
+            raise ValueError("StreamingLinear has no bias")
+        if quantize == "int8":
+            return cls(*quantize_int8(linear.weight.data))
+        return cls(linear.weight.data)
+
+    def forward(self, x: Tensor) -> Tensor:
+        K, N = self.in_features, self.out_features
+        rows = x.numel() // K
+        lib = library() if x.device.type == "cpu" and rows <= MAX_ROWS else None
+        if lib is None:
+            return F.linear(x, self.dequantized(x.dtype))
+        flat = x.reshape(rows, K).float().contiguous()  # [M, K]
+        out = torch.empty(rows, N, dtype=torch.float32)
+        threads = torch.get_num_threads()
+        w = self.weight
+        if w.dtype == torch.float32:
+            lib.zhiyin_gemv_f32(flat.data_ptr(), w.data_ptr(), out.data_ptr(), rows, N, K, threads)
+        elif w.dtype == torch.bfloat16:
+            lib.zhiyin_gemv_bf16(flat.data_ptr(), w.data_ptr(), out.data_ptr(), rows, N, K, threads)
+        elif w.dtype == torch.int8:
+            lib.zhiyin_gemv_i8(flat.data_ptr(), w.data_ptr(), self.scale.data_ptr(), out.data_ptr(), rows, N, K, threads)
+        else:  # float16: no kernel
+            return F.linear(x, w.to(x.dtype))
+        return out.view(*x.shape[:-1], N).to(x.dtype)
+
+    def dequantized(self, dtype: torch.dtype) -> Tensor:
+        if self.scale is None:
+            return self.weight.to(dtype)
+        return (self.weight.float() * self.scale[:, None]).to(dtype)
+
+
+def accelerate_decoder(decoder: nn.Module, quantize: str | None = None) -> None:
+    """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for StreamingLinear, in place."""
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantization '{quantize}': the choice is int8")
+    for name, module in list(decoder.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child.bias is None:
+                setattr(module, child_name, StreamingLinear.from_linear(child, quantize))

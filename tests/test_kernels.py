@@ -1,0 +1,74 @@
+"""The weight-streaming CPU kernels against plain PyTorch, and the fast decoding path against the plain one."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zhiyin import MusicgenForConditionalGeneration, kernels
+from zhiyin.kernels import StreamingLinear, quantize_int8
+
+
+@pytest.fixture(autouse=True)
+def kernels_available():
+    assert kernels.library() is not None, "the C++ kernels did not build (is g++ installed?)"
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("shape", [(64, 48), (100, 50), (3072, 1024), (1024, 4096)])
+def test_float_kernels_match_pytorch(rows, shape):
+    N, K = shape
+    g = torch.Generator().manual_seed(rows * 7 + N)
+    weight, x = torch.randn(N, K, generator=g), torch.randn(rows, K, generator=g)
+    want = F.linear(x, weight)
+    got = StreamingLinear(weight)(x)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-4 * K**0.5)
+    half = weight.bfloat16()
+    got = StreamingLinear(half)(x)
+    assert torch.allclose(got, F.linear(x, half.float()), rtol=1e-5, atol=1e-4 * K**0.5)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+def test_int8_kernel_matches_dequantized_weights(rows):
+    weight, x = torch.randn(300, 200), torch.randn(rows, 200)
+    q, scale = quantize_int8(weight)
+    assert q.dtype == torch.int8 and scale.shape == (300,)
+    dequantized = q.float() * scale[:, None]
+    assert (dequantized - weight).abs().max() <= scale.max() / 2 + 1e-6  # round to nearest
+    got = StreamingLinear(q, scale)(x)
+    assert torch.allclose(got, F.linear(x, dequantized), rtol=1e-5, atol=1e-3)
+
+
+def test_more_rows_than_the_kernel_takes_fall_back_to_pytorch():
+    weight, x = torch.randn(64, 32), torch.randn(3, 7, 32)  # 21 rows
+    assert torch.allclose(StreamingLinear(weight)(x), F.linear(x, weight), atol=1e-5)
+
+
+def test_fast_path_is_token_identical_to_the_plain_path(tiny_checkpoint):
+    folder, _ = tiny_checkpoint
+    model = MusicgenForConditionalGeneration.from_pretrained(folder)
+    assert any(isinstance(m, StreamingLinear) for m in model.decoder.modules())
+    inputs = dict(input_ids=torch.tensor([[5, 9, 3, 1], [7, 1, 0, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
+    fast = model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40, return_codes=True)
+    previous = kernels.set_enabled(False)
+    try:
+        plain = model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40, return_codes=True)
+    finally:
+        kernels.set_enabled(previous)
+    assert torch.equal(fast, plain)
+
+
+def test_int8_and_bfloat16_models_stay_close_to_float32(tiny_checkpoint):
+    folder, _ = tiny_checkpoint
+    reference = MusicgenForConditionalGeneration.from_pretrained(folder)
+    inputs = dict(input_ids=torch.tensor([[5, 9, 3, 1]]))
+    tokens = torch.randint(0, 64, (1, 4, 1))  # one row: the kernels' path
+    want = reference(**inputs, decoder_input_ids=tokens)
+    for options, tolerance in [(dict(quantize="int8"), 0.05), (dict(dtype="bfloat16"), 0.05)]:
+        model = MusicgenForConditionalGeneration.from_pretrained(folder, **options)
+        got = model(**inputs, decoder_input_ids=tokens).float()
+        assert (got - want).abs().max() / want.abs().max() < tolerance, options
+    quantized = MusicgenForConditionalGeneration.from_pretrained(folder, quantize="int8")
+    with pytest.raises(ValueError, match="int8"):
+        quantized.save_pretrained(folder / "never")
+    with pytest.raises(ValueError, match="int8"):
+        MusicgenForConditionalGeneration.from_pretrained(folder, quantize="int4")
