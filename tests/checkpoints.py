@@ -5,8 +5,10 @@
 layouts: "safetensors" (current transformers: parametrizations.weight.original0/1, no tied T5 embedding key),
          "bin-2023" (pytorch_model.bin with weight_g/weight_v keys and the tied T5 embedding, as published in 2023),
          "sharded" (model-0000N-of-0000M.safetensors + index), "sharded-bin" (pytorch_model-*.bin + index).
-shapes:  "tiny" (fast), "tiny-noproj" (text width = decoder width: no enc_to_dec_proj), "small" (the published
-         musicgen-small shapes: decoder 1024 x 24 layers x 16 heads, 4 x 2048 codebooks, t5-base, EnCodec 32 kHz).
+shapes:  "tiny" (fast), "tiny-noproj" (text width = decoder width: no enc_to_dec_proj), "tiny-stereo" (as the
+         musicgen-stereo-* repos: decoder audio_channels 2 with 8 codebooks L1,R1,L2,R2,..., the mono 4-codebook
+         EnCodec, preprocessor feature_size 2), "small" (the published musicgen-small shapes: decoder 1024 x 24
+         layers x 16 heads, 4 x 2048 codebooks, t5-base, EnCodec 32 kHz).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ def _configs(shape: str, text_vocab: int):
         sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], num_filters=8, hidden_size=16, codebook_size=64,
         codebook_dim=16, target_bandwidths=[1.2], use_causal_conv=False, use_conv_shortcut=False,  # 4 codebooks of 6 bits
     )
+    stereo = shape == "tiny-stereo"  # as musicgen-stereo-*: the decoder has 2 x 4 codebooks, EnCodec stays mono
     decoder = MusicgenDecoderConfig(
         vocab_size=64, hidden_size=width, num_hidden_layers=2, num_attention_heads=4, ffn_dim=96,
-        num_codebooks=4, pad_token_id=64, bos_token_id=64, decoder_start_token_id=64,
+        num_codebooks=8 if stereo else 4, audio_channels=2 if stereo else 1,
+        pad_token_id=64, bos_token_id=64, decoder_start_token_id=64,
     )
     return t5, codec, decoder
 

@@ -24,6 +24,8 @@ IGNORED_CHECKPOINT_SUFFIXES = ("codebook.inited", "codebook.cluster_size", "code
 
 def _pad1d(x: Tensor, left: int, right: int, mode: str) -> Tensor:
     """F.pad on the last dim; reflect padding on an input shorter than the pad gets zeros appended first."""
+    if left == right == 0:
+        return x
     if mode != "reflect":
         return F.pad(x, (left, right), mode=mode)
     length = x.shape[-1]
@@ -56,8 +58,22 @@ class EncodecConv1d(nn.Module):
         else:
             right = self.padding_total // 2
             left = self.padding_total - right
-        x = self.conv(_pad1d(x, left, right + extra, self.pad_mode))
+        if self.pad_mode == "reflect" and self.stride == 1 and left == right + extra and length >= 3 * left > 0:
+            x = self._conv_reflect_edges(x, left)  # the same numbers, without copying x into a padded buffer
+        else:
+            x = self.conv(_pad1d(x, left, right + extra, self.pad_mode))
         return x if self.norm is None else self.norm(x)
+
+    def _conv_reflect_edges(self, x: Tensor, pad: int) -> Tensor:
+        """A stride-1 conv over x reflect-padded by `pad` on both sides: the conv's own zero padding is exact
+        except for the first and last `pad` outputs, which are recomputed from reflect-padded edges of x."""
+        conv = self.conv
+        y = F.conv1d(x, conv.weight, conv.bias, padding=pad, dilation=conv.dilation)  # [B, C_out, T]
+        head = F.pad(x[..., : 3 * pad], (pad, 0), mode="reflect")  # the inputs of the first `pad` outputs
+        tail = F.pad(x[..., -3 * pad :], (0, pad), mode="reflect")
+        y[..., :pad] = F.conv1d(head, conv.weight, conv.bias, dilation=conv.dilation)[..., :pad]
+        y[..., -pad:] = F.conv1d(tail, conv.weight, conv.bias, dilation=conv.dilation)[..., -pad:]
+        return y
 
 
 class EncodecConvTranspose1d(nn.Module):
@@ -79,10 +95,15 @@ class EncodecConvTranspose1d(nn.Module):
         self.trim_left = padding_total - self.trim_right
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C_in, T] -> [B, C_out, T * stride]
-        x = self.conv(x)
-        if self.norm is not None:
-            x = self.norm(x)
-        return x[..., self.trim_left : x.shape[-1] - self.trim_right]
+        conv = self.conv
+        if self.norm is None:  # let the conv trim the symmetric part itself: no strided copy of its output
+            both = min(self.trim_left, self.trim_right)
+            x = F.conv_transpose1d(x, conv.weight, conv.bias, stride=conv.stride, padding=both)
+            left, right = self.trim_left - both, self.trim_right - both
+        else:
+            x = self.norm(conv(x))
+            left, right = self.trim_left, self.trim_right
+        return x[..., left : x.shape[-1] - right]
 
 
 class EncodecLSTM(nn.Module):
@@ -105,9 +126,9 @@ class EncodecResnetBlock(nn.Module):
         super().__init__()
         hidden = dim // config.compress
         self.block = nn.ModuleList([
-            nn.ELU(),
+            nn.ELU(),  # not in place: x is still needed for the shortcut
             EncodecConv1d(config, dim, hidden, config.residual_kernel_size, dilation=dilation),
-            nn.ELU(),
+            nn.ELU(inplace=True),
             EncodecConv1d(config, hidden, dim, 1),
         ])
         self.shortcut = EncodecConv1d(config, dim, dim, 1) if config.use_conv_shortcut else nn.Identity()
@@ -116,7 +137,7 @@ class EncodecResnetBlock(nn.Module):
         y = x
         for layer in self.block:
             y = layer(y)
-        return self.shortcut(x) + y
+        return y.add_(self.shortcut(x))
 
 
 class EncodecEncoder(nn.Module):
@@ -129,9 +150,9 @@ class EncodecEncoder(nn.Module):
         for ratio in reversed(config.upsampling_ratios):
             for j in range(config.num_residual_layers):
                 layers.append(EncodecResnetBlock(config, dim, config.dilation_growth_rate**j))
-            layers += [nn.ELU(), EncodecConv1d(config, dim, dim * 2, kernel_size=2 * ratio, stride=ratio)]
+            layers += [nn.ELU(inplace=True), EncodecConv1d(config, dim, dim * 2, kernel_size=2 * ratio, stride=ratio)]
             dim *= 2
-        layers += [EncodecLSTM(config, dim), nn.ELU(), EncodecConv1d(config, dim, config.hidden_size, config.last_kernel_size)]
+        layers += [EncodecLSTM(config, dim), nn.ELU(inplace=True), EncodecConv1d(config, dim, config.hidden_size, config.last_kernel_size)]
         self.layers = nn.ModuleList(layers)  # ELUs are list entries too, so the checkpoint indices line up
 
     def forward(self, x: Tensor) -> Tensor:
@@ -148,11 +169,11 @@ class EncodecDecoder(nn.Module):
         dim = config.num_filters * 2 ** len(config.upsampling_ratios)
         layers: list[nn.Module] = [EncodecConv1d(config, config.hidden_size, dim, config.kernel_size), EncodecLSTM(config, dim)]
         for ratio in config.upsampling_ratios:
-            layers += [nn.ELU(), EncodecConvTranspose1d(config, dim, dim // 2, kernel_size=2 * ratio, stride=ratio)]
+            layers += [nn.ELU(inplace=True), EncodecConvTranspose1d(config, dim, dim // 2, kernel_size=2 * ratio, stride=ratio)]
             dim //= 2
             for j in range(config.num_residual_layers):
                 layers.append(EncodecResnetBlock(config, dim, config.dilation_growth_rate**j))
-        layers += [nn.ELU(), EncodecConv1d(config, dim, config.audio_channels, config.last_kernel_size)]
+        layers += [nn.ELU(inplace=True), EncodecConv1d(config, dim, config.audio_channels, config.last_kernel_size)]
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -40,20 +40,67 @@ def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 
 
-def read_state_dict(paths: list[str]) -> dict[str, torch.Tensor]:
-    """Read weight files (all safetensors or all .bin) into one state dict, memory-mapped where possible."""
+def read_state_dict(paths: list[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Read weight files (all safetensors or all .bin) into one state dict.
+
+    Safetensors files are memory-mapped: no copy is made until a tensor is used. With `dtype` (floating-point
+    tensors converted to it) they are read tensor by tensor instead, so that loading never holds both the stored
+    and the converted copy of the weights: peak memory stays near the size of the converted weights.
+    """
     state: dict[str, torch.Tensor] = {}
     for path in paths:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
+            if dtype is None or _stored_dtypes(path) <= {dtype}:
+                from safetensors.torch import load_file
 
-            state.update(load_file(path))  # mmap-backed tensors: no copy until they are used
+                state.update(load_file(path))
+            else:
+                state.update(_read_safetensors_as(path, dtype))
         else:
             try:
-                state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+                part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError:  # an old non-zip pickle can't be memory-mapped
-                state.update(torch.load(path, map_location="cpu", weights_only=True))
+                part = torch.load(path, map_location="cpu", weights_only=True)
+            for key in list(part):
+                if dtype is not None and part[key].is_floating_point():
+                    part[key] = part[key].to(dtype)
+            state.update(part)
     return state
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
+
+
+def _safetensors_header(f) -> tuple[dict, int]:
+    import json
+
+    size = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def _stored_dtypes(path: str) -> set[torch.dtype]:
+    with open(path, "rb") as f:
+        header, _ = _safetensors_header(f)
+    return {_SAFETENSORS_DTYPES[info["dtype"]] for info in header.values() if info["dtype"].startswith(("F", "BF"))}
+
+
+def _read_safetensors_as(path: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Read a safetensors file one tensor at a time, converting floating-point tensors to `dtype`."""
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as f:
+        header, base = _safetensors_header(f)
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            start, end = info["data_offsets"]
+            raw = torch.empty(end - start, dtype=torch.uint8)
+            f.seek(base + start)
+            f.readinto(memoryview(raw.numpy()))
+            tensor = raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+            out[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return out
 
 
 def shard_names(index_path: str) -> list[str]:
@@ -106,7 +153,7 @@ def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out.setdefault("text_encoder.shared.weight", value)  # tied to shared; some files carry only this one
         elif key == "text_encoder.shared.weight":
             out[key] = value
-        elif key.startswith(("text_encoder.", "audio_encoder.", "enc_to_dec_proj.")):
+        elif key.startswith(("text_encoder.", "audio_encoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.")):
             out[key] = value
         elif key.startswith("decoder.model.decoder.embed_positions"):
             continue  # sinusoidal, recomputed
@@ -116,6 +163,8 @@ def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         prefix = f"decoder.layers.{index}."
         for ours, pieces in _FUSED.items():
             missing = [p for p in pieces if p not in parts]
+            if len(missing) == len(pieces) and ours.startswith("cross_attn."):
+                continue  # melody decoders have no cross-attention
             if missing:
                 raise ValueError(f"checkpoint lacks decoder layer {index} weights {missing}")
             out[prefix + ours] = torch.cat([parts.pop(p) for p in pieces], dim=0)

@@ -1,0 +1,276 @@
+"""Stereo checkpoints (musicgen-stereo-*) against the transformers oracle on a random "tiny-stereo" checkpoint:
+8 decoder codebooks interleaved L1,R1,L2,R2,... with delays 0,0,1,1,2,2,3,3 over the mono 4-codebook EnCodec,
+each channel encoded and decoded on its own; output [batch, 2, samples]. Also what happens when the prompt's
+channel count is not the model's, and the command line with a stereo model."""
+
+import math
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from checkpoints import make_checkpoint
+from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
+from zhiyin.audio_io import read_audio
+from zhiyin.cli import main
+from zhiyin.delay_pattern import codebook_delays
+
+TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
+HOP = 640
+
+
+def relative_error(got, want):
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def record_decodes(reference, monkeypatch=None):
+    """Make the reference's EnCodec decode record the codes [B, K', frames] of every call (stereo: left, right)."""
+    calls = []
+    decode = reference.audio_encoder.decode
+
+    def recording_decode(codes, *args, **kwargs):
+        calls.append(codes[0])
+        return decode(codes, *args, **kwargs)
+
+    if monkeypatch is None:
+        reference.audio_encoder.decode = recording_decode
+    else:  # undone after the test
+        monkeypatch.setattr(reference.audio_encoder, "decode", recording_decode)
+    return calls
+
+
+def reference_generate(reference, calls, **kwargs):
+    """(audio, codes [B, K, frames] in the decoder's codebook order) of one reference.generate call."""
+    calls.clear()
+    audio = reference.generate(**kwargs)
+    channels = reference.config.decoder.audio_channels
+    assert len(calls) == channels
+    codes = calls[0] if channels == 1 else torch.stack(calls, dim=2).flatten(1, 2)  # L1, R1, L2, R2, ...
+    return audio, codes
+
+
+@pytest.fixture(scope="module")
+def stereo(tmp_path_factory):
+    """(folder, reference, its decode calls, ours, reference processor) for the tiny-stereo checkpoint."""
+    from transformers import AutoProcessor
+
+    folder = tmp_path_factory.mktemp("tiny-stereo")
+    reference = make_checkpoint(folder, "tiny-stereo")
+    calls = record_decodes(reference)
+    ours = MusicgenForConditionalGeneration.from_pretrained(folder)
+    return folder, reference, calls, ours, AutoProcessor.from_pretrained(folder)
+
+
+def stereo_clip(shared_audio, seconds=0.75):
+    """A real clip made stereo: the mono trumpet on the left, a 25 ms late, half-loud copy on the right."""
+    mono = read_audio(shared_audio / "sorohanro_solo_trumpet_06.ogg", 32000, 1)[0][: int(seconds * 32000)]
+    late = 800
+    right = 0.5 * np.concatenate([np.zeros(late, np.float32), mono[:-late]])
+    return np.stack([mono, right])  # (2, samples)
+
+
+def test_stereo_checkpoint_layout(stereo):
+    import json
+
+    folder, reference, calls, ours, processor = stereo
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["decoder"]["num_codebooks"], config["decoder"]["audio_channels"]) == (8, 2)
+    assert config["audio_encoder"]["audio_channels"] == 1  # EnCodec stays mono, as in the published repos
+    assert json.loads((folder / "preprocessor_config.json").read_text())["feature_size"] == 2
+    assert ours.config.decoder.audio_channels == 2 and ours.config.audio_encoder.num_quantizers == 4
+    assert codebook_delays(8, 2) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert MusicgenProcessor.from_pretrained(folder).feature_extractor.feature_size == 2
+
+
+def test_stereo_logits_match_reference(stereo):
+    folder, reference, calls, ours, processor = stereo
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    tokens = torch.randint(0, 64, (2 * 8, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = reference(**inputs, decoder_input_ids=tokens).logits  # [B*K, T, V]
+    got = ours(**inputs, decoder_input_ids=tokens)
+    assert got.shape == (2, 8, 7, 64)
+    assert relative_error(got.reshape(16, 7, 64), want) < 1e-4
+
+
+def test_stereo_greedy_text_guidance_padded_batch_token_identical(stereo):
+    folder, reference, calls, ours, processor = stereo
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    assert inputs["attention_mask"].sum(1).tolist()[0] != inputs["attention_mask"].sum(1).tolist()[1]
+    want_audio, want_codes = reference_generate(reference, calls, **inputs, do_sample=False, guidance_scale=3,
+                                                max_new_tokens=30)
+    codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30, return_codes=True)
+    assert codes.shape == (2, 8, 30 - 3)  # the delay is 3 frames, as for mono
+    assert torch.equal(codes, want_codes)
+    assert not torch.equal(codes[:, 0::2], codes[:, 1::2])  # left and right are generated separately
+    audio = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30)
+    assert audio.shape == want_audio.shape == (2, 2, 27 * HOP)
+    assert audio.dtype == torch.float32
+    assert relative_error(audio, want_audio) < 1e-4
+
+
+def test_stereo_greedy_audio_prompt_and_text_token_identical(stereo, shared_audio):
+    folder, reference, calls, ours, processor = stereo
+    clip = stereo_clip(shared_audio)
+    assert not np.allclose(clip[0], clip[1])
+    clips = [clip, clip[:, 6000:]]  # two lengths: the shorter one is left-padded
+    inputs = processor(audio=clips, sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
+    assert inputs["input_values"].shape == (2, 2, clip.shape[1])
+    want_audio, want_codes = reference_generate(reference, calls, **inputs, do_sample=False, guidance_scale=3,
+                                                max_new_tokens=16)
+    codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16, return_codes=True)
+    prompt_frames = math.ceil(clip.shape[1] / HOP)
+    assert codes.shape == (2, 8, prompt_frames + 16 - 3)
+    assert torch.equal(codes, want_codes)
+    prompt = codes[..., :prompt_frames]
+    assert len(torch.unique(prompt[:, 0])) > 5  # the prompt really was encoded
+    assert not torch.equal(prompt[:, 0::2], prompt[:, 1::2])  # ... each channel on its own
+    # the prompt codes are EnCodec's codes of each channel, interleaved
+    left = ours.audio_encoder.encode(inputs["input_values"][:, :1], inputs["padding_mask"])
+    right = ours.audio_encoder.encode(inputs["input_values"][:, 1:], inputs["padding_mask"])
+    assert torch.equal(prompt[:, 0::2], left) and torch.equal(prompt[:, 1::2], right)
+    audio = ours.decode_audio(codes)
+    assert audio.shape == want_audio.shape == (2, 2, codes.shape[-1] * HOP)
+    assert relative_error(audio, want_audio) < 1e-4
+    stripped = MusicgenProcessor.from_pretrained(folder).batch_decode(audio, padding_mask=inputs["padding_mask"])
+    assert stripped[0].shape == (2, audio.shape[-1])
+    assert stripped[1].shape == (2, audio.shape[-1] - 6000)
+
+
+def test_stereo_greedy_unconditional_token_identical(stereo):
+    folder, reference, calls, ours, processor = stereo
+    want_audio, want_codes = reference_generate(reference, calls, **reference.get_unconditional_inputs(2),
+                                                do_sample=False, max_new_tokens=24)
+    codes = ours.generate(**ours.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24, return_codes=True)
+    assert codes.shape == (2, 8, 21)
+    assert torch.equal(codes, want_codes)
+    audio = ours.decode_audio(codes)
+    assert audio.shape == want_audio.shape == (2, 2, 21 * HOP)
+    assert relative_error(audio, want_audio) < 1e-4
+
+
+def test_stereo_sampling_same_seed_same_tokens_as_reference(stereo):
+    folder, reference, calls, ours, processor = stereo
+    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
+    torch.manual_seed(3)
+    _, want = reference_generate(reference, calls, **inputs, do_sample=True, guidance_scale=3, top_k=10,
+                                 max_new_tokens=20)
+    torch.manual_seed(3)
+    codes = ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=20, return_codes=True)
+    assert torch.equal(codes, want)
+
+
+def test_mono_prompt_to_stereo_model_is_copied_to_both_channels(stereo, shared_audio):
+    """The reference's generate() refuses a 1-channel prompt (ValueError: 'Expected stereo audio'), and its
+    forward() turns mono codes into stereo by repeating each codebook (L = R). We do the same in generate():
+    a [B, 1, T] (or [B, T]) prompt is up-mixed by copying it to both channels, so its codes are L = R and the
+    result is the reference's for that prompt copied to both channels. The processor, like the reference's,
+    still wants (2, samples) clips from a stereo checkpoint and says how to up-mix a mono one."""
+    folder, reference, calls, ours, processor = stereo
+    mono = stereo_clip(shared_audio)[0]
+    with pytest.raises(ValueError, match="Expected stereo audio"):
+        processor(audio=mono, sampling_rate=32000, return_tensors="pt")
+    with pytest.raises(ValueError, match=r"to_channels\(audio, 2\)"):
+        MusicgenProcessor.from_pretrained(folder)(audio=mono, sampling_rate=32000, return_tensors="pt")
+
+    text = processor(text=TEXTS[:1], return_tensors="pt")
+    mono_values = torch.from_numpy(mono)[None, None]  # [1, 1, T]
+    with pytest.raises(ValueError, match="Expected stereo audio"):
+        reference.generate(**text, input_values=mono_values, do_sample=False, max_new_tokens=8)
+    _, want = reference_generate(reference, calls, **text, input_values=mono_values.repeat(1, 2, 1),
+                                 do_sample=False, guidance_scale=3, max_new_tokens=8)
+    for values in (mono_values, mono_values[:, 0]):
+        codes = ours.generate(**text, input_values=values, do_sample=False, guidance_scale=3, max_new_tokens=8,
+                              return_codes=True)
+        assert torch.equal(codes, want)
+    prompt_frames = math.ceil(len(mono) / HOP)
+    assert torch.equal(codes[:, 0::2, :prompt_frames], codes[:, 1::2, :prompt_frames])
+
+
+def test_stereo_prompt_to_mono_model_is_mixed_down(tiny_checkpoint, shared_audio, monkeypatch):
+    """The reference crashes inside EnCodec on a 2-channel prompt for a mono model (RuntimeError from conv1d).
+    We mix it down (mean of the channels, as zhiyin.audio_io.read_audio does) and continue that."""
+    from transformers import AutoProcessor
+
+    folder, reference = tiny_checkpoint
+    calls = record_decodes(reference, monkeypatch)  # the model is shared with other tests
+    ours = MusicgenForConditionalGeneration.from_pretrained(folder)
+    text = AutoProcessor.from_pretrained(folder)(text=TEXTS[:1], return_tensors="pt")
+    stereo_values = torch.from_numpy(stereo_clip(shared_audio))[None]  # [1, 2, T]
+    with pytest.raises(RuntimeError):
+        reference.generate(**text, input_values=stereo_values, do_sample=False, max_new_tokens=8)
+    _, want = reference_generate(reference, calls, **text, input_values=stereo_values.mean(1, keepdim=True),
+                                 do_sample=False, guidance_scale=3, max_new_tokens=8)
+    codes = ours.generate(**text, input_values=stereo_values, do_sample=False, guidance_scale=3,
+                          max_new_tokens=8, return_codes=True)
+    assert torch.equal(codes, want)
+    with pytest.raises(ValueError, match="1-channel audio prompts, got 3 channels"):
+        ours.generate(**text, input_values=torch.zeros(1, 3, 6400), max_new_tokens=8)
+
+
+def test_three_channel_prompt_to_stereo_model_is_refused(stereo):
+    folder, reference, calls, ours, processor = stereo
+    text = processor(text=TEXTS[:1], return_tensors="pt")
+    with pytest.raises(ValueError, match="2-channel audio prompts, got 3 channels"):
+        ours.generate(**text, input_values=torch.zeros(1, 3, 6400), max_new_tokens=8)
+
+
+# ---- the command line -------------------------------------------------------------------------------------
+
+
+def cli(capsys, *argv):
+    status = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    return captured.out
+
+
+def test_cli_stereo_model_writes_a_two_channel_wav(capsys, stereo, tmp_path):
+    folder, reference, calls, ours, processor = stereo
+    path = tmp_path / "x.wav"
+    out = cli(capsys, "generate", "lofi hip hop with piano", "--model", folder, "-o", path, "--duration", 0.5,
+              "--greedy", "--quiet")
+    assert "32000 Hz, stereo" in out
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    assert rate == 32000 and data.shape == (25 * HOP, 2)
+    # the same music as the Python API makes (greedy, guidance 3, 25 frames + the 3-frame delay)
+    want = ours.generate(**processor(text=["lofi hip hop with piano"], return_tensors="pt"), do_sample=False,
+                         guidance_scale=3, max_new_tokens=25 + 3)[0].numpy()
+    np.testing.assert_allclose(data.T, np.clip(want, -1, 1), atol=1e-4)
+    assert not np.allclose(data[:, 0], data[:, 1])
+
+
+def test_cli_audio_prompt_is_read_with_the_models_channel_count(capsys, stereo, tiny_checkpoint, tmp_path,
+                                                                 shared_audio):
+    folder, reference, calls, ours, processor = stereo
+    clip = stereo_clip(shared_audio)
+    stereo_file = tmp_path / "prompt.wav"
+    soundfile.write(str(stereo_file), clip.T, 32000, subtype="FLOAT")
+    prompt_frames = math.ceil(clip.shape[1] / HOP)
+
+    # a stereo file continued by the stereo model: both channels kept, the same as the Python API
+    path = tmp_path / "stereo.wav"
+    cli(capsys, "generate", "trumpet", "--model", folder, "--audio-prompt", stereo_file, "-o", path,
+        "--duration", 0.5, "--greedy", "--quiet")
+    data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
+    assert data.shape == ((prompt_frames + 25) * HOP, 2)
+    inputs = processor(audio=clip, sampling_rate=32000, text=["trumpet"], return_tensors="pt")
+    want = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=25 + 3)[0].numpy()
+    np.testing.assert_allclose(data.T, np.clip(want, -1, 1), atol=1e-4)
+
+    # a mono file for the stereo model: up-mixed on reading, so it gets a stereo continuation
+    mono_path = tmp_path / "from-mono.wav"
+    trumpet = shared_audio / "sorohanro_solo_trumpet_06.ogg"
+    out = cli(capsys, "generate", "trumpet", "--model", folder, "--audio-prompt", trumpet, "-o", mono_path,
+              "--duration", 0.5, "--greedy", "--quiet")
+    assert "stereo" in out
+    assert soundfile.info(str(mono_path)).channels == 2
+
+    # the stereo file for a mono model: mixed down on reading, a mono continuation
+    down_path = tmp_path / "down.wav"
+    out = cli(capsys, "generate", "trumpet", "--model", tiny_checkpoint[0], "--audio-prompt", stereo_file,
+              "-o", down_path, "--duration", 0.5, "--greedy", "--quiet")
+    assert "mono" in out
+    data, _ = soundfile.read(str(down_path), dtype="float32", always_2d=True)
+    assert data.shape == ((prompt_frames + 25) * HOP, 1)
