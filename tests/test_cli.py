@@ -183,7 +183,8 @@ BAD = {
     "num-samples 0": (["--unconditional", "--num-samples", "0"], ["--num-samples"]),
     "duration 0": (["piano", "--duration", "0"], ["--duration"]),
     "duration -1": (["piano", "--duration", "-1"], ["--duration"]),
-    "duration 100": (["piano", "--duration", "100"], ["longer music is not supported yet"]),
+    "extend-stride past window": (["piano", "--extend-stride", "30"], ["--extend-stride", "--window"]),
+    "stream to flac": (["piano", "--stream", "-o", "{tmp}/out.flac"], ["--stream", ".wav"]),
     "top-k 0": (["piano", "--top-k", "0"], ["--top-k"]),
     "top-p 0": (["piano", "--top-p", "0"], ["--top-p"]),
     "top-p 1.5": (["piano", "--top-p", "1.5"], ["--top-p"]),
@@ -227,7 +228,7 @@ def test_output_folder_not_writable(capsys, model, tmp_path):
         locked.chmod(stat.S_IRWXU)
 
 
-@pytest.mark.parametrize("bad", [["--top-k", "0"], ["--duration", "100"]], ids=["before-loading", "after-loading"])
+@pytest.mark.parametrize("bad", [["--top-k", "0"], ["--duration", "50", "--window", "45"]], ids=["before-loading", "after-loading"])
 def test_failed_run_leaves_an_existing_file_intact(capsys, model, tmp_path, bad):
     out_path = tmp_path / "keep.wav"
     out_path.write_bytes(b"precious bytes")

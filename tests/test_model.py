@@ -244,7 +244,7 @@ def test_errors_are_clear(pair, tmp_path, monkeypatch):
         (dict(temperature=0.0), "temperature"),
         (dict(guidance_scale=0.5), "guidance_scale"),
         (dict(max_new_tokens=3), "max_new_tokens"),
-        (dict(max_new_tokens=5000), "longer music is not supported yet"),
+        (dict(max_new_tokens=5000), "use generate_long"),
         (dict(num_beams=4), "num_beams"),
     ]:
         with pytest.raises(ValueError, match=message):

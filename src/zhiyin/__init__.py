@@ -5,7 +5,9 @@
 
 from .config import GenerationConfig, MusicgenConfig
 from . import kernels
+from .chroma import MusicgenMelodyFeatureExtractor, MusicgenMelodyProcessor
 from .hub import ModelNotFoundError
+from .melody import MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration
 from .model import MusicgenForConditionalGeneration
 from .processor import AutoProcessor, MusicgenProcessor
 
@@ -15,6 +17,10 @@ __all__ = [
     "ModelNotFoundError",
     "MusicgenConfig",
     "MusicgenForConditionalGeneration",
+    "MusicgenMelodyConfig",
+    "MusicgenMelodyFeatureExtractor",
+    "MusicgenMelodyForConditionalGeneration",
+    "MusicgenMelodyProcessor",
     "MusicgenProcessor",
 ]
 __version__ = "0.1.0"

@@ -28,8 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
     g.add_argument("--duration", type=float, default=10.0,
                    help="seconds of new music to make (default 10); an audio prompt comes on top of it")
+    g.add_argument("--window", type=float, default=30.0,
+                   help="longer music is made in windows of this many seconds (default 30, what the model was trained on)")
+    g.add_argument("--extend-stride", type=float, default=18.0,
+                   help="seconds of new music each window after the first adds; the rest of it continues the last "
+                        "window's music (default 18)")
+    g.add_argument("--stream", action="store_true",
+                   help="write the WAV as the music is made: a valid file after every second, even if interrupted")
     g.add_argument("--audio-prompt", metavar="FILE", help="continue this audio (any format and rate soundfile reads)")
-    g.add_argument("--unconditional", action="store_true", help="no text: music from nothing")
+    g.add_argument("--melody", metavar="FILE",
+                   help="follow this tune (melody models such as facebook/musicgen-melody; any audio file)")
+    g.add_argument("--unconditional", action="store_true", help="no text: music from nothing (or from --melody)")
     g.add_argument("--num-samples", type=int, default=1, help="how many files to make with --unconditional")
     g.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3, 1 = off)")
     g.add_argument("--top-k", type=int, default=250, help="sample from the k most likely tokens (default 250)")
@@ -71,6 +80,8 @@ def check_arguments(args) -> list[str]:
         raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.duration <= 0:
         raise UsageError(f"--duration must be more than 0 seconds, got {args.duration:g}")
+    if not 0 < args.extend_stride < args.window:
+        raise UsageError(f"--extend-stride must be more than 0 and less than --window ({args.window:g} s), got {args.extend_stride:g}")
     if args.guidance < 1:
         raise UsageError(f"--guidance must be >= 1 (1 turns guidance off), got {args.guidance:g}")
     if not args.greedy:
@@ -82,6 +93,8 @@ def check_arguments(args) -> list[str]:
             raise UsageError(f"--temperature must be > 0 when sampling, got {args.temperature:g} (use --greedy instead)")
     count = args.num_samples if args.unconditional else len(prompts)
     paths = output_paths(args.output, count, args.format)
+    if args.stream and not paths[0].lower().endswith(".wav"):
+        raise UsageError("--stream writes WAV files: use -o NAME.wav")
     folder = os.path.dirname(os.path.abspath(paths[0]))
     if not os.path.isdir(folder):
         raise UsageError(f"output folder '{folder}' does not exist: create it or choose another -o")
@@ -92,6 +105,8 @@ def check_arguments(args) -> list[str]:
             raise UsageError(f"'{path}' is a folder: give a file name such as '{os.path.join(path, 'music.wav')}'")
     if args.audio_prompt is not None and not os.path.isfile(args.audio_prompt):
         raise UsageError(f"audio prompt '{args.audio_prompt}' not found")
+    if args.melody is not None and not os.path.isfile(args.melody):
+        raise UsageError(f"melody file '{args.melody}' not found")
     return paths
 
 
@@ -103,17 +118,32 @@ def generate(args) -> int:
     from .config import MusicgenConfig
     from .delay_pattern import codebook_delays
     from .hub import resolve_file
+    from .melody import MusicgenMelodyForConditionalGeneration
     from .model import MusicgenForConditionalGeneration
-    from .processor import MusicgenProcessor
+    from .processor import AutoProcessor
 
     config = MusicgenConfig.from_json_file(resolve_file(args.model, "config.json"))
     rate, channels = config.audio_encoder.sampling_rate, config.decoder.audio_channels
+    melodic = config.extra.get("model_type") == "musicgen_melody"
+    if args.melody is not None and not melodic:
+        raise UsageError(f"--melody needs a melody model such as facebook/musicgen-melody: '{args.model}' has no melody input")
+    if melodic and args.audio_prompt is not None:
+        raise UsageError("melody models continue no --audio-prompt: give the tune with --melody instead")
+    if melodic and args.stream:
+        raise UsageError("--stream does not work with melody models yet: drop --stream")
+    features = None
+    if args.melody is not None:  # the tune's chroma, one copy per sample
+        extractor = AutoProcessor.from_pretrained(args.model).feature_extractor
+        melody = read_audio(args.melody, extractor.sampling_rate, 1)[0]
+        count = args.num_samples if args.unconditional else len(args.prompts)
+        features = extractor([melody] * count, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_features"]
     prompt_audio = None
     if args.audio_prompt is not None:
         prompt_audio = read_audio(args.audio_prompt, rate, channels)  # [channels, samples]
 
     started = time.perf_counter()
-    model = MusicgenForConditionalGeneration.from_pretrained(
+    model_class = MusicgenMelodyForConditionalGeneration if melodic else MusicgenForConditionalGeneration
+    model = model_class.from_pretrained(
         args.model, dtype=args.dtype, device=args.device, quantize=args.quantize
     )
     frame_rate = config.audio_encoder.frame_rate
@@ -128,22 +158,26 @@ def generate(args) -> int:
         if prompt_audio is not None:
             raise UsageError("--audio-prompt needs a text prompt here; give one (it may be short, e.g. \"music\")")
     else:
-        processor = MusicgenProcessor.from_pretrained(args.model)
+        processor = AutoProcessor.from_pretrained(args.model)
         audio = [prompt_audio] * len(args.prompts) if prompt_audio is not None else None
         inputs = processor(text=args.prompts, audio=audio, sampling_rate=rate if audio else None, padding=True, return_tensors="pt")
         guidance = args.guidance
+    if features is not None:
+        inputs["input_features"], guidance = features, args.guidance  # guided against the null chroma
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    audio_values = model.generate(
-        **inputs,
-        do_sample=not args.greedy,
-        guidance_scale=guidance,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        temperature=args.temperature,
-        max_new_tokens=new_frames + delay,
-        progress_bar=not args.quiet,
-    )
+    sampling = dict(do_sample=not args.greedy, guidance_scale=guidance, top_k=args.top_k, top_p=args.top_p,
+                    temperature=args.temperature, progress_bar=not args.quiet)
+    long_music = dict(duration=args.duration, window=args.window, extend_stride=args.extend_stride)
+    if args.stream:
+        status = stream_to_files(model.generate_stream(**inputs, **long_music, **sampling), paths, rate, channels)
+        print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        return status
+    prompt_seconds = prompt_audio.shape[-1] / rate if prompt_audio is not None else 0.0
+    if not melodic and prompt_seconds + args.duration > args.window:  # audiocraft's windowed continuation
+        audio_values = model.generate_long(**inputs, **long_music, **sampling)
+    else:
+        audio_values = model.generate(**inputs, max_new_tokens=new_frames + delay, **sampling)
     audio_values = audio_values.cpu().numpy()
     failed = 0
     for path, audio in zip(paths, audio_values):
@@ -157,6 +191,23 @@ def generate(args) -> int:
         print(f"wrote {path} ({audio.shape[-1] / rate:.2f} s, {rate} Hz, {kind})")
     print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 1 if failed else 0
+
+
+def stream_to_files(chunks, paths: list[str], rate: int, channels: int) -> int:
+    """Write audio chunks [B, channels, samples] to the B WAV files as they come (streaming.write_stream)."""
+    from .streaming import write_stream
+
+    written = 0
+    try:
+        for written in write_stream(chunks, paths, rate):
+            pass
+    except KeyboardInterrupt:
+        kept = f"{', '.join(paths)} hold the first {written / rate:.2f} s" if written else "nothing written"
+        print(f"zhiyin: interrupted; {kept}", file=sys.stderr)
+        return 130
+    for path in paths:
+        print(f"wrote {path} ({written / rate:.2f} s, {rate} Hz, {'stereo' if channels == 2 else 'mono'})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 Input tokens are [B, K, T]: one embedding table per codebook, summed, plus sinusoidal positions. Each block has
 causal self-attention (with a preallocated KV cache for generation), cross-attention over the projected text
-states (their keys/values are computed once per generation) and a GELU FFN. One LM head per codebook gives
+states (their keys/values are computed once per generation) and a GELU FFN. Melody models have no
+cross-attention (`cross_attention=False`): their conditioning is a `prefix` of embeddings [B, L, D] put before
+the token embeddings, so the tokens sit at positions L, L+1, ... One LM head per codebook gives
 logits [B, K, T, V]. Projections have no biases. The delay pattern and the sampling loop live elsewhere.
 """
 
@@ -100,7 +102,7 @@ class CrossAttention(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, config: DecoderConfig):
+    def __init__(self, config: DecoderConfig, cross_attention: bool = True):
         super().__init__()
         dim, heads = config.hidden_size, config.num_attention_heads
         if config.activation_function not in ("gelu", "relu"):
@@ -108,25 +110,26 @@ class DecoderBlock(nn.Module):
         self.activation = F.gelu if config.activation_function == "gelu" else F.relu
         self.self_attn_norm = nn.LayerNorm(dim)
         self.self_attn = SelfAttention(dim, heads)
-        self.cross_attn_norm = nn.LayerNorm(dim)
-        self.cross_attn = CrossAttention(dim, heads)
+        self.cross_attn_norm = nn.LayerNorm(dim) if cross_attention else None
+        self.cross_attn = CrossAttention(dim, heads) if cross_attention else None
         self.ffn_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, config.ffn_dim, bias=False)
         self.fc2 = nn.Linear(config.ffn_dim, dim, bias=False)
 
     def forward(self, x: Tensor, cache: KVCache | None, start: int, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         x = x + self.self_attn(self.self_attn_norm(x), cache, start)
-        x = x + self.cross_attn(self.cross_attn_norm(x), k, v, mask)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.cross_attn_norm(x), k, v, mask)
         return x + self.fc2(self.activation(self.fc1(self.ffn_norm(x))))
 
 
 class MusicgenDecoder(nn.Module):
-    def __init__(self, config: DecoderConfig):
+    def __init__(self, config: DecoderConfig, cross_attention: bool = True):
         super().__init__()
         self.config = config
         dim, K = config.hidden_size, config.num_codebooks
         self.embed_tokens = nn.ModuleList([nn.Embedding(config.vocab_size + 1, dim) for _ in range(K)])  # +1: pad
-        self.layers = nn.ModuleList([DecoderBlock(config) for _ in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList([DecoderBlock(config, cross_attention) for _ in range(config.num_hidden_layers)])
         self.final_norm = nn.LayerNorm(dim)
         self.lm_heads = nn.ModuleList([nn.Linear(dim, config.vocab_size, bias=False) for _ in range(K)])
         self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
@@ -155,14 +158,21 @@ class MusicgenDecoder(nn.Module):
         mask = torch.where(text_mask.bool(), 0.0, neg).to(text.dtype)[:, None, None, :]  # [B, 1, 1, S]
         return CrossKV(keys, values, mask)
 
-    def forward(self, tokens: Tensor, cross: CrossKV, start: int = 0) -> Tensor:
-        """tokens [B, K, T] at positions start..start+T-1 -> logits [B, K, T, V] (float32 not forced)."""
+    def forward(self, tokens: Tensor, cross: CrossKV | None, start: int = 0, prefix: Tensor | None = None) -> Tensor:
+        """tokens [B, K, T] at positions start..start+T-1 -> logits [B, K, T, V] (float32 not forced).
+
+        prefix [B, L, D] (melody models, cross None): embeddings put before the tokens, at positions start..;
+        the logits then cover them too: [B, K, L + T, V].
+        """
         B, K, T = tokens.shape
         x = sum(self.embed_tokens[k](tokens[:, k]) for k in range(K)) * self.embed_scale  # [B, T, D]
-        positions = torch.arange(start, start + T, device=tokens.device)
+        if prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)  # [B, L + T, D]
+        positions = torch.arange(start, start + x.shape[1], device=tokens.device)
         x = x + sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)
         for i, layer in enumerate(self.layers):
             cache = self.caches[i] if self.caches is not None else None
-            x = layer(x, cache, start, cross.keys[i], cross.values[i], cross.mask)
+            k, v, mask = (cross.keys[i], cross.values[i], cross.mask) if cross is not None else (None, None, None)
+            x = layer(x, cache, start, k, v, mask)
         x = self.final_norm(x)
         return torch.stack([head(x) for head in self.lm_heads], dim=1)  # [B, K, T, V]

@@ -49,7 +49,8 @@ def first_unknown(pattern: Tensor) -> int:
     return int(unknown[0]) if len(unknown) else pattern.shape[-1]
 
 
-def undelay(sequence: Tensor, delays: list[int]) -> Tensor:
-    """[B, K, length] delayed sequence -> [B, K, frames] aligned audio codes."""
-    frames = num_frames(sequence.shape[-1], delays)
-    return torch.stack([sequence[:, k, 1 + d : 1 + d + frames] for k, d in enumerate(delays)], dim=1)
+def undelay(sequence: Tensor, delays: list[int], first: int = 0, last: int | None = None) -> Tensor:
+    """[B, K, length] delayed sequence -> [B, K, last - first] aligned audio codes of frames first..last-1
+    (default: every whole frame)."""
+    last = num_frames(sequence.shape[-1], delays) if last is None else last
+    return torch.stack([sequence[:, k, 1 + d + first : 1 + d + last] for k, d in enumerate(delays)], dim=1)

@@ -48,6 +48,10 @@ class EncodecConv1d(nn.Module):
         self.norm = nn.GroupNorm(1, c_out) if config.norm_type == "time_group_norm" else None
         self.stride = stride
         self.padding_total = (kernel_size - 1) * dilation + 1 - stride  # effective kernel minus stride
+        # Decoder convs set this: pad inside the conv, no padded copy; the same numbers up to float rounding.
+        # Encoder convs keep the reference's pad-then-conv arithmetic: their outputs feed argmins (codes) that
+        # rounding differences can flip.
+        self.pad_in_conv = False
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C_in, T] -> [B, C_out, ceil(T / stride)]
         length = x.shape[-1]
@@ -58,7 +62,8 @@ class EncodecConv1d(nn.Module):
         else:
             right = self.padding_total // 2
             left = self.padding_total - right
-        if self.pad_mode == "reflect" and self.stride == 1 and left == right + extra and length >= 3 * left > 0:
+        if (self.pad_in_conv and self.pad_mode == "reflect" and self.stride == 1 and left == right + extra
+                and length >= 3 * left > 0):
             x = self._conv_reflect_edges(x, left)  # the same numbers, without copying x into a padded buffer
         else:
             x = self.conv(_pad1d(x, left, right + extra, self.pad_mode))
@@ -175,6 +180,9 @@ class EncodecDecoder(nn.Module):
                 layers.append(EncodecResnetBlock(config, dim, config.dilation_growth_rate**j))
         layers += [nn.ELU(inplace=True), EncodecConv1d(config, dim, config.audio_channels, config.last_kernel_size)]
         self.layers = nn.ModuleList(layers)
+        for module in self.modules():
+            if isinstance(module, EncodecConv1d):
+                module.pad_in_conv = True
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:

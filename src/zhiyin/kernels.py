@@ -25,6 +25,9 @@ from torch import Tensor, nn
 SOURCE = Path(__file__).with_name("csrc") / "gemv.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 MAX_ROWS = 8  # the kernel's limit; more rows (prefill) go to PyTorch, where they are compute-bound anyway
+# Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each
+# parallel region can wait a whole scheduler slice for a descheduled team member.
+PARALLEL_MIN_WEIGHTS = 1 << 20
 
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -127,7 +130,7 @@ class StreamingLinear(nn.Module):
             return F.linear(x, self.dequantized(x.dtype))
         flat = x.reshape(rows, K).float().contiguous()  # [M, K]
         out = torch.empty(rows, N, dtype=torch.float32)
-        threads = torch.get_num_threads()
+        threads = torch.get_num_threads() if N * K >= PARALLEL_MIN_WEIGHTS else 1
         w = self.weight
         if w.dtype == torch.float32:
             lib.zhiyin_gemv_f32(flat.data_ptr(), w.data_ptr(), out.data_ptr(), rows, N, K, threads)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,9 @@ from .delay_pattern import codebook_delays, num_frames
 from .encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel
 from .generation import generate_codes
 from .inputs import BatchFeature
+from .long_form import EXTEND_STRIDE_SECONDS, WINDOW_SECONDS, long_frames, plan_windows
 from .sampling import SamplingSettings
+from .streaming import decode_stream
 from .t5 import T5Encoder
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -92,14 +95,12 @@ class MusicgenForConditionalGeneration(nn.Module):
         config_path = hub.resolve_file(name_or_path, "config.json", **hub_kwargs)
         with open(config_path, encoding="utf-8") as f:
             raw = json.load(f)
-        if raw.get("model_type") == "musicgen_melody":
-            raise ValueError(f"'{name_or_path}' is a melody checkpoint (musicgen_melody), which zhiyin does not support yet")
-        config = MusicgenConfig.from_dict(raw)
+        config = cls._read_config(raw, str(name_or_path))
         generation_path = hub.resolve_file(name_or_path, "generation_config.json", required=False, **hub_kwargs)
         generation_config = GenerationConfig.from_json_file(generation_path) if generation_path else None
 
-        state = weights.read_state_dict(_weight_files(name_or_path, hub_kwargs))
-        state = weights.from_checkpoint(state)
+        files = _weight_files(name_or_path, hub_kwargs)
+        state = weights.from_checkpoint(weights.read_state_dict(files, None if dtype == "auto" else dtype or torch.float32))
         stored_dtype = next(iter(state.values())).dtype
         with torch.device("meta"):
             model = cls(config, generation_config)
@@ -111,6 +112,15 @@ class MusicgenForConditionalGeneration(nn.Module):
         if model.device.type == "cpu" or quantize is not None:
             kernels.accelerate_decoder(model.decoder, quantize)
         return model.eval()
+
+    @classmethod
+    def _read_config(cls, raw: dict, name: str) -> MusicgenConfig:
+        if raw.get("model_type") == "musicgen_melody":
+            raise ValueError(
+                f"'{name}' is a melody checkpoint (musicgen_melody): load it with "
+                "zhiyin.MusicgenMelodyForConditionalGeneration.from_pretrained"
+            )
+        return MusicgenConfig.from_dict(raw)
 
     def _load_converted(self, state: dict[str, Tensor], name: str) -> None:
         state = {k: v for k, v in state.items() if not k.endswith(IGNORED_CHECKPOINT_SUFFIXES)}
@@ -284,11 +294,39 @@ class MusicgenForConditionalGeneration(nn.Module):
         channels is config.decoder.audio_channels (2 for musicgen-stereo-*); input_values ([B, channels, T], or
         [B, T] for mono) with another channel count is mixed to the model's, as `encode_audio` says.
         """
+        if "input_features" in unknown:
+            raise ValueError(
+                "this model has no melody input (input_features): melody conditioning needs a melody checkpoint such "
+                "as facebook/musicgen-melody, loaded with zhiyin.MusicgenMelodyForConditionalGeneration"
+            )
         if unknown:
             raise ValueError(f"generate() got arguments it does not know: {', '.join(sorted(unknown))}")
         settings = self._settings(
             dict(do_sample=do_sample, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
         )
+        cross, prompt = self._prepare(input_ids, attention_mask, input_values, padding_mask, encoder_outputs, settings)
+        P = prompt.shape[-1]
+        if max_new_tokens is None:
+            max_new_tokens = self.generation_config.max_new_tokens
+        if max_new_tokens is None:
+            max_new_tokens = (max_length or self.generation_config.max_length) - 1 - P
+        delays = codebook_delays(self.config.decoder.num_codebooks, self.config.decoder.audio_channels)
+        if max_new_tokens <= max(delays):
+            raise ValueError(f"max_new_tokens must be more than {max(delays)} (the codebook delay) to make any audio, got {max_new_tokens}")
+        frames = num_frames(1 + P + max_new_tokens, delays)
+        if frames > self.max_frames():
+            rate = self.config.audio_encoder.frame_rate
+            raise ValueError(
+                f"{frames / rate:.1f} s of audio (prompt included) is longer than one pass of this model can make "
+                f"(at most {self.max_frames() / rate:.1f} s): for longer music use generate_long(..., duration=seconds)"
+            )
+        codes = generate_codes(self.decoder, cross, prompt, max_new_tokens, settings, progress_bar, generator)
+        return codes if return_codes else self.decode_audio(codes)
+
+    def _prepare(
+        self, input_ids, attention_mask, input_values, padding_mask, encoder_outputs, settings: SamplingSettings
+    ) -> tuple[CrossKV, Tensor]:
+        """The decoder's cross-attention inputs (2B rows with guidance) and the audio prompt's codes [B, K, P]."""
         device, K = self.device, self.config.decoder.num_codebooks
         text, text_mask = self._text_states(input_ids, attention_mask, encoder_outputs)
         B = text.shape[0]
@@ -303,30 +341,98 @@ class MusicgenForConditionalGeneration(nn.Module):
         else:
             prompt = torch.zeros(B, K, 0, dtype=torch.long, device=device)
 
-        P = prompt.shape[-1]
-        if max_new_tokens is None:
-            max_new_tokens = self.generation_config.max_new_tokens
-        if max_new_tokens is None:
-            max_new_tokens = (max_length or self.generation_config.max_length) - 1 - P
-        delays = codebook_delays(K, self.config.decoder.audio_channels)
-        if max_new_tokens <= max(delays):
-            raise ValueError(f"max_new_tokens must be more than {max(delays)} (the codebook delay) to make any audio, got {max_new_tokens}")
-        frames = num_frames(1 + P + max_new_tokens, delays)
-        if frames > self.max_frames():
-            rate = self.config.audio_encoder.frame_rate
-            raise ValueError(
-                f"{frames / rate:.1f} s of audio (prompt included) is longer than one pass of this model can make "
-                f"(at most {self.max_frames() / rate:.1f} s); longer music is not supported yet"
-            )
-
         # classifier-free guidance: a second batch half with null text (zero states, zero mask)
         if settings.uses_guidance:
             text = torch.cat([text, torch.zeros_like(text)])
             text_mask = torch.cat([text_mask, torch.zeros_like(text_mask)])
-        cross = self._cross_attention_inputs(text, text_mask)
+        return self._cross_attention_inputs(text, text_mask), prompt
 
-        codes = generate_codes(self.decoder, cross, prompt, max_new_tokens, settings, progress_bar, generator)
-        return codes if return_codes else self.decode_audio(codes)
+    @torch.inference_mode()
+    def generate_long(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_values=None,
+        padding_mask=None,
+        encoder_outputs=None,
+        *,
+        duration: float,
+        window: float = WINDOW_SECONDS,
+        extend_stride: float = EXTEND_STRIDE_SECONDS,
+        progress_bar: bool = False,
+        return_codes: bool = False,
+        generator: torch.Generator | None = None,
+        **sampling,
+    ) -> Tensor:
+        """Music of any length: `duration` seconds of new music after the audio prompt (if any), made in windows of
+        at most `window` seconds (default 30, the training length), each later window prompted with the last
+        (window - extend_stride) seconds of codes so far and making extend_stride new seconds (audiocraft's
+        continuation; see long_form.py). Memory and time per second stay flat however long the music.
+
+        Returns audio [B, channels, (P + round(duration * frame_rate)) * hop] float32 (the prompt's P frames
+        re-decoded, as generate() does), or the codes [B, K, P + frames] if return_codes. sampling: do_sample,
+        guidance_scale, temperature, top_k, top_p, defaulting as in generate(). Music that fits one window (prompt
+        included) is exactly one generate() pass: the same tokens and the same audio.
+        """
+        frames = self._long_frames(
+            (input_ids, attention_mask, input_values, padding_mask, encoder_outputs),
+            duration, window, extend_stride, progress_bar, generator, sampling, "generate_long",
+        )
+        codes = torch.cat(list(frames), dim=-1)  # [B, K, P + new frames]
+        if return_codes:
+            return codes
+        codec = self.config.audio_encoder
+        pieces = decode_stream(self.decode_audio, [codes], round(WINDOW_SECONDS * codec.frame_rate), codec.hop_length)
+        return torch.cat(list(pieces), dim=-1)  # decoded in 30 s pieces: bounded memory
+
+    @torch.inference_mode()
+    def generate_stream(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_values=None,
+        padding_mask=None,
+        encoder_outputs=None,
+        *,
+        duration: float,
+        chunk_seconds: float = 1.0,
+        window: float = WINDOW_SECONDS,
+        extend_stride: float = EXTEND_STRIDE_SECONDS,
+        progress_bar: bool = False,
+        generator: torch.Generator | None = None,
+        **sampling,
+    ) -> Iterator[Tensor]:
+        """generate_long() as it happens: yields audio chunks [B, channels, samples] of chunk_seconds each (the last
+        shorter; an audio prompt comes first, re-decoded) while the codes are still being made, each chunk once its
+        frames and 0.1 s more are out. Joined, the chunks are generate_long()'s audio up to the overlapping chunked
+        decoding (streaming.py: 141 dB SNR against one decode, float rounding, on the test checkpoint). Bad arguments
+        raise here; the music is made as the iterator is consumed (one generation at a time per model).
+        """
+        rate = self.config.audio_encoder.frame_rate
+        chunk = round(chunk_seconds * rate)
+        if chunk < 1:
+            raise ValueError(f"chunk_seconds must be at least one frame (1/{rate} s), got {chunk_seconds:g}")
+        frames = self._long_frames(
+            (input_ids, attention_mask, input_values, padding_mask, encoder_outputs),
+            duration, window, extend_stride, progress_bar, generator, sampling, "generate_stream",
+        )
+        return decode_stream(self.decode_audio, frames, chunk, self.config.audio_encoder.hop_length)
+
+    def _long_frames(
+        self, inputs, duration, window, extend_stride, progress_bar, generator, sampling, caller
+    ) -> Iterator[Tensor]:
+        """Checks the arguments, encodes the prompts, and returns long_form.long_frames' iterator of codes."""
+        unknown = sampling.keys() - {"do_sample", "guidance_scale", "temperature", "top_k", "top_p"}
+        if unknown:
+            raise ValueError(f"{caller}() got arguments it does not know: {', '.join(sorted(unknown))}")
+        settings = self._settings(sampling)
+        rate = self.config.audio_encoder.frame_rate
+        new_frames = round(duration * rate)
+        if new_frames < 1:
+            raise ValueError(f"duration must be more than 0 seconds (at least one frame, 1/{rate} s), got {duration:g}")
+        cross, prompt = self._prepare(*inputs, settings)
+        W, S = plan_windows(window, extend_stride, rate, self.max_frames(), prompt.shape[-1])
+        return long_frames(self.decoder, cross, prompt, new_frames, W, S, settings, progress_bar, generator)
 
 
 def _weight_files(name_or_path, hub_kwargs) -> list[str]:

@@ -1,4 +1,4 @@
-"""Text and audio inputs for MusicGen: `MusicgenProcessor` (alias `AutoProcessor`).
+"""Text and audio inputs for MusicGen: `MusicgenProcessor` (`AutoProcessor` picks it, or the melody one).
 
 It behaves like transformers' MusicgenProcessor, built from two plain parts:
 - `TextTokenizer`: the T5 tokenizer, run by the `tokenizers` library from `tokenizer.json`. Text is padded on the
@@ -490,7 +490,18 @@ class MusicgenProcessor:
         return self.tokenizer.decode(token_ids, skip_special_tokens, clean_up_tokenization_spaces)
 
 
-AutoProcessor = MusicgenProcessor
+class AutoProcessor:
+    """`AutoProcessor.from_pretrained(folder_or_hub_id)`: the processor the checkpoint needs, MusicgenProcessor or,
+    for melody checkpoints (MusicgenMelodyFeatureExtractor), zhiyin.chroma.MusicgenMelodyProcessor."""
+
+    @staticmethod
+    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **hub_options: Any) -> MusicgenProcessor:
+        config = _feature_extractor_config(pretrained_model_name_or_path, hub_options)
+        if config.get("feature_extractor_type") == MELODY_FEATURE_EXTRACTOR:
+            from .chroma import MusicgenMelodyProcessor
+
+            return MusicgenMelodyProcessor.from_pretrained(pretrained_model_name_or_path, **hub_options)
+        return MusicgenProcessor.from_pretrained(pretrained_model_name_or_path, **hub_options)
 
 
 def _looks_like_text(value: Any) -> bool:
@@ -527,10 +538,14 @@ def _load_tokenizer(source: str | os.PathLike, hub_options: dict) -> TextTokeniz
     )
 
 
-def _load_feature_extractor(source: str | os.PathLike, hub_options: dict) -> AudioFeatureExtractor:
+MELODY_FEATURE_EXTRACTOR = "MusicgenMelodyFeatureExtractor"
+
+
+def _feature_extractor_config(source: str | os.PathLike, hub_options: dict) -> dict:
+    """The feature extractor's settings: preprocessor_config.json, or processor_config.json (maybe nested)."""
     path = _resolve_file(source, PREPROCESSOR_CONFIG_FILE, required=False, **hub_options)
     if path is not None:
-        return AudioFeatureExtractor.from_dict(_read_json(path))
+        return _read_json(path)
     path = _resolve_file(source, PROCESSOR_CONFIG_FILE, required=False, **hub_options)
     if path is None:
         raise FileNotFoundError(
@@ -538,4 +553,14 @@ def _load_feature_extractor(source: str | os.PathLike, hub_options: dict) -> Aud
             "needs one of them for the audio settings (sampling_rate, feature_size)"
         )
     config = _read_json(path)
-    return AudioFeatureExtractor.from_dict(config.get("feature_extractor", config))
+    return config.get("feature_extractor", config)
+
+
+def _load_feature_extractor(source: str | os.PathLike, hub_options: dict) -> AudioFeatureExtractor:
+    config = _feature_extractor_config(source, hub_options)
+    if config.get("feature_extractor_type") == MELODY_FEATURE_EXTRACTOR:
+        raise ValueError(
+            f"'{os.fspath(source)}' is a melody checkpoint: load its processor with zhiyin.AutoProcessor "
+            "(or zhiyin.MusicgenMelodyProcessor)"
+        )
+    return AudioFeatureExtractor.from_dict(config)

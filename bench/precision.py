@@ -1,0 +1,73 @@
+"""What reduced precision does to the output: each mode against float32 on the same random checkpoint.
+
+    python bench/precision.py [--shape small] [--steps 200]
+
+For bfloat16, float16 and int8 (weight-only) it reports the decoder logits' relative error against float32
+(max |diff| / max |fp32| and the median over positions of the per-position relative L2 error), teacher-forced on
+float32's own greedy continuation of a text prompt with guidance 3, and the share of those positions where the
+mode's greedy choice (argmax of the guided logits) equals float32's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def guided_logits(model, ids, codes) -> torch.Tensor:
+    """Teacher-forced guided logits [K, T, V] for the delayed token sequence `codes` [1, K, T]."""
+    text = model.encode_text(ids)
+    text = torch.cat([text, torch.zeros_like(text)])
+    mask = torch.cat([torch.ones_like(ids), torch.zeros_like(ids)])
+    cross = model._cross_attention_inputs(text, mask)
+    with torch.inference_mode():
+        logits = model.decoder(codes.repeat(2, 1, 1), cross).float()  # [2, K, T, V]
+    return (logits[1] + 3.0 * (logits[0] - logits[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="small", choices=["small", "medium", "large"])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    args = parser.parse_args()
+    folder = args.checkpoint or HERE / "checkpoints" / args.shape
+    if not (folder / "model.safetensors").exists():
+        from benchmark import make_checkpoint
+
+        make_checkpoint(args.shape, folder)
+
+    from zhiyin import MusicgenForConditionalGeneration
+    from zhiyin.delay_pattern import build_pattern, codebook_delays
+
+    ids = torch.randint(5, 30000, (1, 14), generator=torch.Generator().manual_seed(0))
+    reference = MusicgenForConditionalGeneration.from_pretrained(folder)
+    codes = reference.generate(input_ids=ids, do_sample=False, guidance_scale=3.0, max_new_tokens=args.steps,
+                               return_codes=True)  # [1, K, frames]
+    K = codes.shape[1]
+    delays = codebook_delays(K)
+    sequence = build_pattern(codes, 1 + codes.shape[-1] + max(delays), delays, pad=2048)  # [1, K, T]
+    want = guided_logits(reference, ids, sequence)
+    del reference
+
+    print(f"\nmusicgen-{args.shape} shapes, random weights, {want.shape[1]} teacher-forced positions x {K} codebooks\n")
+    print(f"{'mode':12s}{'max rel err':>14s}{'median rel L2':>16s}{'greedy agreement':>19s}")
+    for name, options in [("bfloat16", dict(dtype="bfloat16")), ("float16", dict(dtype="float16")),
+                          ("int8", dict(quantize="int8"))]:
+        model = MusicgenForConditionalGeneration.from_pretrained(folder, **options)
+        got = guided_logits(model, ids, sequence)
+        max_rel = float((got - want).abs().max() / want.abs().max())
+        l2 = ((got - want).norm(dim=-1) / want.norm(dim=-1)).median()
+        agree = float((got.argmax(-1) == want.argmax(-1)).float().mean())
+        print(f"{name:12s}{max_rel:>14.2e}{float(l2):>16.2e}{agree:>18.1%}")
+        del model
+
+
+if __name__ == "__main__":
+    main()

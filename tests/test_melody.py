@@ -1,0 +1,303 @@
+"""Melody models (facebook/musicgen-melody and kin) against the transformers oracle: chroma features on real music,
+the melody processor, logits, greedy and sampled tokens (text + melody, text only, melody only, unconditional),
+save_pretrained, the CLI's --melody, and clear errors.
+
+transformers' melody feature extractor needs torchaudio, which has no CPU wheel for this torch: the oracle runs it
+on torchaudio's own Python code for the two functions it calls (tests/torchaudio_reference.py).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+import torch
+
+from checkpoints import SHARED_AUDIO, _configs
+from tokenizer_fixture import make_t5_like_tokenizer
+from torchaudio_reference import reference_feature_extractor_class
+from zhiyin import (
+    AutoProcessor,
+    MusicgenForConditionalGeneration,
+    MusicgenMelodyFeatureExtractor,
+    MusicgenMelodyForConditionalGeneration,
+    MusicgenMelodyProcessor,
+    MusicgenProcessor,
+)
+from zhiyin.cli import main
+
+TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
+MUSIC = "kevin_macleod_sugar_plum_fairy.ogg"  # 22.05 kHz mono, 2 min
+CHROMA_LENGTH = 30  # frames the tiny model's prefix holds (the published 235 = 30 s); real melodies here are longer
+
+
+def make_melody_checkpoint(folder: Path, seed: int = 0, channels: int = 1):
+    """A random tiny transformers MusicgenMelodyForConditionalGeneration saved with tokenizer and feature extractor;
+    channels=2: as musicgen-stereo-melody, 2 x 4 codebooks (L1, R1, L2, R2, ...) over the mono EnCodec."""
+    from transformers import MusicgenMelodyConfig, MusicgenMelodyDecoderConfig
+    from transformers import MusicgenMelodyForConditionalGeneration as Reference
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t5, codec, mono = _configs("tiny", make_t5_like_tokenizer(folder))
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim", "pad_token_id",
+            "bos_token_id", "decoder_start_token_id")
+    decoder = MusicgenMelodyDecoderConfig(**{k: getattr(mono, k) for k in keys}, num_codebooks=4 * channels,
+                                          audio_channels=channels)
+    torch.manual_seed(seed)
+    config = MusicgenMelodyConfig(text_encoder=t5, audio_encoder=codec, decoder=decoder, chroma_length=CHROMA_LENGTH)
+    model = Reference(config)
+    with torch.no_grad():
+        for layer in model.audio_encoder.quantizer.layers:  # transformers leaves the codebooks at zero
+            layer.codebook.embed.normal_()
+        # with transformers' init (std 0.02) the tiny decoder ignores its conditioning; make it listen
+        for name, p in model.named_parameters():
+            if name.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.")) and p.dim() == 2:
+                p.normal_(0, 1.0 if "embed_tokens" in name else 0.3)
+    g = model.generation_config
+    g.do_sample, g.guidance_scale, g.max_length = True, 3.0, 1500
+    g.pad_token_id = g.bos_token_id = g.decoder_start_token_id = mono.pad_token_id
+    model.save_pretrained(folder)
+    reference_feature_extractor_class()().save_pretrained(folder)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def music():
+    """The first 40 s of real music, mono float32: (at 22.05 kHz as stored, resampled to 32 kHz)."""
+    data, rate = soundfile.read(SHARED_AUDIO / MUSIC, dtype="float32", frames=40 * 22050)
+    assert rate == 22050
+    return data, soxr.resample(data, rate, 32000).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def melody(tmp_path_factory):
+    """(folder, reference model recording the codes it decodes, ours, reference processor)."""
+    from transformers import AutoTokenizer
+    from transformers.models.musicgen_melody.processing_musicgen_melody import MusicgenMelodyProcessor as RefProcessor
+
+    folder = tmp_path_factory.mktemp("melody")
+    reference = make_melody_checkpoint(folder)
+    seen, decode = {}, reference.audio_encoder.decode
+
+    def recording_decode(codes, *args, **kwargs):
+        seen["codes"] = codes[0]  # [B, K, frames]
+        return decode(codes, *args, **kwargs)
+
+    reference.audio_encoder.decode = recording_decode
+    reference.seen = seen
+    extractor = reference_feature_extractor_class().from_pretrained(folder)
+    processor = RefProcessor(feature_extractor=extractor, tokenizer=AutoTokenizer.from_pretrained(folder))
+    return folder, reference, MusicgenMelodyForConditionalGeneration.from_pretrained(folder), processor
+
+
+def melodies(music):
+    """Two melodies of different lengths at 32 kHz: 5 s (40 frames, cropped to 30) and 2 s (padded to 5 s)."""
+    return [music[1][: 5 * 32000], music[1][20 * 32000 : 22 * 32000]]
+
+
+def relative_error(got, want):
+    return float((got - want).abs().max() / want.abs().max())
+
+
+# ------------------------------------------------------------------------------------------- features
+
+
+def test_chroma_features_equal_the_reference_on_real_music(music):
+    from transformers.audio_utils import chroma_filter_bank
+
+    import torchaudio_reference
+    from zhiyin.chroma import chroma_filter_bank as ours_bank
+    from zhiyin.chroma import resample
+
+    theirs, ours = reference_feature_extractor_class()(), MusicgenMelodyFeatureExtractor()
+    at22, at32 = music
+    assert np.array_equal(ours_bank(32000, 16384), chroma_filter_bank(num_frequency_bins=16384, num_chroma=12, sampling_rate=32000, tuning=0))
+    clip = torch.from_numpy(at22[: 3 * 22050])
+    assert torch.allclose(resample(clip, 22050, 32000), torchaudio_reference.resample(clip, 22050, 32000, lowpass_filter_width=24, rolloff=0.945), atol=1e-6)
+    stereo = np.stack([at32[:90000], at32[300000:390000]])  # two different tunes as left and right
+    cases = [
+        (at32, 32000, 235),  # 40 s: cropped to 30 s = 235 frames
+        (torch.from_numpy(at22[: 35 * 22050]), 22050, 235),  # resampled (the reference resamples tensors only)
+        ([at32[:100000], at32[300000:360000]], 32000, 25),  # a batch, padded on the right with silence
+        (at32[:5000], 32000, 5),  # shorter than n_fft: centred in 16384 samples
+        ([stereo], 32000, 22),  # a list of [channels, samples] clips: mixed to mono
+        (np.stack([stereo, stereo[::-1]]), 32000, 22),  # [batch, channels, samples]
+        (np.stack([at32[:90000], at32[300000:390000]]), 32000, 22),  # a 2-D array is a batch of mono clips
+    ]
+    for audio, rate, frames in cases:
+        want = theirs(audio, sampling_rate=rate, return_tensors="pt")["input_features"]
+        got = ours(audio, sampling_rate=rate, return_tensors="pt")["input_features"]
+        assert got.shape == want.shape and got.shape[1:] == (frames, 12)
+        assert torch.allclose(got, want, atol=1e-5)
+        assert len(torch.unique(got.argmax(-1))) > 1  # real music moves between chroma bins
+    left = reference_feature_extractor_class()(padding_side="left", return_attention_mask=True)
+    ours_left = MusicgenMelodyFeatureExtractor(padding_side="left", return_attention_mask=True)
+    batch = [at32[:100000], at32[300000:360000]]
+    for kwargs in (dict(), dict(return_attention_mask=True)):  # the mask is strided only when asked in the call
+        want = left(batch, sampling_rate=32000, return_tensors="pt", **kwargs)
+        got = ours_left(batch, sampling_rate=32000, return_tensors="pt", **kwargs)
+        assert torch.equal(got["input_features"], want["input_features"])
+        assert torch.equal(got["attention_mask"], want["attention_mask"].int())
+
+
+def test_melody_processor_matches_reference(melody, music):
+    folder, reference, ours, theirs = melody
+    processor = AutoProcessor.from_pretrained(folder)
+    assert isinstance(processor, MusicgenMelodyProcessor)
+    assert type(AutoProcessor.from_pretrained(folder).feature_extractor) is MusicgenMelodyFeatureExtractor
+    for kwargs in (dict(audio=melodies(music), sampling_rate=32000, text=TEXTS), dict(text=TEXTS),
+                   dict(audio=melodies(music), sampling_rate=32000)):
+        want = theirs(**kwargs, padding=True, return_tensors="pt")
+        got = processor(**kwargs, padding=True, return_tensors="pt")
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+    want, got = theirs.get_unconditional_inputs(2), processor.get_unconditional_inputs(2)
+    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["attention_mask"], want["attention_mask"])
+
+
+# ------------------------------------------------------------------------------------------- model
+
+
+def test_logits_match_reference(melody, music):
+    folder, reference, ours, processor = melody
+    tokens = torch.randint(0, 64, (2 * 4, 9), generator=torch.Generator().manual_seed(0))
+    for inputs in (processor(audio=melodies(music), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt"),
+                   processor(text=TEXTS, padding=True, return_tensors="pt")):
+        with torch.no_grad():
+            want = reference(**inputs, decoder_input_ids=tokens).logits  # [B*K, C + S + T, V]
+        got = ours(**inputs, decoder_input_ids=tokens)
+        assert got.shape == (2, 4, CHROMA_LENGTH + inputs["input_ids"].shape[1] + 9, 64)
+        assert relative_error(got.reshape(want.shape), want) < 1e-4
+
+
+@pytest.mark.parametrize("case", ["melody+text", "text", "melody", "unconditional"])
+def test_greedy_tokens_identical_to_reference(melody, music, case):
+    folder, reference, ours, processor = melody
+    if case == "unconditional":  # the reference's processor gives null text; guidance 3 from the generation config
+        want_audio = reference.generate(**processor.get_unconditional_inputs(2), do_sample=False, max_new_tokens=20)
+        codes = ours.generate(**ours.get_unconditional_inputs(2), do_sample=False, max_new_tokens=20, return_codes=True)
+    else:
+        kwargs = {"melody+text": dict(audio=melodies(music), sampling_rate=32000, text=TEXTS), "text": dict(text=TEXTS),
+                  "melody": dict(audio=melodies(music), sampling_rate=32000)}[case]
+        inputs = processor(**kwargs, padding=True, return_tensors="pt")
+        want_audio = reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=20)
+        codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=20, return_codes=True)
+    assert codes.shape == (2, 4, 17)
+    assert torch.equal(codes, reference.seen["codes"])
+    assert relative_error(ours.decode_audio(codes), want_audio) < 1e-4
+
+
+def test_stereo_melody_greedy_tokens_identical_to_reference(music, tmp_path):
+    reference = make_melody_checkpoint(tmp_path, seed=1, channels=2)
+    ours = MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path)
+    seen, decode = [], reference.audio_encoder.decode
+    reference.audio_encoder.decode = lambda codes, *a, **k: seen.append(codes[0]) or decode(codes, *a, **k)
+    inputs = AutoProcessor.from_pretrained(tmp_path)(audio=melodies(music), sampling_rate=32000, text=TEXTS, return_tensors="pt")
+    want_audio = reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12)
+    codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12, return_codes=True)
+    assert codes.shape == (2, 8, 9) and want_audio.shape == (2, 2, 9 * 640)
+    assert torch.equal(codes, torch.stack(seen, dim=2).flatten(1, 2))  # the reference decodes left, then right
+    audio = ours.decode_audio(codes)
+    assert relative_error(audio, want_audio) < 1e-4
+    assert not torch.equal(audio[:, 0], audio[:, 1])  # left and right differ
+
+
+def test_conditioning_reaches_the_tokens(melody, music):
+    """The test checkpoint listens: the melody, and each item's own melody, change the greedy tokens."""
+    folder, reference, ours, _ = melody
+    processor = AutoProcessor.from_pretrained(folder)
+    with_melody = processor(audio=melodies(music), sampling_rate=32000, text=TEXTS[:1] * 2, return_tensors="pt")
+    a = ours.generate(**with_melody, do_sample=False, guidance_scale=3, max_new_tokens=12, return_codes=True)
+    b = ours.generate(**processor(text=TEXTS[:1] * 2, return_tensors="pt"), do_sample=False, guidance_scale=3,
+                      max_new_tokens=12, return_codes=True)
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a, b)
+
+
+def test_sampling_same_seed_same_tokens_as_reference(melody, music):
+    folder, reference, ours, processor = melody
+    inputs = processor(audio=melodies(music), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
+    torch.manual_seed(3)
+    reference.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=15)
+    torch.manual_seed(3)
+    codes = ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=15, return_codes=True)
+    assert torch.equal(codes, reference.seen["codes"])
+
+
+def test_save_pretrained_round_trip_loads_in_reference(melody, music, tmp_path):
+    from transformers import MusicgenMelodyForConditionalGeneration as Reference
+
+    folder, reference, ours, processor = melody
+    ours.save_pretrained(tmp_path)
+    again = MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path)
+    for key, value in ours.state_dict().items():
+        assert torch.allclose(value, again.state_dict()[key], rtol=1e-6, atol=1e-6), key
+    loaded = Reference.from_pretrained(tmp_path).eval()
+    inputs = processor(audio=melodies(music), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
+    tokens = torch.randint(0, 64, (8, 6))
+    with torch.no_grad():
+        assert relative_error(loaded(**inputs, decoder_input_ids=tokens).logits, reference(**inputs, decoder_input_ids=tokens).logits) < 1e-5
+
+
+def test_errors_are_clear(melody, music, tiny_checkpoint):
+    folder, reference, ours, processor = melody
+    mono_folder = tiny_checkpoint[0]
+    with pytest.raises(ValueError, match="melody checkpoint.*MusicgenMelodyForConditionalGeneration"):
+        MusicgenForConditionalGeneration.from_pretrained(folder)
+    with pytest.raises(ValueError, match="not a melody checkpoint.*MusicgenForConditionalGeneration"):
+        MusicgenMelodyForConditionalGeneration.from_pretrained(mono_folder)
+    with pytest.raises(ValueError, match="melody checkpoint.*AutoProcessor"):
+        MusicgenProcessor.from_pretrained(folder)
+    mono = MusicgenForConditionalGeneration.from_pretrained(mono_folder)
+    inputs = processor(audio=melodies(music), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
+    with pytest.raises(ValueError, match="no melody input.*facebook/musicgen-melody"):
+        mono.generate(**inputs, max_new_tokens=8)
+    with pytest.raises(ValueError, match="no audio prompt"):
+        ours.generate(**inputs, input_values=torch.zeros(2, 1, 3200), max_new_tokens=8)
+    with pytest.raises(ValueError, match="one melody per text"):
+        ours.generate(input_ids=inputs["input_ids"][:1], input_features=inputs["input_features"], max_new_tokens=8)
+    with pytest.raises(ValueError, match=r"input_features must be chroma \[batch, frames, 12\]"):
+        ours.generate(input_ids=inputs["input_ids"], input_features=torch.zeros(2, 5), max_new_tokens=8)
+    with pytest.raises(ValueError, match="not the text-only model's"):
+        ours._cross_attention_inputs(torch.zeros(1, 1, 32), torch.ones(1, 1))
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_melody_writes_the_music(melody, tmp_path, capsys):
+    folder = melody[0]
+    out = tmp_path / "tune.wav"
+    status = main(["generate", "jazz", "--model", str(folder), "--melody", str(SHARED_AUDIO / MUSIC), "-o", str(out),
+                   "--duration", "0.3", "--seed", "0", "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    info = soundfile.info(str(out))
+    assert (info.samplerate, info.channels, info.frames) == (32000, 1, 15 * 640)
+    status = main(["generate", "--unconditional", "--num-samples", "2", "--model", str(folder), "--melody",
+                   str(SHARED_AUDIO / "sorohanro_solo_trumpet_06.ogg"), "-o", str(tmp_path / "u.wav"), "--duration",
+                   "0.2", "--quiet"])
+    assert status == 0 and {p.name for p in tmp_path.iterdir()} == {"tune.wav", "u-1.wav", "u-2.wav"}
+
+
+def test_cli_melody_errors(melody, tiny_checkpoint, tmp_path, capsys):
+    folder, trumpet = melody[0], str(SHARED_AUDIO / "sorohanro_solo_trumpet_06.ogg")
+    for argv, message in [
+        (["--model", str(tiny_checkpoint[0]), "--melody", trumpet], "--melody needs a melody model"),
+        (["--model", str(folder), "--melody", str(tmp_path / "nope.wav")], "melody file"),
+        (["--model", str(folder), "--audio-prompt", trumpet], "melody models continue no --audio-prompt"),
+    ]:
+        status = main(["generate", "jazz", "-o", str(tmp_path / "x.wav"), "--duration", "0.2", "--quiet", *argv])
+        err = capsys.readouterr().err
+        assert status == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_readme_melody_example_runs(melody):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    program = readme.split("## Melody", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    program = program.replace('"facebook/musicgen-melody"', repr(str(melody[0])))
+    program = program.replace("../shared/audio/", str(SHARED_AUDIO) + "/").replace("max_new_tokens=256", "max_new_tokens=16")
+    scope = {}
+    exec(compile(program, "README.md", "exec"), scope)
+    assert scope["audio_values"].shape == (1, 1, 13 * 640)

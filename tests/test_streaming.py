@@ -1,0 +1,153 @@
+"""Streaming (streaming.py): audio chunks while the codes are being made, decoded with overlap so that the joined
+chunks match a one-shot decode, and WAV files that are valid after every chunk."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import wave
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import zhiyin.generation as generation
+from checkpoints import make_checkpoint
+from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
+from zhiyin.audio_io import write_audio
+from zhiyin.cli import main
+from zhiyin.streaming import LOOKAHEAD_FRAMES, decode_stream, write_stream
+
+TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
+HOP = 640
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_checkpoint):
+    return MusicgenProcessor.from_pretrained(tiny_checkpoint[0])(text=TEXTS, padding=True, return_tensors="pt")
+
+
+def snr_db(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float(10 * torch.log10(want.pow(2).sum() / (got - want).pow(2).sum().clamp_min(1e-30)))
+
+
+@pytest.mark.parametrize("long", [False, True], ids=["one-window", "windows"])
+def test_joined_stream_matches_one_shot_decode(model, inputs, long):
+    windows = dict(window=1.0, extend_stride=0.6) if long else {}
+    settings = dict(do_sample=False, guidance_scale=3, **windows)
+    codes = model.generate_long(**inputs, duration=4.1, return_codes=True, **settings)
+    want = model.decode_audio(codes)  # [2, 1, 205 * 640]
+    chunks = list(model.generate_stream(**inputs, duration=4.1, chunk_seconds=0.5, **settings))
+    assert [c.shape for c in chunks] == [(2, 1, 25 * HOP)] * 8 + [(2, 1, 5 * HOP)]
+    got = torch.cat(chunks, dim=-1)
+    snr = snr_db(got, want)
+    print(f"joined stream vs one-shot decode: {snr:.1f} dB")
+    assert snr >= 30
+
+
+def test_stereo_long_music_streams(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-stereo")
+    make_checkpoint(folder, "tiny-stereo")
+    stereo = MusicgenForConditionalGeneration.from_pretrained(folder)
+    settings = dict(duration=1.5, window=1.0, extend_stride=0.6, do_sample=False)
+    inputs = stereo.get_unconditional_inputs(1)
+    codes = stereo.generate_long(**inputs, return_codes=True, **settings)
+    assert codes.shape == (1, 8, 75)
+    chunks = list(stereo.generate_stream(**inputs, chunk_seconds=0.5, **settings))
+    assert [c.shape for c in chunks] == [(1, 2, 25 * HOP)] * 3
+    assert snr_db(torch.cat(chunks, dim=-1), stereo.decode_audio(codes)) >= 30
+
+
+def test_decode_stream_takes_any_blocks(model):
+    codes = torch.randint(0, 64, (1, 4, 333), generator=torch.Generator().manual_seed(0))
+    want = model.decode_audio(codes)
+    sizes = [1, 7, 50, 3, 100, 1, 171]
+    blocks = torch.split(codes, sizes, dim=-1)
+    for chunk in (7, 50, 128):
+        got = list(decode_stream(model.decode_audio, blocks, chunk, HOP))
+        assert all(c.shape[-1] == chunk * HOP for c in got[:-1])
+        assert snr_db(torch.cat(got, dim=-1), want) >= 30
+    whole = list(decode_stream(model.decode_audio, blocks, 400, HOP))  # fits one chunk: one decode, exact
+    assert len(whole) == 1 and torch.equal(whole[0], want)
+    assert list(decode_stream(model.decode_audio, [], 50, HOP)) == []
+
+
+def test_chunks_arrive_while_the_codes_are_made(model, inputs, monkeypatch):
+    """The first chunk needs its 25 frames + the lookahead + the codebook delay: a fraction of the steps."""
+    steps = []
+    real = generation.next_tokens
+    monkeypatch.setattr(generation, "next_tokens", lambda *a: steps.append(1) or real(*a))
+    started, arrivals, when = time.perf_counter(), [], []
+    for chunk in model.generate_stream(**inputs, duration=3.0, chunk_seconds=0.5, do_sample=False, guidance_scale=3):
+        arrivals.append(len(steps))
+        when.append(time.perf_counter() - started)
+    assert arrivals[0] == 25 + LOOKAHEAD_FRAMES + 3
+    assert arrivals[:-1] == [25 * (i + 1) + LOOKAHEAD_FRAMES + 3 for i in range(len(arrivals) - 1)]
+    assert len(steps) == 150 + 3
+    print(f"first chunk after {when[0]:.3f} s of {when[-1]:.3f} s")
+
+
+def test_stream_file_is_valid_after_every_chunk(model, inputs, tmp_path):
+    paths = [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    chunks = []
+    stream = model.generate_stream(**inputs, duration=3.0, chunk_seconds=0.5, do_sample=False, guidance_scale=3)
+    writing = write_stream((chunks.append(c) or c for c in stream), paths, 32000)
+    assert not os.path.exists(paths[0])  # nothing until the first chunk
+    for i, written in enumerate(writing):
+        assert written == (i + 1) * 25 * HOP
+        if i == 1:
+            break
+    # interrupted after 2 chunks, the files still open: each is already a valid WAV of those 2 chunks
+    for path, item in zip(paths, torch.cat(chunks, dim=-1)):
+        data, rate = soundfile.read(path, dtype="float32")
+        assert rate == 32000 and data.shape == (50 * HOP,)
+        np.testing.assert_allclose(data, item[0].numpy(), atol=1 / 32767)
+        with wave.open(path) as w:  # the header's own sizes are right (soundfile forgives a zero data size)
+            assert w.getnframes() == 50 * HOP
+    writing.close()
+    assert soundfile.info(paths[0]).frames == 50 * HOP
+    # the samples are converted exactly as write_audio converts them
+    write_audio(tmp_path / "same.wav", torch.cat(chunks, dim=-1)[0], 32000)
+    assert soundfile.read(tmp_path / "same.wav", dtype="int16")[0].tolist() == soundfile.read(paths[0], dtype="int16")[0].tolist()
+
+
+def test_cli_stream_writes_the_music(capsys, tiny_checkpoint, tmp_path):
+    model = str(tiny_checkpoint[0])
+    argv = ["generate", "organ", "--model", model, "--duration", "2.2", "--greedy", "--quiet"]
+    assert main([*argv, "-o", str(tmp_path / "whole.wav")]) == 0
+    assert main([*argv, "--stream", "-o", str(tmp_path / "streamed.wav")]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'streamed.wav'} (2.20 s, 32000 Hz, mono)" in out
+    whole, _ = soundfile.read(tmp_path / "whole.wav", dtype="float32")
+    streamed, _ = soundfile.read(tmp_path / "streamed.wav", dtype="float32")
+    assert streamed.shape == whole.shape == (110 * HOP,)
+    assert snr_db(torch.from_numpy(streamed), torch.from_numpy(whole)) >= 30
+
+
+def test_killed_stream_leaves_a_valid_shorter_file(tiny_checkpoint, tmp_path):
+    path = tmp_path / "live.wav"
+    argv = ["generate", "techno", "--model", str(tiny_checkpoint[0]), "--duration", "600", "--window", "1",
+            "--extend-stride", "0.6", "--stream", "--quiet", "-o", str(path)]
+    run = subprocess.Popen([sys.executable, "-m", "zhiyin", *argv], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (path.exists() and path.stat().st_size > 44 + 3 * 50 * HOP * 2):  # 3 chunks of 1 s, 16-bit
+            assert run.poll() is None, run.stderr.read().decode()
+            assert time.monotonic() < deadline, "no audio streamed within 120 s"
+            time.sleep(0.05)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    with wave.open(str(path)) as w:
+        frames = w.getnframes()
+    data, rate = soundfile.read(str(path), dtype="float32")
+    assert rate == 32000 and len(data) == frames >= 3 * 50 * HOP
+    assert len(data) % (50 * HOP) == 0  # whole 1 s chunks
+    assert len(data) < 600 * 32000
