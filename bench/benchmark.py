@@ -105,8 +105,8 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float) -> dict:
             kwargs = dict(input_ids=ids[:batch], attention_mask=mask[:batch], do_sample=True, guidance_scale=3.0,
                           top_k=250, max_new_tokens=n)
             if library == "zhiyin":
-                return timed(lambda: model.generate(**kwargs, return_codes=True))
-            return timed(lambda: model.generate(**kwargs))
+                return timed(lambda: model.generate(**kwargs, return_codes=True), repeat=2)
+            return timed(lambda: model.generate(**kwargs), repeat=2)
 
         if library == "transformers":  # time the token loop alone: skip the audio decoding
             decode = model.audio_encoder.decode
@@ -176,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="small", choices=["small", "medium", "large"])
     parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
-    parser.add_argument("--steps", type=int, default=40, help="decoder steps timed per batch size")
+    parser.add_argument("--steps", type=int, default=60, help="decoder steps timed per batch size")
     parser.add_argument("--seconds", type=float, default=10.0, help="music length of the end-to-end run")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default bench/checkpoints/<shape>")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
