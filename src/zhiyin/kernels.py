@@ -152,7 +152,17 @@ def accelerate_decoder(decoder: nn.Module, quantize: str | None = None) -> None:
     """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for StreamingLinear, in place."""
     if quantize not in (None, "int8"):
         raise ValueError(f"unknown quantization '{quantize}': the choice is int8")
-    for name, module in list(decoder.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child.bias is None:
-                setattr(module, child_name, StreamingLinear.from_linear(child, quantize))
+    # hold no reference to a replaced layer, so that each one's weights are freed as soon as it is swapped
+    parents = [m for m in decoder.modules() if any(isinstance(c, nn.Linear) for c in m.children())]
+    for module in parents:
+        for name in [n for n, c in module.named_children() if isinstance(c, nn.Linear) and c.bias is None]:
+            setattr(module, name, StreamingLinear.from_linear(getattr(module, name), quantize))
+    _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Hand the freed float weights back to the system (glibc keeps large freed blocks otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -100,11 +100,13 @@ class MusicgenForConditionalGeneration(nn.Module):
         generation_config = GenerationConfig.from_json_file(generation_path) if generation_path else None
 
         files = _weight_files(name_or_path, hub_kwargs)
-        state = weights.from_checkpoint(weights.read_state_dict(files, None if dtype == "auto" else dtype or torch.float32))
+        wanted = None if dtype == "auto" else dtype or torch.float32
+        state = weights.from_checkpoint(weights.read_state_dict(files, wanted, mmap=quantize is None))
         stored_dtype = next(iter(state.values())).dtype
         with torch.device("meta"):
             model = cls(config, generation_config)
         model._load_converted(state, str(name_or_path))
+        del state  # the model holds the weights now; quantizing below can free them one layer at a time
         target = stored_dtype if dtype == "auto" else (dtype or torch.float32)
         model.to(dtype=target)
         if device is not None:

@@ -40,17 +40,18 @@ def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 
 
-def read_state_dict(paths: list[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(paths: list[str], dtype: torch.dtype | None = None, mmap: bool = True) -> dict[str, torch.Tensor]:
     """Read weight files (all safetensors or all .bin) into one state dict.
 
     Safetensors files are memory-mapped: no copy is made until a tensor is used. With `dtype` (floating-point
-    tensors converted to it) they are read tensor by tensor instead, so that loading never holds both the stored
-    and the converted copy of the weights: peak memory stays near the size of the converted weights.
+    tensors converted to it), or mmap=False (weights about to be replaced, e.g. quantized: their memory must be
+    freed afterwards, which a mapping shared with the weights kept would prevent), they are read tensor by tensor
+    instead, so that loading never holds two copies of the weights.
     """
     state: dict[str, torch.Tensor] = {}
     for path in paths:
         if path.endswith(".safetensors"):
-            if dtype is None or _stored_dtypes(path) <= {dtype}:
+            if mmap and (dtype is None or _stored_dtypes(path) <= {dtype}):
                 from safetensors.torch import load_file
 
                 state.update(load_file(path))
@@ -88,8 +89,8 @@ def _stored_dtypes(path: str) -> set[torch.dtype]:
     return {_SAFETENSORS_DTYPES[info["dtype"]] for info in header.values() if info["dtype"].startswith(("F", "BF"))}
 
 
-def _read_safetensors_as(path: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Read a safetensors file one tensor at a time, converting floating-point tensors to `dtype`."""
+def _read_safetensors_as(path: str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file one tensor at a time, converting floating-point tensors to `dtype` (if given)."""
     out: dict[str, torch.Tensor] = {}
     with open(path, "rb") as f:
         header, base = _safetensors_header(f)
@@ -99,7 +100,7 @@ def _read_safetensors_as(path: str, dtype: torch.dtype) -> dict[str, torch.Tenso
             f.seek(base + start)
             f.readinto(memoryview(raw.numpy()))
             tensor = raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-            out[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+            out[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     return out
 
 
