@@ -214,42 +214,10 @@ class MusicgenMelodyProcessor(MusicgenProcessor):
         config = _feature_extractor_config(source, hub_options)
         return cls(MusicgenMelodyFeatureExtractor.from_dict(config), _load_tokenizer(source, hub_options))
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
-        folder = os.fspath(save_directory)
-        os.makedirs(folder, exist_ok=True)
-        written = self.tokenizer.save(folder)
-        path = os.path.join(folder, PREPROCESSOR_CONFIG_FILE)
-        _write_json(path, self.feature_extractor.to_dict())
-        return written + [path]
-
-    def __call__(
-        self,
-        text: str | list[str] | None = None,
-        audio: Any = None,
-        sampling_rate: int | None = None,
-        padding: bool | str = True,
-        return_tensors: str | None = None,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        add_special_tokens: bool = True,
-    ) -> BatchFeature:
-        """Text -> `input_ids`, `attention_mask`; melody audio -> chroma `input_features`; or both.
-
-        `padding`, `truncation` and `max_length` apply to the text only (as in the reference; the melody is always
-        cropped to 30 s and padded to the longest clip). The melody's own `attention_mask` comes only for audio
-        without text: the reference lets it overwrite the text's.
-        """
-        if text is not None and audio is None and not _looks_like_text(text):
-            text, audio = None, text
-        if text is None and audio is None:
-            raise ValueError("give text=..., audio=... (the melody), or both")
-        out = BatchFeature()
-        if audio is not None:
-            out.update(self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors))
-        if text is not None:
-            out.update(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length,
-                                      return_tensors=return_tensors, add_special_tokens=add_special_tokens))
-        return out
+    def _audio_features(self, audio: Any, sampling_rate: int | None, padding: bool | str, return_tensors: str | None) -> dict:
+        """Melody audio -> chroma `input_features`. `padding`, `truncation` and `max_length` apply to the text only
+        (as in the reference: the melody is always cropped to 30 s and padded to the longest clip)."""
+        return self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors)
 
     def get_unconditional_inputs(self, num_samples: int = 1, return_tensors: str = "pt") -> BatchFeature:
         """Null text inputs (one `</s>` per sample, attention mask 0), as the reference's processor gives them."""

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from .config import GenerationConfig, MusicgenConfig
 from .decoder import MusicgenDecoder
-from .delay_pattern import codebook_delays, num_frames
 from .encodec import EncodecModel
 from .generation import generate_codes
 from .model import MusicgenForConditionalGeneration, _as_tensor
@@ -82,6 +81,7 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
     prompt (the reference's melody model takes none either)."""
 
     config: MusicgenMelodyConfig
+    _LONGER_MUSIC = "longer music is not supported for melody models yet"
 
     def __init__(self, config: MusicgenMelodyConfig, generation_config: GenerationConfig | None = None):
         nn.Module.__init__(self)
@@ -189,19 +189,7 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
         )
         text, text_mask, chroma = self._inputs(input_ids, attention_mask, input_features, encoder_outputs)
         B, K = text.shape[0], self.config.decoder.num_codebooks
-        if max_new_tokens is None:
-            max_new_tokens = self.generation_config.max_new_tokens
-        if max_new_tokens is None:
-            max_new_tokens = (max_length or self.generation_config.max_length) - 1
-        delays = codebook_delays(K, self.config.decoder.audio_channels)
-        if max_new_tokens <= max(delays):
-            raise ValueError(f"max_new_tokens must be more than {max(delays)} (the codebook delay) to make any audio, got {max_new_tokens}")
-        if num_frames(1 + max_new_tokens, delays) > self.max_frames():
-            rate = self.config.audio_encoder.frame_rate
-            raise ValueError(
-                f"{num_frames(1 + max_new_tokens, delays) / rate:.1f} s of audio is longer than one pass of this model "
-                f"can make (at most {self.max_frames() / rate:.1f} s); longer music is not supported yet"
-            )
+        max_new_tokens = self._new_tokens(max_new_tokens, max_length, 0)
 
         prefix = self._prefix(text, text_mask, chroma, settings.uses_guidance)  # [rows, C + S, D]
         no_prompt = torch.zeros(B, K, 0, dtype=torch.long, device=self.device)

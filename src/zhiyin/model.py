@@ -263,6 +263,28 @@ class MusicgenForConditionalGeneration(nn.Module):
         settings.validate()
         return settings
 
+    _LONGER_MUSIC = "for longer music use generate_long(..., duration=seconds)"
+
+    def _new_tokens(self, max_new_tokens: int | None, max_length: int | None, prompt_frames: int) -> int:
+        """max_new_tokens as the reference resolves it (argument, generation_config, then max_length), checked."""
+        if max_new_tokens is None:
+            max_new_tokens = self.generation_config.max_new_tokens
+        if max_new_tokens is None:
+            max_new_tokens = (max_length or self.generation_config.max_length) - 1 - prompt_frames
+        delays = codebook_delays(self.config.decoder.num_codebooks, self.config.decoder.audio_channels)
+        if max_new_tokens <= max(delays):
+            raise ValueError(
+                f"max_new_tokens must be more than {max(delays)} (the codebook delay) to make any audio, got {max_new_tokens}"
+            )
+        frames = num_frames(1 + prompt_frames + max_new_tokens, delays)
+        if frames > self.max_frames():
+            rate = self.config.audio_encoder.frame_rate
+            raise ValueError(
+                f"{frames / rate:.1f} s of audio (prompt included) is longer than one pass of this model can make "
+                f"(at most {self.max_frames() / rate:.1f} s): {self._LONGER_MUSIC}"
+            )
+        return max_new_tokens
+
     def max_frames(self) -> int:
         """The most audio frames one pass can make: the decoder's positions less the start token and delays."""
         c = self.config.decoder
@@ -307,21 +329,7 @@ class MusicgenForConditionalGeneration(nn.Module):
             dict(do_sample=do_sample, guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
         )
         cross, prompt = self._prepare(input_ids, attention_mask, input_values, padding_mask, encoder_outputs, settings)
-        P = prompt.shape[-1]
-        if max_new_tokens is None:
-            max_new_tokens = self.generation_config.max_new_tokens
-        if max_new_tokens is None:
-            max_new_tokens = (max_length or self.generation_config.max_length) - 1 - P
-        delays = codebook_delays(self.config.decoder.num_codebooks, self.config.decoder.audio_channels)
-        if max_new_tokens <= max(delays):
-            raise ValueError(f"max_new_tokens must be more than {max(delays)} (the codebook delay) to make any audio, got {max_new_tokens}")
-        frames = num_frames(1 + P + max_new_tokens, delays)
-        if frames > self.max_frames():
-            rate = self.config.audio_encoder.frame_rate
-            raise ValueError(
-                f"{frames / rate:.1f} s of audio (prompt included) is longer than one pass of this model can make "
-                f"(at most {self.max_frames() / rate:.1f} s): for longer music use generate_long(..., duration=seconds)"
-            )
+        max_new_tokens = self._new_tokens(max_new_tokens, max_length, prompt.shape[-1])
         codes = generate_codes(self.decoder, cross, prompt, max_new_tokens, settings, progress_bar, generator)
         return codes if return_codes else self.decode_audio(codes)
 

@@ -460,9 +460,12 @@ class MusicgenProcessor:
             out.update(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length,
                                       return_tensors=return_tensors, add_special_tokens=add_special_tokens))
         if audio is not None:
-            out.update(self.feature_extractor(audio, sampling_rate=sampling_rate, padding=padding,
-                                              return_tensors=return_tensors))
+            for name, value in self._audio_features(audio, sampling_rate, padding, return_tensors).items():
+                out.setdefault(name, value)  # the text's attention_mask wins over a melody's
         return out
+
+    def _audio_features(self, audio: Any, sampling_rate: int | None, padding: bool | str, return_tensors: str | None) -> dict:
+        return self.feature_extractor(audio, sampling_rate=sampling_rate, padding=padding, return_tensors=return_tensors)
 
     def batch_decode(self, values: Any = None, padding_mask: Any = None, *, audio: Any = None, sequences: Any = None,
                      skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> list:
