@@ -236,3 +236,14 @@ def test_failed_run_leaves_an_existing_file_intact(capsys, model, tmp_path, bad)
     assert_usage_error(status, out, err)
     assert out_path.read_bytes() == b"precious bytes"
     assert files_in(tmp_path) == {"keep.wav"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_picture_beside_the_audio(tiny_checkpoint, tmp_path, capsys, stream):
+    folder, _ = tiny_checkpoint
+    out = tmp_path / "song.wav"
+    argv = ["generate", "a calm piano", "--model", str(folder), "--duration", "0.5", "--quiet", "--picture", "-o", str(out)]
+    assert main(argv + (["--stream"] if stream else [])) == 0
+    picture = tmp_path / "song.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"picture {picture}" in capsys.readouterr().out

@@ -263,6 +263,98 @@ def test_errors_are_clear(melody, music, tiny_checkpoint):
         ours._cross_attention_inputs(torch.zeros(1, 1, 32), torch.ones(1, 1))
 
 
+# ------------------------------------------------------------------------------------------- long music
+
+LONG = dict(window=1.0, extend_stride=0.6)  # windows of 50 frames; each later one starts 30 frames after the last
+
+
+def short_melody_inputs(folder, music, texts=TEXTS):
+    """Text + a 2 s melody (16 chroma frames, fewer than the 30 a window takes: it is tiled)."""
+    processor = AutoProcessor.from_pretrained(folder)
+    inputs = processor(audio=[music[1][: 2 * 32000]] * len(texts), sampling_rate=32000, text=texts, padding=True,
+                       return_tensors="pt")
+    assert inputs["input_features"].shape[1] == 16
+    return inputs
+
+
+def test_long_melody_music_tiles_the_melody_along(melody, music, monkeypatch):
+    """Each window is prefixed with the text and the chroma from its start time on, cyclically: the window whose
+    context begins at frame f of the music takes melody frames round(f / 50 * 7.8125) + 0, 1, ... mod 16."""
+    import zhiyin.melody as melody_module
+
+    folder, _, ours, _ = melody
+    inputs = short_melody_inputs(folder, music)
+    prefixes, real = [], melody_module._PrefixedDecoder
+
+    class Recording(real):
+        def __init__(self, decoder, prefix):
+            prefixes.append(prefix.clone())
+            super().__init__(decoder, prefix)
+
+    monkeypatch.setattr(melody_module, "_PrefixedDecoder", Recording)
+    torch.manual_seed(0)
+    codes = ours.generate_long(**inputs, duration=2.3, **LONG, guidance_scale=3, top_k=10, return_codes=True)
+    assert codes.shape == (2, 4, 115)  # exactly 2.3 s: 50 new frames, then 30, 30 and 5
+    assert len(prefixes) == 4
+    features = inputs["input_features"]
+    projection = ours.audio_enc_to_dec_proj
+    with torch.no_grad():
+        null = projection(torch.eye(12)[:1])  # the guidance half's null chroma: bin 0
+        for prefix, window_start in zip(prefixes, [0, 30, 60, 90]):
+            start = round(window_start / 50 * 32000 / 4096)  # 0, 5, 9, 14
+            want = projection(features[:, (start + torch.arange(CHROMA_LENGTH)) % 16])
+            torch.testing.assert_close(prefix[:2, :CHROMA_LENGTH], want, rtol=0, atol=1e-6)
+            torch.testing.assert_close(prefix[2:, :CHROMA_LENGTH], null.expand(2, CHROMA_LENGTH, -1), rtol=0, atol=1e-6)
+            assert torch.equal(prefix[:, CHROMA_LENGTH:], prefixes[0][:, CHROMA_LENGTH:])  # the same text every window
+    assert not torch.equal(prefixes[1], prefixes[0])
+
+    audio = ours.generate_long(**inputs, duration=2.3, **LONG, guidance_scale=3, top_k=10)
+    assert audio.shape == (2, 1, 115 * 640) and audio.dtype == torch.float32
+
+
+@pytest.mark.parametrize("case", ["melody+text", "melody", "text"])
+def test_long_melody_music_that_fits_one_window_is_one_generate_pass(melody, music, case):
+    folder, _, ours, _ = melody
+    inputs = dict(short_melody_inputs(folder, music))
+    if case == "melody":
+        inputs = dict(input_features=inputs["input_features"])
+    elif case == "text":
+        inputs.pop("input_features")
+    want = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=20 + 3, return_codes=True)
+    got = ours.generate_long(**inputs, duration=0.4, **LONG, do_sample=False, guidance_scale=3, return_codes=True)
+    assert torch.equal(got, want)  # token-identical
+    torch.manual_seed(5)
+    want = ours.generate(**inputs, guidance_scale=3, top_k=10, max_new_tokens=20 + 3, return_codes=True)
+    torch.manual_seed(5)
+    got = ours.generate_long(**inputs, duration=0.4, guidance_scale=3, top_k=10, return_codes=True)  # 30 s window
+    assert torch.equal(got, want)
+
+
+def test_melody_stream_joins_to_generate_long(melody, music):
+    folder, _, ours, _ = melody
+    inputs = short_melody_inputs(folder, music)
+    want = ours.generate_long(**inputs, duration=1.9, **LONG, do_sample=False, guidance_scale=3)
+    chunks = list(ours.generate_stream(**inputs, duration=1.9, chunk_seconds=0.5, **LONG, do_sample=False,
+                                       guidance_scale=3))
+    assert [c.shape[-1] for c in chunks] == [25 * 640] * 3 + [20 * 640]
+    got = torch.cat(chunks, dim=-1)
+    assert got.shape == want.shape == (2, 1, 95 * 640)
+    snr = 10 * torch.log10(want.pow(2).sum() / (got - want).pow(2).sum().clamp_min(1e-30))
+    assert snr >= 30
+
+
+def test_long_melody_music_errors_are_clear(melody, music):
+    folder, _, ours, _ = melody
+    inputs = short_melody_inputs(folder, music)
+    for call in (ours.generate_long, ours.generate_stream):
+        with pytest.raises(ValueError, match="no audio prompt"):
+            call(**inputs, input_values=torch.zeros(2, 1, 3200), duration=2.0, **LONG)
+        with pytest.raises(ValueError, match="one melody per text"):
+            call(input_ids=inputs["input_ids"][:1], input_features=inputs["input_features"], duration=2.0, **LONG)
+        with pytest.raises(ValueError, match="extend_stride"):
+            call(**inputs, duration=2.0, window=1.0, extend_stride=1.0)
+
+
 # ------------------------------------------------------------------------------------------- CLI
 
 
@@ -278,6 +370,18 @@ def test_cli_melody_writes_the_music(melody, tmp_path, capsys):
                    str(SHARED_AUDIO / "sorohanro_solo_trumpet_06.ogg"), "-o", str(tmp_path / "u.wav"), "--duration",
                    "0.2", "--quiet"])
     assert status == 0 and {p.name for p in tmp_path.iterdir()} == {"tune.wav", "u-1.wav", "u-2.wav"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cli_melody_longer_than_the_window_writes_the_whole_length(melody, tmp_path, capsys, stream):
+    out = tmp_path / "long.wav"
+    status = main(["generate", "jazz", "--model", str(melody[0]), "--melody", str(SHARED_AUDIO / MUSIC), "-o", str(out),
+                   "--duration", "1.3", "--window", "1", "--extend-stride", "0.6", "--seed", "0", "--quiet",
+                   *(["--stream"] if stream else [])])
+    assert status == 0, capsys.readouterr().err
+    data, rate = soundfile.read(str(out), dtype="float32")
+    assert rate == 32000 and data.shape == (65 * 640,)
+    assert np.abs(data[-50 * 640 :]).max() > 0
 
 
 def test_cli_melody_errors(melody, tiny_checkpoint, tmp_path, capsys):

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8: decoder weights as int8 (weight-only; fastest on CPU, output differs slightly)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--picture", action="store_true",
+                   help="also write NAME.png beside each file: its waveform over its spectrogram")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -129,8 +131,6 @@ def generate(args) -> int:
         raise UsageError(f"--melody needs a melody model such as facebook/musicgen-melody: '{args.model}' has no melody input")
     if melodic and args.audio_prompt is not None:
         raise UsageError("melody models continue no --audio-prompt: give the tune with --melody instead")
-    if melodic and args.stream:
-        raise UsageError("--stream does not work with melody models yet: drop --stream")
     features = None
     if args.melody is not None:  # the tune's chroma, one copy per sample
         extractor = AutoProcessor.from_pretrained(args.model).feature_extractor
@@ -170,11 +170,11 @@ def generate(args) -> int:
                     temperature=args.temperature, progress_bar=not args.quiet)
     long_music = dict(duration=args.duration, window=args.window, extend_stride=args.extend_stride)
     if args.stream:
-        status = stream_to_files(model.generate_stream(**inputs, **long_music, **sampling), paths, rate, channels)
+        status = stream_to_files(model.generate_stream(**inputs, **long_music, **sampling), paths, rate, channels, args.picture)
         print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         return status
     prompt_seconds = prompt_audio.shape[-1] / rate if prompt_audio is not None else 0.0
-    if not melodic and prompt_seconds + args.duration > args.window:  # audiocraft's windowed continuation
+    if prompt_seconds + args.duration > args.window:  # audiocraft's windowed continuation (melody tiled along)
         audio_values = model.generate_long(**inputs, **long_music, **sampling)
     else:
         audio_values = model.generate(**inputs, max_new_tokens=new_frames + delay, **sampling)
@@ -189,11 +189,13 @@ def generate(args) -> int:
             continue
         kind = "stereo" if audio.shape[0] == 2 else "mono"
         print(f"wrote {path} ({audio.shape[-1] / rate:.2f} s, {rate} Hz, {kind})")
+        if args.picture:
+            write_picture(path, audio, rate)
     print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 1 if failed else 0
 
 
-def stream_to_files(chunks, paths: list[str], rate: int, channels: int) -> int:
+def stream_to_files(chunks, paths: list[str], rate: int, channels: int, picture: bool = False) -> int:
     """Write audio chunks [B, channels, samples] to the B WAV files as they come (streaming.write_stream)."""
     from .streaming import write_stream
 
@@ -207,7 +209,18 @@ def stream_to_files(chunks, paths: list[str], rate: int, channels: int) -> int:
         return 130
     for path in paths:
         print(f"wrote {path} ({written / rate:.2f} s, {rate} Hz, {'stereo' if channels == 2 else 'mono'})")
+        if picture:
+            import soundfile
+
+            write_picture(path, soundfile.read(path, dtype="float32", always_2d=True)[0].T, rate)
     return 0
+
+
+def write_picture(audio_path: str, audio, rate: int) -> None:
+    from .picture import save_picture
+
+    picture = os.path.splitext(audio_path)[0] + ".png"
+    print(f"picture {save_picture(picture, audio, rate)}")
 
 
 def main(argv: list[str] | None = None) -> int:

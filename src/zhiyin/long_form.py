@@ -13,11 +13,16 @@ Each later window is prompted with the last (window - stride) frames of TOKENS m
 30 s / 18 s), so it continues the music rather than starting over. The music is the prompt followed by every
 window's new frames, decoded as one code sequence (in 30 s pieces that overlap, streaming.decode_stream: the same
 audio as one decode up to float rounding on the test checkpoint), so there are no seams between windows.
+
+What conditions a window may depend on where it starts: `long_frames` asks `condition(start)` for each window's
+(decoder, cross) with `start` the frame of the music its context begins at (0 for the first). Text-only models
+return the same pair every time; melody models (melody.py) put the melody's chroma from that time on before the
+decoder's input, the melody tiled along as audiocraft does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -53,8 +58,7 @@ def plan_windows(
 
 @torch.inference_mode()
 def long_frames(
-    decoder: MusicgenDecoder,
-    cross: CrossKV,
+    condition: Callable[[int], tuple[MusicgenDecoder, CrossKV]],
     prompt: Tensor,
     new_frames: int,
     window: int,
@@ -64,14 +68,16 @@ def long_frames(
     generator: torch.Generator | None = None,
 ) -> Iterator[Tensor]:
     """Yields the codes [B, K, n] of prompt [B, K, P] (P < window; may be 0) and then of `new_frames` new frames,
-    one at a time as the windows make them. Music that fits one window is exactly one `generate_codes` pass."""
-    delay = max(codebook_delays(decoder.config.num_codebooks, decoder.config.audio_channels))
+    one at a time as the windows make them. condition(start) -> (decoder, cross) of the window whose context begins
+    at frame `start` of the music (prompt included). Music that fits one window is exactly one `generate_codes` pass."""
     if prompt.shape[-1]:
         yield prompt
     context, made = prompt, 0  # context [B, K, c]: the next window's prompt
     with tqdm(total=new_frames, disable=not progress, desc="generating", unit="frame") as bar:
         while made < new_frames:
             n = min(window - context.shape[-1], new_frames - made)
+            decoder, cross = condition(prompt.shape[-1] + made - context.shape[-1])
+            delay = max(codebook_delays(decoder.config.num_codebooks, decoder.config.audio_channels))
             new = []
             for frame in generate_frames(decoder, cross, context, n + delay, settings, False, generator):
                 new.append(frame)  # [B, K, 1]

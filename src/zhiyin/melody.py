@@ -11,11 +11,23 @@ cropped. Without a melody the chroma is the "null" one: one frame with bin 0 set
 (zero states of length 1), both as the reference. Classifier-free guidance (scale > 1) doubles the batch; the
 second half has zero text states and the null chroma. Padded text positions are zeroed, not masked: the decoder
 attends to every prefix position, as the reference does.
+
+Long music (generate_long, generate_stream; long_form.py) runs audiocraft's windows, each a fresh generation
+conditioned on the same text and on the melody "tiled along" the music: the window whose context begins at t seconds
+of the music takes C chroma frames starting at frame round(t * CHROMA_RATE) of the melody, taken cyclically
+(frame i of the window is melody frame (round(t * rate) + i) mod F), so a melody shorter than the music repeats and
+each window hears the part of the tune under its own stretch of time. This is audiocraft's
+MusicGen._generate_tokens: for the window at `current_gen_offset` frames (context included, advancing by
+extend_stride) it takes the melody WAVEFORM at samples (int(time_offset * sample_rate) + arange(30 s)) mod length
+and computes the chroma of that. Here the chroma is tiled instead of the waveform (the processor's chroma is all
+the model is given), which equals audiocraft's up to where the melody's end wraps to its start (at most a frame
+of STFT context differs there) and the rounding of t to the chroma's 4096-sample hop. The first window (t = 0) is
+exactly generate()'s prefix, so music that fits one window is one generate() pass. One difference remains: the
+processor keeps at most 30 s of melody, so a longer tune repeats its first 30 s where audiocraft plays on.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +40,8 @@ from .encodec import EncodecModel
 from .generation import generate_codes
 from .model import MusicgenForConditionalGeneration, _as_tensor
 from .t5 import T5Encoder
+
+CHROMA_HOP = 4096  # samples per chroma frame (MusicgenMelodyFeatureExtractor's hop_length): 7.8125 frames/s at 32 kHz
 
 
 @dataclass
@@ -81,7 +95,6 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
     prompt (the reference's melody model takes none either)."""
 
     config: MusicgenMelodyConfig
-    _LONGER_MUSIC = "longer music is not supported for melody models yet"
 
     def __init__(self, config: MusicgenMelodyConfig, generation_config: GenerationConfig | None = None):
         nn.Module.__init__(self)
@@ -106,13 +119,16 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
 
     def _cross_attention_inputs(self, text: Tensor, text_mask: Tensor):
         raise ValueError(
-            "melody models have no cross-attention: they support generate() and forward() (one pass of at most "
-            f"{self.max_frames() / self.config.audio_encoder.frame_rate:.0f} s), not the text-only model's other generation paths yet"
+            "melody models have no cross-attention (text and melody are a prefix of the decoder's input): use "
+            "generate(), generate_long(), generate_stream() or forward(), not the text-only model's cross-attention path"
         )
 
-    def _prefix(self, text: Tensor, text_mask: Tensor, chroma: Tensor | None, guidance: bool) -> Tensor:
+    def _prefix(
+        self, text: Tensor, text_mask: Tensor, chroma: Tensor | None, guidance: bool, chroma_start: int = 0
+    ) -> Tensor:
         """Text states [B, S, text_hidden] + mask [B, S], chroma [B, F, 12] or None -> prefix [rows, C + S, D],
-        rows = 2B with guidance (second half: zero text, null chroma)."""
+        rows = 2B with guidance (second half: zero text, null chroma). The C chroma frames are F's frames
+        chroma_start, chroma_start + 1, ... taken cyclically (0: the reference's tile-and-crop)."""
         B = text.shape[0]
         null = torch.zeros(B, 1 if chroma is None else chroma.shape[1], self.config.num_chroma, device=text.device,
                            dtype=text.dtype)
@@ -126,8 +142,8 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
         text = text * text_mask[..., None].to(text.dtype)  # [rows, S, D]
         if self.audio_enc_to_dec_proj is not None:
             chroma = self.audio_enc_to_dec_proj(chroma)  # [rows, F, D]
-        C = self.config.chroma_length
-        chroma = chroma.repeat(1, math.ceil(C / chroma.shape[1]), 1)[:, :C]  # [rows, C, D]
+        C, F = self.config.chroma_length, chroma.shape[1]
+        chroma = chroma[:, (chroma_start + torch.arange(C, device=chroma.device)) % F]  # [rows, C, D], tiled
         return torch.cat([chroma, text], dim=1)
 
     def _inputs(self, input_ids, attention_mask, input_features, encoder_outputs) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -177,11 +193,7 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
     ) -> Tensor:
         """Generate music from text and/or a melody; returns audio [batch, channels, samples] float32 (codes
         [B, K, frames] if return_codes). A melody without text is conditioned on null text."""
-        if "input_values" in unknown:
-            raise ValueError(
-                "melody models take no audio prompt to continue (input_values): give the melody as input_features "
-                "from the processor, processor(audio=melody, sampling_rate=..., text=...)"
-            )
+        _no_audio_prompt(unknown)
         if unknown:
             raise ValueError(f"generate() got arguments it does not know: {', '.join(sorted(unknown))}")
         settings = self._settings(
@@ -196,3 +208,51 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
         codes = generate_codes(_PrefixedDecoder(self.decoder, prefix), None, no_prompt, max_new_tokens, settings,
                                progress_bar, generator)
         return codes if return_codes else self.decode_audio(codes)
+
+    @torch.inference_mode()
+    def generate_long(self, input_ids=None, attention_mask=None, input_features=None, encoder_outputs=None, **kwargs):
+        """MusicgenForConditionalGeneration.generate_long (duration, window, extend_stride, sampling, ...) with the
+        melody (input_features) tiled along the music: each window is conditioned on the text and on the chroma from
+        its own start time on, cyclically (see the module's docstring). No audio prompt."""
+        _no_audio_prompt(kwargs)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs)
+        return super().generate_long(**inputs, input_values=_Melody(input_features), **kwargs)
+
+    @torch.inference_mode()
+    def generate_stream(self, input_ids=None, attention_mask=None, input_features=None, encoder_outputs=None, **kwargs):
+        """generate_long() as it happens, audio chunks while the codes are being made, as
+        MusicgenForConditionalGeneration.generate_stream."""
+        _no_audio_prompt(kwargs)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs)
+        return super().generate_stream(**inputs, input_values=_Melody(input_features), **kwargs)
+
+    def _window_conditions(self, inputs, settings):
+        """(condition, no prompt) for long_form.long_frames: the window whose context begins at frame `start` of the
+        music is prefixed with the text and the chroma from time start / frame_rate on, tiled."""
+        input_ids, attention_mask, melody, _, encoder_outputs = inputs  # generate_long's slots; the melody rides in
+        text, text_mask, chroma = self._inputs(input_ids, attention_mask, melody.features, encoder_outputs)
+        B, K = text.shape[0], self.config.decoder.num_codebooks
+        chroma_rate = self.config.audio_encoder.sampling_rate / CHROMA_HOP
+        frame_rate = self.config.audio_encoder.frame_rate
+
+        def condition(start: int):
+            chroma_start = round(start / frame_rate * chroma_rate)
+            prefix = self._prefix(text, text_mask, chroma, settings.uses_guidance, chroma_start)
+            return _PrefixedDecoder(self.decoder, prefix), None
+
+        return condition, torch.zeros(B, K, 0, dtype=torch.long, device=self.device)
+
+
+class _Melody:
+    """The melody's chroma carried through MusicgenForConditionalGeneration.generate_long's input_values slot."""
+
+    def __init__(self, features):
+        self.features = features
+
+
+def _no_audio_prompt(kwargs: dict) -> None:
+    if "input_values" in kwargs:
+        raise ValueError(
+            "melody models take no audio prompt to continue (input_values): give the melody as input_features "
+            "from the processor, processor(audio=melody, sampling_rate=..., text=...)"
+        )

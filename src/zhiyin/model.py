@@ -440,9 +440,15 @@ class MusicgenForConditionalGeneration(nn.Module):
         new_frames = round(duration * rate)
         if new_frames < 1:
             raise ValueError(f"duration must be more than 0 seconds (at least one frame, 1/{rate} s), got {duration:g}")
-        cross, prompt = self._prepare(*inputs, settings)
+        condition, prompt = self._window_conditions(inputs, settings)
         W, S = plan_windows(window, extend_stride, rate, self.max_frames(), prompt.shape[-1])
-        return long_frames(self.decoder, cross, prompt, new_frames, W, S, settings, progress_bar, generator)
+        return long_frames(condition, prompt, new_frames, W, S, settings, progress_bar, generator)
+
+    def _window_conditions(self, inputs, settings: SamplingSettings):
+        """(condition, prompt codes [B, K, P]) for long_form.long_frames: every window of a text-only model has the
+        same decoder and cross-attention inputs, wherever it starts."""
+        cross, prompt = self._prepare(*inputs, settings)
+        return (lambda start: (self.decoder, cross)), prompt
 
 
 def _weight_files(name_or_path, hub_kwargs) -> list[str]:
