@@ -251,3 +251,27 @@ def test_errors_are_clear(pair, tmp_path, monkeypatch):
             ours.generate(**inputs, do_sample=True, max_new_tokens=bad.pop("max_new_tokens", 8), **bad)
     with pytest.raises(ValueError, match="get_unconditional_inputs"):
         ours.generate(max_new_tokens=8)
+
+
+def test_no_network_fails_at_once_with_the_clear_error(tmp_path, monkeypatch):
+    """Without a network (the hub's name does not resolve) the error comes at once, not after the hub client's
+    half minute of retries."""
+    import socket
+
+    import huggingface_hub
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror("Name or service not known")
+
+    calls = []
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    real_download = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: calls.append(k.get("local_files_only")) or real_download(*a, **k))
+    with pytest.raises(ModelNotFoundError, match="facebook/musicgen-small.*unreachable.*hf download"):
+        MusicgenForConditionalGeneration.from_pretrained("facebook/musicgen-small", cache_dir=tmp_path / "empty")
+    assert calls == [True]  # only the cache was asked

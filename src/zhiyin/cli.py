@@ -6,7 +6,6 @@ Bad input gets one line on stderr and exit status 2, and no output file is writt
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -225,7 +224,9 @@ def write_picture(audio_path: str, audio, rate: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # no retry chatter: a failure is reported in one line below
     try:
         return generate(args)
     except UsageError as error:

@@ -49,7 +49,14 @@ def _hub_file(repo_id: str, filename: str, required: bool, **hub_kwargs) -> str 
         RevisionNotFoundError,
     )
 
+    if hub_kwargs.get("revision") is None and not hub_kwargs.get("local_files_only"):
+        try:  # already cached: no network round trip (and no wait when offline)
+            return hf_hub_download(repo_id, filename, **{**hub_kwargs, "local_files_only": True})
+        except (LocalEntryNotFoundError, EntryNotFoundError):
+            pass
     try:
+        if not hub_kwargs.get("local_files_only") and not _hub_resolves():
+            raise LocalEntryNotFoundError("the hub's host name does not resolve")  # fail now, not after retries
         return hf_hub_download(repo_id, filename, **hub_kwargs)
     except LocalEntryNotFoundError as e:
         # Offline (or the hub is unreachable) and the file is not in the cache. For an optional file of a repo
@@ -73,3 +80,20 @@ def _hub_file(repo_id: str, filename: str, required: bool, **hub_kwargs) -> str 
         return None
     except HFValidationError as e:
         raise ModelNotFoundError(f"'{repo_id}' is neither a local folder nor a valid hub id (like facebook/musicgen-small)") from e
+
+
+def _hub_resolves() -> bool:
+    """Whether the hub's host name resolves (False at once without a network, where huggingface_hub would retry
+    for half a minute before giving up)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True  # huggingface_hub answers from the cache alone, at once
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+        return True
+    except OSError:
+        return False
