@@ -148,8 +148,11 @@ class StreamingLinear(nn.Module):
         return (self.weight.float() * self.scale[:, None]).to(dtype)
 
 
-def accelerate_decoder(decoder: nn.Module, quantize: str | None = None) -> None:
-    """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for StreamingLinear, in place."""
+def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, float_activations: bool = False) -> None:
+    """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for StreamingLinear, in place.
+
+    float_activations: also turn the decoder's other parameters (norms, embeddings) to float32, so that its
+    activations and KV cache are float32 while the linear weights stay as they are (bfloat16 on the CPU)."""
     if quantize not in (None, "int8"):
         raise ValueError(f"unknown quantization '{quantize}': the choice is int8")
     # hold no reference to a replaced layer, so that each one's weights are freed as soon as it is swapped
@@ -157,6 +160,11 @@ def accelerate_decoder(decoder: nn.Module, quantize: str | None = None) -> None:
     for module in parents:
         for name in [n for n, c in module.named_children() if isinstance(c, nn.Linear) and c.bias is None]:
             setattr(module, name, StreamingLinear.from_linear(getattr(module, name), quantize))
+    if float_activations:
+        for module in decoder.modules():
+            if not isinstance(module, StreamingLinear):
+                for name, param in module.named_parameters(recurse=False):
+                    param.data = param.data.float()
     _return_freed_memory()
 
 

@@ -66,7 +66,9 @@ class MusicgenForConditionalGeneration(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.decoder.final_norm.weight.dtype
+        """The dtype the model was loaded in (the text encoder's; on the CPU a bfloat16 decoder keeps its
+        activations in float32, see from_pretrained)."""
+        return self.text_encoder.shared.weight.dtype
 
     # ---- loading and saving ------------------------------------------------------------------------------------
 
@@ -112,7 +114,9 @@ class MusicgenForConditionalGeneration(nn.Module):
         if device is not None:
             model.to(device)
         if model.device.type == "cpu" or quantize is not None:
-            kernels.accelerate_decoder(model.decoder, quantize)
+            # on the CPU a bfloat16 decoder streams bfloat16 weights but computes in float32 (faster there, and closer)
+            float_activations = model.device.type == "cpu" and target == torch.bfloat16
+            kernels.accelerate_decoder(model.decoder, quantize, float_activations)
         return model.eval()
 
     @classmethod
@@ -235,6 +239,7 @@ class MusicgenForConditionalGeneration(nn.Module):
         """Text states [B, S, text_hidden] -> per-layer cross-attention keys/values (projected, padding zeroed)."""
         if self.enc_to_dec_proj is not None:
             text = self.enc_to_dec_proj(text)
+        text = text.to(self.decoder.final_norm.weight.dtype)
         text = text * text_mask[..., None].to(text.dtype)
         return self.decoder.project_text(text, text_mask)
 
