@@ -13,6 +13,10 @@ import time
 DEFAULT_MODEL = "facebook/musicgen-small"
 
 
+FLAG_NAMES = {"guidance_scale": "--guidance", "top_k": "--top-k", "top_p": "--top-p", "temperature": "--temperature",
+              "greedy": "--greedy"}
+
+
 class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
 
@@ -83,15 +87,14 @@ def check_arguments(args) -> list[str]:
         raise UsageError(f"--duration must be more than 0 seconds, got {args.duration:g}")
     if not 0 < args.extend_stride < args.window:
         raise UsageError(f"--extend-stride must be more than 0 and less than --window ({args.window:g} s), got {args.extend_stride:g}")
-    if args.guidance < 1:
-        raise UsageError(f"--guidance must be >= 1 (1 turns guidance off), got {args.guidance:g}")
-    if not args.greedy:
-        if args.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-        if args.top_p is not None and not 0 < args.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1], got {args.top_p:g}")
-        if args.temperature <= 0:
-            raise UsageError(f"--temperature must be > 0 when sampling, got {args.temperature:g} (use --greedy instead)")
+    from .sampling import SamplingSettings
+
+    settings = SamplingSettings(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, guidance_scale=args.guidance)
+    try:
+        settings.validate(names=FLAG_NAMES)  # the API's checks, worded with the CLI's flags
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     count = args.num_samples if args.unconditional else len(prompts)
     paths = output_paths(args.output, count, args.format)
     if args.stream and not paths[0].lower().endswith(".wav"):
