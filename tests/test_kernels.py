@@ -35,7 +35,10 @@ def test_int8_kernel_matches_dequantized_weights(rows):
     dequantized = q.float() * scale[:, None]
     assert (dequantized - weight).abs().max() <= scale.max() / 2 + 1e-6  # round to nearest
     got = StreamingLinear(q, scale)(x)
-    assert torch.allclose(got, F.linear(x, dequantized), rtol=1e-5, atol=1e-3)
+    # with AVX512-VNNI the activations go in as int16 (a scale per row): at most half a step off per element
+    step = x.abs().amax(dim=1, keepdim=True) / 32767  # [rows, 1]
+    bound = step / 2 * dequantized.abs().sum(dim=1) + 1e-5 * F.linear(x.abs(), dequantized.abs())
+    assert ((got - F.linear(x, dequantized)).abs() <= bound).all()
 
 
 def test_more_rows_than_the_kernel_takes_fall_back_to_pytorch():

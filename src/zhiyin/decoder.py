@@ -45,7 +45,7 @@ class KVCache(nn.Module):
         end = start + k.shape[2]
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k[:, :, :end].to(k.dtype), self.v[:, :, :end].to(v.dtype)  # the cache may be narrower
 
 
 @dataclass
@@ -134,18 +134,31 @@ class MusicgenDecoder(nn.Module):
         self.lm_heads = nn.ModuleList([nn.Linear(dim, config.vocab_size, bias=False) for _ in range(K)])
         self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
         self.caches: nn.ModuleList | None = None
+        self.cache_dtype: torch.dtype | None = None  # None: the activations' dtype
+        # kernels.accelerate_decoder installs the C++ step here: (decoder, cross, offset) -> step function or None
+        self.fused_stepper = None
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Preallocate the self-attention KV cache for `batch` rows and `max_len` positions."""
         p = self.final_norm.weight
         c = self.config
+        dtype = self.cache_dtype or p.dtype
         self.caches = nn.ModuleList(
-            KVCache(batch, c.num_attention_heads, max_len, c.hidden_size // c.num_attention_heads, p.dtype, p.device)
+            KVCache(batch, c.num_attention_heads, max_len, c.hidden_size // c.num_attention_heads, dtype, p.device)
             for _ in self.layers
         )
 
     def free_caches(self) -> None:
         self.caches = None
+
+    def stepper(self, cross: CrossKV | None, offset: int = 0):
+        """The step function of one generation, once the caches are set up and the prefill is done:
+        (tokens [B, K], position) -> logits [B, K, V] for one new position per row, at position + offset.
+        The fused C++ step where kernels.accelerate_decoder installed it and it applies, else forward()."""
+        fused = self.fused_stepper(self, cross, offset) if self.fused_stepper is not None else None
+        if fused is not None:
+            return fused
+        return lambda tokens, position: self(tokens[:, :, None], cross, start=position + offset)[:, :, -1]
 
     def project_text(self, text: Tensor, text_mask: Tensor) -> CrossKV:
         """text [B, S, D] (already in decoder width, zeroed where masked), text_mask [B, S] -> cross-attention K/V."""

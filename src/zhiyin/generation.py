@@ -62,12 +62,13 @@ def generate_frames(
     start = first_unknown(pattern)
     rows = 2 * B if settings.uses_guidance else B
 
-    def inputs(columns: Tensor) -> Tensor:  # [B, K, T] -> decoder rows
-        return columns.repeat(2, 1, 1) if settings.uses_guidance else columns
+    def inputs(columns: Tensor) -> Tensor:  # [B, K, ...] -> decoder rows
+        return torch.cat([columns, columns]) if settings.uses_guidance else columns
 
     decoder.setup_caches(rows, length)
     try:
         logits = decoder(inputs(sequence[:, :, :start]), cross, start=0)[:, :, -1]  # [rows, K, V]
+        step = decoder.stepper(cross)
         for position in tqdm(range(start, length), disable=not progress, desc="generating", unit="step"):
             tokens = next_tokens(logits, settings, generator)  # [B, K]
             known = pattern[:, :, position]
@@ -76,6 +77,6 @@ def generate_frames(
             if frame >= P:
                 yield undelay(sequence, delays, frame, frame + 1)  # [B, K, 1]
             if position + 1 < length:
-                logits = decoder(inputs(sequence[:, :, position : position + 1]), cross, start=position)[:, :, -1]
+                logits = step(inputs(sequence[:, :, position]), position)
     finally:
         decoder.free_caches()

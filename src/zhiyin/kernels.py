@@ -1,11 +1,12 @@
-"""Fast CPU decoding: the decoder's linear layers as weight-streaming matrix-vector products.
+"""Fast CPU decoding: zhiyin's C++ kernels (csrc/), their build, and the decoder's linear layers on them.
 
 A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so it is bound by
 how fast the weights stream from memory. PyTorch's BLAS reaches a third to a half of the memory bandwidth on such
-shapes; `csrc/gemv.cpp` reaches most of it, for float32, bfloat16 and int8 (weight-only, one scale per output row)
-weights. It is compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`) into ~/.cache/zhiyin
-(or $ZHIYIN_CACHE) and called through ctypes. Without a compiler, or with ZHIYIN_KERNELS=0, the same layers run
-on plain PyTorch: results agree to float rounding.
+shapes; `csrc/matvec.h` reaches most of it, for float32, bfloat16 and int8 (weight-only, one scale per output row)
+weights. `csrc/kernels.cpp` runs one such product on its own (StreamingLinear, here) or a whole decoder step in one
+call (fused_step.py). The sources are compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`)
+into ~/.cache/zhiyin (or $ZHIYIN_CACHE) and called through ctypes. Without a compiler, or with ZHIYIN_KERNELS=0,
+the same layers run on plain PyTorch: results agree to float rounding.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SOURCE = Path(__file__).with_name("csrc") / "gemv.cpp"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
-MAX_ROWS = 8  # the kernel's limit; more rows (prefill) go to PyTorch, where they are compute-bound anyway
+SOURCES = Path(__file__).with_name("csrc")
+SOURCE = SOURCES / "kernels.cpp"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]
+MAX_ROWS = 8  # the kernels' limit; more rows (prefill) go to PyTorch, where they are compute-bound anyway
+WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # csrc/matvec.h's WeightType
 # Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each
 # parallel region can wait a whole scheduler slice for a descheduled team member.
 PARALLEL_MIN_WEIGHTS = 1 << 20
@@ -76,9 +79,10 @@ def library() -> ctypes.CDLL | None:
     if _tried:
         return _library
     _tried = True
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
+    sources = b"".join(path.read_bytes() for path in sorted(SOURCES.iterdir()) if path.suffix in (".cpp", ".h"))
+    key = hashlib.sha256(sources + " ".join(FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
     cache = Path(os.environ.get("ZHIYIN_CACHE") or Path.home() / ".cache" / "zhiyin")
-    target = cache / f"gemv-{key}.so"
+    target = cache / f"kernels-{key}.so"
     try:
         if not target.exists():
             _build(target)
@@ -86,12 +90,18 @@ def library() -> ctypes.CDLL | None:
     except (RuntimeError, OSError) as error:
         warnings.warn(f"zhiyin: fast CPU kernels unavailable ({error}); using plain PyTorch (slower)", stacklevel=2)
         return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.zhiyin_gemv_f32.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int]
-    lib.zhiyin_gemv_bf16.argtypes = [p, p, p, i64, i64, i64, ctypes.c_int]
-    lib.zhiyin_gemv_i8.argtypes = [p, p, p, p, i64, i64, i64, ctypes.c_int]
+    p = ctypes.c_void_p
+    lib.zhiyin_linear.argtypes = [ctypes.POINTER(LinearWeights), p, p, ctypes.c_int64, ctypes.c_int]
+    lib.zhiyin_decoder_step.argtypes = [p, p, ctypes.c_int64, p]
     _library = lib
     return lib
+
+
+class LinearWeights(ctypes.Structure):
+    """csrc/matvec.h's Linear: a weight [n, k] (float32, bfloat16 or int8) and, for int8, its scale [n]."""
+
+    _fields_ = [("weight", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("n", ctypes.c_int64), ("k", ctypes.c_int64),
+                ("type", ctypes.c_int32), ("unused", ctypes.c_int32)]
 
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,24 +132,25 @@ class StreamingLinear(nn.Module):
             return cls(*quantize_int8(linear.weight.data))
         return cls(linear.weight.data)
 
+    def weights(self) -> LinearWeights | None:
+        """This layer's weights as the kernels take them (None where they have no kernel: float16, not on the CPU)."""
+        w = self.weight
+        if w.device.type != "cpu" or w.dtype not in WEIGHT_TYPES:
+            return None
+        scale = self.scale.data_ptr() if self.scale is not None else None
+        return LinearWeights(w.data_ptr(), scale, self.out_features, self.in_features, WEIGHT_TYPES[w.dtype])
+
     def forward(self, x: Tensor) -> Tensor:
         K, N = self.in_features, self.out_features
         rows = x.numel() // K
         lib = library() if x.device.type == "cpu" and rows <= MAX_ROWS else None
-        if lib is None:
+        weights = self.weights() if lib is not None else None
+        if weights is None:
             return F.linear(x, self.dequantized(x.dtype))
         flat = x.reshape(rows, K).float().contiguous()  # [M, K]
         out = torch.empty(rows, N, dtype=torch.float32)
         threads = torch.get_num_threads() if N * K >= PARALLEL_MIN_WEIGHTS else 1
-        w = self.weight
-        if w.dtype == torch.float32:
-            lib.zhiyin_gemv_f32(flat.data_ptr(), w.data_ptr(), out.data_ptr(), rows, N, K, threads)
-        elif w.dtype == torch.bfloat16:
-            lib.zhiyin_gemv_bf16(flat.data_ptr(), w.data_ptr(), out.data_ptr(), rows, N, K, threads)
-        elif w.dtype == torch.int8:
-            lib.zhiyin_gemv_i8(flat.data_ptr(), w.data_ptr(), self.scale.data_ptr(), out.data_ptr(), rows, N, K, threads)
-        else:  # float16: no kernel
-            return F.linear(x, w.to(x.dtype))
+        lib.zhiyin_linear(ctypes.byref(weights), flat.data_ptr(), out.data_ptr(), rows, threads)
         return out.view(*x.shape[:-1], N).to(x.dtype)
 
     def dequantized(self, dtype: torch.dtype) -> Tensor:
@@ -165,6 +176,9 @@ def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, float_ac
             if not isinstance(module, StreamingLinear):
                 for name, param in module.named_parameters(recurse=False):
                     param.data = param.data.float()
+    from .fused_step import FusedStep
+
+    decoder.fused_stepper = FusedStep.build
     _return_freed_memory()
 
 

@@ -83,6 +83,9 @@ class _PrefixedDecoder(nn.Module):
     def free_caches(self) -> None:
         self.decoder.free_caches()
 
+    def stepper(self, cross: None):
+        return self.decoder.stepper(None, offset=self.prefix.shape[1])
+
     def forward(self, tokens: Tensor, cross: None, start: int = 0) -> Tensor:
         if start == 0:
             return self.decoder(tokens, None, 0, prefix=self.prefix)  # [rows, K, L + T, V]

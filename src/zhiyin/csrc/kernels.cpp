@@ -1,0 +1,249 @@
+// zhiyin's CPU kernels, built at first use by kernels.py with the system C++ compiler (-O3 -march=native -fopenmp)
+// and called through ctypes. Two entry points:
+//   zhiyin_linear        y = x W^T for a few rows (a StreamingLinear layer on its own)
+//   zhiyin_decoder_step  one whole decoder step for one new position per row, in one call and one parallel region:
+//                        embeddings, every layer (norms, attention over the KV cache and the text, FFN), final norm,
+//                        LM heads. It computes what decoder.py's MusicgenDecoder.forward computes for T = 1.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "matvec.h"
+
+using namespace zhiyin;
+
+namespace {
+
+// Activations ready for a product with w: the int16 copy is made only where w needs it.
+struct Input {
+    std::vector<int16_t> q;
+    float scale[MAX_ROWS];
+    Rows rows(const float *x, int64_t m, int64_t k, const Linear &w) {
+        if (!needs_int16(w)) return Rows{x, nullptr, nullptr, m};
+        if ((int64_t)q.size() < m * k) q.resize(m * k);
+        quantize_rows(x, m, k, q.data(), scale);
+        return Rows{x, q.data(), scale, m};
+    }
+};
+
+void layer_norm(const float *x, const float *weight, const float *bias, float eps, int64_t m, int64_t d, float *y) {
+    for (int64_t r = 0; r < m; r++) {
+        const float *row = x + r * d;
+        float *out = y + r * d;
+        float mean = 0.f, var = 0.f;
+        for (int64_t j = 0; j < d; j++) mean += row[j];
+        mean /= float(d);
+        for (int64_t j = 0; j < d; j++) var += (row[j] - mean) * (row[j] - mean);
+        const float inverse = 1.f / std::sqrt(var / float(d) + eps);
+        for (int64_t j = 0; j < d; j++) out[j] = (row[j] - mean) * inverse * weight[j] + bias[j];
+    }
+}
+
+template <typename T>
+float dot(const float *q, const T *k, int64_t n) {
+    f32x16 acc = {};
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES) acc += load(q + j) * load(k + j);
+    float s = hsum(acc);
+    for (; j < n; j++) s += q[j] * one(k + j);
+    return s;
+}
+
+// One query q [dh] against keys/values [length, dh] (float32 or bfloat16), softmax(q k^T * scale + mask) v -> out.
+template <typename T>
+void attend(const float *q, const T *keys, const T *values, int64_t length, int64_t dh, const float *mask,
+            float *scores, float *out) {
+    const float scale = 1.f / std::sqrt(float(dh));
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t l = 0; l < length; l++) {
+        float s = dot(q, keys + l * dh, dh) * scale + (mask ? mask[l] : 0.f);
+        scores[l] = s;
+        top = std::max(top, s);
+    }
+    f32x16 total = {};
+    int64_t l = 0;
+    for (; l + LANES <= length; l += LANES) {
+        f32x16 e = zhiyin::exp(load(scores + l) - top);
+        store(scores + l, e);
+        total += e;
+    }
+    float sum = hsum(total);
+    for (; l < length; l++) {
+        f32x16 e = zhiyin::exp(splat(scores[l] - top));
+        scores[l] = e[0];
+        sum += e[0];
+    }
+    std::fill(out, out + dh, 0.f);
+    for (int64_t t = 0; t < length; t++) {
+        const float p = scores[t];
+        const T *v = values + t * dh;
+        int64_t j = 0;
+        for (; j + LANES <= dh; j += LANES) store(out + j, load(out + j) + p * load(v + j));
+        for (; j < dh; j++) out[j] += p * one(v + j);
+    }
+    const float inverse = 1.f / sum;
+    for (int64_t j = 0; j < dh; j++) out[j] *= inverse;
+}
+
+}  // namespace
+
+// The weights and state of one decoder step; the layout is mirrored by ctypes structures in fused_step.py.
+struct Layer {
+    const float *self_norm_weight, *self_norm_bias;
+    Linear qkv, self_out;
+    const float *cross_norm_weight, *cross_norm_bias;  // null: no cross-attention (melody models)
+    Linear cross_q, cross_out;
+    const float *ffn_norm_weight, *ffn_norm_bias;
+    Linear fc1, fc2;
+    void *cache_k, *cache_v;         // [rows, heads, max_len, head_dim], float32 or bfloat16 (cache_bf16)
+    const float *text_k, *text_v;    // [rows, heads, text_len, head_dim]
+};
+
+struct Step {
+    int64_t rows, dim, heads, ffn_dim, codebooks, vocab, max_len, text_len, layers;
+    int32_t cache_bf16, gelu, threads, unused;
+    float eps, embed_scale;
+    const Layer *layer;
+    const float *const *embeddings;  // codebooks tables [vocab + 1, dim]
+    const float *positions;          // [max_len, dim] sinusoidal
+    const float *text_mask;          // [rows, text_len], additive
+    const float *norm_weight, *norm_bias;
+    const Linear *lm_heads;          // codebooks x [vocab, dim]
+};
+
+extern "C" {
+
+int zhiyin_max_rows() { return MAX_ROWS; }
+
+// y [m, n] = x [m, k] . W^T, m <= MAX_ROWS
+void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int threads) {
+    Input input;
+    const Rows rows = input.rows(x, m, w->k, *w);
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t n0, n1;
+        share(w->n, omp_get_thread_num(), omp_get_num_threads(), n0, n1);
+        matvec(*w, rows, y, w->n, false, n0, n1);
+    }
+}
+
+// tokens [rows, codebooks] at `position` (0-based, the KV cache holds positions before it) -> logits [rows, codebooks,
+// vocab]; writes this position's keys/values into the cache.
+void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position, float *logits) {
+    const int64_t M = s->rows, D = s->dim, H = s->heads, dh = D / H, F = s->ffn_dim, V = s->vocab;
+    const int64_t length = position + 1;
+    std::vector<float> x(M * D), h(M * D), qkv(M * 3 * D), attention(M * D), q(M * D), hidden(M * F);
+    std::vector<float> scores(size_t(s->threads) * std::max(length, s->text_len));
+    Input input;  // quantized activations, shared by the threads
+    Rows rows{};
+
+    #pragma omp parallel num_threads(s->threads)
+    {
+        const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+        float *my_scores = scores.data() + thread * std::max(length, s->text_len);
+        int64_t n0, n1;
+        auto product = [&](const Linear &w, float *y, int64_t ldy, bool add) {
+            share(w.n, thread, threads, n0, n1);
+            matvec(w, rows, y, ldy, add, n0, n1);
+        };
+        #pragma omp single
+        {
+            for (int64_t m = 0; m < M; m++) {
+                float *row = x.data() + m * D;
+                for (int64_t c = 0; c < s->codebooks; c++) {
+                    const float *e = s->embeddings[c] + tokens[m * s->codebooks + c] * D;
+                    for (int64_t j = 0; j < D; j++) row[j] = c == 0 ? e[j] : row[j] + e[j];
+                }
+                const float *p = s->positions + position * D;
+                for (int64_t j = 0; j < D; j++) row[j] = row[j] * s->embed_scale + p[j];
+            }
+        }
+        for (int64_t i = 0; i < s->layers; i++) {
+            const Layer &L = s->layer[i];
+            // self-attention
+            #pragma omp single
+            {
+                layer_norm(x.data(), L.self_norm_weight, L.self_norm_bias, s->eps, M, D, h.data());
+                rows = input.rows(h.data(), M, D, L.qkv);
+            }
+            product(L.qkv, qkv.data(), 3 * D, false);
+            #pragma omp barrier
+            #pragma omp for schedule(static)
+            for (int64_t task = 0; task < M * H; task++) {
+                const int64_t m = task / H, head = task % H;
+                const float *qh = qkv.data() + m * 3 * D + head * dh;
+                const float *kh = qh + D, *vh = qh + 2 * D;
+                const int64_t base = (m * H + head) * s->max_len * dh;
+                float *out = attention.data() + m * D + head * dh;
+                if (s->cache_bf16) {
+                    uint16_t *ck = (uint16_t *)L.cache_k + base, *cv = (uint16_t *)L.cache_v + base;
+                    for (int64_t j = 0; j < dh; j++) ck[position * dh + j] = to_bf16(kh[j]), cv[position * dh + j] = to_bf16(vh[j]);
+                    attend(qh, ck, cv, length, dh, nullptr, my_scores, out);
+                } else {
+                    float *ck = (float *)L.cache_k + base, *cv = (float *)L.cache_v + base;
+                    std::copy(kh, kh + dh, ck + position * dh);
+                    std::copy(vh, vh + dh, cv + position * dh);
+                    attend(qh, ck, cv, length, dh, nullptr, my_scores, out);
+                }
+            }
+            #pragma omp single
+            rows = input.rows(attention.data(), M, D, L.self_out);
+            product(L.self_out, x.data(), D, true);
+            #pragma omp barrier
+            // cross-attention over the text
+            if (L.cross_norm_weight) {
+                #pragma omp single
+                {
+                    layer_norm(x.data(), L.cross_norm_weight, L.cross_norm_bias, s->eps, M, D, h.data());
+                    rows = input.rows(h.data(), M, D, L.cross_q);
+                }
+                product(L.cross_q, q.data(), D, false);
+                #pragma omp barrier
+                #pragma omp for schedule(static)
+                for (int64_t task = 0; task < M * H; task++) {
+                    const int64_t m = task / H, head = task % H;
+                    const int64_t base = (m * H + head) * s->text_len * dh;
+                    attend(q.data() + m * D + head * dh, L.text_k + base, L.text_v + base, s->text_len, dh,
+                           s->text_mask + m * s->text_len, my_scores, attention.data() + m * D + head * dh);
+                }
+                #pragma omp single
+                rows = input.rows(attention.data(), M, D, L.cross_out);
+                product(L.cross_out, x.data(), D, true);
+                #pragma omp barrier
+            }
+            // feed-forward
+            #pragma omp single
+            {
+                layer_norm(x.data(), L.ffn_norm_weight, L.ffn_norm_bias, s->eps, M, D, h.data());
+                rows = input.rows(h.data(), M, D, L.fc1);
+            }
+            product(L.fc1, hidden.data(), F, false);
+            for (int64_t m = 0; m < M; m++) {  // the activation, on this thread's share of the outputs
+                float *row = hidden.data() + m * F;
+                int64_t j = n0;
+                if (s->gelu) {
+                    for (; j + LANES <= n1; j += LANES) store(row + j, gelu(load(row + j)));
+                    for (; j < n1; j++) row[j] = gelu(splat(row[j]))[0];
+                } else {
+                    for (; j < n1; j++) row[j] = std::max(row[j], 0.f);
+                }
+            }
+            #pragma omp barrier
+            #pragma omp single
+            rows = input.rows(hidden.data(), M, F, L.fc2);
+            product(L.fc2, x.data(), D, true);
+            #pragma omp barrier
+        }
+        #pragma omp single
+        {
+            layer_norm(x.data(), s->norm_weight, s->norm_bias, s->eps, M, D, h.data());
+            rows = input.rows(h.data(), M, D, s->lm_heads[0]);
+        }
+        for (int64_t c = 0; c < s->codebooks; c++) product(s->lm_heads[c], logits + c * V, s->codebooks * V, false);
+    }
+}
+
+}  // extern "C"

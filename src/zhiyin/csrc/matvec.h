@@ -1,0 +1,193 @@
+// Weight-streaming products for decoding: y[m, n] = x[m, :] . W[n, :] (* scale[n]) for a few rows m (M <= 8) and
+// a range of output rows n, so that threads can split one product by n inside a parallel region.
+//
+// A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so its speed is
+// how fast the weights stream from memory: each weight element is loaded once and used for all M rows. W is float32,
+// bfloat16 (raw uint16) or int8 with a float32 scale per output row. Int8 weights on CPUs with AVX512-VNNI multiply
+// int16 activations (x quantized per row, `quantize_rows`) with vpdpwssd: exact integer sums, twice the elements per
+// instruction of a float conversion, so they stream at the memory's speed; elsewhere int8 converts to float.
+#pragma once
+#include <algorithm>
+#include "vector_math.h"
+
+namespace zhiyin {
+
+enum WeightType : int32_t { F32 = 0, BF16 = 1, I8 = 2 };
+
+// A bias-free linear layer: weight [n, k] row-major (float32, bfloat16 or int8); scale [n] for int8, else null.
+struct Linear {
+    const void *weight;
+    const float *scale;
+    int64_t n, k;
+    int32_t type, unused;
+};
+
+// The activation rows a product reads: x [m, k] float32, and for int8 weights (with VNNI) the same rows as
+// int16 with a scale per row (xq [m, k], xscale [m]).
+struct Rows {
+    const float *x;
+    const int16_t *xq;
+    const float *xscale;
+    int64_t m;
+};
+
+constexpr int MAX_ROWS = 8;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr bool INT16_ACTIVATIONS = true;
+#else
+constexpr bool INT16_ACTIVATIONS = false;
+#endif
+
+inline bool needs_int16(const Linear &w) { return INT16_ACTIVATIONS && w.type == I8; }
+
+// x [m, k] -> xq [m, k] int16, xscale [m]: x ~= xq * xscale. Each int32 lane of the product sums k/16 products of
+// |w| <= 127 and |xq| <= limit, so limit keeps them from overflowing (32767 up to k = 8256).
+inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, float *xscale) {
+    const double lanes_sum = 127.0 * double((k + 15) / 16);
+    const float limit = float(std::min(32767.0, std::floor(2147483647.0 / lanes_sum)));
+    for (int64_t r = 0; r < m; r++) {
+        const float *row = x + r * k;
+        float top = 0.f;
+        for (int64_t j = 0; j < k; j++) top = std::max(top, std::fabs(row[j]));
+        const float scale = top > 0.f ? top / limit : 1.f, inverse = 1.f / scale;
+        for (int64_t j = 0; j < k; j++) xq[r * k + j] = int16_t(std::nearbyint(row[j] * inverse));
+        xscale[r] = scale;
+    }
+}
+
+inline void put(float *y, float v, bool add) { *y = add ? *y + v : v; }
+
+// Weight rows n .. n+NB-1 against all M rows of x, NB x M accumulators in registers.
+template <int M, int NB, typename W>
+inline void float_block(const float *x, const W *w, const float *scale, int64_t K, int64_t n, float *y, int64_t ldy,
+                        bool add) {
+    f32x16 acc[NB][M] = {};
+    int64_t k = 0;
+    for (; k + LANES <= K; k += LANES) {
+        f32x16 xv[M];
+        for (int m = 0; m < M; m++) xv[m] = load(x + m * K + k);
+        for (int b = 0; b < NB; b++) {
+            f32x16 wv = load(w + (n + b) * K + k);
+            for (int m = 0; m < M; m++) acc[b][m] += wv * xv[m];
+        }
+    }
+    for (int b = 0; b < NB; b++) {
+        const W *row = w + (n + b) * K;
+        const float s_n = scale ? scale[n + b] : 1.0f;
+        for (int m = 0; m < M; m++) {
+            float s = hsum(acc[b][m]);
+            for (int64_t j = k; j < K; j++) s += one(row + j) * x[m * K + j];
+            put(y + m * ldy + n + b, s * s_n, add);
+        }
+    }
+}
+
+template <int M, int NB, typename W>
+void float_range(const float *x, const W *w, const float *scale, int64_t K, float *y, int64_t ldy, bool add,
+                 int64_t n0, int64_t n1) {
+    int64_t n = n0;
+    for (; n + NB <= n1; n += NB) float_block<M, NB>(x, w, scale, K, n, y, ldy, add);
+    for (; n < n1; n++) float_block<M, 1>(x, w, scale, K, n, y, ldy, add);
+}
+
+// Block sizes measured on a Zen 4 (AVX-512): for one or two activation rows, short weight rows (K < 2048) stream
+// best one at a time and long ones eight at a time; more rows are compute-bound and share each activation load
+// among a few weight rows.
+template <typename W>
+void float_matvec(const Rows &r, const W *w, const float *scale, int64_t K, float *y, int64_t ldy, bool add,
+                  int64_t n0, int64_t n1) {
+    const bool long_rows = K >= 2048;
+    const float *x = r.x;
+    switch (r.m) {
+    case 1: return long_rows ? float_range<1, 8>(x, w, scale, K, y, ldy, add, n0, n1)
+                             : float_range<1, 1>(x, w, scale, K, y, ldy, add, n0, n1);
+    case 2: return long_rows ? float_range<2, 8>(x, w, scale, K, y, ldy, add, n0, n1)
+                             : float_range<2, 1>(x, w, scale, K, y, ldy, add, n0, n1);
+    case 3: return float_range<3, 4>(x, w, scale, K, y, ldy, add, n0, n1);
+    case 4: return float_range<4, 4>(x, w, scale, K, y, ldy, add, n0, n1);
+    case 5: return float_range<5, 3>(x, w, scale, K, y, ldy, add, n0, n1);
+    case 6: return float_range<6, 3>(x, w, scale, K, y, ldy, add, n0, n1);
+    case 7: return float_range<7, 3>(x, w, scale, K, y, ldy, add, n0, n1);
+    default: return float_range<8, 3>(x, w, scale, K, y, ldy, add, n0, n1);
+    }
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+inline int64_t reduce_exact(__m512i v) {  // 16 int32 lanes summed in int64
+    __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
+    __m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1));
+    return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
+}
+
+template <int M, int NB>
+inline void int16_block(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K,
+                        int64_t n, float *y, int64_t ldy, bool add) {
+    __m512i acc[NB][M];
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++) acc[b][m] = _mm512_setzero_si512();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512i xv[M];
+        for (int m = 0; m < M; m++) xv[m] = _mm512_loadu_si512(xq + m * K + k);
+        for (int b = 0; b < NB; b++) {
+            __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + (n + b) * K + k)));
+            for (int m = 0; m < M; m++) acc[b][m] = _mm512_dpwssd_epi32(acc[b][m], wv, xv[m]);
+        }
+    }
+    for (int b = 0; b < NB; b++) {
+        const int8_t *row = w + (n + b) * K;
+        for (int m = 0; m < M; m++) {
+            int64_t s = reduce_exact(acc[b][m]);
+            for (int64_t j = k; j < K; j++) s += int64_t(row[j]) * xq[m * K + j];
+            put(y + m * ldy + n + b, float(s) * (scale[n + b] * xscale[m]), add);
+        }
+    }
+}
+
+template <int M, int NB>
+void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K, float *y,
+                 int64_t ldy, bool add, int64_t n0, int64_t n1) {
+    int64_t n = n0;
+    for (; n + NB <= n1; n += NB) int16_block<M, NB>(xq, xscale, w, scale, K, n, y, ldy, add);
+    for (; n < n1; n++) int16_block<M, 1>(xq, xscale, w, scale, K, n, y, ldy, add);
+}
+
+inline void int16_matvec(const Rows &r, const int8_t *w, const float *scale, int64_t K, float *y, int64_t ldy,
+                         bool add, int64_t n0, int64_t n1) {
+    const int16_t *x = r.xq;
+    const float *xs = r.xscale;
+    switch (r.m) {
+    case 1: return int16_range<1, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 2: return int16_range<2, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 3: return int16_range<3, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 4: return int16_range<4, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 5: return int16_range<5, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 6: return int16_range<6, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 7: return int16_range<7, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    default: return int16_range<8, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    }
+}
+#endif
+
+// y[m * ldy + n] (+)= rows . W[n] for n in [n0, n1)
+inline void matvec(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
+    switch (w.type) {
+    case F32: return float_matvec(r, (const float *)w.weight, nullptr, w.k, y, ldy, add, n0, n1);
+    case BF16: return float_matvec(r, (const uint16_t *)w.weight, nullptr, w.k, y, ldy, add, n0, n1);
+    default:
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+        return int16_matvec(r, (const int8_t *)w.weight, w.scale, w.k, y, ldy, add, n0, n1);
+#else
+        return float_matvec(r, (const int8_t *)w.weight, w.scale, w.k, y, ldy, add, n0, n1);
+#endif
+    }
+}
+
+// This thread's share [n0, n1) of n output rows, in blocks of 8 so that the kernels' row blocks stay whole
+inline void share(int64_t n, int thread, int threads, int64_t &n0, int64_t &n1) {
+    const int64_t blocks = (n + 7) / 8;
+    n0 = std::min(n, blocks * thread / threads * 8);
+    n1 = std::min(n, blocks * (thread + 1) / threads * 8);
+}
+
+}  // namespace zhiyin

@@ -1,0 +1,117 @@
+"""One decoder step in one C++ call: csrc/kernels.cpp's zhiyin_decoder_step.
+
+The token loop's steps each take one new position per row. Run as PyTorch ops, a step of musicgen-small is ~300
+small operations around the 150 weight products, and their dispatch costs as much as a third of the step on a
+2-core CPU. The fused step does the whole of it (embeddings, every layer's norms, attention over the KV cache and the
+text, FFN with GELU, final norm, LM heads) in one parallel region, with the weight products of kernels.py's
+StreamingLinear layers. It reads the decoder's own parameters and writes into its own KV cache, so the PyTorch
+prefill and the fused steps share one cache. `FusedStep.build` returns None where it does not apply (kernels off
+or unavailable, not on the CPU, float16, more rows than the kernels take): the decoder's plain step runs there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor, nn
+
+from . import kernels
+from .decoder import CrossKV, MusicgenDecoder, sinusoidal_positions
+from .kernels import LinearWeights, StreamingLinear
+
+P = ctypes.c_void_p
+
+
+class _Layer(ctypes.Structure):  # csrc/kernels.cpp's Layer
+    _fields_ = [("self_norm_weight", P), ("self_norm_bias", P), ("qkv", LinearWeights), ("self_out", LinearWeights),
+                ("cross_norm_weight", P), ("cross_norm_bias", P), ("cross_q", LinearWeights),
+                ("cross_out", LinearWeights), ("ffn_norm_weight", P), ("ffn_norm_bias", P), ("fc1", LinearWeights),
+                ("fc2", LinearWeights), ("cache_k", P), ("cache_v", P), ("text_k", P), ("text_v", P)]
+
+
+class _Step(ctypes.Structure):  # csrc/kernels.cpp's Step
+    _fields_ = [(name, ctypes.c_int64) for name in
+                ("rows", "dim", "heads", "ffn_dim", "codebooks", "vocab", "max_len", "text_len", "layers")]
+    _fields_ += [(name, ctypes.c_int32) for name in ("cache_bf16", "gelu", "threads", "unused")]
+    _fields_ += [("eps", ctypes.c_float), ("embed_scale", ctypes.c_float), ("layer", ctypes.POINTER(_Layer)),
+                 ("embeddings", P), ("positions", P), ("text_mask", P), ("norm_weight", P), ("norm_bias", P),
+                 ("lm_heads", ctypes.POINTER(LinearWeights))]
+
+
+def _float(t: Tensor) -> Tensor:
+    return t.detach().float().contiguous()
+
+
+class FusedStep:
+    """The step function of one generation: (tokens [rows, K], position) -> logits [rows, K, V] float32, for one new
+    position per row; `offset` is added to the positions (melody models' prefix). Valid while the decoder's caches
+    (set up before) and `cross` live; holds every tensor the C++ side points at."""
+
+    def __init__(self, decoder: MusicgenDecoder, cross: CrossKV | None, offset: int, library: ctypes.CDLL):
+        c, caches = decoder.config, decoder.caches
+        rows, heads, max_len, _ = caches[0].k.shape
+        self.library, self.offset, self.rows = library, offset, rows
+        self.shape = (rows, c.num_codebooks, c.vocab_size)
+        keep = self._keep = []  # tensors and structures the C++ side reads
+
+        def ptr(t: Tensor | None) -> int | None:
+            if t is None:
+                return None
+            keep.append(t)
+            return t.data_ptr()
+
+        layers = (_Layer * len(decoder.layers))()
+        for i, (layer, cache) in enumerate(zip(decoder.layers, caches)):
+            L = layers[i]
+            L.self_norm_weight, L.self_norm_bias = ptr(layer.self_attn_norm.weight), ptr(layer.self_attn_norm.bias)
+            L.qkv, L.self_out = layer.self_attn.qkv.weights(), layer.self_attn.out.weights()
+            if layer.cross_attn is not None:
+                L.cross_norm_weight = ptr(layer.cross_attn_norm.weight)
+                L.cross_norm_bias = ptr(layer.cross_attn_norm.bias)
+                L.cross_q, L.cross_out = layer.cross_attn.q.weights(), layer.cross_attn.out.weights()
+                L.text_k, L.text_v = ptr(_float(cross.keys[i])), ptr(_float(cross.values[i]))
+            L.ffn_norm_weight, L.ffn_norm_bias = ptr(layer.ffn_norm.weight), ptr(layer.ffn_norm.bias)
+            L.fc1, L.fc2 = layer.fc1.weights(), layer.fc2.weights()
+            L.cache_k, L.cache_v = ptr(cache.k), ptr(cache.v)
+        embeddings = (P * c.num_codebooks)(*[ptr(e.weight) for e in decoder.embed_tokens])
+        heads_weights = (LinearWeights * c.num_codebooks)(*[head.weights() for head in decoder.lm_heads])
+        text_len = cross.keys[0].shape[2] if cross is not None else 0
+        step = self.step = _Step(
+            rows=rows, dim=c.hidden_size, heads=heads, ffn_dim=c.ffn_dim, codebooks=c.num_codebooks,
+            vocab=c.vocab_size, max_len=max_len, text_len=text_len, layers=len(decoder.layers),
+            cache_bf16=int(caches[0].k.dtype == torch.bfloat16), gelu=int(c.activation_function == "gelu"),
+            threads=torch.get_num_threads(), eps=decoder.final_norm.eps, embed_scale=decoder.embed_scale,
+            embeddings=ctypes.cast(embeddings, P), layer=ctypes.cast(layers, ctypes.POINTER(_Layer)),
+            lm_heads=ctypes.cast(heads_weights, ctypes.POINTER(LinearWeights)),
+            positions=ptr(sinusoidal_positions(torch.arange(max_len), c.hidden_size).contiguous()),
+            text_mask=ptr(_float(cross.mask).view(rows, text_len)) if cross is not None else None,
+            norm_weight=ptr(decoder.final_norm.weight), norm_bias=ptr(decoder.final_norm.bias),
+        )
+        keep += [layers, embeddings, heads_weights, step]
+        self.step_pointer = ctypes.addressof(step)
+
+    @classmethod
+    def build(cls, decoder: MusicgenDecoder, cross: CrossKV | None, offset: int = 0) -> "FusedStep | None":
+        """The fused step for this generation, or None where it does not apply."""
+        library = kernels.library()
+        caches = decoder.caches
+        if library is None or caches is None or caches[0].k.dtype not in (torch.float32, torch.bfloat16):
+            return None
+        if caches[0].k.device.type != "cpu" or caches[0].k.shape[0] > kernels.MAX_ROWS:
+            return None
+        if (cross is None) != (decoder.layers[0].cross_attn is None):
+            return None
+        linears = [m for m in decoder.modules() if isinstance(m, (nn.Linear, StreamingLinear))]
+        if not all(isinstance(m, StreamingLinear) and m.weights() is not None for m in linears):
+            return None
+        others = [p for m in decoder.modules() if not isinstance(m, StreamingLinear) for p in m.parameters(recurse=False)]
+        if any(p.dtype != torch.float32 for p in others):
+            return None
+        return cls(decoder, cross, offset, library)
+
+    def __call__(self, tokens: Tensor, position: int) -> Tensor:
+        tokens = tokens.to(torch.int64).contiguous()  # [rows, K]
+        logits = torch.empty(self.shape, dtype=torch.float32)
+        self.library.zhiyin_decoder_step(self.step_pointer, tokens.data_ptr(), position + self.offset, logits.data_ptr())
+        return logits
