@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import EncodecConfig
+from .heap import large_tensors_from_heap
 
 # Codebook buffers the checkpoints carry for k-means training; inference never reads them.
 IGNORED_CHECKPOINT_SUFFIXES = ("codebook.inited", "codebook.cluster_size", "codebook.embed_avg")
@@ -101,14 +102,25 @@ class EncodecConvTranspose1d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C_in, T] -> [B, C_out, T * stride]
         conv = self.conv
-        if self.norm is None:  # let the conv trim the symmetric part itself: no strided copy of its output
-            both = min(self.trim_left, self.trim_right)
-            x = F.conv_transpose1d(x, conv.weight, conv.bias, stride=conv.stride, padding=both)
-            left, right = self.trim_left - both, self.trim_right - both
+        if self.norm is None and conv.kernel_size[0] == 2 * conv.stride[0]:
+            x = self._polyphase(x)  # [B, C_out, (T + 1) * stride]
         else:
-            x = self.norm(conv(x))
-            left, right = self.trim_left, self.trim_right
-        return x[..., left : x.shape[-1] - right]
+            x = conv(x)
+            if self.norm is not None:
+                x = self.norm(x)
+        return x[..., self.trim_left : x.shape[-1] - self.trim_right]
+
+    def _polyphase(self, x: Tensor) -> Tensor:
+        """The transposed convolution with kernel 2s and stride s as a plain convolution (faster on the CPU):
+        output sample t*s + r is W[:, :, r]^T x[t] + W[:, :, s + r]^T x[t - 1], i.e. a kernel-2 convolution with
+        C_out * s output channels, interleaved. [B, C_in, T] -> [B, C_out, (T + 1) * s], untrimmed."""
+        weight, s = self.conv.weight, self.conv.stride[0]  # [C_in, C_out, 2s]
+        (B, C_in, T), C_out = x.shape, weight.shape[1]
+        kernel = torch.stack([weight[:, :, s:], weight[:, :, :s]], dim=-1)  # [C_in, C_out, s, 2]: taps t-1, t
+        kernel = kernel.permute(1, 2, 0, 3).reshape(C_out * s, C_in, 2)
+        bias = self.conv.bias.repeat_interleave(s) if self.conv.bias is not None else None
+        y = F.conv1d(F.pad(x, (1, 1)), kernel, bias)  # [B, C_out * s, T + 1]
+        return y.view(B, C_out, s, T + 1).transpose(2, 3).reshape(B, C_out, (T + 1) * s)
 
 
 class EncodecLSTM(nn.Module):
@@ -276,9 +288,11 @@ class EncodecModel(nn.Module):
         if padding_mask is not None:
             mask = padding_mask.reshape(padding_mask.shape[0], -1, padding_mask.shape[-1]).bool()  # [B, 1 or C, T]
             x = x * mask
-        latents = self.encoder(x)  # [B, D, frames]
+        with large_tensors_from_heap():
+            latents = self.encoder(x)  # [B, D, frames]
         return self.quantizer.encode(latents, self.num_quantizers_for_bandwidth(self.config.target_bandwidths[0]))
 
     def decode(self, codes: Tensor) -> Tensor:
         """Codes [B, K, frames] -> audio [B, C, frames * hop_length]."""
-        return self.decoder(self.quantizer.decode(codes))
+        with large_tensors_from_heap():
+            return self.decoder(self.quantizer.decode(codes))

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import heap
+
 SOURCES = Path(__file__).with_name("csrc")
 SOURCE = SOURCES / "kernels.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]
@@ -176,15 +178,9 @@ def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, float_ac
             if not isinstance(module, StreamingLinear):
                 for name, param in module.named_parameters(recurse=False):
                     param.data = param.data.float()
+    if quantize is not None or float_activations:
+        decoder.cache_dtype = torch.bfloat16  # reduced-precision modes: half the bytes attention reads per step
     from .fused_step import FusedStep
 
     decoder.fused_stepper = FusedStep.build
-    _return_freed_memory()
-
-
-def _return_freed_memory() -> None:
-    """Hand the freed float weights back to the system (glibc keeps large freed blocks otherwise)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    heap.return_freed_memory()  # the replaced float weights

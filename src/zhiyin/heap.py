@@ -1,0 +1,59 @@
+"""glibc heap settings: big tensors without page faults while decoding audio, and freed memory handed back.
+
+glibc serves every allocation above its mmap threshold (which grows to at most 32 MB) with a fresh mmap and unmaps it
+when it is freed, so each large tensor page-faults on its first touch, every time. EnCodec's decoder makes dozens of
+them (up to 82 MB each for 10 s of 32 kHz audio): the faults cost a third of its time on a 2-core machine (1.1 s ->
+0.7 s for 10 s of audio). `large_tensors_from_heap()` raises the thresholds for the duration of a block, so that
+freed memory is reused, then sets them to glibc's usual steady state (32 MB mmap, 64 MB trim threshold) and trims
+the heap. Elsewhere than glibc both are no-ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_lock = threading.Lock()
+_users = 0
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def return_freed_memory() -> None:
+    """Hand freed memory at the top of the heap back to the system (glibc keeps large freed blocks otherwise)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@contextmanager
+def large_tensors_from_heap() -> Iterator[None]:
+    global _users
+    libc = _libc()
+    if libc is None:
+        yield
+        return
+    with _lock:
+        _users += 1
+        if _users == 1:
+            libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+            libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    try:
+        yield
+    finally:
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+                libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+                libc.malloc_trim(0)
