@@ -1,0 +1,113 @@
+"""The fused C++ decoder step (fused_step.py, csrc/kernels.cpp) against the decoder's plain PyTorch forward:
+same logits and same KV cache entries, step after step, in every weight format and decoder variant."""
+
+import pytest
+import torch
+
+from zhiyin import kernels
+from zhiyin.config import DecoderConfig
+from zhiyin.decoder import CrossKV, MusicgenDecoder
+from zhiyin.fused_step import FusedStep
+
+
+@pytest.fixture(autouse=True)
+def kernels_available():
+    assert kernels.library() is not None, "the C++ kernels did not build (is g++ installed?)"
+
+
+def make_decoder(seed=0, cross_attention=True, **overrides) -> MusicgenDecoder:
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=64, num_hidden_layers=3, ffn_dim=96, num_attention_heads=4, hidden_size=64,
+                  num_codebooks=4, pad_token_id=64, bos_token_id=64)
+    config = DecoderConfig(**{**fields, **overrides})
+    decoder = MusicgenDecoder(config, cross_attention).eval()
+    with torch.no_grad():
+        for p in decoder.parameters():  # not the default init: norms and biases away from 1 and 0 too
+            p.normal_(0, 0.3 if p.dim() > 1 else 1.0)
+    return decoder
+
+
+def text_condition(decoder: MusicgenDecoder, rows: int, text_len: int = 5) -> CrossKV:
+    text = torch.randn(rows, text_len, decoder.config.hidden_size)
+    mask = torch.ones(rows, text_len, dtype=torch.long)
+    mask[-1, 2:] = 0  # a padded row: the mask must be honoured
+    return decoder.project_text(text, mask)
+
+
+def compare_steps(decoder, cross, rows, prefill=6, steps=5, tolerance=1e-5, prefix=None):
+    """Prefill with PyTorch, then for each step: fused logits vs plain logits and the cache entry each wrote."""
+    K, V = decoder.config.num_codebooks, decoder.config.vocab_size
+    tokens = torch.randint(0, V + 1, (rows, K, prefill + steps))  # V is the pad token
+    offset = 0 if prefix is None else prefix.shape[1]
+    with torch.inference_mode():
+        decoder.setup_caches(rows, offset + prefill + steps)
+        decoder(tokens[:, :, :prefill], cross, 0, prefix=prefix)
+        fused = FusedStep.build(decoder, cross, offset)
+        assert fused is not None
+        for position in range(prefill, prefill + steps):
+            got = fused(tokens[:, :, position], position)
+            written = [(c.k[:, :, offset + position].clone(), c.v[:, :, offset + position].clone()) for c in decoder.caches]
+            want = decoder(tokens[:, :, position : position + 1], cross, offset + position)[:, :, -1].float()
+            assert got.shape == (rows, K, V)
+            scale = want.abs().max()
+            assert (got - want).abs().max() <= tolerance * scale, (position, (got - want).abs().max() / scale)
+            for (k, v), cache in zip(written, decoder.caches):  # the plain step rewrote the same entries
+                assert torch.allclose(k.float(), cache.k[:, :, offset + position].float(), rtol=1e-2, atol=1e-4)
+                assert torch.allclose(v.float(), cache.v[:, :, offset + position].float(), rtol=1e-2, atol=1e-4)
+        decoder.free_caches()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 8])
+def test_float32_step_matches_pytorch(rows):
+    decoder = make_decoder(seed=rows)
+    kernels.accelerate_decoder(decoder)
+    compare_steps(decoder, text_condition(decoder, rows), rows)
+
+
+@pytest.mark.parametrize("options", [dict(quantize="int8"), dict(float_activations=True)])
+def test_reduced_precision_steps_match_pytorch_on_the_same_weights(options):
+    decoder = make_decoder(seed=3)
+    if options.get("float_activations"):
+        decoder.to(torch.bfloat16)
+    kernels.accelerate_decoder(decoder, **options)
+    assert decoder.cache_dtype == torch.bfloat16  # the fused step writes bfloat16 keys/values as the plain one does
+    # int8: activations go in as int16 (a scale per row) on AVX512-VNNI machines, the plain step does the same
+    compare_steps(decoder, text_condition(decoder, 2), 2, tolerance=1e-3)
+
+
+def test_stereo_relu_and_scaled_embeddings():
+    decoder = make_decoder(seed=4, num_codebooks=8, audio_channels=2, activation_function="relu", scale_embedding=True)
+    kernels.accelerate_decoder(decoder)
+    compare_steps(decoder, text_condition(decoder, 4), 4)
+
+
+def test_melody_decoder_without_cross_attention_and_with_a_prefix():
+    decoder = make_decoder(seed=5, cross_attention=False)
+    kernels.accelerate_decoder(decoder)
+    prefix = torch.randn(2, 7, decoder.config.hidden_size)
+    compare_steps(decoder, None, 2, prefix=prefix)
+
+
+def test_long_cache_and_text():
+    decoder = make_decoder(seed=6)
+    kernels.accelerate_decoder(decoder)
+    compare_steps(decoder, text_condition(decoder, 2, text_len=37), 2, prefill=300, steps=3)
+
+
+def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
+    decoder = make_decoder(seed=7)
+    plain = decoder.stepper(None)  # not accelerated: forward()
+    assert not isinstance(plain, FusedStep)
+    kernels.accelerate_decoder(decoder)
+    cross = text_condition(decoder, 9)
+    decoder.setup_caches(9, 8)  # more rows than the kernels take
+    assert FusedStep.build(decoder, cross) is None
+    decoder.setup_caches(2, 8)
+    assert FusedStep.build(decoder, None) is None  # this decoder needs its text
+    assert isinstance(decoder.stepper(text_condition(decoder, 2)), FusedStep)
+    previous = kernels.set_enabled(False)
+    try:
+        assert not isinstance(decoder.stepper(text_condition(decoder, 2)), FusedStep)
+    finally:
+        kernels.set_enabled(previous)
+    decoder.free_caches()
