@@ -17,29 +17,36 @@ using namespace zhiyin;
 
 namespace {
 
-// Activations ready for a product with w: the int16 copy is made only where w needs it.
-struct Input {
+// Activation rows ready for a product with w: the int16 copy (quantize_rows) only where w needs it.
+struct Activations {
     std::vector<int16_t> q;
     float scale[MAX_ROWS];
-    Rows rows(const float *x, int64_t m, int64_t k, const Linear &w) {
+    Rows rows(const float *x, int64_t m, int64_t k, const Linear &w) {  // all rows at once (zhiyin_linear)
         if (!needs_int16(w)) return Rows{x, nullptr, nullptr, m};
-        if ((int64_t)q.size() < m * k) q.resize(m * k);
+        q.resize(m * k);
         quantize_rows(x, m, k, q.data(), scale);
         return Rows{x, q.data(), scale, m};
     }
 };
 
-void layer_norm(const float *x, const float *weight, const float *bias, float eps, int64_t m, int64_t d, float *y) {
-    for (int64_t r = 0; r < m; r++) {
-        const float *row = x + r * d;
-        float *out = y + r * d;
-        float mean = 0.f, var = 0.f;
-        for (int64_t j = 0; j < d; j++) mean += row[j];
-        mean /= float(d);
-        for (int64_t j = 0; j < d; j++) var += (row[j] - mean) * (row[j] - mean);
-        const float inverse = 1.f / std::sqrt(var / float(d) + eps);
-        for (int64_t j = 0; j < d; j++) out[j] = (row[j] - mean) * inverse * weight[j] + bias[j];
+void layer_norm(const float *x, const float *weight, const float *bias, float eps, int64_t d, float *y) {  // one row
+    f32x16 acc = {};
+    int64_t j = 0;
+    for (; j + LANES <= d; j += LANES) acc += load(x + j);
+    float mean = hsum(acc);
+    for (; j < d; j++) mean += x[j];
+    mean /= float(d);
+    acc = f32x16{};
+    for (j = 0; j + LANES <= d; j += LANES) {
+        f32x16 c = load(x + j) - mean;
+        acc += c * c;
     }
+    float var = hsum(acc);
+    for (; j < d; j++) var += (x[j] - mean) * (x[j] - mean);
+    const float inverse = 1.f / std::sqrt(var / float(d) + eps);
+    for (j = 0; j + LANES <= d; j += LANES)
+        store(y + j, (load(x + j) - mean) * inverse * load(weight + j) + load(bias + j));
+    for (; j < d; j++) y[j] = (x[j] - mean) * inverse * weight[j] + bias[j];
 }
 
 template <typename T>
@@ -120,7 +127,7 @@ int zhiyin_max_rows() { return MAX_ROWS; }
 
 // y [m, n] = x [m, k] . W^T, m <= MAX_ROWS
 void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int threads) {
-    Input input;
+    Activations input;
     const Rows rows = input.rows(x, m, w->k, *w);
     #pragma omp parallel num_threads(threads)
     {
@@ -134,53 +141,61 @@ void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int thr
 // vocab]; writes this position's keys/values into the cache.
 void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position, float *logits) {
     const int64_t M = s->rows, D = s->dim, H = s->heads, dh = D / H, F = s->ffn_dim, V = s->vocab;
-    const int64_t length = position + 1;
+    const int64_t length = position + 1, longest = std::max(length, s->text_len);
     std::vector<float> x(M * D), h(M * D), qkv(M * 3 * D), attention(M * D), q(M * D), hidden(M * F);
-    std::vector<float> scores(size_t(s->threads) * std::max(length, s->text_len));
-    Input input;  // quantized activations, shared by the threads
-    Rows rows{};
+    std::vector<float> scores(size_t(s->threads) * longest);
+    Activations input;  // the int16 rows, shared by the threads
+    input.q.resize(M * std::max(D, F));
 
     #pragma omp parallel num_threads(s->threads)
     {
         const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
-        float *my_scores = scores.data() + thread * std::max(length, s->text_len);
+        float *my_scores = scores.data() + thread * longest;
+        Rows rows{};
         int64_t n0, n1;
+        // rows of src [M, k] -> (layer-normed into dst if norm_weight) ready for w; split by rows, ends in a barrier
+        auto prepare = [&](const float *src, int64_t k, const Linear &w, const float *norm_weight,
+                           const float *norm_bias, float *dst) {
+            const bool int16 = needs_int16(w);
+            #pragma omp for schedule(static)
+            for (int64_t m = 0; m < M; m++) {
+                if (norm_weight) layer_norm(src + m * k, norm_weight, norm_bias, s->eps, k, dst + m * k);
+                if (int16) quantize_rows(dst + m * k, 1, k, input.q.data() + m * k, input.scale + m);
+            }
+            rows = Rows{dst, int16 ? input.q.data() : nullptr, int16 ? input.scale : nullptr, M};
+        };
+        // y (+)= rows . W^T on this thread's share of W's rows
         auto product = [&](const Linear &w, float *y, int64_t ldy, bool add) {
             share(w.n, thread, threads, n0, n1);
             matvec(w, rows, y, ldy, add, n0, n1);
         };
-        #pragma omp single
-        {
-            for (int64_t m = 0; m < M; m++) {
-                float *row = x.data() + m * D;
-                for (int64_t c = 0; c < s->codebooks; c++) {
-                    const float *e = s->embeddings[c] + tokens[m * s->codebooks + c] * D;
-                    for (int64_t j = 0; j < D; j++) row[j] = c == 0 ? e[j] : row[j] + e[j];
-                }
-                const float *p = s->positions + position * D;
-                for (int64_t j = 0; j < D; j++) row[j] = row[j] * s->embed_scale + p[j];
+
+        #pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) {  // token embeddings, summed over codebooks, scaled, plus the position's
+            float *row = x.data() + m * D;
+            for (int64_t c = 0; c < s->codebooks; c++) {
+                const float *e = s->embeddings[c] + tokens[m * s->codebooks + c] * D;
+                for (int64_t j = 0; j < D; j++) row[j] = c == 0 ? e[j] : row[j] + e[j];
             }
+            const float *p = s->positions + position * D;
+            for (int64_t j = 0; j < D; j++) row[j] = row[j] * s->embed_scale + p[j];
         }
         for (int64_t i = 0; i < s->layers; i++) {
             const Layer &L = s->layer[i];
-            // self-attention
-            #pragma omp single
-            {
-                layer_norm(x.data(), L.self_norm_weight, L.self_norm_bias, s->eps, M, D, h.data());
-                rows = input.rows(h.data(), M, D, L.qkv);
-            }
+            // self-attention: this position's keys/values into the cache, then one query per row and head
+            prepare(x.data(), D, L.qkv, L.self_norm_weight, L.self_norm_bias, h.data());
             product(L.qkv, qkv.data(), 3 * D, false);
             #pragma omp barrier
             #pragma omp for schedule(static)
             for (int64_t task = 0; task < M * H; task++) {
                 const int64_t m = task / H, head = task % H;
-                const float *qh = qkv.data() + m * 3 * D + head * dh;
-                const float *kh = qh + D, *vh = qh + 2 * D;
+                const float *qh = qkv.data() + m * 3 * D + head * dh, *kh = qh + D, *vh = qh + 2 * D;
                 const int64_t base = (m * H + head) * s->max_len * dh;
                 float *out = attention.data() + m * D + head * dh;
                 if (s->cache_bf16) {
                     uint16_t *ck = (uint16_t *)L.cache_k + base, *cv = (uint16_t *)L.cache_v + base;
-                    for (int64_t j = 0; j < dh; j++) ck[position * dh + j] = to_bf16(kh[j]), cv[position * dh + j] = to_bf16(vh[j]);
+                    for (int64_t j = 0; j < dh; j++) ck[position * dh + j] = to_bf16(kh[j]);
+                    for (int64_t j = 0; j < dh; j++) cv[position * dh + j] = to_bf16(vh[j]);
                     attend(qh, ck, cv, length, dh, nullptr, my_scores, out);
                 } else {
                     float *ck = (float *)L.cache_k + base, *cv = (float *)L.cache_v + base;
@@ -189,17 +204,11 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
                     attend(qh, ck, cv, length, dh, nullptr, my_scores, out);
                 }
             }
-            #pragma omp single
-            rows = input.rows(attention.data(), M, D, L.self_out);
-            product(L.self_out, x.data(), D, true);
+            prepare(attention.data(), D, L.self_out, nullptr, nullptr, attention.data());
+            product(L.self_out, x.data(), D, true);  // + residual
             #pragma omp barrier
-            // cross-attention over the text
-            if (L.cross_norm_weight) {
-                #pragma omp single
-                {
-                    layer_norm(x.data(), L.cross_norm_weight, L.cross_norm_bias, s->eps, M, D, h.data());
-                    rows = input.rows(h.data(), M, D, L.cross_q);
-                }
+            if (L.cross_norm_weight) {  // cross-attention over the text (its keys/values were computed once)
+                prepare(x.data(), D, L.cross_q, L.cross_norm_weight, L.cross_norm_bias, h.data());
                 product(L.cross_q, q.data(), D, false);
                 #pragma omp barrier
                 #pragma omp for schedule(static)
@@ -209,19 +218,14 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
                     attend(q.data() + m * D + head * dh, L.text_k + base, L.text_v + base, s->text_len, dh,
                            s->text_mask + m * s->text_len, my_scores, attention.data() + m * D + head * dh);
                 }
-                #pragma omp single
-                rows = input.rows(attention.data(), M, D, L.cross_out);
+                prepare(attention.data(), D, L.cross_out, nullptr, nullptr, attention.data());
                 product(L.cross_out, x.data(), D, true);
                 #pragma omp barrier
             }
-            // feed-forward
-            #pragma omp single
-            {
-                layer_norm(x.data(), L.ffn_norm_weight, L.ffn_norm_bias, s->eps, M, D, h.data());
-                rows = input.rows(h.data(), M, D, L.fc1);
-            }
+            // feed-forward, the activation applied by each thread to its own share of fc1's outputs
+            prepare(x.data(), D, L.fc1, L.ffn_norm_weight, L.ffn_norm_bias, h.data());
             product(L.fc1, hidden.data(), F, false);
-            for (int64_t m = 0; m < M; m++) {  // the activation, on this thread's share of the outputs
+            for (int64_t m = 0; m < M; m++) {
                 float *row = hidden.data() + m * F;
                 int64_t j = n0;
                 if (s->gelu) {
@@ -232,16 +236,11 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
                 }
             }
             #pragma omp barrier
-            #pragma omp single
-            rows = input.rows(hidden.data(), M, F, L.fc2);
+            prepare(hidden.data(), F, L.fc2, nullptr, nullptr, hidden.data());
             product(L.fc2, x.data(), D, true);
             #pragma omp barrier
         }
-        #pragma omp single
-        {
-            layer_norm(x.data(), s->norm_weight, s->norm_bias, s->eps, M, D, h.data());
-            rows = input.rows(h.data(), M, D, s->lm_heads[0]);
-        }
+        prepare(x.data(), D, s->lm_heads[0], s->norm_weight, s->norm_bias, h.data());
         for (int64_t c = 0; c < s->codebooks; c++) product(s->lm_heads[c], logits + c * V, s->codebooks * V, false);
     }
 }
