@@ -2,10 +2,11 @@
 
     python bench/precision.py [--shape small] [--steps 200]
 
-For bfloat16, float16 and int8 (weight-only) it reports the decoder logits' relative error against float32
-(max |diff| / max |fp32| and the median over positions of the per-position relative L2 error), teacher-forced on
-float32's own greedy continuation of a text prompt with guidance 3, and the share of those positions where the
-mode's greedy choice (argmax of the guided logits) equals float32's.
+For bfloat16, float16 and int8 it reports the decoder logits' relative error against float32 (max |diff| / max
+|fp32| and the median over positions of the per-position relative L2 error), teacher-forced on float32's own greedy
+continuation of a text prompt with guidance 3, and the share of those positions where the mode's greedy choice
+(argmax of the guided logits) equals float32's. The logits come step by step through the KV cache, as in generation
+(the fused CPU step where it applies), so the cache's precision (bfloat16 / int8 in those modes) counts too.
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ def guided_logits(model, ids, codes) -> torch.Tensor:
     text = torch.cat([text, torch.zeros_like(text)])
     mask = torch.cat([torch.ones_like(ids), torch.zeros_like(ids)])
     cross = model._cross_attention_inputs(text, mask)
+    decoder, rows, T = model.decoder, codes.repeat(2, 1, 1), codes.shape[-1]
     with torch.inference_mode():
-        logits = model.decoder(codes.repeat(2, 1, 1), cross).float()  # [2, K, T, V]
-    return (logits[1] + 3.0 * (logits[0] - logits[1]))
+        decoder.setup_caches(2, T)
+        try:
+            steps = [decoder(rows[:, :, :1], cross, start=0)[:, :, -1].float()]  # [2, K, V] each
+            step = decoder.stepper(cross)
+            steps += [step(rows[:, :, position], position).float() for position in range(1, T)]
+        finally:
+            decoder.free_caches()
+    logits = torch.stack(steps, dim=2)  # [2, K, T, V]
+    return logits[1] + 3.0 * (logits[0] - logits[1])
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from zhiyin import MusicgenForConditionalGeneration, kernels
-from zhiyin.kernels import StreamingLinear, quantize_int8
+from zhiyin.kernels import StreamingLinear
+from zhiyin.quantization import quantize_int8
 
 
 @pytest.fixture(autouse=True)

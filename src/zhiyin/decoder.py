@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DecoderConfig
+from .quantization import dequantize_int8, quantize_int8
 
 
 def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
@@ -32,17 +33,27 @@ def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
 
 
 class KVCache(nn.Module):
-    """Preallocated self-attention keys/values for one layer: [B, H, max_len, Dh] each."""
+    """Preallocated self-attention keys/values for one layer: [B, H, max_len, Dh] each, in float, or in int8 with a
+    scale per vector ([B, H, max_len]; quantization.py)."""
 
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype, device):
         super().__init__()
         shape = (batch, heads, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        if dtype == torch.int8:
+            self.register_buffer("k_scale", torch.ones(shape[:3], device=device), persistent=False)
+            self.register_buffer("v_scale", torch.ones(shape[:3], device=device), persistent=False)
 
     def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v [B, H, T, Dh] at positions start..start+T-1; return all keys/values so far."""
+        """Write k, v [B, H, T, Dh] at positions start..start+T-1; return all keys/values so far, in k's dtype."""
         end = start + k.shape[2]
+        if self.k.dtype == torch.int8:
+            self.k[:, :, start:end], self.k_scale[:, :, start:end] = quantize_int8(k)
+            self.v[:, :, start:end], self.v_scale[:, :, start:end] = quantize_int8(v)
+            keys = dequantize_int8(self.k[:, :, :end], self.k_scale[:, :, :end])
+            values = dequantize_int8(self.v[:, :, :end], self.v_scale[:, :, :end])
+            return keys.to(k.dtype), values.to(v.dtype)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         return self.k[:, :, :end].to(k.dtype), self.v[:, :, :end].to(v.dtype)  # the cache may be narrower
@@ -134,7 +145,7 @@ class MusicgenDecoder(nn.Module):
         self.lm_heads = nn.ModuleList([nn.Linear(dim, config.vocab_size, bias=False) for _ in range(K)])
         self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
         self.caches: nn.ModuleList | None = None
-        self.cache_dtype: torch.dtype | None = None  # None: the activations' dtype
+        self.cache_dtype: torch.dtype | None = None  # None: the activations' dtype; also bfloat16 or int8
         # kernels.accelerate_decoder installs the C++ step here: (decoder, cross, offset) -> step function or None
         self.fused_stepper = None
 

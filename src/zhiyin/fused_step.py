@@ -27,13 +27,14 @@ class _Layer(ctypes.Structure):  # csrc/kernels.cpp's Layer
     _fields_ = [("self_norm_weight", P), ("self_norm_bias", P), ("qkv", LinearWeights), ("self_out", LinearWeights),
                 ("cross_norm_weight", P), ("cross_norm_bias", P), ("cross_q", LinearWeights),
                 ("cross_out", LinearWeights), ("ffn_norm_weight", P), ("ffn_norm_bias", P), ("fc1", LinearWeights),
-                ("fc2", LinearWeights), ("cache_k", P), ("cache_v", P), ("text_k", P), ("text_v", P)]
+                ("fc2", LinearWeights), ("cache_k", P), ("cache_v", P), ("cache_k_scale", P), ("cache_v_scale", P),
+                ("text_k", P), ("text_v", P)]
 
 
 class _Step(ctypes.Structure):  # csrc/kernels.cpp's Step
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("rows", "dim", "heads", "ffn_dim", "codebooks", "vocab", "max_len", "text_len", "layers")]
-    _fields_ += [(name, ctypes.c_int32) for name in ("cache_bf16", "gelu", "threads", "unused")]
+    _fields_ += [(name, ctypes.c_int32) for name in ("cache_type", "gelu", "threads", "unused")]
     _fields_ += [("eps", ctypes.c_float), ("embed_scale", ctypes.c_float), ("layer", ctypes.POINTER(_Layer)),
                  ("embeddings", P), ("positions", P), ("text_mask", P), ("norm_weight", P), ("norm_bias", P),
                  ("lm_heads", ctypes.POINTER(LinearWeights))]
@@ -74,13 +75,15 @@ class FusedStep:
             L.ffn_norm_weight, L.ffn_norm_bias = ptr(layer.ffn_norm.weight), ptr(layer.ffn_norm.bias)
             L.fc1, L.fc2 = layer.fc1.weights(), layer.fc2.weights()
             L.cache_k, L.cache_v = ptr(cache.k), ptr(cache.v)
+            if cache.k.dtype == torch.int8:
+                L.cache_k_scale, L.cache_v_scale = ptr(cache.k_scale), ptr(cache.v_scale)
         embeddings = (P * c.num_codebooks)(*[ptr(e.weight) for e in decoder.embed_tokens])
         heads_weights = (LinearWeights * c.num_codebooks)(*[head.weights() for head in decoder.lm_heads])
         text_len = cross.keys[0].shape[2] if cross is not None else 0
         step = self.step = _Step(
             rows=rows, dim=c.hidden_size, heads=heads, ffn_dim=c.ffn_dim, codebooks=c.num_codebooks,
             vocab=c.vocab_size, max_len=max_len, text_len=text_len, layers=len(decoder.layers),
-            cache_bf16=int(caches[0].k.dtype == torch.bfloat16), gelu=int(c.activation_function == "gelu"),
+            cache_type=kernels.WEIGHT_TYPES[caches[0].k.dtype], gelu=int(c.activation_function == "gelu"),
             threads=torch.get_num_threads(), eps=decoder.final_norm.eps, embed_scale=decoder.embed_scale,
             embeddings=ctypes.cast(embeddings, P), layer=ctypes.cast(layers, ctypes.POINTER(_Layer)),
             lm_heads=ctypes.cast(heads_weights, ctypes.POINTER(LinearWeights)),
@@ -96,7 +99,7 @@ class FusedStep:
         """The fused step for this generation, or None where it does not apply."""
         library = kernels.library()
         caches = decoder.caches
-        if library is None or caches is None or caches[0].k.dtype not in (torch.float32, torch.bfloat16):
+        if library is None or caches is None or caches[0].k.dtype not in kernels.WEIGHT_TYPES:
             return None
         if caches[0].k.device.type != "cpu" or caches[0].k.shape[0] > kernels.MAX_ROWS:
             return None

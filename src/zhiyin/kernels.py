@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import heap
+from .quantization import dequantize_int8, quantize_int8
 
 SOURCES = Path(__file__).with_name("csrc")
 SOURCE = SOURCES / "kernels.cpp"
@@ -106,14 +107,6 @@ class LinearWeights(ctypes.Structure):
                 ("type", ctypes.c_int32), ("unused", ctypes.c_int32)]
 
 
-def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric per-output-row int8: weight [N, K] ~= q [N, K] int8 * scale [N] float32."""
-    w = weight.float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
 class StreamingLinear(nn.Module):
     """A bias-free linear layer (y = x W^T) whose few-row products run in the streaming kernel.
 
@@ -158,7 +151,7 @@ class StreamingLinear(nn.Module):
     def dequantized(self, dtype: torch.dtype) -> Tensor:
         if self.scale is None:
             return self.weight.to(dtype)
-        return (self.weight.float() * self.scale[:, None]).to(dtype)
+        return dequantize_int8(self.weight, self.scale).to(dtype)
 
 
 def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, float_activations: bool = False) -> None:
@@ -178,8 +171,11 @@ def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, float_ac
             if not isinstance(module, StreamingLinear):
                 for name, param in module.named_parameters(recurse=False):
                     param.data = param.data.float()
-    if quantize is not None or float_activations:
-        decoder.cache_dtype = torch.bfloat16  # reduced-precision modes: half the bytes attention reads per step
+    # reduced-precision modes read a narrower KV cache: attention's bytes per step grow with the context
+    if quantize == "int8":
+        decoder.cache_dtype = torch.int8
+    elif float_activations:
+        decoder.cache_dtype = torch.bfloat16
     from .fused_step import FusedStep
 
     decoder.fused_stepper = FusedStep.build

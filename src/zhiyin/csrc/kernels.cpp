@@ -59,14 +59,24 @@ float dot(const float *q, const T *k, int64_t n) {
     return s;
 }
 
-// One query q [dh] against keys/values [length, dh] (float32 or bfloat16), softmax(q k^T * scale + mask) v -> out.
+// x [n] -> q [n] int8, *scale: x ~= q * scale; the numbers of quantization.py's quantize_int8
+void quantize_vector(const float *x, int64_t n, int8_t *q, float *scale) {
+    float top = 0.f;
+    for (int64_t j = 0; j < n; j++) top = std::max(top, std::fabs(x[j]));
+    const float s = std::max(top / 127.f, 1e-12f);
+    for (int64_t j = 0; j < n; j++) q[j] = int8_t(std::min(127.f, std::max(-127.f, std::nearbyint(x[j] / s))));
+    *scale = s;
+}
+
+// One query q [dh] against keys/values [length, dh] (float32, bfloat16, or int8 with a scale per position):
+// softmax(q k^T / sqrt(dh) + mask) v -> out [dh]
 template <typename T>
-void attend(const float *q, const T *keys, const T *values, int64_t length, int64_t dh, const float *mask,
-            float *scores, float *out) {
+void attend(const float *q, const T *keys, const float *key_scales, const T *values, const float *value_scales,
+            int64_t length, int64_t dh, const float *mask, float *scores, float *out) {
     const float scale = 1.f / std::sqrt(float(dh));
     float top = -std::numeric_limits<float>::infinity();
     for (int64_t l = 0; l < length; l++) {
-        float s = dot(q, keys + l * dh, dh) * scale + (mask ? mask[l] : 0.f);
+        float s = dot(q, keys + l * dh, dh) * (key_scales ? key_scales[l] * scale : scale) + (mask ? mask[l] : 0.f);
         scores[l] = s;
         top = std::max(top, s);
     }
@@ -85,7 +95,7 @@ void attend(const float *q, const T *keys, const T *values, int64_t length, int6
     }
     std::fill(out, out + dh, 0.f);
     for (int64_t t = 0; t < length; t++) {
-        const float p = scores[t];
+        const float p = value_scales ? scores[t] * value_scales[t] : scores[t];
         const T *v = values + t * dh;
         int64_t j = 0;
         for (; j + LANES <= dh; j += LANES) store(out + j, load(out + j) + p * load(v + j));
@@ -105,13 +115,14 @@ struct Layer {
     Linear cross_q, cross_out;
     const float *ffn_norm_weight, *ffn_norm_bias;
     Linear fc1, fc2;
-    void *cache_k, *cache_v;         // [rows, heads, max_len, head_dim], float32 or bfloat16 (cache_bf16)
+    void *cache_k, *cache_v;         // [rows, heads, max_len, head_dim], float32, bfloat16 or int8 (cache_type)
+    float *cache_k_scale, *cache_v_scale;  // int8: [rows, heads, max_len]
     const float *text_k, *text_v;    // [rows, heads, text_len, head_dim]
 };
 
 struct Step {
     int64_t rows, dim, heads, ffn_dim, codebooks, vocab, max_len, text_len, layers;
-    int32_t cache_bf16, gelu, threads, unused;
+    int32_t cache_type, gelu, threads, unused;  // cache_type: a WeightType
     float eps, embed_scale;
     const Layer *layer;
     const float *const *embeddings;  // codebooks tables [vocab + 1, dim]
@@ -192,16 +203,23 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
                 const float *qh = qkv.data() + m * 3 * D + head * dh, *kh = qh + D, *vh = qh + 2 * D;
                 const int64_t base = (m * H + head) * s->max_len * dh;
                 float *out = attention.data() + m * D + head * dh;
-                if (s->cache_bf16) {
-                    uint16_t *ck = (uint16_t *)L.cache_k + base, *cv = (uint16_t *)L.cache_v + base;
-                    for (int64_t j = 0; j < dh; j++) ck[position * dh + j] = to_bf16(kh[j]);
-                    for (int64_t j = 0; j < dh; j++) cv[position * dh + j] = to_bf16(vh[j]);
-                    attend(qh, ck, cv, length, dh, nullptr, my_scores, out);
+                const int64_t at = base + position * dh;
+                if (s->cache_type == BF16) {
+                    uint16_t *ck = (uint16_t *)L.cache_k, *cv = (uint16_t *)L.cache_v;
+                    for (int64_t j = 0; j < dh; j++) ck[at + j] = to_bf16(kh[j]);
+                    for (int64_t j = 0; j < dh; j++) cv[at + j] = to_bf16(vh[j]);
+                    attend(qh, ck + base, nullptr, cv + base, nullptr, length, dh, nullptr, my_scores, out);
+                } else if (s->cache_type == I8) {
+                    int8_t *ck = (int8_t *)L.cache_k, *cv = (int8_t *)L.cache_v;
+                    float *ks = L.cache_k_scale + base / dh, *vs = L.cache_v_scale + base / dh;
+                    quantize_vector(kh, dh, ck + at, ks + position);
+                    quantize_vector(vh, dh, cv + at, vs + position);
+                    attend(qh, ck + base, ks, cv + base, vs, length, dh, nullptr, my_scores, out);
                 } else {
-                    float *ck = (float *)L.cache_k + base, *cv = (float *)L.cache_v + base;
-                    std::copy(kh, kh + dh, ck + position * dh);
-                    std::copy(vh, vh + dh, cv + position * dh);
-                    attend(qh, ck, cv, length, dh, nullptr, my_scores, out);
+                    float *ck = (float *)L.cache_k, *cv = (float *)L.cache_v;
+                    std::copy(kh, kh + dh, ck + at);
+                    std::copy(vh, vh + dh, cv + at);
+                    attend(qh, ck + base, nullptr, cv + base, nullptr, length, dh, nullptr, my_scores, out);
                 }
             }
             prepare(attention.data(), D, L.self_out, nullptr, nullptr, attention.data());
@@ -215,7 +233,7 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
                 for (int64_t task = 0; task < M * H; task++) {
                     const int64_t m = task / H, head = task % H;
                     const int64_t base = (m * H + head) * s->text_len * dh;
-                    attend(q.data() + m * D + head * dh, L.text_k + base, L.text_v + base, s->text_len, dh,
+                    attend(q.data() + m * D + head * dh, L.text_k + base, nullptr, L.text_v + base, nullptr, s->text_len, dh,
                            s->text_mask + m * s->text_len, my_scores, attention.data() + m * D + head * dh);
                 }
                 prepare(attention.data(), D, L.cross_out, nullptr, nullptr, attention.data());
