@@ -8,7 +8,8 @@ values) under bench/checkpoints/<shape>. Every mode runs in its own process so t
 Measured per mode: load time, T5 ms (one prompt), decoder ms per step (batch 1 with guidance = 2 rows; batch 4
 with guidance = 8 rows), EnCodec decode ms per second of audio, end-to-end seconds for 10 s of music (one
 prompt, guidance 3, top-k 250, audio decoded), and peak RSS. The floor is the decoder's weight bytes per step
-divided by the read bandwidth this script measures. transformers is optional: without it, zhiyin's rows alone.
+divided by the read bandwidth measured in the same process just before its decoder timings (a shared VM's bandwidth
+drifts from minute to minute). Timings are the best of 3. transformers is optional: without it, zhiyin's rows alone.
 """
 
 from __future__ import annotations
@@ -50,13 +51,14 @@ def make_checkpoint(shape: str, folder: Path) -> None:
 
 
 def read_bandwidth() -> float:
-    """Bytes per second that torch reads from memory (sum over a 1 GiB tensor, best of 5)."""
+    """Bytes per second that torch reads from memory (sum over 256 MiB, 8x the L3 cache of the CPUs we use; best of
+    10). Small enough not to raise a mode's peak memory."""
     import torch
 
-    x = torch.ones(1 << 28)  # 1 GiB of float32
+    x = torch.ones(1 << 26)  # 256 MiB of float32
     x.sum()
     best = float("inf")
-    for _ in range(5):
+    for _ in range(10):
         start = time.perf_counter()
         x.sum()
         best = min(best, time.perf_counter() - start)
@@ -105,12 +107,13 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float) -> dict:
             kwargs = dict(input_ids=ids[:batch], attention_mask=mask[:batch], do_sample=True, guidance_scale=3.0,
                           top_k=250, max_new_tokens=n)
             if library == "zhiyin":
-                return timed(lambda: model.generate(**kwargs, return_codes=True), repeat=2)
-            return timed(lambda: model.generate(**kwargs), repeat=2)
+                return timed(lambda: model.generate(**kwargs, return_codes=True), repeat=3)
+            return timed(lambda: model.generate(**kwargs), repeat=3)
 
         if library == "transformers":  # time the token loop alone: skip the audio decoding
             decode = model.audio_encoder.decode
             model.audio_encoder.decode = lambda codes, *a, **k: type("Out", (), {"audio_values": torch.zeros(1)})()
+        result["bandwidth"] = read_bandwidth()
         for batch, key in ((1, "step_ms_b1"), (4, "step_ms_b4")):
             decoder_seconds(batch, 8)  # warm up
             short, long = decoder_seconds(batch, 8), decoder_seconds(batch, 8 + steps)
@@ -145,7 +148,7 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float) -> dict:
     return result
 
 
-def print_table(results: list[dict], bandwidth: float, shape: str) -> None:
+def print_table(results: list[dict], shape: str) -> None:
     base = {r["mode"].split("-")[1]: r for r in results if r["mode"].startswith("transformers")}
     reference = base.get("float32")
     rows = [
@@ -160,13 +163,13 @@ def print_table(results: list[dict], bandwidth: float, shape: str) -> None:
     ]
     names = [r["mode"] for r in results]
     width = max(len(n) for n in names) + 2
-    print(f"\nmusicgen-{shape} shapes, random weights; read bandwidth {bandwidth / 1e9:.1f} GB/s; "
-          f"{results[0]['threads']} threads\n")
+    print(f"\nmusicgen-{shape} shapes, random weights; {results[0]['threads']} threads\n")
     print(f"{'':40s}" + "".join(f"{n:>{width}s}" for n in names))
     for label, key, fmt in rows:
         print(f"{label:40s}" + "".join(f"{fmt.format(r[key]):>{width}s}" for r in results))
+    print(f"{'read bandwidth in this run (GB/s)':40s}" + "".join(f"{r['bandwidth'] / 1e9:>{width}.1f}" for r in results))
     print(f"{'floor: weight bytes / bandwidth (ms/step)':40s}"
-          + "".join(f"{r['decoder_weight_bytes'] / bandwidth * 1e3:>{width}.1f}" for r in results))
+          + "".join(f"{r['decoder_weight_bytes'] / r['bandwidth'] * 1e3:>{width}.1f}" for r in results))
     if reference:
         for label, key in (("speed-up vs transformers-float32, step", "step_ms_b1"), ("speed-up, 10 s end to end", "e2e_s")):
             print(f"{label:40s}" + "".join(f"{reference[key] / r[key]:>{width}.2f}" for r in results))
@@ -195,7 +198,6 @@ def main() -> None:
     except ImportError:
         print("transformers is not installed: zhiyin's rows only", file=sys.stderr)
         args.modes = [m for m in args.modes if m.startswith("zhiyin")]
-    bandwidth = read_bandwidth()
     results = []
     for mode in args.modes:
         print(f"running {mode} ...", file=sys.stderr)
@@ -208,9 +210,9 @@ def main() -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     if not results:
         sys.exit("no mode ran")
-    print_table(results, bandwidth, args.shape)
+    print_table(results, args.shape)
     if args.json:
-        args.json.write_text(json.dumps({"bandwidth": bandwidth, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -171,10 +171,12 @@ def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, float_ac
             if not isinstance(module, StreamingLinear):
                 for name, param in module.named_parameters(recurse=False):
                     param.data = param.data.float()
-    # reduced-precision modes read a narrower KV cache: attention's bytes per step grow with the context
-    if quantize == "int8":
+    # on the CPU, reduced-precision modes read a narrower KV cache in the fused step: attention's bytes per step grow
+    # with the context (elsewhere the plain step would only pay for converting it)
+    on_cpu = next(decoder.parameters()).device.type == "cpu"
+    if on_cpu and quantize == "int8":
         decoder.cache_dtype = torch.int8
-    elif float_activations:
+    elif on_cpu and float_activations:
         decoder.cache_dtype = torch.bfloat16
     from .fused_step import FusedStep
 
