@@ -122,3 +122,18 @@ def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
     finally:
         kernels.set_enabled(previous)
     decoder.free_caches()
+
+
+@pytest.mark.parametrize("width, heads, ffn", [(1536, 24, 6144), (2048, 32, 8192)])  # musicgen-medium, -large
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_published_widths(width, heads, ffn, quantize):
+    """Two layers of the medium and large decoders' widths (large: the longest rows the int16 products take)."""
+    decoder = make_decoder(seed=8, hidden_size=width, num_attention_heads=heads, ffn_dim=ffn, num_hidden_layers=2,
+                           vocab_size=2048, pad_token_id=2048, bos_token_id=2048)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.02)
+    kernels.accelerate_decoder(decoder, quantize)
+    compare_steps(decoder, text_condition(decoder, 2, text_len=12), 2, prefill=20, steps=2,
+                  tolerance=1e-5 if quantize is None else 1e-3)
