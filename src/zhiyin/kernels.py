@@ -29,7 +29,7 @@ from .quantization import dequantize_int8, quantize_int8
 SOURCES = Path(__file__).with_name("csrc")
 SOURCE = SOURCES / "kernels.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]
-MAX_ROWS = 8  # the kernels' limit; more rows (prefill) go to PyTorch, where they are compute-bound anyway
+MAX_ROWS = 8  # rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but for int8 weights
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # csrc/matvec.h's WeightType
 # Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each
 # parallel region can wait a whole scheduler slice for a descheduled team member.
@@ -138,13 +138,14 @@ class StreamingLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         K, N = self.in_features, self.out_features
         rows = x.numel() // K
-        lib = library() if x.device.type == "cpu" and rows <= MAX_ROWS else None
+        # int8 weights take any number of rows here: PyTorch would need them dequantized to float first
+        lib = library() if x.device.type == "cpu" and (rows <= MAX_ROWS or self.scale is not None) else None
         weights = self.weights() if lib is not None else None
         if weights is None:
             return F.linear(x, self.dequantized(x.dtype))
         flat = x.reshape(rows, K).float().contiguous()  # [M, K]
         out = torch.empty(rows, N, dtype=torch.float32)
-        threads = torch.get_num_threads() if N * K >= PARALLEL_MIN_WEIGHTS else 1
+        threads = torch.get_num_threads() if N * K * max(1, rows // MAX_ROWS) >= PARALLEL_MIN_WEIGHTS else 1
         lib.zhiyin_linear(ctypes.byref(weights), flat.data_ptr(), out.data_ptr(), rows, threads)
         return out.view(*x.shape[:-1], N).to(x.dtype)
 

@@ -1,6 +1,6 @@
 // zhiyin's CPU kernels, built at first use by kernels.py with the system C++ compiler (-O3 -march=native -fopenmp)
 // and called through ctypes. Two entry points:
-//   zhiyin_linear        y = x W^T for a few rows (a StreamingLinear layer on its own)
+//   zhiyin_linear        y = x W^T (a StreamingLinear layer on its own: a few rows, or a prefill's many)
 //   zhiyin_decoder_step  one whole decoder step for one new position per row, in one call and one parallel region:
 //                        embeddings, every layer (norms, attention over the KV cache and the text, FFN), final norm,
 //                        LM heads. It computes what decoder.py's MusicgenDecoder.forward computes for T = 1.
@@ -17,15 +17,17 @@ using namespace zhiyin;
 
 namespace {
 
+constexpr int64_t CHUNK_ROWS = 64;  // weight rows that stay in cache while many activation rows use them
+
 // Activation rows ready for a product with w: the int16 copy (quantize_rows) only where w needs it.
 struct Activations {
     std::vector<int16_t> q;
-    float scale[MAX_ROWS];
+    std::vector<float> scale;
     Rows rows(const float *x, int64_t m, int64_t k, const Linear &w) {  // all rows at once (zhiyin_linear)
         if (!needs_int16(w)) return Rows{x, nullptr, nullptr, m};
-        q.resize(m * k);
-        quantize_rows(x, m, k, q.data(), scale);
-        return Rows{x, q.data(), scale, m};
+        q.resize(m * k), scale.resize(m);
+        quantize_rows(x, m, k, q.data(), scale.data());
+        return Rows{x, q.data(), scale.data(), m};
     }
 };
 
@@ -136,15 +138,29 @@ extern "C" {
 
 int zhiyin_max_rows() { return MAX_ROWS; }
 
-// y [m, n] = x [m, k] . W^T, m <= MAX_ROWS
+// y [m, n] = x [m, k] . W^T. Up to MAX_ROWS rows the threads split W's rows; more rows (a prefill) go over W in
+// chunks of CHUNK_ROWS rows, each kept in cache while every block of MAX_ROWS activation rows passes over it.
 void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int threads) {
     Activations input;
-    const Rows rows = input.rows(x, m, w->k, *w);
+    const Rows all = input.rows(x, m, w->k, *w);
     #pragma omp parallel num_threads(threads)
     {
-        int64_t n0, n1;
-        share(w->n, omp_get_thread_num(), omp_get_num_threads(), n0, n1);
-        matvec(*w, rows, y, w->n, false, n0, n1);
+        if (m <= MAX_ROWS) {
+            int64_t n0, n1;
+            share(w->n, omp_get_thread_num(), omp_get_num_threads(), n0, n1);
+            matvec(*w, all, y, w->n, false, n0, n1);
+        } else {
+            const int64_t chunks = (w->n + CHUNK_ROWS - 1) / CHUNK_ROWS;
+            #pragma omp for schedule(static)
+            for (int64_t c = 0; c < chunks; c++) {
+                const int64_t n0 = c * CHUNK_ROWS, n1 = std::min(w->n, n0 + CHUNK_ROWS);
+                for (int64_t r = 0; r < m; r += MAX_ROWS) {
+                    const Rows block{all.x + r * w->k, all.xq ? all.xq + r * w->k : nullptr,
+                                     all.xscale ? all.xscale + r : nullptr, std::min<int64_t>(MAX_ROWS, m - r)};
+                    matvec(*w, block, y + r * w->n, w->n, false, n0, n1);
+                }
+            }
+        }
     }
 }
 
@@ -156,7 +172,7 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
     std::vector<float> x(M * D), h(M * D), qkv(M * 3 * D), attention(M * D), q(M * D), hidden(M * F);
     std::vector<float> scores(size_t(s->threads) * longest);
     Activations input;  // the int16 rows, shared by the threads
-    input.q.resize(M * std::max(D, F));
+    input.q.resize(M * std::max(D, F)), input.scale.resize(M);
 
     #pragma omp parallel num_threads(s->threads)
     {
@@ -171,9 +187,9 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
             #pragma omp for schedule(static)
             for (int64_t m = 0; m < M; m++) {
                 if (norm_weight) layer_norm(src + m * k, norm_weight, norm_bias, s->eps, k, dst + m * k);
-                if (int16) quantize_rows(dst + m * k, 1, k, input.q.data() + m * k, input.scale + m);
+                if (int16) quantize_rows(dst + m * k, 1, k, input.q.data() + m * k, input.scale.data() + m);
             }
-            rows = Rows{dst, int16 ? input.q.data() : nullptr, int16 ? input.scale : nullptr, M};
+            rows = Rows{dst, int16 ? input.q.data() : nullptr, int16 ? input.scale.data() : nullptr, M};
         };
         // y (+)= rows . W^T on this thread's share of W's rows
         auto product = [&](const Linear &w, float *y, int64_t ldy, bool add) {
