@@ -136,11 +136,16 @@ _FUSED = {  # ours -> the checkpoint's pieces, concatenated along dim 0
 
 
 def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Checkpoint keys (either weight-norm spelling) -> the keys of zhiyin's MusicgenForConditionalGeneration."""
-    state = fold_weight_norm(state)
+    """Checkpoint keys (either weight-norm spelling) -> the keys of zhiyin's MusicgenForConditionalGeneration.
+
+    Empties `state`: the tensors move to the result, so that the pieces of each fused projection are freed as soon
+    as it is made (loading never holds the decoder's attention weights twice)."""
+    folded = fold_weight_norm(state)
+    state.clear()
     out: dict[str, torch.Tensor] = {}
     layers: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
+    while folded:
+        key, value = folded.popitem()
         if key.startswith(_DECODER + "layers."):
             index, rest = key[len(_DECODER + "layers.") :].split(".", 1)
             layers.setdefault(int(index), {})[rest] = value
