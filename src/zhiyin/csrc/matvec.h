@@ -45,12 +45,27 @@ inline bool needs_int16(const Linear &w) { return INT16_ACTIVATIONS && w.type ==
 inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, float *xscale) {
     const double lanes_sum = 127.0 * double((k + 15) / 16);
     const float limit = float(std::min(32767.0, std::floor(2147483647.0 / lanes_sum)));
+    const f32x16 magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer (to nearest even)
+    typedef int16_t i16x16 __attribute__((vector_size(32)));
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
+        f32x16 top16 = {};
+        int64_t j = 0;
+        for (; j + LANES <= k; j += LANES) {
+            f32x16 v = load(row + j);
+            v = select(v < splat(0.f), -v, v);
+            top16 = select(v > top16, v, top16);
+        }
         float top = 0.f;
-        for (int64_t j = 0; j < k; j++) top = std::max(top, std::fabs(row[j]));
+        for (int i = 0; i < LANES; i++) top = std::max(top, top16[i]);
+        for (; j < k; j++) top = std::max(top, std::fabs(row[j]));
         const float scale = top > 0.f ? top / limit : 1.f, inverse = 1.f / scale;
-        for (int64_t j = 0; j < k; j++) xq[r * k + j] = int16_t(std::nearbyint(row[j] * inverse));
+        for (j = 0; j + LANES <= k; j += LANES) {
+            f32x16 q = (load(row + j) * inverse + magic) - magic;
+            i16x16 h = __builtin_convertvector(__builtin_convertvector(q, i32x16), i16x16);
+            std::memcpy(xq + r * k + j, &h, sizeof h);
+        }
+        for (; j < k; j++) xq[r * k + j] = int16_t(std::nearbyint(row[j] * inverse));
         xscale[r] = scale;
     }
 }
