@@ -115,7 +115,14 @@ def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
     assert FusedStep.build(decoder, cross) is None
     decoder.setup_caches(2, 8)
     assert FusedStep.build(decoder, None) is None  # this decoder needs its text
-    assert isinstance(decoder.stepper(text_condition(decoder, 2)), FusedStep)
+    step = decoder.stepper(text_condition(decoder, 2))
+    assert isinstance(step, FusedStep)
+    with pytest.raises(IndexError, match="values in 0..64"):
+        step(torch.full((2, 4), 65), 0)  # past the pad token
+    with pytest.raises(IndexError, match=r"must be \[2, 4\]"):
+        step(torch.zeros(3, 4, dtype=torch.long), 0)
+    with pytest.raises(IndexError, match="outside the KV cache"):
+        step(torch.zeros(2, 4, dtype=torch.long), 8)
     previous = kernels.set_enabled(False)
     try:
         assert not isinstance(decoder.stepper(text_condition(decoder, 2)), FusedStep)

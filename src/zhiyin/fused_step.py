@@ -52,7 +52,7 @@ class FusedStep:
     def __init__(self, decoder: MusicgenDecoder, cross: CrossKV | None, offset: int, library: ctypes.CDLL):
         c, caches = decoder.config, decoder.caches
         rows, heads, max_len, _ = caches[0].k.shape
-        self.library, self.offset, self.rows = library, offset, rows
+        self.library, self.offset, self.max_len = library, offset, max_len
         self.shape = (rows, c.num_codebooks, c.vocab_size)
         keep = self._keep = []  # tensors and structures the C++ side reads
 
@@ -115,6 +115,12 @@ class FusedStep:
 
     def __call__(self, tokens: Tensor, position: int) -> Tensor:
         tokens = tokens.to(torch.int64).contiguous()  # [rows, K]
+        rows, K, V = self.shape
+        # the C++ side trusts its indices: check them here (two reductions of a few values)
+        if tokens.shape != (rows, K) or int(tokens.min()) < 0 or int(tokens.max()) > V:
+            raise IndexError(f"tokens {tuple(tokens.shape)} must be [{rows}, {K}] with values in 0..{V} (the pad token)")
+        if not 0 <= position + self.offset < self.max_len:
+            raise IndexError(f"position {position} is outside the KV cache ({self.max_len - self.offset} positions)")
         logits = torch.empty(self.shape, dtype=torch.float32)
         self.library.zhiyin_decoder_step(self.step_pointer, tokens.data_ptr(), position + self.offset, logits.data_ptr())
         return logits
