@@ -11,7 +11,7 @@ def quantize_int8(x: Tensor) -> tuple[Tensor, Tensor]:
     """x [..., n] ~= q [..., n] int8 * scale [...] float32, scale = max |x| / 127 per vector, round to nearest even."""
     x = x.float()
     scale = (x.abs().amax(dim=-1) / 127).clamp(min=1e-12)
-    q = torch.round(x / scale[..., None]).clamp(-127, 127).to(torch.int8)
+    q = (x / scale[..., None]).round_().clamp_(-127, 127).to(torch.int8)  # in place: no more full-size temporaries
     return q, scale
 
 
