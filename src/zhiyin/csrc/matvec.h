@@ -45,7 +45,6 @@ inline bool needs_int16(const Linear &w) { return INT16_ACTIVATIONS && w.type ==
 inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, float *xscale) {
     const double lanes_sum = 127.0 * double((k + 15) / 16);
     const float limit = float(std::min(32767.0, std::floor(2147483647.0 / lanes_sum)));
-    const f32x16 magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer (to nearest even)
     typedef int16_t i16x16 __attribute__((vector_size(32)));
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
@@ -61,7 +60,7 @@ inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, flo
         for (; j < k; j++) top = std::max(top, std::fabs(row[j]));
         const float scale = top > 0.f ? top / limit : 1.f, inverse = 1.f / scale;
         for (j = 0; j + LANES <= k; j += LANES) {
-            f32x16 q = (load(row + j) * inverse + magic) - magic;
+            f32x16 q = round_even(load(row + j) * inverse);
             i16x16 h = __builtin_convertvector(__builtin_convertvector(q, i32x16), i16x16);
             std::memcpy(xq + r * k + j, &h, sizeof h);
         }

@@ -60,12 +60,17 @@ inline uint16_t to_bf16(float f) {
 
 inline f32x16 select(i32x16 mask, f32x16 a, f32x16 b) { return mask ? a : b; }
 
+// to the nearest integer, ties to even (|x| < 2^22): adding 1.5 * 2^23 leaves no fraction bits
+inline f32x16 round_even(f32x16 x) {
+    const f32x16 magic = splat(12582912.f);
+    return (x + magic) - magic;
+}
+
 // e^x, Cephes' single-precision polynomial (about 1 ulp); inputs below -87.3 give ~1e-38, not 0
 inline f32x16 exp(f32x16 x) {
     x = select(x < splat(-87.3f), splat(-87.3f), x);
     x = select(x > splat(88.3f), splat(88.3f), x);
-    const f32x16 magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
-    f32x16 n = (x * 1.44269504088896341f + magic) - magic;
+    f32x16 n = round_even(x * 1.44269504088896341f);
     f32x16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
     f32x16 p = splat(1.9875691500e-4f);
     p = p * r + 1.3981999507e-3f;
