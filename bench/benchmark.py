@@ -2,6 +2,8 @@
 
     python bench/benchmark.py                      # musicgen-small shapes, all modes, a side-by-side table
     python bench/benchmark.py --shape medium --modes zhiyin-float32 transformers-float32
+    python bench/benchmark.py --device cuda --seconds 30   # on a GPU: float32/bfloat16/float16, with CUDA graphs
+                                                           # and without (zhiyin-*-eager), 30 s end to end
 
 The checkpoint is made once with zhiyin's own save_pretrained (random weights: speed does not depend on the
 values) under bench/checkpoints/<shape>. Every mode runs in its own process so that peak memory is its own.
@@ -10,6 +12,8 @@ with guidance = 8 rows), EnCodec decode ms per second of audio, end-to-end secon
 prompt, guidance 3, top-k 250, audio decoded), and peak RSS. The floor is the decoder's weight bytes per step
 divided by the read bandwidth measured in the same process just before its decoder timings (a shared VM's bandwidth
 drifts from minute to minute). Timings are the best of 3. transformers is optional: without it, zhiyin's rows alone.
+On a GPU (--device cuda) every timing waits for the GPU to finish, the bandwidth is the GPU memory's, and the peak
+memory is the GPU's (torch.cuda.max_memory_allocated) beside the process's RSS.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODES = ["zhiyin-float32", "zhiyin-bfloat16", "zhiyin-int8", "transformers-float32", "transformers-bfloat16"]
+# on a GPU: no int8 (its weights have a CPU kernel only); zhiyin with its CUDA graphs and without them (-eager)
+CUDA_MODES = ["zhiyin-float32", "zhiyin-bfloat16", "zhiyin-float16", "zhiyin-bfloat16-eager", "transformers-float32",
+              "transformers-bfloat16", "transformers-float16"]
 PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums",
            "lofi slow bpm electro chill with organic samples", "a jazz vibraphone solo over a walking bass line"]
 
@@ -50,19 +57,15 @@ def make_checkpoint(shape: str, folder: Path) -> None:
     model.save_pretrained(folder)
 
 
-def read_bandwidth() -> float:
-    """Bytes per second that torch reads from memory (sum over 256 MiB, 8x the L3 cache of the CPUs we use; best of
-    10). Small enough not to raise a mode's peak memory."""
+def read_bandwidth(device: str) -> float:
+    """Bytes per second that torch reads from the device's memory (sum over 256 MiB on the CPU, 8x the L3 cache of
+    the CPUs we use; 2 GiB on a GPU; best of 10). Small enough not to raise a mode's peak memory much."""
     import torch
 
-    x = torch.ones(1 << 26)  # 256 MiB of float32
-    x.sum()
-    best = float("inf")
-    for _ in range(10):
-        start = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - start)
-    return x.numel() * 4 / best
+    x = torch.ones(1 << (26 if device == "cpu" else 29), device=device)  # float32
+    run = lambda: x.sum().item()  # noqa: E731  (.item(): waits for the GPU)
+    run()
+    return x.numel() * 4 / timed(run, repeat=10)
 
 
 def peak_rss_gb() -> float:
@@ -70,33 +73,45 @@ def peak_rss_gb() -> float:
 
 
 def timed(fn, repeat: int = 1) -> float:
+    """Best wall time of `repeat` calls of fn, waiting for the GPU (if one is in use) before and after each."""
+    import torch
+
+    wait = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
     best = float("inf")
     for _ in range(repeat):
+        wait()
         start = time.perf_counter()
         fn()
+        wait()
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def worker(mode: str, folder: Path, steps: int, e2e_seconds: float) -> dict:
+def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str) -> dict:
     import torch
 
-    library, dtype = mode.split("-")
+    library, dtype = mode.split("-")[:2]
+    if mode.endswith("-eager"):
+        os.environ["ZHIYIN_CUDA_GRAPHS"] = "0"
     quantize = "int8" if dtype == "int8" else None
-    weights_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.float32}[dtype]
-    result: dict = {"mode": mode}
+    weights_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                     "int8": torch.float32}[dtype]
+    result: dict = {"mode": mode, "device": device}
+    if device == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
     start = time.perf_counter()
     if library == "zhiyin":
-        from zhiyin import AutoProcessor, MusicgenForConditionalGeneration
+        from zhiyin import MusicgenForConditionalGeneration
 
-        model = MusicgenForConditionalGeneration.from_pretrained(folder, dtype=weights_dtype, quantize=quantize)
+        model = MusicgenForConditionalGeneration.from_pretrained(folder, dtype=weights_dtype, quantize=quantize,
+                                                                 device=device)
     else:
         from transformers import MusicgenForConditionalGeneration
 
-        model = MusicgenForConditionalGeneration.from_pretrained(folder, dtype=weights_dtype).eval()
+        model = MusicgenForConditionalGeneration.from_pretrained(folder, dtype=weights_dtype).eval().to(device)
     result["load_s"] = time.perf_counter() - start
     result["load_rss_gb"] = peak_rss_gb()
-    ids = torch.randint(5, 30000, (4, 14), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(5, 30000, (4, 14), generator=torch.Generator().manual_seed(0)).to(device)
     mask = torch.ones_like(ids)
 
     with torch.inference_mode():
@@ -113,7 +128,7 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float) -> dict:
         if library == "transformers":  # time the token loop alone: skip the audio decoding
             decode = model.audio_encoder.decode
             model.audio_encoder.decode = lambda codes, *a, **k: type("Out", (), {"audio_values": torch.zeros(1)})()
-        result["bandwidth"] = read_bandwidth()
+        result["bandwidth"] = read_bandwidth(device)
         for batch, key in ((1, "step_ms_b1"), (4, "step_ms_b4")):
             decoder_seconds(batch, 8)  # warm up
             short, long = decoder_seconds(batch, 8), decoder_seconds(batch, 8 + steps)
@@ -121,7 +136,7 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float) -> dict:
         if library == "transformers":
             model.audio_encoder.decode = decode
 
-        codes = torch.randint(0, 2048, (1, 4, 250), generator=torch.Generator().manual_seed(1))  # 5 s of audio
+        codes = torch.randint(0, 2048, (1, 4, 250), generator=torch.Generator().manual_seed(1)).to(device)  # 5 s
         if library == "zhiyin":
             run = lambda: model.decode_audio(codes)
         else:
@@ -132,10 +147,9 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float) -> dict:
         frames = round(e2e_seconds * 50)
         kwargs = dict(input_ids=ids[:1], attention_mask=mask[:1], do_sample=True, guidance_scale=3.0, top_k=250,
                       max_new_tokens=frames + 3)
-        start = time.perf_counter()
-        audio = model.generate(**kwargs)
-        result["e2e_s"] = time.perf_counter() - start
-        result["e2e_audio_s"] = audio.shape[-1] / 32000
+        audio = []
+        result["e2e_s"] = timed(lambda: audio.append(model.generate(**kwargs)))
+        result["e2e_audio_s"] = audio[0].shape[-1] / 32000
     # what one step reads: every decoder weight but the token embeddings (one row each) and the cross-attention
     # key/value projections (applied to the text once per generation)
     once = ("embed_tokens", "embed_positions", "cross_attn.kv", "encoder_attn.k_proj", "encoder_attn.v_proj")
@@ -144,26 +158,31 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float) -> dict:
     )
     result["decoder_weight_bytes"] = weight_bytes
     result["peak_rss_gb"] = peak_rss_gb()
+    result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else 0.0
     result["threads"] = torch.get_num_threads()
     return result
 
 
-def print_table(results: list[dict], shape: str) -> None:
+def print_table(results: list[dict], shape: str, seconds: float) -> None:
     base = {r["mode"].split("-")[1]: r for r in results if r["mode"].startswith("transformers")}
     reference = base.get("float32")
     rows = [
         ("load (s)", "load_s", "{:.1f}"),
         ("T5, 1 prompt (ms)", "t5_ms", "{:.0f}"),
-        ("decoder, batch 1 + guidance (ms/step)", "step_ms_b1", "{:.1f}"),
-        ("decoder, batch 4 + guidance (ms/step)", "step_ms_b4", "{:.1f}"),
+        ("decoder, batch 1 + guidance (ms/step)", "step_ms_b1", "{:.2f}"),
+        ("decoder, batch 4 + guidance (ms/step)", "step_ms_b4", "{:.2f}"),
         ("EnCodec decode (ms per s of audio)", "encodec_ms_per_s", "{:.0f}"),
-        ("10 s of music end to end (s)", "e2e_s", "{:.1f}"),
+        (f"{seconds:g} s of music end to end (s)", "e2e_s", "{:.2f}"),
         ("peak RSS (GB)", "peak_rss_gb", "{:.2f}"),
         ("peak RSS of loading (GB)", "load_rss_gb", "{:.2f}"),
     ]
+    on_gpu = results[0]["device"] == "cuda"
+    if on_gpu:
+        rows.append(("peak GPU memory allocated (GB)", "peak_gpu_gb", "{:.2f}"))
     names = [r["mode"] for r in results]
     width = max(len(n) for n in names) + 2
-    print(f"\nmusicgen-{shape} shapes, random weights; {results[0]['threads']} threads\n")
+    where = results[0]["gpu"] if on_gpu else f"CPU, {results[0]['threads']} threads"
+    print(f"\nmusicgen-{shape} shapes, random weights; {where}\n")
     print(f"{'':40s}" + "".join(f"{n:>{width}s}" for n in names))
     for label, key, fmt in rows:
         print(f"{label:40s}" + "".join(f"{fmt.format(r[key]):>{width}s}" for r in results))
@@ -171,15 +190,21 @@ def print_table(results: list[dict], shape: str) -> None:
     print(f"{'floor: weight bytes / bandwidth (ms/step)':40s}"
           + "".join(f"{r['decoder_weight_bytes'] / r['bandwidth'] * 1e3:>{width}.1f}" for r in results))
     if reference:
-        for label, key in (("speed-up vs transformers-float32, step", "step_ms_b1"), ("speed-up, 10 s end to end", "e2e_s")):
+        for label, key in (("speed-up vs transformers-float32, step", "step_ms_b1"), ("speed-up, end to end", "e2e_s")):
             print(f"{label:40s}" + "".join(f"{reference[key] / r[key]:>{width}.2f}" for r in results))
+    fastest = min((r for r in results if r["mode"].startswith("transformers")), key=lambda r: r["step_ms_b1"], default=None)
+    if fastest:
+        print(f"{'speed-up vs ' + fastest['mode'] + ', step':40s}"
+              + "".join(f"{fastest['step_ms_b1'] / r['step_ms_b1']:>{width}.2f}" for r in results))
     print(f"{'realtime factor (audio s / wall s)':40s}" + "".join(f"{r['e2e_audio_s'] / r['e2e_s']:>{width}.2f}" for r in results))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="small", choices=["small", "medium", "large"])
-    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--modes", nargs="+", choices=sorted(set(MODES + CUDA_MODES)),
+                        help="default: every mode of the device")
     parser.add_argument("--steps", type=int, default=60, help="decoder steps timed per batch size")
     parser.add_argument("--seconds", type=float, default=10.0, help="music length of the end-to-end run")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default bench/checkpoints/<shape>")
@@ -189,8 +214,9 @@ def main() -> None:
     folder = args.checkpoint or HERE / "checkpoints" / args.shape
 
     if args.worker:
-        print(json.dumps(worker(args.worker, folder, args.steps, args.seconds)))
+        print(json.dumps(worker(args.worker, folder, args.steps, args.seconds, args.device)))
         return
+    args.modes = args.modes or (CUDA_MODES if args.device == "cuda" else MODES)
     if not (folder / "model.safetensors").exists():
         make_checkpoint(args.shape, folder)
     try:
@@ -202,7 +228,7 @@ def main() -> None:
     for mode in args.modes:
         print(f"running {mode} ...", file=sys.stderr)
         command = [sys.executable, __file__, "--worker", mode, "--shape", args.shape, "--steps", str(args.steps),
-                   "--seconds", str(args.seconds), "--checkpoint", str(folder)]
+                   "--seconds", str(args.seconds), "--checkpoint", str(folder), "--device", args.device]
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if done.returncode != 0:
             print(f"{mode} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -210,7 +236,7 @@ def main() -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     if not results:
         sys.exit("no mode ran")
-    print_table(results, args.shape)
+    print_table(results, args.shape, args.seconds)
     if args.json:
         args.json.write_text(json.dumps({"results": results}, indent=2))
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DecoderConfig
+from .cuda_graph import GraphStep
 from .quantization import dequantize_int8, quantize_int8
 
 
@@ -58,6 +59,19 @@ class KVCache(nn.Module):
         self.v[:, :, start:end] = v
         return self.k[:, :, :end].to(k.dtype), self.v[:, :, :end].to(v.dtype)  # the cache may be narrower
 
+    def write_at(self, position: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The static-shape step's update (cuda_graph.py): write k, v [B, H, 1, Dh] at `position`, a device tensor [1]
+        (so one captured graph serves every position); return the whole cache [B, H, max_len, Dh] in k's dtype."""
+        if self.k.dtype == torch.int8:
+            for cache, scales, new in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+                values, scale = quantize_int8(new)
+                cache.index_copy_(2, position, values)
+                scales.index_copy_(2, position, scale)
+            return dequantize_int8(self.k, self.k_scale).to(k.dtype), dequantize_int8(self.v, self.v_scale).to(v.dtype)
+        self.k.index_copy_(2, position, k.to(self.k.dtype))
+        self.v.index_copy_(2, position, v.to(self.v.dtype))
+        return self.k.to(k.dtype), self.v.to(v.dtype)
+
 
 @dataclass
 class CrossKV:
@@ -75,19 +89,19 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)  # q, k, v fused
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, cache: KVCache | None, start: int) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None, start: int | Tensor) -> Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, Dh]
-        if cache is not None:
+        mask = None
+        if isinstance(start, Tensor):  # static shapes: one new position, a device tensor [1]; the whole cache
+            k, v = cache.write_at(start, k, v)  # [B, H, max_len, Dh]
+            mask = (torch.arange(k.shape[2], device=x.device) <= start)[None]  # [1, max_len]: positions written
+        elif cache is not None:
             k, v = cache.update(start, k, v)  # [B, H, start+T, Dh]
-        if T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)
-        elif start == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # a block of T new positions after `start` cached ones
+        if T > 1 and start > 0:  # a block of T new positions after `start` cached ones
             S = k.shape[2]
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and start == 0)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -127,7 +141,7 @@ class DecoderBlock(nn.Module):
         self.fc1 = nn.Linear(dim, config.ffn_dim, bias=False)
         self.fc2 = nn.Linear(config.ffn_dim, dim, bias=False)
 
-    def forward(self, x: Tensor, cache: KVCache | None, start: int, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None, start: int | Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         x = x + self.self_attn(self.self_attn_norm(x), cache, start)
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.cross_attn_norm(x), k, v, mask)
@@ -165,8 +179,11 @@ class MusicgenDecoder(nn.Module):
     def stepper(self, cross: CrossKV | None, offset: int = 0):
         """The step function of one generation, once the caches are set up and the prefill is done:
         (tokens [B, K], position) -> logits [B, K, V] for one new position per row, at position + offset.
-        The fused C++ step where kernels.accelerate_decoder installed it and it applies, else forward()."""
+        The fused C++ step where kernels.accelerate_decoder installed it and it applies (CPU), a CUDA graph of the
+        step on a GPU (cuda_graph.py), else forward()."""
         fused = self.fused_stepper(self, cross, offset) if self.fused_stepper is not None else None
+        if fused is None:
+            fused = GraphStep.build(self, cross, offset)
         if fused is not None:
             return fused
         return lambda tokens, position: self(tokens[:, :, None], cross, start=position + offset)[:, :, -1]
@@ -182,8 +199,12 @@ class MusicgenDecoder(nn.Module):
         mask = torch.where(text_mask.bool(), 0.0, neg).to(text.dtype)[:, None, None, :]  # [B, 1, 1, S]
         return CrossKV(keys, values, mask)
 
-    def forward(self, tokens: Tensor, cross: CrossKV | None, start: int = 0, prefix: Tensor | None = None) -> Tensor:
+    def forward(
+        self, tokens: Tensor, cross: CrossKV | None, start: int | Tensor = 0, prefix: Tensor | None = None
+    ) -> Tensor:
         """tokens [B, K, T] at positions start..start+T-1 -> logits [B, K, T, V] (float32 not forced).
+
+        start as a device tensor [1] (T = 1, caches set up): the static-shape step that cuda_graph.py captures.
 
         prefix [B, L, D] (melody models, cross None): embeddings put before the tokens, at positions start..;
         the logits then cover them too: [B, K, L + T, V].
@@ -192,7 +213,7 @@ class MusicgenDecoder(nn.Module):
         x = sum(self.embed_tokens[k](tokens[:, k]) for k in range(K)) * self.embed_scale  # [B, T, D]
         if prefix is not None:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)  # [B, L + T, D]
-        positions = torch.arange(start, start + x.shape[1], device=tokens.device)
+        positions = start + torch.arange(x.shape[1], device=tokens.device)  # [L + T]
         x = x + sinusoidal_positions(positions, x.shape[-1]).to(x.dtype)
         for i, layer in enumerate(self.layers):
             cache = self.caches[i] if self.caches is not None else None

@@ -1,0 +1,117 @@
+"""The static-shape decoder step that cuda_graph.py captures as a CUDA graph, against the plain step.
+
+The step itself is plain PyTorch (the position as a device tensor, cache writes by index_copy_, attention over the
+whole cache with a mask), so it is checked here on the CPU, uncaptured (capture=False): logits and cache entries
+step by step, greedy tokens through a whole generation, against transformers too. The tests marked `cuda` capture
+and replay the graph; they run where a GPU is present (not in CI)."""
+
+import pytest
+import torch
+
+from decoder_steps import compare_steps, make_decoder, text_condition
+from zhiyin import MusicgenForConditionalGeneration
+from zhiyin.cuda_graph import GraphStep
+from zhiyin.generation import generate_codes
+from zhiyin.sampling import SamplingSettings
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def uncaptured(decoder, cross, offset=0):
+    return GraphStep(decoder, cross, offset, capture=False)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+def test_static_step_matches_the_plain_step(rows):
+    decoder = make_decoder(seed=rows)
+    compare_steps(decoder, text_condition(decoder, rows), rows, build=uncaptured)
+
+
+def test_static_step_variants():
+    stereo = make_decoder(seed=4, num_codebooks=8, audio_channels=2, activation_function="relu", scale_embedding=True)
+    compare_steps(stereo, text_condition(stereo, 4), 4, build=uncaptured)
+    melody = make_decoder(seed=5, cross_attention=False)  # no cross-attention; positions shifted by the prefix
+    compare_steps(melody, None, 2, prefix=torch.randn(2, 7, melody.config.hidden_size), build=uncaptured)
+    long = make_decoder(seed=6)  # a long cache, most of it masked at the first steps
+    compare_steps(long, text_condition(long, 2, text_len=37), 2, prefill=300, steps=3, build=uncaptured)
+
+
+@pytest.mark.parametrize("cache_dtype, tolerance", [(torch.bfloat16, 1e-5), (torch.int8, 1e-5)])
+def test_static_step_with_narrow_caches(cache_dtype, tolerance):
+    decoder = make_decoder(seed=9)
+    decoder.cache_dtype = cache_dtype  # both steps read and write the same narrow cache: the same numbers
+    compare_steps(decoder, text_condition(decoder, 2), 2, build=uncaptured, tolerance=tolerance)
+
+
+def test_bfloat16_static_step():
+    decoder = make_decoder(seed=10).to(torch.bfloat16)
+    compare_steps(decoder, text_condition(decoder, 2), 2, build=uncaptured, tolerance=2e-2)
+
+
+def test_greedy_generation_through_the_static_step_is_token_identical():
+    decoder = make_decoder(seed=11)
+    cross = text_condition(decoder, 4)  # batch 2 with guidance
+    settings = SamplingSettings(do_sample=False, guidance_scale=3.0)
+    prompt = torch.randint(0, 64, (2, 4, 3))
+    plain = generate_codes(decoder, cross, prompt, 30, settings)
+    steps = []
+    decoder.fused_stepper = lambda d, c, offset: steps.append(1) or uncaptured(d, c, offset)
+    static = generate_codes(decoder, cross, prompt, 30, settings)
+    assert len(steps) == 1
+    assert torch.equal(static, plain)
+    assert static.shape == (2, 4, 3 + 30 - 3)
+
+
+def test_static_step_is_token_identical_to_transformers(tiny_checkpoint, monkeypatch):
+    from transformers import AutoProcessor
+
+    folder, reference = tiny_checkpoint
+    seen = []
+    decode = reference.audio_encoder.decode
+
+    def recording_decode(codes, *args, **kwargs):
+        seen.append(codes[0])  # [B, K, frames]
+        return decode(codes, *args, **kwargs)
+
+    monkeypatch.setattr(reference.audio_encoder, "decode", recording_decode)
+    inputs = AutoProcessor.from_pretrained(folder)(text=["80s pop", "a jazz vibraphone solo"], padding=True,
+                                                   return_tensors="pt")
+    reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30)
+    ours = MusicgenForConditionalGeneration.from_pretrained(folder)
+    ours.decoder.fused_stepper = uncaptured  # the static step in place of the fused one
+    codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30, return_codes=True)
+    assert torch.equal(codes, seen[0])
+
+
+def test_static_step_errors_and_where_it_is_used():
+    decoder = make_decoder(seed=12)
+    decoder.setup_caches(2, 8)
+    assert GraphStep.build(decoder, None) is None  # caches on the CPU: no graph (the plain or fused step runs)
+    step = uncaptured(decoder, text_condition(decoder, 2))
+    with pytest.raises(IndexError, match="outside the KV cache"):
+        step(torch.zeros(2, 4, dtype=torch.long), 8)
+    with pytest.raises(IndexError, match=r"must be \[2, 4\]"):
+        step(torch.zeros(3, 4, dtype=torch.long), 0)
+    decoder.free_caches()
+
+
+@cuda
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
+def test_captured_step_matches_the_plain_step_on_cuda(dtype, tolerance):
+    decoder = make_decoder(seed=13).to("cuda", dtype)
+    compare_steps(decoder, text_condition(decoder, 2), 2, prefill=20, steps=8, build=GraphStep.build,
+                  tolerance=tolerance)
+
+
+@cuda
+def test_generation_on_cuda_with_and_without_the_graph(monkeypatch, tiny_checkpoint):
+    folder, _ = tiny_checkpoint
+    model = MusicgenForConditionalGeneration.from_pretrained(folder, device="cuda")
+    inputs = model.get_unconditional_inputs(2)
+    with_graph = model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40, return_codes=True)
+    monkeypatch.setenv("ZHIYIN_CUDA_GRAPHS", "0")
+    without = model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40, return_codes=True)
+    assert with_graph.device.type == "cuda"
+    assert torch.equal(with_graph, without)
+    audio = model.decode_audio(with_graph)
+    assert audio.shape == (2, 1, 37 * 640) and torch.isfinite(audio).all()
