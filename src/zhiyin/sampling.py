@@ -77,5 +77,12 @@ def next_tokens(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
         scores = filter_top_k(scores, settings.top_k)
     if settings.top_p is not None and settings.top_p < 1.0:
         scores = filter_top_p(scores, settings.top_p)
-    probs = scores.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).view(B, K)
+    return draw(scores.softmax(dim=-1), generator).view(B, K)
+
+
+def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One token per row of probs [N, V] -> [N]: torch.multinomial(probs, 1)'s own algorithm (the argmax of probs
+    over Exp(1) noise), the same random numbers and so the same tokens (the reference samples with multinomial), but
+    without multinomial's check of the probabilities, which waits for the GPU at every step."""
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / noise).argmax(dim=-1)
