@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 from zhiyin.audio_io import read_audio
 from zhiyin.cli import main
@@ -196,7 +197,11 @@ BAD = {
     "missing audio prompt": (["piano", "--audio-prompt", "{tmp}/absent.wav"], ["absent.wav", "not found"]),
     "corrupt audio prompt": (["piano", "--audio-prompt", "{tmp}/garbage.wav"], ["garbage.wav", "cannot read audio"]),
     "missing model folder": (["piano", "--model", "{tmp}/no-such-model"], ["no-such-model", "does not exist"]),
+    "unknown device": (["piano", "--device", "gpu"], ["device 'gpu'", "cuda"]),
+    "absent GPU": (["piano", "--device", "cuda:99"], ["cuda:99"]),
 }
+if not torch.cuda.is_available():
+    BAD["no CUDA here"] = (["piano", "--device", "cuda"], ["device 'cuda'", "no CUDA GPU", "use cpu"])
 
 
 @pytest.mark.parametrize("case", list(BAD))

@@ -41,6 +41,25 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     return _DTYPES[name]
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """torch.device(device), or a ValueError that says what to do where that device is not on this machine."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device '{device}': use cpu, cuda, cuda:1, ... ({error})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"device '{device}': this machine's PyTorch ({torch.__version__}, {build}) sees no CUDA GPU; "
+                             "use cpu, or install a CUDA build of PyTorch on a machine with an NVIDIA GPU")
+        if (device.index or 0) >= count:
+            raise ValueError(f"device '{device}': there are {count} CUDA GPUs here (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device '{device}': Apple's MPS is not available here; use cpu")
+    return device
+
+
 def _as_tensor(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Tensor | None:
     if value is None:
         return None
@@ -93,6 +112,7 @@ class MusicgenForConditionalGeneration(nn.Module):
         On the CPU the decoder's linear layers run in zhiyin's weight-streaming kernels (see kernels.py).
         """
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+        device = parse_device(device) if device is not None else None
         hub_kwargs = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
         config_path = hub.resolve_file(name_or_path, "config.json", **hub_kwargs)
         with open(config_path, encoding="utf-8") as f:
