@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from checkpoints import make_checkpoint
 from zhiyin import MusicgenForConditionalGeneration, kernels
 from zhiyin.kernels import StreamingLinear
 from zhiyin.quantization import quantize_int8
@@ -76,3 +77,32 @@ def test_int8_and_bfloat16_models_stay_close_to_float32(tiny_checkpoint):
         quantized.save_pretrained(folder / "never")
     with pytest.raises(ValueError, match="int8"):
         MusicgenForConditionalGeneration.from_pretrained(folder, quantize="int4")
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin-2023", "sharded", "sharded-bin"])
+def test_int8_quantized_while_reading_equals_quantizing_the_loaded_model(layout, tmp_path):
+    """from_pretrained(quantize='int8') quantizes each decoder weight as it is read (the float32 file is never held
+    whole): the same int8 weights and scales as loading in float32 and quantizing the model afterwards."""
+    make_checkpoint(tmp_path, "tiny", layout)
+    quantized = MusicgenForConditionalGeneration.from_pretrained(tmp_path, quantize="int8")
+    model = MusicgenForConditionalGeneration.from_pretrained(tmp_path)
+    kernels.accelerate_decoder(model.decoder, "int8")
+    want, got = model.state_dict(), quantized.state_dict()
+    assert set(got) == set(want)
+    assert sum(v.dtype == torch.int8 for v in got.values()) == 2 * 7 + 4  # 2 layers x 7 linears + 4 LM heads
+    for key in want:
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+
+
+def test_int8_with_reduced_precision_and_auto_dtypes(tiny_checkpoint):
+    folder, _ = tiny_checkpoint
+    for dtype, rest in [("bfloat16", torch.bfloat16), ("auto", torch.float32), ("float16", torch.float16)]:
+        model = MusicgenForConditionalGeneration.from_pretrained(folder, dtype=dtype, quantize="int8")
+        head = model.decoder.lm_heads[0]
+        assert head.weight.dtype == torch.int8 and head.scale.dtype == torch.float32, dtype  # scales stay float32
+        assert model.text_encoder.shared.weight.dtype == rest, dtype
+        # bfloat16 on the CPU: the decoder's norms and embeddings in float32 (float activations)
+        norm = torch.float32 if dtype == "bfloat16" else rest
+        assert model.decoder.final_norm.weight.dtype == norm, dtype
+        logits = model(input_ids=torch.tensor([[5, 9, 3]]), decoder_input_ids=torch.zeros(1, 4, 2, dtype=torch.long))
+        assert torch.isfinite(logits).all()

@@ -120,8 +120,8 @@ class StreamingLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, quantize: str | None = None) -> "StreamingLinear":
-        if linear.bias is not None:
+    def from_linear(cls, linear: nn.Linear | StreamingLinear, quantize: str | None = None) -> StreamingLinear:
+        if getattr(linear, "bias", None) is not None:
             raise ValueError("StreamingLinear has no bias")
         if quantize == "int8":
             return cls(*quantize_int8(linear.weight.data))
@@ -155,18 +155,36 @@ class StreamingLinear(nn.Module):
         return dequantize_int8(self.weight, self.scale).to(dtype)
 
 
+def check_quantize(quantize: str | None) -> None:
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantization '{quantize}': the choice is int8")
+
+
+def stream_linears(decoder: nn.Module, quantize: str | None = None) -> None:
+    """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for StreamingLinear, in place
+    (quantizing their weights with quantize='int8'). On a meta-device decoder this makes the layers that
+    int8 weights read by weights.read_state_dict(quantized=...) load into."""
+    check_quantize(quantize)
+
+    def swapped(layer: nn.Module) -> bool:  # float StreamingLinear layers are quantized too
+        if isinstance(layer, nn.Linear):
+            return layer.bias is None
+        return isinstance(layer, StreamingLinear) and quantize == "int8" and layer.scale is None
+
+    # hold no reference to a replaced layer, so that each one's weights are freed as soon as it is swapped
+    parents = [m for m in decoder.modules() if any(swapped(c) for c in m.children())]
+    for module in parents:
+        for name in [n for n, c in module.named_children() if swapped(c)]:
+            setattr(module, name, StreamingLinear.from_linear(getattr(module, name), quantize))
+
+
 def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, float_activations: bool = False) -> None:
-    """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for StreamingLinear, in place.
+    """Swap the decoder's linear layers for StreamingLinear (stream_linears; those already swapped stay as they
+    are) and install the fused step.
 
     float_activations: also turn the decoder's other parameters (norms, embeddings) to float32, so that its
     activations and KV cache are float32 while the linear weights stay as they are (bfloat16 on the CPU)."""
-    if quantize not in (None, "int8"):
-        raise ValueError(f"unknown quantization '{quantize}': the choice is int8")
-    # hold no reference to a replaced layer, so that each one's weights are freed as soon as it is swapped
-    parents = [m for m in decoder.modules() if any(isinstance(c, nn.Linear) for c in m.children())]
-    for module in parents:
-        for name in [n for n, c in module.named_children() if isinstance(c, nn.Linear) and c.bias is None]:
-            setattr(module, name, StreamingLinear.from_linear(getattr(module, name), quantize))
+    stream_linears(decoder, quantize)
     if float_activations:
         for module in decoder.modules():
             if not isinstance(module, StreamingLinear):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import hub, kernels, weights
+from . import heap, hub, kernels, weights
 from .config import GenerationConfig, MusicgenConfig
 from .decoder import CrossKV, MusicgenDecoder
 from .delay_pattern import codebook_delays, num_frames
@@ -122,21 +122,29 @@ class MusicgenForConditionalGeneration(nn.Module):
         generation_config = GenerationConfig.from_json_file(generation_path) if generation_path else None
 
         files = _weight_files(name_or_path, hub_kwargs)
+        kernels.check_quantize(quantize)
         wanted = None if dtype == "auto" else dtype or torch.float32
-        state = weights.from_checkpoint(weights.read_state_dict(files, wanted, mmap=quantize is None))
-        stored_dtype = next(iter(state.values())).dtype
+        # int8: the decoder's linear weights are quantized as they are read, so the float file is never held whole
+        quantized = weights.is_decoder_linear if quantize == "int8" else None
+        with heap.large_tensors_mapped():
+            state = weights.read_state_dict(files, wanted, mmap=quantize is None, quantized=quantized)
+            state = weights.from_checkpoint(state)
+        floats = [key for key, value in state.items() if value.is_floating_point() and not _is_int8_scale(key, state)]
+        target = wanted or state[floats[0]].dtype  # dtype 'auto': the stored one (the first, if they are mixed)
+        for key in floats:
+            state[key] = state[key].to(target)
+        on_cpu = device is None or device.type == "cpu"
         with torch.device("meta"):
-            model = cls(config, generation_config)
+            model = cls(config, generation_config).to(dtype=target)
+            if on_cpu or quantize is not None:
+                kernels.stream_linears(model.decoder, quantize)  # the layers the weights (int8 or float) load into
         model._load_converted(state, str(name_or_path))
-        del state  # the model holds the weights now; quantizing below can free them one layer at a time
-        target = stored_dtype if dtype == "auto" else (dtype or torch.float32)
-        model.to(dtype=target)
+        del state
         if device is not None:
             model.to(device)
-        if model.device.type == "cpu" or quantize is not None:
+        if on_cpu or quantize is not None:
             # on the CPU a bfloat16 decoder streams bfloat16 weights but computes in float32 (faster there, and closer)
-            float_activations = model.device.type == "cpu" and target == torch.bfloat16
-            kernels.accelerate_decoder(model.decoder, quantize, float_activations)
+            kernels.accelerate_decoder(model.decoder, quantize, float_activations=on_cpu and target == torch.bfloat16)
         return model.eval()
 
     @classmethod
@@ -474,6 +482,11 @@ class MusicgenForConditionalGeneration(nn.Module):
         same decoder and cross-attention inputs, wherever it starts."""
         cross, prompt = self._prepare(*inputs, settings)
         return (lambda start: (self.decoder, cross)), prompt
+
+
+def _is_int8_scale(key: str, state: dict[str, Tensor]) -> bool:
+    weight = state.get(key.removesuffix("scale") + "weight")
+    return key.endswith(".scale") and weight is not None and weight.dtype == torch.int8
 
 
 def _weight_files(name_or_path, hub_kwargs) -> list[str]:

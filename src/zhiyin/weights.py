@@ -8,7 +8,11 @@ Both are folded at load into one plain `<conv>.weight = g * v / ||v||` (norm ove
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import torch
+
+from .quantization import quantize_int8
 
 _G_SUFFIXES = (".weight_g", ".parametrizations.weight.original0")
 _V_SUFFIXES = (".weight_v", ".parametrizations.weight.original1")
@@ -40,33 +44,46 @@ def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 
 
-def read_state_dict(paths: list[str], dtype: torch.dtype | None = None, mmap: bool = True) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    paths: list[str], dtype: torch.dtype | None = None, mmap: bool = True, quantized: Callable[[str], bool] | None = None
+) -> dict[str, torch.Tensor]:
     """Read weight files (all safetensors or all .bin) into one state dict.
 
     Safetensors files are memory-mapped: no copy is made until a tensor is used. With `dtype` (floating-point
-    tensors converted to it), or mmap=False (weights about to be replaced, e.g. quantized: their memory must be
-    freed afterwards, which a mapping shared with the weights kept would prevent), they are read tensor by tensor
-    instead, so that loading never holds two copies of the weights.
+    tensors converted to it), mmap=False or `quantized`, they are read tensor by tensor instead, so that loading
+    never holds two copies of the weights. `quantized(key)` names the weights to quantize to int8 as they are read
+    (quantization.py: a scale per output row, stored under `scale_key(key)`): the float32 file is never held whole.
     """
     state: dict[str, torch.Tensor] = {}
+
+    def put(key: str, tensor: torch.Tensor) -> None:
+        if quantized is not None and quantized(key):
+            state[key], state[scale_key(key)] = quantize_int8(tensor)
+        else:
+            state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
     for path in paths:
         if path.endswith(".safetensors"):
-            if mmap and (dtype is None or _stored_dtypes(path) <= {dtype}):
+            if mmap and quantized is None and (dtype is None or _stored_dtypes(path) <= {dtype}):
                 from safetensors.torch import load_file
 
                 state.update(load_file(path))
             else:
-                state.update(_read_safetensors_as(path, dtype))
+                for key, tensor in _read_safetensors(path):
+                    put(key, tensor)
         else:
             try:
                 part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError:  # an old non-zip pickle can't be memory-mapped
                 part = torch.load(path, map_location="cpu", weights_only=True)
             for key in list(part):
-                if dtype is not None and part[key].is_floating_point():
-                    part[key] = part[key].to(dtype)
-            state.update(part)
+                put(key, part.pop(key))
     return state
+
+
+def scale_key(key: str) -> str:
+    """The key of an int8 weight's scales: '<linear>.weight' -> '<linear>.scale' (kernels.StreamingLinear's)."""
+    return key.removesuffix("weight") + "scale"
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -89,9 +106,8 @@ def _stored_dtypes(path: str) -> set[torch.dtype]:
     return {_SAFETENSORS_DTYPES[info["dtype"]] for info in header.values() if info["dtype"].startswith(("F", "BF"))}
 
 
-def _read_safetensors_as(path: str, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """Read a safetensors file one tensor at a time, converting floating-point tensors to `dtype` (if given)."""
-    out: dict[str, torch.Tensor] = {}
+def _read_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """A safetensors file's tensors one at a time, in file order, each in fresh memory of its stored dtype."""
     with open(path, "rb") as f:
         header, base = _safetensors_header(f)
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
@@ -99,9 +115,7 @@ def _read_safetensors_as(path: str, dtype: torch.dtype | None) -> dict[str, torc
             raw = torch.empty(end - start, dtype=torch.uint8)
             f.seek(base + start)
             f.readinto(memoryview(raw.numpy()))
-            tensor = raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-            out[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-    return out
+            yield name, raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
 
 
 def shard_names(index_path: str) -> list[str]:
@@ -135,8 +149,16 @@ _FUSED = {  # ours -> the checkpoint's pieces, concatenated along dim 0
 }
 
 
+def is_decoder_linear(key: str) -> bool:
+    """Checkpoint keys of the decoder's linear weights (projections, FFN, LM heads): what int8 quantizes."""
+    if key.startswith("decoder.lm_heads."):
+        return key.endswith(".weight")
+    return key.startswith(_DECODER + "layers.") and key.endswith(("_proj.weight", ".fc1.weight", ".fc2.weight"))
+
+
 def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Checkpoint keys (either weight-norm spelling) -> the keys of zhiyin's MusicgenForConditionalGeneration.
+    int8 weights read by read_state_dict(quantized=is_decoder_linear) bring their scales along.
 
     Empties `state`: the tensors move to the result, so that the pieces of each fused projection are freed as soon
     as it is made (loading never holds the decoder's attention weights twice)."""
@@ -174,10 +196,16 @@ def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if missing:
                 raise ValueError(f"checkpoint lacks decoder layer {index} weights {missing}")
             out[prefix + ours] = torch.cat([parts.pop(p) for p in pieces], dim=0)
+            if scale_key(pieces[0]) in parts:  # int8 pieces: their scales (one per output row) concatenate as well
+                out[prefix + scale_key(ours)] = torch.cat([parts.pop(scale_key(p)) for p in pieces], dim=0)
         for theirs, value in parts.items():
-            if theirs not in _RENAMES:
+            weight = theirs.removesuffix("scale") + "weight"  # an int8 weight's scales follow the weight's name
+            if theirs.endswith(".scale") and weight in _RENAMES:
+                out[prefix + scale_key(_RENAMES[weight])] = value
+            elif theirs in _RENAMES:
+                out[prefix + _RENAMES[theirs]] = value
+            else:
                 raise ValueError(f"unexpected weight 'decoder layer {index}: {theirs}' in the checkpoint")
-            out[prefix + _RENAMES[theirs]] = value
     return out
 
 
