@@ -207,3 +207,16 @@ def test_normalize_not_supported():
     cfg = EncodecConfig.from_dict({**TINY, "normalize": True})
     with pytest.raises(NotImplementedError):
         EncodecModel(cfg).encode(torch.zeros(1, 1, 640))
+
+
+@pytest.mark.parametrize("c_out, kernel, dilation", [(1, 7, 1), (2, 7, 1), (1, 3, 2), (2, 1, 1)])
+def test_few_output_channels_conv_is_conv1d(c_out, kernel, dilation):
+    from zhiyin.encodec import _few_outputs_conv
+
+    x, weight, bias = torch.randn(2, 16, 300), torch.randn(c_out, 16, kernel), torch.randn(c_out)
+    pad = (kernel - 1) * dilation // 2
+    for b in (bias, None):
+        want = torch.nn.functional.conv1d(x, weight, b, padding=pad, dilation=dilation)
+        got = _few_outputs_conv(x, weight, b, pad, dilation)
+        assert got.shape == want.shape
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()

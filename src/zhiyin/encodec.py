@@ -74,12 +74,28 @@ class EncodecConv1d(nn.Module):
         """A stride-1 conv over x reflect-padded by `pad` on both sides: the conv's own zero padding is exact
         except for the first and last `pad` outputs, which are recomputed from reflect-padded edges of x."""
         conv = self.conv
-        y = F.conv1d(x, conv.weight, conv.bias, padding=pad, dilation=conv.dilation)  # [B, C_out, T]
+        if conv.out_channels <= 2:  # the last conv (64 -> 1 at the sample rate): oneDNN is slow at such shapes
+            y = _few_outputs_conv(x, conv.weight, conv.bias, pad, conv.dilation[0])
+        else:
+            y = F.conv1d(x, conv.weight, conv.bias, padding=pad, dilation=conv.dilation)  # [B, C_out, T]
         head = F.pad(x[..., : 3 * pad], (pad, 0), mode="reflect")  # the inputs of the first `pad` outputs
         tail = F.pad(x[..., -3 * pad :], (0, pad), mode="reflect")
         y[..., :pad] = F.conv1d(head, conv.weight, conv.bias, dilation=conv.dilation)[..., :pad]
         y[..., -pad:] = F.conv1d(tail, conv.weight, conv.bias, dilation=conv.dilation)[..., -pad:]
         return y
+
+
+def _few_outputs_conv(x: Tensor, weight: Tensor, bias: Tensor | None, pad: int, dilation: int) -> Tensor:
+    """F.conv1d(x, weight, bias, padding=pad, dilation=dilation) for a length-preserving conv with few output
+    channels: every tap's outputs in one matrix product, then summed at their shifts (3-4x faster than oneDNN for
+    64 -> 1 channels over 320k samples). x [B, C_in, T], weight [C_out, C_in, K] -> [B, C_out, T]."""
+    (B, _, T), (C_out, C_in, K) = x.shape, weight.shape
+    taps = torch.matmul(weight.permute(2, 0, 1).reshape(K * C_out, C_in), x).view(B, K, C_out, T)
+    y = torch.zeros(B, C_out, T, dtype=x.dtype, device=x.device) if bias is None else bias[:, None].repeat(B, 1, T)
+    for k in range(K):  # output t takes tap k at input t + k * dilation - pad
+        shift = k * dilation - pad
+        y[..., max(0, -shift) : T - max(0, shift)] += taps[:, k, :, max(0, shift) : T + min(0, shift)]
+    return y
 
 
 class EncodecConvTranspose1d(nn.Module):
