@@ -7,12 +7,15 @@ import torch
 from torch import Tensor
 
 
-def quantize_int8(x: Tensor) -> tuple[Tensor, Tensor]:
-    """x [..., n] ~= q [..., n] int8 * scale [...] float32, scale = max |x| / 127 per vector, round to nearest even."""
+def quantize_int8(x: Tensor, overwrite: bool = False) -> tuple[Tensor, Tensor]:
+    """x [..., n] ~= q [..., n] int8 * scale [...] float32, scale = max |x| / 127 per vector, round to nearest even.
+    overwrite: x is a float32 buffer the caller no longer needs; it is divided and rounded in place."""
+    owned = overwrite or x.dtype != torch.float32
     x = x.float()
-    scale = (x.abs().amax(dim=-1) / 127).clamp(min=1e-12)
-    q = (x / scale[..., None]).round_().clamp_(-127, 127).to(torch.int8)  # in place: no more full-size temporaries
-    return q, scale
+    largest = torch.maximum(x.amax(dim=-1), x.amin(dim=-1).neg_())  # max |x|, no full-size temporary (nor aminmax: slow)
+    scale = (largest / 127).clamp(min=1e-12)
+    scaled = x.div_(scale[..., None]) if owned else x / scale[..., None]
+    return scaled.round_().clamp_(-127, 127).to(torch.int8), scale
 
 
 def dequantize_int8(q: Tensor, scale: Tensor) -> Tensor:
