@@ -56,13 +56,16 @@ def read_state_dict(
     """
     state: dict[str, torch.Tensor] = {}
 
+    def converted(key: str, stored: torch.dtype) -> bool:  # read only to be quantized or converted
+        return (quantized is not None and quantized(key)) or (dtype is not None and stored.is_floating_point
+                                                              and stored != dtype)
+
     def put(key: str, tensor: torch.Tensor, scratch: bool = False) -> None:  # scratch: a buffer reused after this
         if quantized is not None and quantized(key):
             state[key], state[scale_key(key)] = quantize_int8(tensor, overwrite=scratch)
-        elif scratch:
-            raise AssertionError(f"{key} was read into the scratch buffer but is kept")
         else:
             state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+            assert not scratch or state[key] is not tensor, f"{key}: the reused read buffer would be kept"
 
     for path in paths:
         if path.endswith(".safetensors"):
@@ -71,7 +74,7 @@ def read_state_dict(
 
                 state.update(load_file(path))
             else:
-                for key, tensor, scratch in _read_safetensors(path, quantized):
+                for key, tensor, scratch in _read_safetensors(path, converted):
                     put(key, tensor, scratch)
         else:
             try:
@@ -109,24 +112,25 @@ def _stored_dtypes(path: str) -> set[torch.dtype]:
 
 
 def _read_safetensors(
-    path: str, passing: Callable[[str], bool] | None = None
+    path: str, passing: Callable[[str, torch.dtype], bool] | None = None
 ) -> Iterator[tuple[str, torch.Tensor, bool]]:
     """A safetensors file's tensors one at a time, in file order: (key, tensor of its stored dtype, scratch).
-    Tensors that `passing(key)` names (read only to be converted, e.g. quantized) share one reused buffer
-    (scratch True: valid until the next tensor), already in memory: no page faults, no heap left behind; the
-    others come in fresh memory of their own."""
+    Tensors that `passing(key, stored dtype)` names (read only to be converted or quantized) share one reused
+    buffer (scratch True: valid until the next tensor), already in memory: no page faults, no heap left behind;
+    the others come in fresh memory of their own."""
     buffer = torch.empty(0, dtype=torch.uint8)
     with open(path, "rb") as f:
         header, base = _safetensors_header(f)
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             start, end = info["data_offsets"]
-            scratch = passing is not None and passing(name)
+            stored = _SAFETENSORS_DTYPES[info["dtype"]]
+            scratch = passing is not None and passing(name, stored)
             if scratch and buffer.numel() < end - start:
                 buffer = torch.empty(end - start, dtype=torch.uint8)
             raw = buffer[: end - start] if scratch else torch.empty(end - start, dtype=torch.uint8)
             f.seek(base + start)
             f.readinto(memoryview(raw.numpy()))
-            yield name, raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"]), scratch
+            yield name, raw.view(stored).reshape(info["shape"]), scratch
 
 
 def shard_names(index_path: str) -> list[str]:
