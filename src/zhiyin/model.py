@@ -127,9 +127,9 @@ class MusicgenForConditionalGeneration(nn.Module):
         # int8: the decoder's linear weights are quantized as they are read, so the float file is never held whole
         quantized = weights.is_decoder_linear if quantize == "int8" else None
         with heap.large_tensors_mapped():
-            state = weights.read_state_dict(files, wanted, mmap=quantize is None, quantized=quantized)
+            state = weights.read_state_dict(files, wanted, quantized)
             state = weights.from_checkpoint(state)
-        floats = [key for key, value in state.items() if value.is_floating_point() and not _is_int8_scale(key, state)]
+        floats = [k for k, v in state.items() if v.is_floating_point() and not weights.is_int8_scale(k, state)]
         target = wanted or state[floats[0]].dtype  # dtype 'auto': the stored one (the first, if they are mixed)
         for key in floats:
             state[key] = state[key].to(target)
@@ -482,11 +482,6 @@ class MusicgenForConditionalGeneration(nn.Module):
         same decoder and cross-attention inputs, wherever it starts."""
         cross, prompt = self._prepare(*inputs, settings)
         return (lambda start: (self.decoder, cross)), prompt
-
-
-def _is_int8_scale(key: str, state: dict[str, Tensor]) -> bool:
-    weight = state.get(key.removesuffix("scale") + "weight")
-    return key.endswith(".scale") and weight is not None and weight.dtype == torch.int8
 
 
 def _weight_files(name_or_path, hub_kwargs) -> list[str]:

@@ -45,14 +45,16 @@ WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_mo
 
 
 def read_state_dict(
-    paths: list[str], dtype: torch.dtype | None = None, mmap: bool = True, quantized: Callable[[str], bool] | None = None
+    paths: list[str], dtype: torch.dtype | None = None, quantized: Callable[[str], bool] | None = None
 ) -> dict[str, torch.Tensor]:
     """Read weight files (all safetensors or all .bin) into one state dict.
 
     Safetensors files are memory-mapped: no copy is made until a tensor is used. With `dtype` (floating-point
-    tensors converted to it), mmap=False or `quantized`, they are read tensor by tensor instead, so that loading
-    never holds two copies of the weights. `quantized(key)` names the weights to quantize to int8 as they are read
-    (quantization.py: a scale per output row, stored under `scale_key(key)`): the float32 file is never held whole.
+    tensors converted to it) or `quantized`, they are read tensor by tensor instead, so that loading never holds
+    two copies of the weights. `quantized(key)` names the weights to quantize to int8 as they are read
+    (quantization.py: a scale per output row, stored under `scale_key(key)`): a safetensors file is never held
+    whole (a memory mapping would keep its pages resident as long as any tensor of it lives, as happens with .bin
+    files, which torch.load maps).
     """
     state: dict[str, torch.Tensor] = {}
 
@@ -69,7 +71,7 @@ def read_state_dict(
 
     for path in paths:
         if path.endswith(".safetensors"):
-            if mmap and quantized is None and (dtype is None or _stored_dtypes(path) <= {dtype}):
+            if quantized is None and (dtype is None or _stored_dtypes(path) <= {dtype}):
                 from safetensors.torch import load_file
 
                 state.update(load_file(path))
@@ -89,6 +91,16 @@ def read_state_dict(
 def scale_key(key: str) -> str:
     """The key of an int8 weight's scales: '<linear>.weight' -> '<linear>.scale' (kernels.StreamingLinear's)."""
     return key.removesuffix("weight") + "scale"
+
+
+def _weight_key(key: str) -> str:  # the inverse of scale_key
+    return key.removesuffix("scale") + "weight"
+
+
+def is_int8_scale(key: str, state: dict[str, torch.Tensor]) -> bool:
+    """Whether `key` holds the scales of an int8 weight of `state` (they stay float32 whatever the model's dtype)."""
+    weight = state.get(_weight_key(key))
+    return key.endswith(".scale") and weight is not None and weight.dtype == torch.int8
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -214,7 +226,7 @@ def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if scale_key(pieces[0]) in parts:  # int8 pieces: their scales (one per output row) concatenate as well
                 out[prefix + scale_key(ours)] = torch.cat([parts.pop(scale_key(p)) for p in pieces], dim=0)
         for theirs, value in parts.items():
-            weight = theirs.removesuffix("scale") + "weight"  # an int8 weight's scales follow the weight's name
+            weight = _weight_key(theirs)  # an int8 weight's scales follow the weight's name
             if theirs.endswith(".scale") and weight in _RENAMES:
                 out[prefix + scale_key(_RENAMES[weight])] = value
             elif theirs in _RENAMES:
