@@ -166,21 +166,28 @@ void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const 
     for (; n < n1; n++) int16_block<M, 1>(xq, xscale, w, scale, K, n, y, ldy, add);
 }
 
-// Up to 5 rows stream one weight row at a time (15-23% faster than two for 3-5 rows, streaming from memory on a
-// Zen 4); from 6 rows on, the products are compute-bound and two weight rows share each activation load.
-inline void int16_matvec(const Rows &r, const int8_t *w, const float *scale, int64_t K, float *y, int64_t ldy,
-                         bool add, int64_t n0, int64_t n1) {
-    const int16_t *x = r.xq;
-    const float *xs = r.xscale;
-    switch (r.m) {
+// m <= 5 activation rows against weight rows [n0, n1), one weight row at a time (streams best: 15-23% faster than
+// two at a time for 3-5 rows on a Zen 4)
+inline void int16_rows(const int16_t *x, const float *xs, int64_t m, const int8_t *w, const float *scale, int64_t K,
+                       float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
+    switch (m) {
     case 1: return int16_range<1, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
     case 2: return int16_range<2, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
     case 3: return int16_range<3, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
     case 4: return int16_range<4, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 5: return int16_range<5, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 6: return int16_range<6, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 7: return int16_range<7, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    default: return int16_range<8, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    default: return int16_range<5, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    }
+}
+
+// More rows (6-8) are compute-bound: two passes of at most 4 rows over each 32-row chunk of weights, the second
+// reading the chunk from cache (8 rows: 13% faster than all rows at once, two weight rows at a time).
+inline void int16_matvec(const Rows &r, const int8_t *w, const float *scale, int64_t K, float *y, int64_t ldy,
+                         bool add, int64_t n0, int64_t n1) {
+    if (r.m <= 5) return int16_rows(r.xq, r.xscale, r.m, w, scale, K, y, ldy, add, n0, n1);
+    for (int64_t c0 = n0; c0 < n1; c0 += 32) {
+        const int64_t c1 = std::min(n1, c0 + 32);
+        int16_rows(r.xq, r.xscale, 4, w, scale, K, y, ldy, add, c0, c1);
+        int16_rows(r.xq + 4 * K, r.xscale + 4, r.m - 4, w, scale, K, y + 4 * ldy, ldy, add, c0, c1);
     }
 }
 #endif
