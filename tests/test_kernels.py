@@ -29,7 +29,7 @@ def test_float_kernels_match_pytorch(rows, shape):
     assert torch.allclose(got, F.linear(x, half.float()), rtol=1e-5, atol=1e-4 * K**0.5)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 8, 21, 100])  # more than 8: a prefill, in blocks of 8 rows
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 6, 7, 8, 21, 100])  # more than 8: a prefill, in blocks of 8 rows
 def test_int8_kernel_matches_dequantized_weights(rows):
     weight, x = torch.randn(300, 200), torch.randn(rows, 200)
     q, scale = quantize_int8(weight)
