@@ -115,3 +115,48 @@ def test_generation_on_cuda_with_and_without_the_graph(monkeypatch, tiny_checkpo
     assert torch.equal(with_graph, without)
     audio = model.decode_audio(with_graph)
     assert audio.shape == (2, 1, 37 * 640) and torch.isfinite(audio).all()
+
+
+class _RecordedGraph:
+    """A stand-in for torch.cuda.CUDAGraph on the CPU: capture runs the step once and keeps its output tensor;
+    replay runs it again into that same tensor, as a real graph rewrites its output memory."""
+
+    def __init__(self):
+        self.step = self.output = None
+
+    def replay(self):
+        self.output.copy_(self.step())
+
+
+def test_capture_and_replay_logic_with_a_stand_in_graph(monkeypatch):
+    """GraphStep's own logic (fill the static inputs, capture once, replay, hand back a copy of the output) on the
+    CPU, with CUDA's stream and graph calls replaced by stand-ins: the same logits as the plain step at every step."""
+    import contextlib
+
+    graphs = []
+
+    @contextlib.contextmanager
+    def capture(graph):
+        graphs.append(graph)
+        real_step = GraphStep._step
+        with monkeypatch.context() as m:  # the first step run inside the capture is the one the graph replays
+            def recording(self):
+                graph.step = lambda: real_step(self)
+                graph.output = real_step(self)
+                return graph.output
+            m.setattr(GraphStep, "_step", recording)
+            yield
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordedGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    decoder = make_decoder(seed=14)
+    compare_steps(decoder, text_condition(decoder, 2), 2, prefill=4, steps=6,
+                  build=lambda d, c, offset: GraphStep(d, c, offset, capture=True))
+    assert len(graphs) == 1  # captured once, replayed for every later step
