@@ -133,37 +133,29 @@ inline int64_t reduce_exact(__m512i v) {  // 16 int32 lanes summed in int64
     return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
 }
 
-template <int M, int NB>
-inline void int16_block(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K,
-                        int64_t n, float *y, int64_t ldy, bool add) {
-    __m512i acc[NB][M];
-    for (int b = 0; b < NB; b++)
-        for (int m = 0; m < M; m++) acc[b][m] = _mm512_setzero_si512();
+// Weight row n against M rows of x, M accumulators in registers.
+template <int M>
+inline void int16_row(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K,
+                      int64_t n, float *y, int64_t ldy, bool add) {
+    __m512i acc[M];
+    for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_si512();
+    const int8_t *row = w + n * K;
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
-        __m512i xv[M];
-        for (int m = 0; m < M; m++) xv[m] = _mm512_loadu_si512(xq + m * K + k);
-        for (int b = 0; b < NB; b++) {
-            __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + (n + b) * K + k)));
-            for (int m = 0; m < M; m++) acc[b][m] = _mm512_dpwssd_epi32(acc[b][m], wv, xv[m]);
-        }
+        const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(row + k)));
+        for (int m = 0; m < M; m++) acc[m] = _mm512_dpwssd_epi32(acc[m], wv, _mm512_loadu_si512(xq + m * K + k));
     }
-    for (int b = 0; b < NB; b++) {
-        const int8_t *row = w + (n + b) * K;
-        for (int m = 0; m < M; m++) {
-            int64_t s = reduce_exact(acc[b][m]);
-            for (int64_t j = k; j < K; j++) s += int64_t(row[j]) * xq[m * K + j];
-            put(y + m * ldy + n + b, float(s) * (scale[n + b] * xscale[m]), add);
-        }
+    for (int m = 0; m < M; m++) {
+        int64_t s = reduce_exact(acc[m]);
+        for (int64_t j = k; j < K; j++) s += int64_t(row[j]) * xq[m * K + j];
+        put(y + m * ldy + n, float(s) * (scale[n] * xscale[m]), add);
     }
 }
 
-template <int M, int NB>
+template <int M>
 void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K, float *y,
                  int64_t ldy, bool add, int64_t n0, int64_t n1) {
-    int64_t n = n0;
-    for (; n + NB <= n1; n += NB) int16_block<M, NB>(xq, xscale, w, scale, K, n, y, ldy, add);
-    for (; n < n1; n++) int16_block<M, 1>(xq, xscale, w, scale, K, n, y, ldy, add);
+    for (int64_t n = n0; n < n1; n++) int16_row<M>(xq, xscale, w, scale, K, n, y, ldy, add);
 }
 
 // m <= 5 activation rows against weight rows [n0, n1), one weight row at a time (streams best: 15-23% faster than
@@ -171,11 +163,11 @@ void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const 
 inline void int16_rows(const int16_t *x, const float *xs, int64_t m, const int8_t *w, const float *scale, int64_t K,
                        float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
     switch (m) {
-    case 1: return int16_range<1, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 2: return int16_range<2, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 3: return int16_range<3, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 4: return int16_range<4, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    default: return int16_range<5, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 1: return int16_range<1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 2: return int16_range<2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 3: return int16_range<3>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 4: return int16_range<4>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    default: return int16_range<5>(x, xs, w, scale, K, y, ldy, add, n0, n1);
     }
 }
 
