@@ -106,3 +106,16 @@ def test_int8_with_reduced_precision_and_auto_dtypes(tiny_checkpoint):
         assert model.decoder.final_norm.weight.dtype == norm, dtype
         logits = model(input_ids=torch.tensor([[5, 9, 3]]), decoder_input_ids=torch.zeros(1, 4, 2, dtype=torch.long))
         assert torch.isfinite(logits).all()
+
+
+def test_kernels_are_built_once_into_the_cache_with_a_notice(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ZHIYIN_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+    assert kernels.library() is not None
+    built = list(tmp_path.glob("kernels-*.so"))
+    assert len(built) == 1 and "compiling the CPU kernels" in capsys.readouterr().err
+    monkeypatch.setattr(kernels, "_library", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+    assert kernels.library() is not None  # a new process would find it: no second build, no notice
+    assert list(tmp_path.glob("kernels-*.so")) == built and capsys.readouterr().err == ""

@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def library() -> ctypes.CDLL | None:
     target = cache / f"kernels-{key}.so"
     try:
         if not target.exists():
+            print(f"zhiyin: compiling the CPU kernels into {cache} (once per machine, a few seconds)", file=sys.stderr)
             _build(target)
         lib = ctypes.CDLL(str(target))
     except (RuntimeError, OSError) as error:
