@@ -405,3 +405,23 @@ def test_readme_melody_example_runs(melody):
     scope = {}
     exec(compile(program, "README.md", "exec"), scope)
     assert scope["audio_values"].shape == (1, 1, 13 * 640)
+
+
+def test_int8_melody_model_quantized_while_reading(melody, music):
+    """quantize='int8' on a melody checkpoint (a decoder without cross-attention): the same int8 weights and scales
+    as quantizing the float model afterwards, so the same music."""
+    from zhiyin import kernels
+
+    folder, reference, ours, processor = melody
+    quantized = MusicgenMelodyForConditionalGeneration.from_pretrained(folder, quantize="int8")
+    model = MusicgenMelodyForConditionalGeneration.from_pretrained(folder)
+    kernels.accelerate_decoder(model.decoder, "int8")
+    want, got = model.state_dict(), quantized.state_dict()
+    assert set(got) == set(want) and any(v.dtype == torch.int8 for v in got.values())
+    for key in want:
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+    inputs = short_melody_inputs(folder, music)
+    codes = quantized.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12, return_codes=True)
+    assert codes.shape[-1] == 12 - 3
+    assert torch.equal(codes, model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12,
+                                             return_codes=True))
