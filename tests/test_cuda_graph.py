@@ -128,6 +128,18 @@ class _RecordedGraph:
         self.output.copy_(self.step())
 
 
+def _stand_in_streams(monkeypatch):
+    import contextlib
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+
+
 def test_capture_and_replay_logic_with_a_stand_in_graph(monkeypatch):
     """GraphStep's own logic (fill the static inputs, capture once, replay, hand back a copy of the output) on the
     CPU, with CUDA's stream and graph calls replaced by stand-ins: the same logits as the plain step at every step."""
@@ -147,16 +159,27 @@ def test_capture_and_replay_logic_with_a_stand_in_graph(monkeypatch):
             m.setattr(GraphStep, "_step", recording)
             yield
 
-    class Stream:
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    _stand_in_streams(monkeypatch)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordedGraph)
     monkeypatch.setattr(torch.cuda, "graph", capture)
     decoder = make_decoder(seed=14)
     compare_steps(decoder, text_condition(decoder, 2), 2, prefill=4, steps=6,
                   build=lambda d, c, offset: GraphStep(d, c, offset, capture=True))
     assert len(graphs) == 1  # captured once, replayed for every later step
+
+
+def test_a_failed_capture_falls_back_to_the_step_without_a_graph(monkeypatch):
+    import contextlib
+
+    @contextlib.contextmanager
+    def failing_capture(graph):
+        raise RuntimeError("operation not permitted when stream is capturing")
+        yield
+
+    _stand_in_streams(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordedGraph)
+    monkeypatch.setattr(torch.cuda, "graph", failing_capture)
+    decoder = make_decoder(seed=15)
+    with pytest.warns(UserWarning, match="CUDA graph failed .*operation not permitted.*ZHIYIN_CUDA_GRAPHS=0"):
+        compare_steps(decoder, text_condition(decoder, 2), 2, prefill=4, steps=4,
+                      build=lambda d, c, offset: GraphStep(d, c, offset, capture=True))

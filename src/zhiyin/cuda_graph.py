@@ -9,12 +9,13 @@ tensor-`start` path, decoder.py). One graph per generation: its KV cache and tex
 memory. The first step runs the static step once (warm-up) and captures it; every later step replays.
 
 `GraphStep(..., capture=False)` runs the same static-shape step without a graph, on any device: that is how the
-tests hold it to the plain step on a machine without a GPU.
+tests hold it to the plain step on a machine without a GPU, and what runs (with a warning) if a capture fails.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +57,13 @@ class GraphStep:
         if not self.capture:
             return self._step()
         if self.graph is None:
-            self._record()
+            try:
+                self._record()
+            except RuntimeError as error:  # never lose the music to a capture problem: run the step without a graph
+                warnings.warn(f"zhiyin: capturing the decoder step as a CUDA graph failed ({error}); running it "
+                              "without one (slower; ZHIYIN_CUDA_GRAPHS=0 skips the attempt)", stacklevel=2)
+                self.capture, self.graph = False, None
+                return self._step()
         self.graph.replay()
         return self.logits.clone()
 
