@@ -160,6 +160,7 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
     result["peak_rss_gb"] = peak_rss_gb()
     result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else 0.0
     result["threads"] = torch.get_num_threads()
+    result["kernels_march"] = os.environ.get("ZHIYIN_KERNELS_MARCH") or "native"
     return result
 
 
@@ -181,7 +182,8 @@ def print_table(results: list[dict], shape: str, seconds: float) -> None:
         rows.append(("peak GPU memory allocated (GB)", "peak_gpu_gb", "{:.2f}"))
     names = [r["mode"] for r in results]
     width = max(len(n) for n in names) + 2
-    where = results[0]["gpu"] if on_gpu else f"CPU, {results[0]['threads']} threads"
+    first = results[0]
+    where = first["gpu"] if on_gpu else f"CPU, {first['threads']} threads, kernels for -march={first['kernels_march']}"
     print(f"\nmusicgen-{shape} shapes, random weights; {where}\n")
     print(f"{'':40s}" + "".join(f"{n:>{width}s}" for n in names))
     for label, key, fmt in rows:
@@ -209,6 +211,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="music length of the end-to-end run")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default bench/checkpoints/<shape>")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--march", default=None,
+                        help="build zhiyin's CPU kernels for this -march (e.g. x86-64-v3: AVX2) instead of this CPU's")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = args.checkpoint or HERE / "checkpoints" / args.shape
@@ -229,7 +233,8 @@ def main() -> None:
         print(f"running {mode} ...", file=sys.stderr)
         command = [sys.executable, __file__, "--worker", mode, "--shape", args.shape, "--steps", str(args.steps),
                    "--seconds", str(args.seconds), "--checkpoint", str(folder), "--device", args.device]
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        env = {**os.environ, "TQDM_DISABLE": "1", **({"ZHIYIN_KERNELS_MARCH": args.march} if args.march else {})}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             print(f"{mode} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
             continue

@@ -1,11 +1,18 @@
 """The weight-streaming CPU kernels against plain PyTorch, and the fast decoding path against the plain one."""
 
+import ctypes
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from checkpoints import make_checkpoint
+from decoder_steps import compare_steps, make_decoder, text_condition
 from zhiyin import MusicgenForConditionalGeneration, kernels
+from zhiyin.fused_step import FusedStep
 from zhiyin.kernels import StreamingLinear
 from zhiyin.quantization import quantize_int8
 
@@ -37,7 +44,7 @@ def test_int8_kernel_matches_dequantized_weights(rows):
     dequantized = q.float() * scale[:, None]
     assert (dequantized - weight).abs().max() <= scale.max() / 2 + 1e-6  # round to nearest
     got = StreamingLinear(q, scale)(x)
-    # with AVX512-VNNI the activations go in as int16 (a scale per row): at most half a step off per element
+    # on x86 with AVX2 the activations go in as int16 (a scale per row): at most half a step off per element
     step = x.abs().amax(dim=1, keepdim=True) / 32767  # [rows, 1]
     bound = step / 2 * dequantized.abs().sum(dim=1) + 1e-5 * F.linear(x.abs(), dequantized.abs())
     assert ((got - F.linear(x, dequantized)).abs() <= bound).all()
@@ -119,3 +126,48 @@ def test_kernels_are_built_once_into_the_cache_with_a_notice(tmp_path, monkeypat
     monkeypatch.setattr(kernels, "_tried", False)
     assert kernels.library() is not None  # a new process would find it: no second build, no notice
     assert list(tmp_path.glob("kernels-*.so")) == built and capsys.readouterr().err == ""
+
+
+def _cpu_flags() -> set[str]:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+
+
+def _product(library, layer: StreamingLinear, x: Tensor) -> Tensor:
+    y = torch.empty(x.shape[0], layer.out_features)
+    library.zhiyin_linear(ctypes.byref(layer.weights()), x.data_ptr(), y.data_ptr(), x.shape[0], 2)
+    return y
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 instruction-set levels")
+@pytest.mark.parametrize("march, flag", [("x86-64-v3", "avx2"), ("x86-64", "sse2")])
+def test_kernels_built_for_older_x86_levels(march, flag):
+    """Most x86 machines have AVX2 but not AVX-512 (where this CPU may build wider code): the same sources built for
+    AVX2 and for plain SSE2 give the same products and the same decoder steps. int8 on AVX2 uses exact integer sums
+    like AVX512-VNNI does: the same numbers to the bit."""
+    if flag not in _cpu_flags():
+        pytest.skip(f"this CPU has no {flag}")
+    native, older = kernels.library(), kernels.build(march)
+    g = torch.Generator().manual_seed(0)
+    for N, K in [(96, 1000), (64, 4096), (40, 8192)]:
+        weight = torch.randn(N, K, generator=g)
+        for rows in (1, 2, 6):
+            x = torch.randn(rows, K, generator=g)
+            for layer in (StreamingLinear(weight), StreamingLinear(weight.bfloat16())):
+                want = F.linear(x, layer.weight.float())
+                assert torch.allclose(_product(older, layer, x), want, rtol=1e-5, atol=1e-4 * K**0.5), (N, K, rows)
+            int8 = StreamingLinear(*quantize_int8(weight))
+            got = _product(older, int8, x)
+            if flag == "avx2":
+                assert torch.equal(got, _product(native, int8, x)), (N, K, rows)
+            want = F.linear(x, int8.dequantized(torch.float32))
+            assert ((got - want).abs() <= 1e-3 * F.linear(x.abs(), int8.dequantized(torch.float32).abs())).all()
+    # the int16 products' worst case: every weight and activation at its largest, int32 lanes at their fullest
+    extreme = StreamingLinear(*quantize_int8(torch.ones(8, 8192)))
+    x = torch.ones(2, 8192)
+    assert torch.equal(_product(older, extreme, x), torch.full((2, 8), 8192.0))
+    for quantize in (None, "int8"):
+        decoder = make_decoder(seed=11)
+        kernels.accelerate_decoder(decoder, quantize)
+        compare_steps(decoder, text_condition(decoder, 2), 2, tolerance=1e-5 if quantize is None else 1e-3,
+                      build=lambda decoder, cross, offset: FusedStep(decoder, cross, offset, older))

@@ -5,8 +5,9 @@ how fast the weights stream from memory. PyTorch's BLAS reaches a third to a hal
 shapes; `csrc/matvec.h` reaches most of it, for float32, bfloat16 and int8 (weight-only, one scale per output row)
 weights. `csrc/kernels.cpp` runs one such product on its own (StreamingLinear, here) or a whole decoder step in one
 call (fused_step.py). The sources are compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`)
-into ~/.cache/zhiyin (or $ZHIYIN_CACHE) and called through ctypes. Without a compiler, or with ZHIYIN_KERNELS=0,
-the same layers run on plain PyTorch: results agree to float rounding.
+into ~/.cache/zhiyin (or $ZHIYIN_CACHE) and called through ctypes; ZHIYIN_KERNELS_MARCH=x86-64-v3 (any -march)
+builds them for another CPU level instead. Without a compiler, or with ZHIYIN_KERNELS=0, the same layers run on
+plain PyTorch: results agree to float rounding.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .quantization import dequantize_int8, quantize_int8
 
 SOURCES = Path(__file__).with_name("csrc")
 SOURCE = SOURCES / "kernels.cpp"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]  # and -march=<target>
 MAX_ROWS = 8  # rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but for int8 weights
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # csrc/matvec.h's WeightType
 # Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each
@@ -60,14 +61,15 @@ def _cpu_signature() -> str:
     return platform.processor() + platform.machine()
 
 
-def _build(target: Path) -> None:
+def _compile(target: Path, march: str) -> None:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(f".{os.getpid()}.tmp")
     try:
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(temporary)], check=True, capture_output=True, text=True)
+        command = [compiler, *FLAGS, f"-march={march}", str(SOURCE), "-o", str(temporary)]
+        subprocess.run(command, check=True, capture_output=True, text=True)
         os.replace(temporary, target)
     except subprocess.CalledProcessError as error:
         raise RuntimeError(f"compiling {SOURCE.name} failed: {error.stderr.strip()[-500:]}") from None
@@ -75,31 +77,37 @@ def _build(target: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def build(march: str = "native") -> ctypes.CDLL:
+    """The kernels compiled for `march` (the compiler's -march: this CPU by default; the tests also build older x86
+    levels), built once into ~/.cache/zhiyin or $ZHIYIN_CACHE and loaded. Raises RuntimeError or OSError."""
+    sources = b"".join(path.read_bytes() for path in sorted(SOURCES.iterdir()) if path.suffix in (".cpp", ".h"))
+    signature = " ".join([*FLAGS, march]) + (_cpu_signature() if march == "native" else "")
+    key = hashlib.sha256(sources + signature.encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("ZHIYIN_CACHE") or Path.home() / ".cache" / "zhiyin")
+    target = cache / f"kernels-{key}.so"
+    if not target.exists():
+        print(f"zhiyin: compiling the CPU kernels into {cache} (once per machine, a few seconds)", file=sys.stderr)
+        _compile(target, march)
+    lib = ctypes.CDLL(str(target))
+    p = ctypes.c_void_p
+    lib.zhiyin_linear.argtypes = [ctypes.POINTER(LinearWeights), p, p, ctypes.c_int64, ctypes.c_int]
+    lib.zhiyin_decoder_step.argtypes = [p, p, ctypes.c_int64, p]
+    return lib
+
+
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, built on first use; None if they are switched off or can't be built here."""
+    """The compiled kernels for this CPU, built on first use; None if they are switched off or can't be built here."""
     global _library, _tried
     if not _enabled:
         return None
     if _tried:
         return _library
     _tried = True
-    sources = b"".join(path.read_bytes() for path in sorted(SOURCES.iterdir()) if path.suffix in (".cpp", ".h"))
-    key = hashlib.sha256(sources + " ".join(FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("ZHIYIN_CACHE") or Path.home() / ".cache" / "zhiyin")
-    target = cache / f"kernels-{key}.so"
     try:
-        if not target.exists():
-            print(f"zhiyin: compiling the CPU kernels into {cache} (once per machine, a few seconds)", file=sys.stderr)
-            _build(target)
-        lib = ctypes.CDLL(str(target))
+        _library = build(os.environ.get("ZHIYIN_KERNELS_MARCH") or "native")
     except (RuntimeError, OSError) as error:
         warnings.warn(f"zhiyin: fast CPU kernels unavailable ({error}); using plain PyTorch (slower)", stacklevel=2)
-        return None
-    p = ctypes.c_void_p
-    lib.zhiyin_linear.argtypes = [ctypes.POINTER(LinearWeights), p, p, ctypes.c_int64, ctypes.c_int]
-    lib.zhiyin_decoder_step.argtypes = [p, p, ctypes.c_int64, p]
-    _library = lib
-    return lib
+    return _library
 
 
 class LinearWeights(ctypes.Structure):

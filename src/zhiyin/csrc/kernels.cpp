@@ -32,15 +32,15 @@ struct Activations {
 };
 
 void layer_norm(const float *x, const float *weight, const float *bias, float eps, int64_t d, float *y) {  // one row
-    f32x16 acc = {};
+    vf32 acc = {};
     int64_t j = 0;
     for (; j + LANES <= d; j += LANES) acc += load(x + j);
     float mean = hsum(acc);
     for (; j < d; j++) mean += x[j];
     mean /= float(d);
-    acc = f32x16{};
+    acc = vf32{};
     for (j = 0; j + LANES <= d; j += LANES) {
-        f32x16 c = load(x + j) - mean;
+        vf32 c = load(x + j) - mean;
         acc += c * c;
     }
     float var = hsum(acc);
@@ -53,7 +53,7 @@ void layer_norm(const float *x, const float *weight, const float *bias, float ep
 
 template <typename T>
 float dot(const float *q, const T *k, int64_t n) {
-    f32x16 acc = {};
+    vf32 acc = {};
     int64_t j = 0;
     for (; j + LANES <= n; j += LANES) acc += load(q + j) * load(k + j);
     float s = hsum(acc);
@@ -82,16 +82,16 @@ void attend(const float *q, const T *keys, const float *key_scales, const T *val
         scores[l] = s;
         top = std::max(top, s);
     }
-    f32x16 total = {};
+    vf32 total = {};
     int64_t l = 0;
     for (; l + LANES <= length; l += LANES) {
-        f32x16 e = zhiyin::exp(load(scores + l) - top);
+        vf32 e = zhiyin::exp(load(scores + l) - top);
         store(scores + l, e);
         total += e;
     }
     float sum = hsum(total);
     for (; l < length; l++) {
-        f32x16 e = zhiyin::exp(splat(scores[l] - top));
+        vf32 e = zhiyin::exp(splat(scores[l] - top));
         scores[l] = e[0];
         sum += e[0];
     }

@@ -3,9 +3,9 @@
 //
 // A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so its speed is
 // how fast the weights stream from memory: each weight element is loaded once and used for all M rows. W is float32,
-// bfloat16 (raw uint16) or int8 with a float32 scale per output row. Int8 weights on CPUs with AVX512-VNNI multiply
-// int16 activations (x quantized per row, `quantize_rows`) with vpdpwssd: exact integer sums, twice the elements per
-// instruction of a float conversion, so they stream at the memory's speed; elsewhere int8 converts to float.
+// bfloat16 (raw uint16) or int8 with a float32 scale per output row. Int8 weights on x86 CPUs with AVX2 or
+// AVX512-VNNI multiply int16 activations (x quantized per row, `quantize_rows`) with vpmaddwd / vpdpwssd: exact
+// integer sums, so both give the same numbers, at the memory's speed; elsewhere (SSE, ARM) int8 converts to float.
 #pragma once
 #include <algorithm>
 #include "vector_math.h"
@@ -32,36 +32,37 @@ struct Rows {
 };
 
 constexpr int MAX_ROWS = 8;
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if (defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__)
+#define ZHIYIN_INT16 1
 constexpr bool INT16_ACTIVATIONS = true;
 #else
+#define ZHIYIN_INT16 0
 constexpr bool INT16_ACTIVATIONS = false;
 #endif
 
 inline bool needs_int16(const Linear &w) { return INT16_ACTIVATIONS && w.type == I8; }
 
-// x [m, k] -> xq [m, k] int16, xscale [m]: x ~= xq * xscale. Each int32 lane of the product sums k/16 products of
-// |w| <= 127 and |xq| <= limit, so limit keeps them from overflowing (32767 up to k = 8256).
+// x [m, k] -> xq [m, k] int16, xscale [m]: x ~= xq * xscale. Each int32 lane of a product's accumulators sums k/16
+// products of |w| <= 127 and |xq| <= limit, so limit keeps them from overflowing (32767 up to k = 8256).
 inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, float *xscale) {
     const double lanes_sum = 127.0 * double((k + 15) / 16);
     const float limit = float(std::min(32767.0, std::floor(2147483647.0 / lanes_sum)));
-    typedef int16_t i16x16 __attribute__((vector_size(32)));
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
-        f32x16 top16 = {};
+        vf32 top_lanes = {};
         int64_t j = 0;
         for (; j + LANES <= k; j += LANES) {
-            f32x16 v = load(row + j);
+            vf32 v = load(row + j);
             v = select(v < splat(0.f), -v, v);
-            top16 = select(v > top16, v, top16);
+            top_lanes = select(v > top_lanes, v, top_lanes);
         }
         float top = 0.f;
-        for (int i = 0; i < LANES; i++) top = std::max(top, top16[i]);
+        for (int i = 0; i < LANES; i++) top = std::max(top, top_lanes[i]);
         for (; j < k; j++) top = std::max(top, std::fabs(row[j]));
         const float scale = top > 0.f ? top / limit : 1.f, inverse = 1.f / scale;
         for (j = 0; j + LANES <= k; j += LANES) {
-            f32x16 q = round_even(load(row + j) * inverse);
-            i16x16 h = __builtin_convertvector(__builtin_convertvector(q, i32x16), i16x16);
+            vf32 q = round_even(load(row + j) * inverse);
+            vi16 h = __builtin_convertvector(__builtin_convertvector(q, vi32), vi16);
             std::memcpy(xq + r * k + j, &h, sizeof h);
         }
         for (; j < k; j++) xq[r * k + j] = int16_t(std::nearbyint(row[j] * inverse));
@@ -75,13 +76,13 @@ inline void put(float *y, float v, bool add) { *y = add ? *y + v : v; }
 template <int M, int NB, typename W>
 inline void float_block(const float *x, const W *w, const float *scale, int64_t K, int64_t n, float *y, int64_t ldy,
                         bool add) {
-    f32x16 acc[NB][M] = {};
+    vf32 acc[NB][M] = {};
     int64_t k = 0;
     for (; k + LANES <= K; k += LANES) {
-        f32x16 xv[M];
+        vf32 xv[M];
         for (int m = 0; m < M; m++) xv[m] = load(x + m * K + k);
         for (int b = 0; b < NB; b++) {
-            f32x16 wv = load(w + (n + b) * K + k);
+            vf32 wv = load(w + (n + b) * K + k);
             for (int m = 0; m < M; m++) acc[b][m] += wv * xv[m];
         }
     }
@@ -126,6 +127,15 @@ void float_matvec(const Rows &r, const W *w, const float *scale, int64_t K, floa
     }
 }
 
+#if ZHIYIN_INT16
+// the columns k.. of a row that the vector loop leaves, exactly
+inline int64_t int16_tail(const int8_t *row, const int16_t *x, int64_t k, int64_t K) {
+    int64_t s = 0;
+    for (; k < K; k++) s += int64_t(row[k]) * x[k];
+    return s;
+}
+#endif
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 inline int64_t reduce_exact(__m512i v) {  // 16 int32 lanes summed in int64
     __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
@@ -133,23 +143,54 @@ inline int64_t reduce_exact(__m512i v) {  // 16 int32 lanes summed in int64
     return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
 }
 
-// Weight row n against M rows of x, M accumulators in registers.
+// Weight row n against M rows of x, M accumulators in registers: the exact integer sums
 template <int M>
-inline void int16_row(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K,
-                      int64_t n, float *y, int64_t ldy, bool add) {
+inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t *sums) {
     __m512i acc[M];
     for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_si512();
-    const int8_t *row = w + n * K;
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
         const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(row + k)));
         for (int m = 0; m < M; m++) acc[m] = _mm512_dpwssd_epi32(acc[m], wv, _mm512_loadu_si512(xq + m * K + k));
     }
-    for (int m = 0; m < M; m++) {
-        int64_t s = reduce_exact(acc[m]);
-        for (int64_t j = k; j < K; j++) s += int64_t(row[j]) * xq[m * K + j];
-        put(y + m * ldy + n, float(s) * (scale[n] * xscale[m]), add);
+    for (int m = 0; m < M; m++) sums[m] = reduce_exact(acc[m]) + int16_tail(row, xq + m * K, k, K);
+}
+#elif defined(__AVX2__)
+inline int64_t reduce_exact(__m256i v) {  // 8 int32 lanes summed in int64
+    __m256i s = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                 _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    return _mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1);
+}
+
+// As above with vpmaddwd: two accumulators per row (even and odd 16 columns of each 32), so that each int32 lane
+// sums k/16 products, as one lane of vpdpwssd's does
+template <int M>
+inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t *sums) {
+    __m256i even[M], odd[M];
+    for (int m = 0; m < M; m++) even[m] = odd[m] = _mm256_setzero_si256();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + k)));
+        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + k + 16)));
+        for (int m = 0; m < M; m++) {
+            const int16_t *x = xq + m * K + k;
+            even[m] = _mm256_add_epi32(even[m], _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)x)));
+            odd[m] = _mm256_add_epi32(odd[m], _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(x + 16))));
+        }
     }
+    for (int m = 0; m < M; m++) sums[m] = reduce_exact(even[m]) + reduce_exact(odd[m]) + int16_tail(row, xq + m * K, k, K);
+}
+#endif
+
+#if ZHIYIN_INT16
+// Weight row n against M rows of x: exact integer sums, scaled
+template <int M>
+inline void int16_row(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K,
+                      int64_t n, float *y, int64_t ldy, bool add) {
+    int64_t sums[M];
+    int16_dots<M>(xq, w + n * K, K, sums);
+    for (int m = 0; m < M; m++) put(y + m * ldy + n, float(sums[m]) * (scale[n] * xscale[m]), add);
 }
 
 template <int M>
@@ -190,7 +231,7 @@ inline void matvec(const Linear &w, const Rows &r, float *y, int64_t ldy, bool a
     case F32: return float_matvec(r, (const float *)w.weight, nullptr, w.k, y, ldy, add, n0, n1);
     case BF16: return float_matvec(r, (const uint16_t *)w.weight, nullptr, w.k, y, ldy, add, n0, n1);
     default:
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if ZHIYIN_INT16
         return int16_matvec(r, (const int8_t *)w.weight, w.scale, w.k, y, ldy, add, n0, n1);
 #else
         return float_matvec(r, (const int8_t *)w.weight, w.scale, w.k, y, ldy, add, n0, n1);
