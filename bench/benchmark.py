@@ -221,6 +221,12 @@ def main() -> None:
         print(json.dumps(worker(args.worker, folder, args.steps, args.seconds, args.device)))
         return
     args.modes = args.modes or (CUDA_MODES if args.device == "cuda" else MODES)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit(f"--device cuda: this PyTorch ({torch.__version__}) sees no CUDA GPU; run on a GPU machine with a "
+                     "CUDA build of torch, or leave --device out for the CPU")
     if not (folder / "model.safetensors").exists():
         make_checkpoint(args.shape, folder)
     try:
