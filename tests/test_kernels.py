@@ -171,3 +171,24 @@ def test_kernels_built_for_older_x86_levels(march, flag):
         kernels.accelerate_decoder(decoder, quantize)
         compare_steps(decoder, text_condition(decoder, 2), 2, tolerance=1e-5 if quantize is None else 1e-3,
                       build=lambda decoder, cross, offset: FusedStep(decoder, cross, offset, older))
+
+
+def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypatch, capsys):
+    """Apple's clang has no -fopenmp: the kernels are then built without it and run on one thread, same numbers."""
+    real = kernels._compiler()
+    wrapper = tmp_path / "c++"
+    wrapper.write_text(f'#!/bin/sh\nfor a; do [ "$a" = -fopenmp ] && {{ echo "unsupported option -fopenmp" >&2; exit 1; }}; '
+                       f'done\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CXX", str(wrapper))
+    monkeypatch.setenv("ZHIYIN_CACHE", str(tmp_path / "cache"))
+    single = kernels.build()
+    assert "has no OpenMP" in capsys.readouterr().err
+    assert single.zhiyin_openmp() == 0
+    layer = StreamingLinear(*quantize_int8(torch.randn(300, 1000)))
+    x = torch.randn(2, 1000)
+    assert torch.equal(_product(single, layer, x), _product(kernels.library(), layer, x))
+    decoder = make_decoder(seed=12)
+    kernels.accelerate_decoder(decoder)
+    compare_steps(decoder, text_condition(decoder, 2), 2,
+                  build=lambda decoder, cross, offset: FusedStep(decoder, cross, offset, single))

@@ -4,10 +4,10 @@ A decoder step multiplies a few activation rows (batch x 2 with guidance) by eve
 how fast the weights stream from memory. PyTorch's BLAS reaches a third to a half of the memory bandwidth on such
 shapes; `csrc/matvec.h` reaches most of it, for float32, bfloat16 and int8 (weight-only, one scale per output row)
 weights. `csrc/kernels.cpp` runs one such product on its own (StreamingLinear, here) or a whole decoder step in one
-call (fused_step.py). The sources are compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`)
-into ~/.cache/zhiyin (or $ZHIYIN_CACHE) and called through ctypes; ZHIYIN_KERNELS_MARCH=x86-64-v3 (any -march)
-builds them for another CPU level instead. Without a compiler, or with ZHIYIN_KERNELS=0, the same layers run on
-plain PyTorch: results agree to float rounding.
+call (fused_step.py). The sources are compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`;
+a compiler without OpenMP builds them for one thread) into ~/.cache/zhiyin (or $ZHIYIN_CACHE) and called through
+ctypes; ZHIYIN_KERNELS_MARCH=x86-64-v3 (any -march) builds them for another CPU level instead. Without a compiler, or
+with ZHIYIN_KERNELS=0, the same layers run on plain PyTorch: results agree to float rounding.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .quantization import dequantize_int8, quantize_int8
 
 SOURCES = Path(__file__).with_name("csrc")
 SOURCE = SOURCES / "kernels.cpp"
-FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]  # and -march=<target>
+FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]  # and -fopenmp, -march=<target> (_compile)
 MAX_ROWS = 8  # rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but for int8 weights
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # csrc/matvec.h's WeightType
 # Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each
@@ -61,18 +61,33 @@ def _cpu_signature() -> str:
     return platform.processor() + platform.machine()
 
 
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
 def _compile(target: Path, march: str) -> None:
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    """Compile the kernels into target: with OpenMP if the compiler has it (else on one thread: Apple's clang, clang
+    without libomp), for -march (or -mcpu=native where the compiler knows no -march=native)."""
+    compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(f".{os.getpid()}.tmp")
+    targets = [f"-march={march}"] + (["-mcpu=native"] if march == "native" else [])
+    errors = []
     try:
-        command = [compiler, *FLAGS, f"-march={march}", str(SOURCE), "-o", str(temporary)]
-        subprocess.run(command, check=True, capture_output=True, text=True)
-        os.replace(temporary, target)
-    except subprocess.CalledProcessError as error:
-        raise RuntimeError(f"compiling {SOURCE.name} failed: {error.stderr.strip()[-500:]}") from None
+        for openmp in (["-fopenmp"], []):
+            for arch in targets:
+                command = [compiler, *FLAGS, *openmp, arch, str(SOURCE), "-o", str(temporary)]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode == 0:
+                    if not openmp:
+                        print(f"zhiyin: {compiler} has no OpenMP, so the CPU kernels run on one thread (g++, or clang "
+                              "with libomp, runs them on all cores)", file=sys.stderr)
+                    os.replace(temporary, target)
+                    return
+                errors.append(done.stderr.strip())
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {errors[0][-500:]}")
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -81,7 +96,7 @@ def build(march: str = "native") -> ctypes.CDLL:
     """The kernels compiled for `march` (the compiler's -march: this CPU by default; the tests also build older x86
     levels), built once into ~/.cache/zhiyin or $ZHIYIN_CACHE and loaded. Raises RuntimeError or OSError."""
     sources = b"".join(path.read_bytes() for path in sorted(SOURCES.iterdir()) if path.suffix in (".cpp", ".h"))
-    signature = " ".join([*FLAGS, march]) + (_cpu_signature() if march == "native" else "")
+    signature = " ".join([str(_compiler()), *FLAGS, march]) + (_cpu_signature() if march == "native" else "")
     key = hashlib.sha256(sources + signature.encode()).hexdigest()[:16]
     cache = Path(os.environ.get("ZHIYIN_CACHE") or Path.home() / ".cache" / "zhiyin")
     target = cache / f"kernels-{key}.so"

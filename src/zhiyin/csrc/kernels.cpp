@@ -4,7 +4,12 @@
 //   zhiyin_decoder_step  one whole decoder step for one new position per row, in one call and one parallel region:
 //                        embeddings, every layer (norms, attention over the KV cache and the text, FFN), final norm,
 //                        LM heads. It computes what decoder.py's MusicgenDecoder.forward computes for T = 1.
+#ifdef _OPENMP
 #include <omp.h>
+#else  // a compiler without OpenMP (Apple's clang, clang without libomp): one thread, the pragmas ignored
+inline int omp_get_thread_num() { return 0; }
+inline int omp_get_num_threads() { return 1; }
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -137,6 +142,12 @@ struct Step {
 extern "C" {
 
 int zhiyin_max_rows() { return MAX_ROWS; }
+
+#ifdef _OPENMP
+int zhiyin_openmp() { return 1; }
+#else
+int zhiyin_openmp() { return 0; }
+#endif
 
 // y [m, n] = x [m, k] . W^T. Up to MAX_ROWS rows the threads split W's rows; more rows (a prefill) go over W in
 // chunks of CHUNK_ROWS rows, each kept in cache while every block of MAX_ROWS activation rows passes over it.
