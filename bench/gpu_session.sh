@@ -24,4 +24,5 @@ nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt"
 # the CUDA graph's own tests, then the model tests (those that need ../shared/audio fail where it is missing)
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py tests/test_sampling.py tests/test_model.py 2>&1 \
     | tee "$out/tests.txt"
-python3 bench/benchmark.py --device cuda --seconds 30 --json "$out/results-small-gpu.json" 2>&1 | tee "$out/benchmark.txt"
+python3 bench/benchmark.py --device cuda --seconds 30 --json "$out/results-small-gpu.json" 2>&1 \
+    | tee "$out/benchmark.txt"

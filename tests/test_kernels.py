@@ -177,8 +177,8 @@ def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypat
     """Apple's clang has no -fopenmp: the kernels are then built without it and run on one thread, same numbers."""
     real = kernels._compiler()
     wrapper = tmp_path / "c++"
-    wrapper.write_text(f'#!/bin/sh\nfor a; do [ "$a" = -fopenmp ] && {{ echo "unsupported option -fopenmp" >&2; exit 1; }}; '
-                       f'done\nexec {real} "$@"\n')
+    refuse = '[ "$a" = -fopenmp ] && { echo "unsupported option -fopenmp" >&2; exit 1; }'
+    wrapper.write_text(f'#!/bin/sh\nfor a; do {refuse}; done\nexec {real} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("CXX", str(wrapper))
     monkeypatch.setenv("ZHIYIN_CACHE", str(tmp_path / "cache"))

@@ -179,7 +179,8 @@ inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t 
             odd[m] = _mm256_add_epi32(odd[m], _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(x + 16))));
         }
     }
-    for (int m = 0; m < M; m++) sums[m] = reduce_exact(even[m]) + reduce_exact(odd[m]) + int16_tail(row, xq + m * K, k, K);
+    for (int m = 0; m < M; m++)
+        sums[m] = reduce_exact(even[m]) + reduce_exact(odd[m]) + int16_tail(row, xq + m * K, k, K);
 }
 #endif
 
