@@ -2,7 +2,6 @@
 
 import ctypes
 import platform
-from pathlib import Path
 
 import pytest
 import torch
@@ -128,11 +127,6 @@ def test_kernels_are_built_once_into_the_cache_with_a_notice(tmp_path, monkeypat
     assert list(tmp_path.glob("kernels-*.so")) == built and capsys.readouterr().err == ""
 
 
-def _cpu_flags() -> set[str]:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
-
-
 def _product(library, layer: StreamingLinear, x: Tensor) -> Tensor:
     y = torch.empty(x.shape[0], layer.out_features)
     library.zhiyin_linear(ctypes.byref(layer.weights()), x.data_ptr(), y.data_ptr(), x.shape[0], 2)
@@ -145,7 +139,7 @@ def test_kernels_built_for_older_x86_levels(march, flag):
     """Most x86 machines have AVX2 but not AVX-512 (where this CPU may build wider code): the same sources built for
     AVX2 and for plain SSE2 give the same products and the same decoder steps. int8 on AVX2 uses exact integer sums
     like AVX512-VNNI does: the same numbers to the bit."""
-    if flag not in _cpu_flags():
+    if flag not in kernels._cpu_signature().split():  # /proc/cpuinfo's flags line
         pytest.skip(f"this CPU has no {flag}")
     native, older = kernels.library(), kernels.build(march)
     g = torch.Generator().manual_seed(0)
