@@ -4,9 +4,7 @@ audio prompts, every checkpoint layout, save_pretrained round trip, and clear er
 import json
 import shutil
 
-import numpy as np
 import pytest
-import soundfile
 import torch
 
 from checkpoints import make_checkpoint

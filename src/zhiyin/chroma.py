@@ -27,14 +27,11 @@ from torch import Tensor
 
 from .inputs import BatchFeature
 from .processor import (
-    PREPROCESSOR_CONFIG_FILE,
     MusicgenProcessor,
     _check_return_tensors,
     _feature_extractor_config,
     _load_tokenizer,
-    _looks_like_text,
     _padding_strategy,
-    _write_json,
 )
 
 logger = logging.getLogger(__name__)
