@@ -133,6 +133,41 @@ def _product(library, layer: StreamingLinear, x: Tensor) -> Tensor:
     return y
 
 
+def _int16_product(q: Tensor, scale: Tensor, x: Tensor) -> Tensor:
+    """What the int8 kernels compute where activations go in as int16 (x86 with AVX2, 64-bit ARM), in PyTorch: each
+    row scaled to +-32767, its float32 products x * (1 / scale) rounded to the nearest integer (ties to even), exact
+    integer sums, then float(sum) * (weight scale * row scale)."""
+    top = x.abs().amax(dim=1, keepdim=True)  # [rows, 1]
+    row_scale = torch.where(top > 0, top / 32767.0, torch.ones_like(top))
+    xq = torch.round(x * (1.0 / row_scale))  # float32 products, then to the nearest integer
+    sums = xq.long() @ q.long().T  # exact
+    return sums.float() * (scale[None, :] * row_scale)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="int16 activations: x86 and 64-bit ARM")
+def test_int16_activations_round_each_float32_product():
+    """Activations whose float32 product with the row's inverse scale lands exactly on .5 (the exact product just
+    above): rounded from the float32 product, ties to even, at every column, vector body or tail, on every build
+    (a fused multiply-add in the vector body once rounded them up while the scalar tail rounded them down)."""
+    if not kernels.library().zhiyin_int16():
+        pytest.skip("this build converts int8 to float")
+    g = torch.Generator().manual_seed(3)
+    candidates = torch.rand(200000, generator=g)
+    exact = candidates.double() * 32767.0
+    ties = candidates[torch.round(candidates * 32767.0).double() != torch.round(exact)]  # float32 .5, exact above
+    x = torch.randn(3, 1000, generator=g).clamp(-1, 1) * 0.9
+    x[:, 0] = 1.0  # each row's largest: the inverse scale is 32767
+    for row in range(3):
+        x[row, [5, 500, 991, 993, 999]] = ties[row * 5 : row * 5 + 5]
+    layer = StreamingLinear(*quantize_int8(torch.randn(40, 1000, generator=g)))
+    want = _int16_product(layer.weight, layer.scale, x)
+    builds = [kernels.library()]
+    if platform.machine() == "x86_64" and "avx2" in kernels._cpu_signature().split():
+        builds.append(kernels.build("x86-64-v3"))
+    for library in builds:
+        assert torch.equal(_product(library, layer, x), want)
+
+
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 instruction-set levels")
 @pytest.mark.parametrize("march, flag", [("x86-64-v3", "avx2"), ("x86-64", "sse2")])
 def test_kernels_built_for_older_x86_levels(march, flag):
@@ -145,7 +180,7 @@ def test_kernels_built_for_older_x86_levels(march, flag):
     g = torch.Generator().manual_seed(0)
     for N, K in [(96, 1000), (64, 4096), (40, 8192)]:
         weight = torch.randn(N, K, generator=g)
-        for rows in (1, 2, 6):
+        for rows in (1, 2, 6, 8, 100):
             x = torch.randn(rows, K, generator=g)
             for layer in (StreamingLinear(weight), StreamingLinear(weight.bfloat16())):
                 want = F.linear(x, layer.weight.float())

@@ -143,6 +143,8 @@ extern "C" {
 
 int zhiyin_max_rows() { return MAX_ROWS; }
 
+int zhiyin_int16() { return INT16_ACTIVATIONS; }  // 1: int8 products take the activations as int16
+
 #ifdef _OPENMP
 int zhiyin_openmp() { return 1; }
 #else

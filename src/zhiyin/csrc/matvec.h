@@ -4,8 +4,8 @@
 // A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so its speed is
 // how fast the weights stream from memory: each weight element is loaded once and used for all M rows. W is float32,
 // bfloat16 (raw uint16) or int8 with a float32 scale per output row. Int8 weights on x86 CPUs with AVX2 or
-// AVX512-VNNI multiply int16 activations (x quantized per row, `quantize_rows`) with vpmaddwd / vpdpwssd: exact
-// integer sums, so both give the same numbers, at the memory's speed; elsewhere (SSE, ARM) int8 converts to float.
+// AVX512-VNNI and on 64-bit ARM multiply int16 activations (x quantized per row, `quantize_rows`) with vpmaddwd /
+// vpdpwssd / smlal: exact integer sums, so all give the same numbers; elsewhere (SSE) int8 converts to float.
 #pragma once
 #include <algorithm>
 #include "vector_math.h"
@@ -32,7 +32,7 @@ struct Rows {
 };
 
 constexpr int MAX_ROWS = 8;
-#if (defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__)
+#if (defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__) || defined(__aarch64__)
 #define ZHIYIN_INT16 1
 constexpr bool INT16_ACTIVATIONS = true;
 #else
@@ -61,8 +61,7 @@ inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, flo
         for (; j < k; j++) top = std::max(top, std::fabs(row[j]));
         const float scale = top > 0.f ? top / limit : 1.f, inverse = 1.f / scale;
         for (j = 0; j + LANES <= k; j += LANES) {
-            vf32 q = round_even(load(row + j) * inverse);
-            vi16 h = __builtin_convertvector(__builtin_convertvector(q, vi32), vi16);
+            vi16 h = __builtin_convertvector(product_to_int(load(row + j), inverse), vi16);
             std::memcpy(xq + r * k + j, &h, sizeof h);
         }
         for (; j < k; j++) xq[r * k + j] = int16_t(std::nearbyint(row[j] * inverse));
@@ -181,6 +180,34 @@ inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t 
     }
     for (int m = 0; m < M; m++)
         sums[m] = reduce_exact(even[m]) + reduce_exact(odd[m]) + int16_tail(row, xq + m * K, k, K);
+}
+#elif defined(__aarch64__)
+// As above with NEON's widening multiply-adds (smlal, 4 int32 lanes): four accumulators per row, one per 8 of each
+// 32 columns, so that each lane sums k/16 products, as one lane of vpdpwssd's does
+template <int M>
+inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t *sums) {
+    int32x4_t acc[4][M];
+    for (int a = 0; a < 4; a++)
+        for (int m = 0; m < M; m++) acc[a][m] = vdupq_n_s32(0);
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        for (int half = 0; half < 2; half++) {
+            const int8x16_t w = vld1q_s8(row + k + 16 * half);
+            const int16x8_t w0 = vmovl_s8(vget_low_s8(w)), w1 = vmovl_high_s8(w);
+            for (int m = 0; m < M; m++) {
+                const int16_t *x = xq + m * K + k + 16 * half;
+                const int16x8_t x0 = vld1q_s16(x), x1 = vld1q_s16(x + 8);
+                int32x4_t &a0 = acc[2 * half][m], &a1 = acc[2 * half + 1][m];
+                a0 = vmlal_high_s16(vmlal_s16(a0, vget_low_s16(w0), vget_low_s16(x0)), w0, x0);
+                a1 = vmlal_high_s16(vmlal_s16(a1, vget_low_s16(w1), vget_low_s16(x1)), w1, x1);
+            }
+        }
+    }
+    for (int m = 0; m < M; m++) {
+        int64_t s = int16_tail(row, xq + m * K, k, K);
+        for (int a = 0; a < 4; a++) s += vaddlvq_s32(acc[a][m]);  // 4 int32 lanes summed in int64
+        sums[m] = s;
+    }
 }
 #endif
 

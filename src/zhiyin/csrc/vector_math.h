@@ -8,6 +8,8 @@
 #include <cstring>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 namespace zhiyin {
@@ -86,6 +88,20 @@ inline vf32 select(vi32 mask, vf32 a, vf32 b) { return mask ? a : b; }
 inline vf32 round_even(vf32 x) {
     const vf32 magic = splat(12582912.f);
     return (x + magic) - magic;
+}
+
+// x * y rounded to float, then to the nearest integer (ties to even), exactly as the scalar
+// std::nearbyint(x * y) does: the rounding instructions, not round_even, which the compiler may fuse with the product
+inline vi32 product_to_int(vf32 x, float y) {
+#if defined(__AVX512F__)
+    return (vi32)_mm512_cvtps_epi32((__m512)(x * y));
+#elif defined(__AVX2__)
+    return (vi32)_mm256_cvtps_epi32((__m256)(x * y));
+#elif defined(__aarch64__)
+    return (vi32)vcvtnq_s32_f32((float32x4_t)(x * y));
+#else
+    return __builtin_convertvector(round_even(x * y), vi32);  // no fused multiply-add on these targets
+#endif
 }
 
 // e^x, Cephes' single-precision polynomial (about 1 ulp); inputs below -87.3 give ~1e-38, not 0
