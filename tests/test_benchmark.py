@@ -1,0 +1,42 @@
+"""bench/benchmark.py end to end on a tiny checkpoint: its machinery (modes in their own processes, the JSON, the
+table), not its figures, which come from the published shapes and live in BENCHMARKS.md."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "bench" / "benchmark.py"
+
+
+def test_benchmark_runs_zhiyin_and_transformers_side_by_side(tiny_checkpoint, tmp_path):
+    folder, _ = tiny_checkpoint
+    out = tmp_path / "results.json"
+    modes = ["zhiyin-float32", "zhiyin-int8", "transformers-float32"]
+    command = [sys.executable, str(BENCHMARK), "--checkpoint", str(folder), "--steps", "2", "--seconds", "0.5",
+               "--modes", *modes, "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    assert list(results) == modes
+    for mode, r in results.items():
+        for key in ("load_s", "t5_ms", "step_ms_b1", "step_ms_b4", "encodec_ms_per_s", "e2e_s", "peak_rss_gb"):
+            assert r[key] > 0, (mode, key)
+        assert r["e2e_audio_s"] == pytest.approx(0.5, abs=0.02), mode  # music of the length asked for
+        assert r["bandwidth"] > 1e8 and r["decoder_weight_bytes"] > 0, mode
+    # the floor counts what a step reads: int8 weights are a quarter of float32's
+    assert results["zhiyin-int8"]["decoder_weight_bytes"] < results["zhiyin-float32"]["decoder_weight_bytes"] / 3
+    table = done.stdout
+    assert f"checkpoint {folder}" in table and all(mode in table for mode in modes)
+    assert table.count("speed-up vs transformers-float32, step") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")
+def test_benchmark_on_cuda_without_a_gpu_says_so(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCHMARK), "--device", "cuda", "--checkpoint", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "sees no CUDA GPU" in done.stderr
+    assert not any(tmp_path.iterdir())  # nothing made
