@@ -65,16 +65,15 @@ def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
 
-def _compile(target: Path, march: str) -> None:
+def _compile(target: Path, march: str, compiler: str | None) -> None:
     """Compile the kernels into target: with OpenMP if the compiler has it (else on one thread: Apple's clang, clang
     without libomp), for -march (or -mcpu=native where the compiler knows no -march=native)."""
-    compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(f".{os.getpid()}.tmp")
     targets = [f"-march={march}"] + (["-mcpu=native"] if march == "native" else [])
-    errors = []
+    first_error = None
     try:
         for openmp in (["-fopenmp"], []):
             for arch in targets:
@@ -86,8 +85,8 @@ def _compile(target: Path, march: str) -> None:
                               "with libomp, runs them on all cores)", file=sys.stderr)
                     os.replace(temporary, target)
                     return
-                errors.append(done.stderr.strip())
-        raise RuntimeError(f"compiling {SOURCE.name} failed: {errors[0][-500:]}")
+                first_error = first_error or done.stderr.strip()
+        raise RuntimeError(f"compiling {SOURCE.name} failed: {first_error[-500:]}")
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -96,13 +95,14 @@ def build(march: str = "native") -> ctypes.CDLL:
     """The kernels compiled for `march` (the compiler's -march: this CPU by default; the tests also build older x86
     levels), built once into ~/.cache/zhiyin or $ZHIYIN_CACHE and loaded. Raises RuntimeError or OSError."""
     sources = b"".join(path.read_bytes() for path in sorted(SOURCES.iterdir()) if path.suffix in (".cpp", ".h"))
-    signature = " ".join([str(_compiler()), *FLAGS, march]) + (_cpu_signature() if march == "native" else "")
+    compiler = _compiler()
+    signature = " ".join([str(compiler), *FLAGS, march]) + (_cpu_signature() if march == "native" else "")
     key = hashlib.sha256(sources + signature.encode()).hexdigest()[:16]
     cache = Path(os.environ.get("ZHIYIN_CACHE") or Path.home() / ".cache" / "zhiyin")
     target = cache / f"kernels-{key}.so"
     if not target.exists():
         print(f"zhiyin: compiling the CPU kernels into {cache} (once per machine, a few seconds)", file=sys.stderr)
-        _compile(target, march)
+        _compile(target, march, compiler)
     lib = ctypes.CDLL(str(target))
     p = ctypes.c_void_p
     lib.zhiyin_linear.argtypes = [ctypes.POINTER(LinearWeights), p, p, ctypes.c_int64, ctypes.c_int]
