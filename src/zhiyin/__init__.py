@@ -1,26 +1,40 @@
 """zhiyin (知音): fast, faithful MusicGen in plain PyTorch, with the Hugging Face-style API.
 
     from zhiyin import MusicgenForConditionalGeneration, AutoProcessor
+
+The names below are imported when first used, so that `import zhiyin` (and `zhiyin --help`) does not pay for
+importing torch.
 """
 
-from .config import GenerationConfig, MusicgenConfig
-from . import kernels
-from .chroma import MusicgenMelodyFeatureExtractor, MusicgenMelodyProcessor
-from .hub import ModelNotFoundError
-from .melody import MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration
-from .model import MusicgenForConditionalGeneration
-from .processor import AutoProcessor, MusicgenProcessor
+from __future__ import annotations
 
-__all__ = [
-    "AutoProcessor",
-    "GenerationConfig",
-    "ModelNotFoundError",
-    "MusicgenConfig",
-    "MusicgenForConditionalGeneration",
-    "MusicgenMelodyConfig",
-    "MusicgenMelodyFeatureExtractor",
-    "MusicgenMelodyForConditionalGeneration",
-    "MusicgenMelodyProcessor",
-    "MusicgenProcessor",
-]
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {  # public name -> the module that defines it
+    "AutoProcessor": "processor",
+    "GenerationConfig": "config",
+    "ModelNotFoundError": "hub",
+    "MusicgenConfig": "config",
+    "MusicgenForConditionalGeneration": "model",
+    "MusicgenMelodyConfig": "melody",
+    "MusicgenMelodyFeatureExtractor": "chroma",
+    "MusicgenMelodyForConditionalGeneration": "melody",
+    "MusicgenMelodyProcessor": "chroma",
+    "MusicgenProcessor": "processor",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'zhiyin' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
