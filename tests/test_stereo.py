@@ -11,6 +11,7 @@ import soundfile
 import torch
 
 from checkpoints import make_checkpoint
+from nearest import reference_takes_our_prompt_codes
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
 from zhiyin.audio_io import read_audio
 from zhiyin.cli import main
@@ -117,8 +118,9 @@ def test_stereo_greedy_audio_prompt_and_text_token_identical(stereo, shared_audi
     clips = [clip, clip[:, 6000:]]  # two lengths: the shorter one is left-padded
     inputs = processor(audio=clips, sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
     assert inputs["input_values"].shape == (2, 2, clip.shape[1])
-    want_audio, want_codes = reference_generate(reference, calls, **inputs, do_sample=False, guidance_scale=3,
-                                                max_new_tokens=16)
+    with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
+        want_audio, want_codes = reference_generate(reference, calls, **inputs, do_sample=False, guidance_scale=3,
+                                                    max_new_tokens=16)
     codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16, return_codes=True)
     prompt_frames = math.ceil(clip.shape[1] / HOP)
     assert codes.shape == (2, 8, prompt_frames + 16 - 3)
@@ -178,8 +180,9 @@ def test_mono_prompt_to_stereo_model_is_copied_to_both_channels(stereo, shared_a
     mono_values = torch.from_numpy(mono)[None, None]  # [1, 1, T]
     with pytest.raises(ValueError, match="Expected stereo audio"):
         reference.generate(**text, input_values=mono_values, do_sample=False, max_new_tokens=8)
-    _, want = reference_generate(reference, calls, **text, input_values=mono_values.repeat(1, 2, 1),
-                                 do_sample=False, guidance_scale=3, max_new_tokens=8)
+    with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
+        _, want = reference_generate(reference, calls, **text, input_values=mono_values.repeat(1, 2, 1),
+                                     do_sample=False, guidance_scale=3, max_new_tokens=8)
     for values in (mono_values, mono_values[:, 0]):
         codes = ours.generate(**text, input_values=values, do_sample=False, guidance_scale=3, max_new_tokens=8,
                               return_codes=True)
@@ -200,8 +203,9 @@ def test_stereo_prompt_to_mono_model_is_mixed_down(tiny_checkpoint, shared_audio
     stereo_values = torch.from_numpy(stereo_clip(shared_audio))[None]  # [1, 2, T]
     with pytest.raises(RuntimeError):
         reference.generate(**text, input_values=stereo_values, do_sample=False, max_new_tokens=8)
-    _, want = reference_generate(reference, calls, **text, input_values=stereo_values.mean(1, keepdim=True),
-                                 do_sample=False, guidance_scale=3, max_new_tokens=8)
+    with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
+        _, want = reference_generate(reference, calls, **text, input_values=stereo_values.mean(1, keepdim=True),
+                                     do_sample=False, guidance_scale=3, max_new_tokens=8)
     codes = ours.generate(**text, input_values=stereo_values, do_sample=False, guidance_scale=3,
                           max_new_tokens=8, return_codes=True)
     assert torch.equal(codes, want)
