@@ -275,3 +275,31 @@ def test_no_network_fails_at_once_with_the_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="facebook/musicgen-small.*unreachable.*hf download"):
         MusicgenForConditionalGeneration.from_pretrained("facebook/musicgen-small", cache_dir=tmp_path / "empty")
     assert calls == [True]  # only the cache was asked
+
+
+def test_unconditional_inputs_carry_max_new_tokens(pair):
+    """transformers' documentation calls get_unconditional_inputs(num_samples=1, max_new_tokens=256)."""
+    _, _, ours, _ = pair
+    inputs = ours.get_unconditional_inputs(num_samples=2, max_new_tokens=13)
+    codes = ours.generate(**inputs, do_sample=False, return_codes=True)
+    assert codes.shape == (2, 4, 13 - 3)
+    with pytest.raises(ValueError, match="num_samples"):
+        ours.get_unconditional_inputs(num_samples=0)
+
+
+@pytest.mark.parametrize("setting", ["guidance_scale", "temperature", "top_p"])
+def test_sampling_settings_must_be_finite(pair, setting):
+    _, _, ours, processor = pair
+    inputs = processor(text=TEXTS[:1], return_tensors="pt")
+    with pytest.raises(ValueError, match=f"{setting} must be a finite number"):
+        ours.generate(**inputs, max_new_tokens=8, **{setting: float("nan")})
+    with pytest.raises(ValueError, match="duration must be a finite number"):
+        ours.generate_long(**inputs, duration=float("inf"))
+
+
+def test_too_long_audio_prompt_is_refused_before_encoding(pair, monkeypatch):
+    _, _, ours, processor = pair
+    inputs = processor(text=TEXTS[:1], return_tensors="pt")
+    monkeypatch.setattr(ours, "encode_audio", lambda *a, **k: pytest.fail("encoded a prompt that can't fit"))
+    with pytest.raises(ValueError, match="keep only its last seconds"):
+        ours.generate(**inputs, input_values=torch.zeros(1, 1, 32000 * 60), max_new_tokens=8)

@@ -14,7 +14,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from tokenizer_fixture import make_t5_like_tokenizer  # noqa: E402
-from zhiyin.audio_io import read_audio  # noqa: E402
+from zhiyin.audio_io import read_audio, resample  # noqa: E402
 from zhiyin.processor import AutoProcessor, BatchFeature, MusicgenProcessor  # noqa: E402
 
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
@@ -157,8 +157,9 @@ def test_stereo_matches_reference(tmp_path, clips):
         ours(audio=stereo[0], sampling_rate=32000, return_tensors="pt"),
         reference(audio=stereo[0], sampling_rate=32000, return_tensors="pt"),
     )
-    with pytest.raises(ValueError, match=r"\(2, samples\)"):
-        ours(audio=clips[0], sampling_rate=32000)
+    # a mono clip is copied to both channels
+    _assert_same(ours(audio=clips[0], sampling_rate=32000, return_tensors="pt"),
+                 reference(audio=np.stack([clips[0], clips[0]]), sampling_rate=32000, return_tensors="pt"))
 
 
 def test_batch_decode_audio_matches_reference(processors, clips):
@@ -230,12 +231,18 @@ def test_batch_feature_to_moves_only_float_tensors_for_a_dtype(processors, clips
         out.decoder_input_ids
 
 
-def test_wrong_sampling_rate_says_to_resample(processors, clips):
+def test_other_sampling_rates_are_resampled(processors, clips):
+    """The reference refuses audio at another rate; ours resamples it (soxr, as read_audio does), so the seed's
+    example (a 22.05 kHz data set sample with its own rate) runs as written."""
     ours, reference = processors
     with pytest.raises(ValueError):
         reference(audio=clips, sampling_rate=22050)
-    with pytest.raises(ValueError, match="22050 Hz but this model takes 32000 Hz; resample"):
-        ours(audio=clips, sampling_rate=22050)
+    got = ours(audio=clips, sampling_rate=22050, return_tensors="pt")
+    resampled = [resample(clip, 22050, 32000) for clip in clips]
+    assert got["input_values"].shape[-1] == max(len(c) for c in resampled) == round(len(clips[0]) * 32000 / 22050)
+    _assert_same(got, reference(audio=resampled, sampling_rate=32000, return_tensors="pt"))
+    with pytest.raises(ValueError, match="sampling_rate must be a positive"):
+        ours(audio=clips, sampling_rate=0)
 
 
 def test_missing_sampling_rate_warns(processors, clips, caplog):
@@ -245,10 +252,14 @@ def test_missing_sampling_rate_warns(processors, clips, caplog):
     assert "sampling_rate" in caplog.text
 
 
-def test_mono_extractor_rejects_a_2d_array(processors, clips):
-    ours, _ = processors
-    with pytest.raises(ValueError, match="mono audio"):
-        ours(audio=np.stack([clips[1], clips[1]]), sampling_rate=32000)
+def test_mono_extractor_mixes_channels_down(processors, clips):
+    ours, reference = processors
+    n = len(clips[1])
+    stereo = np.stack([clips[0][:n], clips[1]])
+    _assert_same(ours(audio=stereo, sampling_rate=32000, return_tensors="pt"),
+                 reference(audio=stereo.mean(axis=0), sampling_rate=32000, return_tensors="pt"))
+    with pytest.raises(ValueError, match="transpose"):  # [samples, channels] is not taken for many channels
+        ours(audio=stereo.T, sampling_rate=32000)
 
 
 def test_only_spiece_model_asks_for_tokenizer_json(mono_folder, tmp_path):
@@ -271,3 +282,27 @@ def test_nothing_to_process(processors):
     ours, _ = processors
     with pytest.raises(ValueError, match="text=..., audio=..."):
         ours()
+
+
+def test_empty_text_list_is_named(processors, caplog):
+    ours, _ = processors
+    with caplog.at_level(logging.WARNING, logger="zhiyin.processor"):
+        with pytest.raises(ValueError, match="text is an empty list"):
+            ours(text=[])
+    assert caplog.text == ""  # no word about audio that was never given
+
+
+def test_offline_hub_id_says_what_the_model_loader_says(tmp_path, monkeypatch):
+    """Offline and not cached: the processor's message is the model's (the hub is unreachable, how to fix it)."""
+    from huggingface_hub import constants
+
+    from zhiyin import MusicgenForConditionalGeneration
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    messages = []
+    for load in (AutoProcessor.from_pretrained, MusicgenForConditionalGeneration.from_pretrained):
+        with pytest.raises(FileNotFoundError) as error:
+            load("facebook/musicgen-small", cache_dir=tmp_path)
+        messages.append(str(error.value).split(" is not in the local cache")[0].rsplit(" and ", 1)[0])
+    assert "unreachable" in messages[0] and messages[0] == messages[1]

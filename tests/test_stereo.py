@@ -168,13 +168,13 @@ def test_mono_prompt_to_stereo_model_is_copied_to_both_channels(stereo, shared_a
     forward() turns mono codes into stereo by repeating each codebook (L = R). We do the same in generate():
     a [B, 1, T] (or [B, T]) prompt is up-mixed by copying it to both channels, so its codes are L = R and the
     result is the reference's for that prompt copied to both channels. The processor, like the reference's,
-    still wants (2, samples) clips from a stereo checkpoint and says how to up-mix a mono one."""
+    refuses a mono clip for a stereo checkpoint; ours copies it to both channels."""
     folder, reference, calls, ours, processor = stereo
     mono = stereo_clip(shared_audio)[0]
     with pytest.raises(ValueError, match="Expected stereo audio"):
         processor(audio=mono, sampling_rate=32000, return_tensors="pt")
-    with pytest.raises(ValueError, match=r"to_channels\(audio, 2\)"):
-        MusicgenProcessor.from_pretrained(folder)(audio=mono, sampling_rate=32000, return_tensors="pt")
+    copied = MusicgenProcessor.from_pretrained(folder)(audio=mono, sampling_rate=32000, return_tensors="pt")
+    assert torch.equal(copied["input_values"], torch.from_numpy(np.stack([mono, mono]))[None])
 
     text = processor(text=TEXTS[:1], return_tensors="pt")
     mono_values = torch.from_numpy(mono)[None, None]  # [1, 1, T]

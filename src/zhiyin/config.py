@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .hub import read_json
+
 
 class _SubConfig:
     """Shared behaviour: build from a dict (unknown keys kept aside), write back to a dict."""
@@ -166,8 +168,7 @@ class MusicgenConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "MusicgenConfig":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json(path))
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.extra)
@@ -214,8 +215,7 @@ class GenerationConfig(_SubConfig):
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "GenerationConfig":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json(path))
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

@@ -22,6 +22,7 @@ decoder's input, the melody tiled along as audiocraft does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -42,6 +43,9 @@ def plan_windows(
 ) -> tuple[int, int]:
     """Seconds -> (window, stride) in frames, checked: 0 < stride < window <= max_frames (one pass of the model),
     and the audio prompt leaves room in the first window."""
+    for name, value in (("window", window), ("extend_stride", extend_stride)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
     W, S = round(window * frame_rate), round(extend_stride * frame_rate)
     if not 0 < W <= max_frames:
         limit = f"{max_frames / frame_rate:g} s (one pass of this model)"
@@ -51,7 +55,7 @@ def plan_windows(
     if prompt_frames >= W:
         raise ValueError(
             f"the audio prompt ({prompt_frames / frame_rate:g} s) must be shorter than the window ({window:g} s): "
-            "shorten the prompt or widen the window"
+            "keep only its last seconds"
         )
     return W, S
 

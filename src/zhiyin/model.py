@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -115,9 +116,7 @@ class MusicgenForConditionalGeneration(nn.Module):
         device = parse_device(device) if device is not None else None
         hub_kwargs = dict(revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
         config_path = hub.resolve_file(name_or_path, "config.json", **hub_kwargs)
-        with open(config_path, encoding="utf-8") as f:
-            raw = json.load(f)
-        config = cls._read_config(raw, str(name_or_path))
+        config = cls._read_config(hub.read_json(config_path), str(name_or_path))
         generation_path = hub.resolve_file(name_or_path, "generation_config.json", required=False, **hub_kwargs)
         generation_config = GenerationConfig.from_json_file(generation_path) if generation_path else None
 
@@ -193,11 +192,17 @@ class MusicgenForConditionalGeneration(nn.Module):
 
     # ---- generation ----------------------------------------------------------------------------------------------
 
-    def get_unconditional_inputs(self, num_samples: int = 1) -> BatchFeature:
-        """Null text inputs for unconditional generation (guidance off), as the reference gives them."""
+    def get_unconditional_inputs(self, num_samples: int = 1, max_new_tokens: int | None = None) -> BatchFeature:
+        """Null text inputs for unconditional generation (guidance off), as the reference gives them; with
+        `max_new_tokens` (as transformers' documentation passes it) that length goes along to `generate`."""
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a whole number of at least 1, got {num_samples!r}")
         hidden = torch.zeros(num_samples, 1, self.config.text_encoder.hidden_size, device=self.device, dtype=self.dtype)
         mask = torch.zeros(num_samples, 1, device=self.device, dtype=torch.long)
-        return BatchFeature(encoder_outputs=(hidden,), attention_mask=mask, guidance_scale=1.0)
+        inputs = BatchFeature(encoder_outputs=(hidden,), attention_mask=mask, guidance_scale=1.0)
+        if max_new_tokens is not None:
+            inputs["max_new_tokens"] = max_new_tokens
+        return inputs
 
     @torch.inference_mode()
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -318,6 +323,15 @@ class MusicgenForConditionalGeneration(nn.Module):
             )
         return max_new_tokens
 
+    def _check_prompt_length(self, samples: int) -> None:
+        codec = self.config.audio_encoder
+        if math.ceil(samples / codec.hop_length) >= self.max_frames():
+            rate, most = codec.sampling_rate, self.max_frames() / codec.frame_rate
+            raise ValueError(
+                f"the audio prompt is {samples / rate:.1f} s long, and one pass of this model holds at most {most:.1f} s "
+                f"with what follows it: keep only its last seconds, e.g. input_values[..., -{10 * rate}:] for 10 s"
+            )
+
     def max_frames(self) -> int:
         """The most audio frames one pass can make: the decoder's positions less the start token and delays."""
         c = self.config.decoder
@@ -380,6 +394,7 @@ class MusicgenForConditionalGeneration(nn.Module):
                 audio = audio[:, None]
             if audio.shape[0] != B:
                 raise ValueError(f"{audio.shape[0]} audio prompts for {B} text prompts: give one audio prompt per text")
+            self._check_prompt_length(audio.shape[-1])  # before the work of encoding it
             prompt = self.encode_audio(audio, _as_tensor(padding_mask, device))
         else:
             prompt = torch.zeros(B, K, 0, dtype=torch.long, device=device)
@@ -470,6 +485,8 @@ class MusicgenForConditionalGeneration(nn.Module):
             raise ValueError(f"{caller}() got arguments it does not know: {', '.join(sorted(unknown))}")
         settings = self._settings(sampling)
         rate = self.config.audio_encoder.frame_rate
+        if not isinstance(duration, (int, float)) or not math.isfinite(duration):
+            raise ValueError(f"duration must be a finite number of seconds, got {duration!r}")
         new_frames = round(duration * rate)
         if new_frames < 1:
             raise ValueError(f"duration must be more than 0 seconds (at least one frame, 1/{rate} s), got {duration:g}")

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from .hub import DamagedFileError, read_json
 from .hub import resolve_file as _resolve_file
+from .audio_io import resample, to_channels
 from .inputs import BatchFeature
 
 logger = logging.getLogger(__name__)
@@ -38,10 +40,7 @@ UNLIMITED_LENGTH = int(1e30)
 
 
 def _read_json(path: str | None) -> dict:
-    if path is None:
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return {} if path is None else read_json(path)
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -97,7 +96,11 @@ class TextTokenizer:
     def from_files(
         cls, tokenizer_file: str, config_file: str | None, special_tokens_file: str | None
     ) -> "TextTokenizer":
-        return cls(Tokenizer.from_file(tokenizer_file), _read_json(config_file), _read_json(special_tokens_file))
+        try:
+            backend = Tokenizer.from_file(tokenizer_file)
+        except Exception as error:  # tokenizers raises a bare Exception for a file it can't parse
+            raise DamagedFileError(f"'{tokenizer_file}' is not a valid tokenizer.json ({error}): download it again") from None
+        return cls(backend, _read_json(config_file), _read_json(special_tokens_file))
 
     @property
     def vocab_size(self) -> int:
@@ -282,8 +285,8 @@ class AudioFeatureExtractor:
     ) -> BatchFeature:
         """`input_values` `[batch, channels, samples]` and, when padding, `padding_mask` `[batch, samples]`."""
         _check_return_tensors(return_tensors)
-        self._check_sampling_rate(sampling_rate)
-        clips = [self._as_clip(clip) for clip in _split_batch(audio)]
+        rate = self._given_rate(sampling_rate)
+        clips = [self._as_clip(clip, rate) for clip in _split_batch(audio)]
         if truncation:
             if max_length is None:
                 raise ValueError("truncation=True needs max_length (in samples)")
@@ -309,33 +312,27 @@ class AudioFeatureExtractor:
             out["input_values"] = torch.from_numpy(values) if return_tensors == "pt" else values
         return out
 
-    def _check_sampling_rate(self, sampling_rate: int | None) -> None:
+    def _given_rate(self, sampling_rate: int | None) -> int:
         if sampling_rate is None:
             logger.warning(
                 "no sampling_rate given with the audio; assuming %d Hz. Pass sampling_rate=%d to be sure",
                 self.sampling_rate, self.sampling_rate,
             )
-        elif int(sampling_rate) != self.sampling_rate:
-            raise ValueError(
-                f"the audio is sampled at {sampling_rate} Hz but this model takes {self.sampling_rate} Hz; "
-                f"resample it first, e.g. zhiyin.audio_io.resample(audio, {sampling_rate}, {self.sampling_rate}), "
-                f"or load it with zhiyin.audio_io.read_audio(path, {self.sampling_rate}, {self.feature_size})"
-            )
+            return self.sampling_rate
+        if not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
+            raise ValueError(f"sampling_rate must be a positive whole number of Hz, got {sampling_rate!r}")
+        return int(sampling_rate)
 
-    def _as_clip(self, clip: Any) -> np.ndarray:
-        """One clip -> float32 `[feature_size, samples]`, or a ValueError that says which layout is expected."""
+    def _as_clip(self, clip: Any, sampling_rate: int) -> np.ndarray:
+        """One clip -> float32 `[feature_size, samples]` at the model's rate: resampled (soxr, as read_audio does)
+        and mixed to the model's channels (mono copied to each channel, channels averaged to mono)."""
         clip = _to_numpy(clip).astype(np.float32, copy=False)
-        if clip.ndim == 1 and self.feature_size == 1:
-            return clip[None, :]
-        if clip.ndim == 2 and clip.shape[0] == self.feature_size:
-            return clip
-        if self.feature_size == 1:
-            expected = "mono audio: a 1-D array of samples (a batch: a list of 1-D arrays)"
-            hint = "; down-mix it with zhiyin.audio_io.to_channels(audio, 1)"
-        else:
-            expected = f"{self.feature_size}-channel audio of shape ({self.feature_size}, samples)"
-            hint = f"; mix it with zhiyin.audio_io.to_channels(audio, {self.feature_size})"
-        raise ValueError(f"expected {expected}, got a clip of shape {tuple(clip.shape)}{hint}")
+        if clip.ndim == 2 and clip.shape[0] > clip.shape[1]:
+            raise ValueError(f"expected audio of shape (channels, samples), got {tuple(clip.shape)}: "
+                             "if it is (samples, channels), transpose it")
+        if clip.ndim not in (1, 2):
+            raise ValueError(f"expected a clip of shape (samples,) or (channels, samples), got {tuple(clip.shape)}")
+        return resample(to_channels(clip, self.feature_size), sampling_rate, self.sampling_rate)
 
     def _pad(self, clips: list[np.ndarray], target: int) -> tuple[list[np.ndarray], np.ndarray]:
         padded, mask = [], np.zeros((len(clips), target), dtype=np.int32)
@@ -451,6 +448,9 @@ class MusicgenProcessor:
         `truncation` and `max_length` apply to the text. As in transformers, a first positional argument that is
         not text is taken as audio: `processor(waveform, sampling_rate=32000)`.
         """
+        if isinstance(text, (list, tuple)) and len(text) == 0:
+            raise ValueError("text is an empty list: give at least one description, or use "
+                             "model.get_unconditional_inputs(num_samples) for music without text")
         if text is not None and audio is None and not _looks_like_text(text):
             text, audio = None, text
         if text is None and audio is None:
@@ -550,11 +550,8 @@ def _feature_extractor_config(source: str | os.PathLike, hub_options: dict) -> d
     if path is not None:
         return _read_json(path)
     path = _resolve_file(source, PROCESSOR_CONFIG_FILE, required=False, **hub_options)
-    if path is None:
-        raise FileNotFoundError(
-            f"'{os.fspath(source)}' has neither preprocessor_config.json nor processor_config.json; the processor "
-            "needs one of them for the audio settings (sampling_rate, feature_size)"
-        )
+    if path is None:  # neither: asking for the first outright says why, as the model's loader does (e.g. offline)
+        _resolve_file(source, PREPROCESSOR_CONFIG_FILE, **hub_options)
     config = _read_json(path)
     return config.get("feature_extractor", config)
 

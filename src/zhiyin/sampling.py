@@ -3,6 +3,7 @@ reference orders them; greedy takes the argmax."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,13 @@ class SamplingSettings:
         """Raise ValueError for settings outside their range. `names` renames the settings in the messages (the
         CLI's flags: {"top_k": "--top-k", ...}), so the API and the CLI say the same thing in their own words."""
         name = lambda key: (names or {}).get(key, key)  # noqa: E731
+        for key in ("guidance_scale", "temperature", "top_p"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ValueError(f"{name(key)} must be a finite number, got {value!r}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)):
+            raise ValueError(f"{name('top_k')} must be a whole number, got {self.top_k!r}")
         if self.guidance_scale is not None and self.guidance_scale < 1:
             raise ValueError(f"{name('guidance_scale')} must be >= 1 (1 turns guidance off), got {self.guidance_scale:g}")
         if not self.do_sample:

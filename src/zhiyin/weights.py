@@ -8,10 +8,12 @@ Both are folded at load into one plain `<conv>.weight = g * v / ||v||` (norm ove
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import torch
 
+from .hub import DamagedFileError, read_json
 from .quantization import quantize_int8
 
 _G_SUFFIXES = (".weight_g", ".parametrizations.weight.original0")
@@ -71,7 +73,8 @@ def read_state_dict(
 
     for path in paths:
         if path.endswith(".safetensors"):
-            if quantized is None and (dtype is None or _stored_dtypes(path) <= {dtype}):
+            stored = _stored_dtypes(path)  # reads the header, and so checks the file's size against it
+            if quantized is None and (dtype is None or stored <= {dtype}):
                 from safetensors.torch import load_file
 
                 state.update(load_file(path))
@@ -79,13 +82,33 @@ def read_state_dict(
                 for key, tensor, scratch in _read_safetensors(path, converted):
                     put(key, tensor, scratch)
         else:
-            try:
-                part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # an old non-zip pickle can't be memory-mapped
-                part = torch.load(path, map_location="cpu", weights_only=True)
+            part = _load_pickle(path)
             for key in list(part):
                 put(key, part.pop(key))
     return state
+
+
+def _load_pickle(path: str) -> dict[str, torch.Tensor]:
+    """A pytorch_model.bin's tensors. Only plain tensors are read (torch.load's weights_only): a file that would run
+    code, or that is damaged, is refused with a DamagedFileError, never by advice to lift that limit."""
+    import pickle
+    import zipfile
+
+    try:
+        try:
+            part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:  # an old non-zip pickle can't be memory-mapped
+            if "mmap" not in str(error):
+                raise
+            part = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError) as error:
+        refused = "GLOBAL" in str(error)  # weights_only met a reference to a function or class: code
+        why = "it holds more than plain tensors (code, which zhiyin never runs)" if refused else "it is damaged or incomplete"
+        raise DamagedFileError(f"cannot read weights from '{path}': {why}; download the checkpoint again, "
+                               "or use its model.safetensors") from None
+    if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+        raise DamagedFileError(f"'{path}' holds no state dict of tensors: is it a MusicGen checkpoint file?")
+    return part
 
 
 def scale_key(key: str) -> str:
@@ -109,11 +132,24 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
 
 
 def _safetensors_header(f) -> tuple[dict, int]:
+    """A safetensors file's header and where its data begins, checked against the file's size: a truncated or
+    damaged file raises DamagedFileError instead of giving garbage tensors."""
     import json
 
+    path, file_size = f.name, os.fstat(f.fileno()).st_size
+    damaged = f"'{path}' is damaged or incomplete"
     size = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
+    if file_size < 8 or not 2 <= size <= file_size - 8:
+        raise DamagedFileError(f"{damaged} (no safetensors header in its {file_size} bytes): download it again")
+    try:
+        header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        end = max((info["data_offsets"][1] for info in header.values()), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise DamagedFileError(f"{damaged} (its header is not valid): download it again") from None
+    if 8 + size + end != file_size:
+        raise DamagedFileError(f"{damaged} ({file_size} bytes where its header promises {8 + size + end}): "
+                               "download it again")
     return header, 8 + size
 
 
@@ -147,10 +183,9 @@ def _read_safetensors(
 
 def shard_names(index_path: str) -> list[str]:
     """The shard file names a `*.index.json` lists, in order, without repeats."""
-    import json
-
-    with open(index_path, encoding="utf-8") as f:
-        weight_map = json.load(f)["weight_map"]
+    weight_map = read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise DamagedFileError(f"'{index_path}' has no weight_map: download it again")
     return list(dict.fromkeys(weight_map.values()))
 
 
