@@ -37,24 +37,10 @@ PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud 
 
 
 def make_checkpoint(shape: str, folder: Path) -> None:
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    from shapes import GENERATION_CONFIG, published_config
-
-    from zhiyin.config import GenerationConfig, MusicgenConfig
-    from zhiyin.model import MusicgenForConditionalGeneration
+    from zhiyin.random_checkpoint import write_random_checkpoint
 
     print(f"making a random musicgen-{shape} checkpoint in {folder} ...", file=sys.stderr)
-    torch.manual_seed(0)
-    model = MusicgenForConditionalGeneration(
-        MusicgenConfig.from_dict(published_config(shape)), GenerationConfig.from_dict(GENERATION_CONFIG)
-    )
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.02)
-    model.save_pretrained(folder)
+    write_random_checkpoint(folder, shape)
 
 
 def read_bandwidth(device: str) -> float:

@@ -11,7 +11,9 @@ import soundfile
 import torch
 
 from zhiyin import audio_io
-from zhiyin.audio_io import read_audio, resample, to_channels, write_audio
+import zhiyin
+from zhiyin.audio_io import read_audio, read_metadata, resample, to_channels, write_audio
+from zhiyin.loudness import measure_loudness, normalize
 
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 TRUMPET = AUDIO_DIR / "sorohanro_solo_trumpet_06.ogg"  # 22.05 kHz mono, 5.3 s
@@ -88,13 +90,13 @@ def test_failed_write_leaves_no_half_file_and_keeps_the_old_one(tmp_path, monkey
     old = _stereo_tone(0.1)
     write_audio(target, old, 32000)
     old_bytes = target.read_bytes()
-    real_write = soundfile.write
+    real_write = soundfile.SoundFile.write
 
-    def write_half_then_fail(file, data, *args, **kwargs):
-        real_write(file, data[: len(data) // 2], *args, **kwargs)
+    def write_half_then_fail(self, data):
+        real_write(self, data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(audio_io.soundfile, "write", write_half_then_fail)
+    monkeypatch.setattr(audio_io.soundfile.SoundFile, "write", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         write_audio(target, _stereo_tone(1.0), 32000)
     assert target.read_bytes() == old_bytes
@@ -160,3 +162,71 @@ def test_file_without_samples_is_a_value_error(tmp_path):
     soundfile.write(str(path), np.zeros((0, 1), dtype=np.float32), 32000)
     with pytest.raises(ValueError, match="no samples"):
         read_audio(path, 32000, 1)
+
+
+# ---------------------------------------------------------------- levels, mp3, metadata
+
+
+def _music(shared_audio, gain: float) -> np.ndarray:
+    return gain * read_audio(shared_audio / "kevin_macleod_vibe_ace.ogg", 32000, 1)[:, : 32000 * 4]
+
+
+def _written(tmp_path, audio, name="x.wav", **options) -> np.ndarray:
+    path = write_audio(tmp_path / name, audio, 32000, **options)
+    return soundfile.read(path, dtype="float32", always_2d=True)[0].T
+
+
+def test_loudness_reaches_its_target_without_clipping(tmp_path, shared_audio):
+    quiet = _music(shared_audio, 0.05)
+    out = _written(tmp_path, quiet, normalize="loudness", loudness_db=-20.0)
+    assert abs(measure_loudness(out, 32000) + 20.0) < 0.1
+    assert np.abs(out).max() <= 10 ** (-1 / 20) + 1e-4  # under the -1 dB FS ceiling
+    assert np.allclose(out, quiet * (out.std() / quiet.std()), atol=2e-4)  # one gain, nothing bent
+
+
+def test_loud_targets_stop_at_the_ceiling_or_are_compressed(tmp_path, shared_audio):
+    music = _music(shared_audio, 0.05)
+    music[0, 1000] = 0.05  # one sharp peak far above the music's level
+    ceiling = 10 ** (-1 / 20)
+    plain = _written(tmp_path, music, normalize="loudness", loudness_db=-8.0)
+    assert abs(np.abs(plain).max() - ceiling) < 1e-3  # gain lowered to the ceiling: never clipped
+    squeezed = _written(tmp_path, music, "y.wav", normalize="loudness", loudness_db=-8.0, compress=True)
+    assert np.abs(squeezed).max() < ceiling
+    assert abs(measure_loudness(squeezed, 32000) + 8) < abs(measure_loudness(plain, 32000) + 8)
+
+
+@pytest.mark.parametrize("strategy", ["peak", "rms", "clip", "none"])
+def test_other_levels(tmp_path, shared_audio, strategy):
+    music = _music(shared_audio, 0.05)
+    out = normalize(music, 32000, strategy, target_db=-20.0)
+    if strategy == "peak":
+        assert abs(np.abs(out).max() - 10 ** (-1 / 20)) < 1e-6
+    elif strategy == "rms":
+        assert abs(20 * np.log10(np.sqrt(np.mean(out.astype(np.float64) ** 2))) + 20) < 1e-3
+    else:
+        np.testing.assert_array_equal(out, music)  # already within +-1
+    assert np.array_equal(normalize(np.zeros((1, 320), np.float32), 32000, strategy), np.zeros((1, 320)))
+    with pytest.raises(ValueError, match="unknown normalize strategy 'loud'"):
+        normalize(music, 32000, "loud")
+
+
+@pytest.mark.parametrize("name", ["x.wav", "x.flac", "x.ogg", "x.mp3"])
+def test_metadata_is_stored_in_every_format(tmp_path, name):
+    metadata = {"prompt": "lofi 知音 \"piano\"", "seed": 2**62 + 1, "settings": {"top_k": 250, "top_p": None}}
+    write_audio(tmp_path / name, _stereo_tone(), 32000, metadata=metadata)
+    got = read_metadata(tmp_path / name)
+    assert got == {"zhiyin": zhiyin.__version__, **metadata}
+    write_audio(tmp_path / name, _stereo_tone(), 32000)
+    assert read_metadata(tmp_path / name) is None
+
+
+def test_mp3_at_the_asked_bitrate(tmp_path):
+    noise = 0.3 * np.random.default_rng(0).standard_normal((1, 32000 * 4)).astype(np.float32)
+    for kbps in (96, 192, 320):
+        path = write_audio(tmp_path / f"n{kbps}.mp3", noise, 32000, bitrate=kbps)
+        assert soundfile.info(path).format == "MP3"
+        assert abs(os.path.getsize(path) * 8 / 4 / 1000 - kbps) < 0.05 * kbps
+    with pytest.raises(ValueError, match="bitrate must be one of"):
+        write_audio(tmp_path / "x.mp3", noise, 32000, bitrate=100)
+    with pytest.raises(ValueError, match="mp3 files only"):
+        write_audio(tmp_path / "x.wav", noise, 32000, bitrate=192)

@@ -16,7 +16,7 @@ import torch
 import zhiyin.generation as generation
 from checkpoints import make_checkpoint
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.audio_io import write_audio
+from zhiyin.audio_io import read_metadata, write_audio
 from zhiyin.cli import main
 from zhiyin.streaming import LOOKAHEAD_FRAMES, decode_stream, write_stream
 
@@ -131,23 +131,49 @@ def test_cli_stream_writes_the_music(capsys, tiny_checkpoint, tmp_path):
     assert snr_db(torch.from_numpy(streamed), torch.from_numpy(whole)) >= 30
 
 
-def test_killed_stream_leaves_a_valid_shorter_file(tiny_checkpoint, tmp_path):
-    path = tmp_path / "live.wav"
-    argv = ["generate", "techno", "--model", str(tiny_checkpoint[0]), "--duration", "600", "--window", "1",
-            "--extend-stride", "0.6", "--stream", "--quiet", "-o", str(path)]
-    run = subprocess.Popen([sys.executable, "-m", "zhiyin", *argv], stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while not (path.exists() and path.stat().st_size > 44 + 3 * 50 * HOP * 2):  # 3 chunks of 1 s, 16-bit
-            assert run.poll() is None, run.stderr.read().decode()
-            assert time.monotonic() < deadline, "no audio streamed within 120 s"
-            time.sleep(0.05)
-    finally:
-        run.send_signal(signal.SIGKILL)
-        run.wait()
+def _stream_until_three_seconds(model_folder, path):
+    """A --stream run of 600 s, once its partial file holds 3 s: (the process, the partial file's path)."""
+    partial = path.with_name(path.stem + ".partial.wav")
+    argv = ["generate", "techno", "--model", str(model_folder), "--duration", "600", "--window", "1",
+            "--extend-stride", "0.6", "--stream", "--quiet", "--seed", "1", "-o", str(path)]
+    run = subprocess.Popen([sys.executable, "-m", "zhiyin", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.stat().st_size > 44 + 3 * 50 * HOP * 2):  # 3 chunks of 1 s, 16-bit
+        if run.poll() is not None or time.monotonic() > deadline:
+            run.kill()
+            raise AssertionError(f"no partial audio within 120 s: {run.communicate()[1].decode()}")
+        time.sleep(0.01)
+    return run, partial
+
+
+def _whole_seconds(path) -> int:
     with wave.open(str(path)) as w:
         frames = w.getnframes()
     data, rate = soundfile.read(str(path), dtype="float32")
     assert rate == 32000 and len(data) == frames >= 3 * 50 * HOP
     assert len(data) % (50 * HOP) == 0  # whole 1 s chunks
     assert len(data) < 600 * 32000
+    return len(data) // 32000
+
+
+def test_killed_stream_leaves_a_valid_partial_file_and_the_old_one_intact(tiny_checkpoint, tmp_path):
+    path = tmp_path / "live.wav"
+    path.write_bytes(b"the last take, kept")
+    run, partial = _stream_until_three_seconds(tiny_checkpoint[0], path)
+    run.kill()
+    run.wait()
+    _whole_seconds(partial)
+    assert path.read_bytes() == b"the last take, kept"
+
+
+def test_terminated_stream_puts_its_file_in_place(tiny_checkpoint, tmp_path):
+    path = tmp_path / "live.wav"
+    run, partial = _stream_until_three_seconds(tiny_checkpoint[0], path)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err.decode()
+    assert "interrupted; keeping the first" in err.decode()
+    assert not partial.exists()
+    seconds = _whole_seconds(path)
+    assert f"wrote {path} ({seconds}.00 s" in out.decode()
+    assert read_metadata(path)["seed"] == 1  # tagged like any finished file

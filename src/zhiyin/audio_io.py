@@ -5,6 +5,8 @@ Arrays are always laid out as `[channels, samples]`, float32, in [-1, 1].
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 from typing import Any
@@ -13,32 +15,57 @@ import numpy as np
 import soundfile
 import soxr
 
+from .loudness import TARGET_DB
+
 # format name -> (soundfile format, soundfile subtype)
 WRITE_FORMATS = {
     "wav": ("WAV", "PCM_16"),
     "flac": ("FLAC", "PCM_16"),
     "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
 }
+MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)  # kbit/s, MPEG-1 layer III
+DEFAULT_MP3_BITRATE = 192
 
 
-def read_audio(path: str | os.PathLike, sampling_rate: int, channels: int) -> np.ndarray:
-    """Read any file soundfile can decode (WAV, FLAC, OGG, MP3, ...) as float32 `[channels, samples]`.
-
-    The audio is resampled to `sampling_rate` (soxr, high quality) and down-mixed (mean of the channels) or
-    up-mixed (mono duplicated) to `channels`.
-    """
-    path = os.fspath(path)
+@contextlib.contextmanager
+def _readable(path: str):
+    """Turns soundfile's errors about `path` into one ValueError that names the file and what to give instead."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"audio file not found: '{path}'")
     if os.path.isdir(path):
         raise IsADirectoryError(f"'{path}' is a folder; give an audio file")
     try:
-        data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        yield
     except (soundfile.SoundFileError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise ValueError(
             f"cannot read audio from '{path}': {reason}; give a WAV/FLAC/OGG/MP3 file that soundfile can read"
         ) from None
+
+
+def audio_seconds(path: str | os.PathLike) -> float:
+    """How long an audio file is, from its header alone (nothing is decoded)."""
+    path = os.fspath(path)
+    with _readable(path):
+        info = soundfile.info(path)
+    return info.frames / info.samplerate
+
+
+def read_audio(path: str | os.PathLike, sampling_rate: int, channels: int, last_seconds: float | None = None) -> np.ndarray:
+    """Read any file soundfile can decode (WAV, FLAC, OGG, MP3, ...) as float32 `[channels, samples]`; with
+    `last_seconds`, only that much of its end is decoded.
+
+    The audio is resampled to `sampling_rate` (soxr, high quality) and down-mixed (mean of the channels) or
+    up-mixed (mono duplicated) to `channels`.
+    """
+    path = os.fspath(path)
+    with _readable(path):
+        start = 0
+        if last_seconds is not None:
+            info = soundfile.info(path)
+            start = max(0, info.frames - round(last_seconds * info.samplerate))
+        data, file_rate = soundfile.read(path, start=start, dtype="float32", always_2d=True)
     if data.shape[0] == 0:
         raise ValueError(f"cannot read audio from '{path}': the file holds no samples")
     audio = to_channels(data.T, channels)
@@ -83,19 +110,35 @@ def write_audio(
     audio: Any,
     sampling_rate: int,
     format: str | None = None,
+    *,
+    normalize: str = "none",
+    loudness_db: float = TARGET_DB,
+    compress: bool = False,
+    bitrate: int | None = None,
+    metadata: dict | None = None,
 ) -> str:
     """Write `[channels, samples]` (or 1-D mono) audio, a numpy array or torch tensor, to `path`.
 
-    Formats: "wav" (16-bit PCM), "flac" (16-bit PCM) and "ogg" (Vorbis); taken from `format`, else from the
-    file's extension. Float audio is clipped to [-1, 1] (NaN becomes 0). The file is written atomically: to a
-    hidden temporary file in the same folder, then renamed over `path`, so a half-written file never appears
-    and an existing file at `path` stays intact if anything fails. Returns the path written.
+    Formats: "wav" (16-bit PCM), "flac" (16-bit PCM), "ogg" (Vorbis) and "mp3" (`bitrate` kbit/s, constant;
+    default 192); taken from `format`, else from the file's extension. `normalize` levels the audio first
+    (loudness.py: "loudness" to `loudness_db` LUFS, "rms", "peak", "clip" or "none", the default; `compress`
+    softens peaks instead of lowering the gain). Float audio is clipped to [-1, 1] (NaN becomes 0).
+    `metadata` (prompt, model, seed, settings, ...) is stored in the file's own tags (WAV INFO, FLAC/Ogg comments,
+    MP3 ID3) as JSON in the comment, the prompt as the title; `read_metadata` gives it back.
+    The file is written atomically: to a hidden temporary file in the same folder, then renamed over `path`, so a
+    half-written file never appears and an existing file at `path` stays intact if anything fails. Returns the path.
     """
     path = os.fspath(path)
-    file_format, subtype = WRITE_FORMATS[_pick_format(path, format)]
-    samples = _as_samples_by_channels(audio)
+    name = _pick_format(path, format)
+    file_format, subtype = WRITE_FORMATS[name]
+    options = _mp3_options(bitrate) if name == "mp3" else {}
+    if bitrate is not None and name != "mp3":
+        raise ValueError(f"bitrate applies to mp3 files only, not {name}")
     if int(sampling_rate) <= 0:
         raise ValueError(f"sampling_rate must be a positive number of Hz, got {sampling_rate}")
+    samples = _as_samples_by_channels(audio, clip=False)
+    samples = _level(samples.T, int(sampling_rate), normalize, loudness_db, compress).T
+    samples = _as_samples_by_channels(samples.T)
 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -107,12 +150,59 @@ def write_audio(
 
     temp_path = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
-        soundfile.write(temp_path, samples, int(sampling_rate), format=file_format, subtype=subtype)
+        with soundfile.SoundFile(temp_path, "w", int(sampling_rate), samples.shape[1], subtype, format=file_format,
+                                 **options) as f:
+            if metadata is not None:
+                _tag(f, metadata, ascii_title=name == "mp3")
+            f.write(samples)
         os.replace(temp_path, path)
     except BaseException:
         _remove_quietly(temp_path)
         raise
     return path
+
+
+def _level(audio: np.ndarray, rate: int, strategy: str, loudness_db: float, compress: bool) -> np.ndarray:
+    from .loudness import normalize
+
+    return normalize(audio, rate, strategy, target_db=loudness_db, compress=compress)
+
+
+def _mp3_options(bitrate: int | None) -> dict:
+    """soundfile's options for a constant `bitrate` (kbit/s): libsndfile maps compression_level 0..1 linearly onto
+    320..32 kbit/s and LAME takes the nearest standard rate (measured)."""
+    bitrate = DEFAULT_MP3_BITRATE if bitrate is None else bitrate
+    if bitrate not in MP3_BITRATES:
+        raise ValueError(f"mp3 bitrate must be one of {', '.join(map(str, MP3_BITRATES))} kbit/s, got {bitrate}")
+    level = min((320 - bitrate) / (320 - 32), 0.999)  # 1.0 itself is refused by libsndfile
+    return dict(compression_level=level, bitrate_mode="CONSTANT")
+
+
+METADATA_KEY = "zhiyin"  # the metadata JSON holds zhiyin's version under this key; read_metadata looks for it
+
+
+def _tag(f: soundfile.SoundFile, metadata: dict, ascii_title: bool) -> None:
+    from . import __version__
+
+    metadata = {METADATA_KEY: __version__, **metadata}
+    f.comment = json.dumps(metadata, ensure_ascii=True, sort_keys=True)
+    f.software = f"zhiyin {__version__}"  # no date: the same command writes the same bytes
+    title = metadata.get("prompt")
+    if isinstance(title, str) and (title.isascii() or not ascii_title):  # ID3 titles from libsndfile are Latin-1
+        f.title = title
+
+
+def read_metadata(path: str | os.PathLike) -> dict | None:
+    """What `write_audio(..., metadata=...)` stored in a file (with zhiyin's version under "zhiyin"), or None for
+    a file zhiyin did not write."""
+    path = os.fspath(path)
+    with _readable(path), soundfile.SoundFile(path) as f:
+        comment = f.comment
+    try:
+        metadata = json.loads(comment) if comment else None
+    except ValueError:
+        return None
+    return metadata if isinstance(metadata, dict) and METADATA_KEY in metadata else None
 
 
 def _pick_format(path: str, format: str | None) -> str:
@@ -125,8 +215,9 @@ def _pick_format(path: str, format: str | None) -> str:
     return name
 
 
-def _as_samples_by_channels(audio: Any) -> np.ndarray:
-    """numpy/torch `[channels, samples]` or 1-D -> numpy `[samples, channels]`, as soundfile wants."""
+def _as_samples_by_channels(audio: Any, clip: bool = True) -> np.ndarray:
+    """numpy/torch `[channels, samples]` or 1-D -> numpy `[samples, channels]`, as soundfile wants; float audio
+    clipped to [-1, 1] (NaN -> 0) unless `clip` is False."""
     if hasattr(audio, "detach"):  # a torch tensor
         audio = audio.detach().cpu()
         if audio.is_floating_point():
@@ -146,7 +237,9 @@ def _as_samples_by_channels(audio: Any) -> np.ndarray:
             f"({audio.shape[0]} channels?); if it is [samples, channels], transpose it"
         )
     if np.issubdtype(audio.dtype, np.floating):
-        audio = np.clip(np.nan_to_num(audio.astype(np.float32), nan=0.0), -1.0, 1.0)
+        audio = audio.astype(np.float32)
+        if clip:
+            audio = np.clip(np.nan_to_num(audio, nan=0.0), -1.0, 1.0)
     return np.ascontiguousarray(audio.T)
 
 

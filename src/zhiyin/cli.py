@@ -1,18 +1,25 @@
-"""`zhiyin generate "80s pop track with bassy drums and synth" -o song.wav` and friends.
+"""`zhiyin generate "80s pop track with bassy drums and synth" -o song.wav`, `zhiyin info song.wav`, and
+`zhiyin random-checkpoint FOLDER`.
 
-Bad input gets one line on stderr and exit status 2, and no output file is written.
+Every argument is checked before torch is imported or a model is loaded (what depends on the model, once its
+config.json is read): bad input gets one line on stderr, exit status 2, and no output file.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 
 DEFAULT_MODEL = "facebook/musicgen-small"
-
-
+MAX_DURATION = 3600.0  # seconds of new music one command makes unless --max-duration says otherwise
+SEED_LIMIT = 2**63  # seeds are 0 .. 2**63 - 1
+FORMATS = ("wav", "flac", "ogg", "mp3")
 FLAG_NAMES = {"guidance_scale": "--guidance", "top_k": "--top-k", "top_p": "--top-p", "temperature": "--temperature",
               "greedy": "--greedy"}
 
@@ -21,36 +28,81 @@ class UsageError(Exception):
     """Bad input: reported as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors, in our one-line form
+        raise UsageError(message)
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zhiyin", description="Make music with MusicGen.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+    from .audio_io import DEFAULT_MP3_BITRATE, MP3_BITRATES
+    from .loudness import STRATEGIES, TARGET_DB
+
+    parser = _Parser(prog="zhiyin", description="Make music with MusicGen.")
+    parser.add_argument("--version", action="version", version=f"zhiyin {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = commands.add_parser("generate", help="generate music from text, from nothing, or from an audio prompt")
     g.add_argument("prompts", nargs="*", help="text descriptions; several prompts make several files")
     g.add_argument("-o", "--output", default="music.wav",
                    help="output file (default music.wav); with several prompts NAME-1.wav, NAME-2.wav, ...")
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
-    g.add_argument("--duration", type=float, default=10.0,
+    g.add_argument("--duration", type=_finite, default=10.0,
                    help="seconds of new music to make (default 10); an audio prompt comes on top of it")
-    g.add_argument("--window", type=float, default=30.0,
+    g.add_argument("--max-duration", type=_finite, default=MAX_DURATION,
+                   help=f"the longest --duration accepted (default {MAX_DURATION:g} s), a guard against typos")
+    g.add_argument("--window", type=_finite, default=30.0,
                    help="longer music is made in windows of this many seconds (default 30, what the model was trained on)")
-    g.add_argument("--extend-stride", type=float, default=18.0,
+    g.add_argument("--extend-stride", type=_finite, default=18.0,
                    help="seconds of new music each window after the first adds; the rest of it continues the last "
                         "window's music (default 18)")
     g.add_argument("--stream", action="store_true",
-                   help="write the WAV as the music is made: a valid file after every second, even if interrupted")
+                   help="write the WAV as the music is made, to NAME.partial.wav (a valid file after every second), "
+                        "renamed to NAME.wav when done or interrupted")
     g.add_argument("--audio-prompt", metavar="FILE", help="continue this audio (any format and rate soundfile reads)")
+    g.add_argument("--prompt-seconds", type=_finite, default=None, metavar="N",
+                   help="continue only the last N seconds of the audio prompt")
     g.add_argument("--melody", metavar="FILE",
                    help="follow this tune (melody models such as facebook/musicgen-melody; any audio file)")
     g.add_argument("--unconditional", action="store_true", help="no text: music from nothing (or from --melody)")
     g.add_argument("--num-samples", type=int, default=1, help="how many files to make with --unconditional")
-    g.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3, 1 = off)")
+    g.add_argument("--guidance", type=_finite, default=3.0, help="classifier-free guidance scale (default 3, 1 = off)")
     g.add_argument("--top-k", type=int, default=250, help="sample from the k most likely tokens (default 250)")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep tokens up to this probability")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    g.add_argument("--top-p", type=_finite, default=None, help="nucleus sampling: keep tokens up to this probability")
+    g.add_argument("--temperature", type=_finite, default=1.0, help="sampling temperature (default 1)")
     g.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
-    g.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same music")
-    g.add_argument("--format", choices=["wav", "flac", "ogg"], default=None,
+    g.add_argument("--seed", type=_seed, default=None,
+                   help="random seed, 0 to 2**63 - 1: the same seed gives the same music (default: one is drawn, "
+                        "printed and stored in the file)")
+    g.add_argument("--format", choices=FORMATS, default=None,
                    help="audio format (default: from the output file's extension, else wav)")
+    g.add_argument("--bitrate", type=int, choices=MP3_BITRATES, default=None, metavar="KBPS",
+                   help=f"mp3 bitrate in kbit/s (default {DEFAULT_MP3_BITRATE})")
+    g.add_argument("--normalize", choices=STRATEGIES, default="loudness",
+                   help="loudness (default: to --loudness LUFS, never clipping), rms, peak, clip or none")
+    g.add_argument("--loudness", type=_finite, default=TARGET_DB, metavar="LUFS",
+                   help=f"the level --normalize loudness (or rms, in dB FS) brings the music to (default {TARGET_DB:g})")
+    g.add_argument("--compress", action="store_true",
+                   help="soften the loudest peaks rather than lower the whole level to keep them under -1 dB FS")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weights dtype")
     g.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8: decoder weights as int8 (weight-only; fastest on CPU, output differs slightly)")
@@ -58,35 +110,88 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--picture", action="store_true",
                    help="also write NAME.png beside each file: its waveform over its spectrogram")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    i = commands.add_parser("info", help="what made a file zhiyin wrote, and the command that makes it again")
+    i.add_argument("files", nargs="+", help="audio files written by zhiyin generate")
+
+    r = commands.add_parser("random-checkpoint", help="write a complete checkpoint of a published shape with random "
+                                                       "weights, to try every command offline")
+    from .random_checkpoint import SHAPES
+
+    r.add_argument("folder", help="where to write it (a new or empty folder)")
+    r.add_argument("--shape", choices=SHAPES, default="small", help="which published checkpoint's shape (default small)")
+    r.add_argument("--seed", type=_seed, default=0, help="seed of the random weights (default 0)")
     return parser
 
 
+# ---------------------------------------------------------------- checks that need no model
+
+
 def output_paths(output: str, count: int, format: str | None) -> list[str]:
+    """The files a run writes, checked: in a folder that exists and takes new files, none of them a folder or
+    anything but a regular file."""
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        raise UsageError(f"'{output}' is a folder: give a file name such as '{os.path.join(output, 'music.wav')}'")
+    _regular_or_absent(output)
     stem, ext = os.path.splitext(output)
     if format is not None:
         ext = "." + format
     elif not ext:
         ext = ".wav"
-    if ext.lower().lstrip(".") not in ("wav", "flac", "ogg"):
-        raise UsageError(f"unknown output format '{ext}': use .wav, .flac or .ogg (or --format)")
-    if count == 1:
-        return [stem + ext]
-    return [f"{stem}-{i + 1}{ext}" for i in range(count)]
+    if ext.lower().lstrip(".") not in FORMATS:
+        raise UsageError(f"unknown output format '{ext}': use .wav, .flac, .ogg or .mp3 (or --format)")
+    paths = [stem + ext] if count == 1 else [f"{stem}-{i + 1}{ext}" for i in range(count)]
+    for path in paths:
+        if os.path.isdir(path):
+            raise UsageError(f"'{path}' is a folder: give a file name such as '{os.path.join(path, 'music.wav')}'")
+        _regular_or_absent(path)
+    _check_writable(os.path.dirname(os.path.abspath(paths[0])))
+    return paths
+
+
+def _regular_or_absent(path: str) -> None:
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UsageError(f"'{path}' exists and is not a regular file (a device or pipe?): choose another -o")
+
+
+def _check_writable(folder: str) -> None:
+    """A new file can be made in `folder` (tried: permissions alone say nothing about /proc, /sys, read-only mounts)."""
+    import tempfile
+
+    if not os.path.isdir(folder):
+        raise UsageError(f"output folder '{folder}' does not exist: create it or choose another -o")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".zhiyin-", suffix=".probe"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UsageError(f"output folder '{folder}' is not writable ({reason}): choose another -o") from None
 
 
 def check_arguments(args) -> list[str]:
-    """Everything that can be checked before loading a model. Returns the output paths."""
-    prompts = [p for p in args.prompts]
+    """Everything that can be checked before torch is imported. Returns the output paths."""
+    prompts = list(args.prompts)
     if args.unconditional and prompts:
         raise UsageError("--unconditional takes no text prompt: drop the prompt or drop --unconditional")
     if not args.unconditional and (not prompts or any(not p.strip() for p in prompts)):
         raise UsageError('empty prompt: give a description such as "lofi hip hop with piano", or use --unconditional')
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.max_duration <= 0:
+        raise UsageError(f"--max-duration must be more than 0 seconds, got {args.max_duration:g}")
     if args.duration <= 0:
         raise UsageError(f"--duration must be more than 0 seconds, got {args.duration:g}")
+    if args.duration > args.max_duration:
+        raise UsageError(f"--duration {args.duration:g} s is more than --max-duration ({args.max_duration:g} s): "
+                         "raise --max-duration if you mean it")
     if not 0 < args.extend_stride < args.window:
         raise UsageError(f"--extend-stride must be more than 0 and less than --window ({args.window:g} s), got {args.extend_stride:g}")
+    if args.prompt_seconds is not None and args.audio_prompt is None:
+        raise UsageError("--prompt-seconds goes with --audio-prompt")
+    if args.prompt_seconds is not None and args.prompt_seconds <= 0:
+        raise UsageError(f"--prompt-seconds must be more than 0, got {args.prompt_seconds:g}")
+    if args.normalize == "loudness" and args.loudness > 0 or args.normalize == "rms" and args.loudness > 0:
+        raise UsageError(f"--loudness must be at most 0 (a level under full scale), got {args.loudness:g}")
     from .sampling import SamplingSettings
 
     settings = SamplingSettings(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
@@ -99,147 +204,291 @@ def check_arguments(args) -> list[str]:
     paths = output_paths(args.output, count, args.format)
     if args.stream and not paths[0].lower().endswith(".wav"):
         raise UsageError("--stream writes WAV files: use -o NAME.wav")
-    folder = os.path.dirname(os.path.abspath(paths[0]))
-    if not os.path.isdir(folder):
-        raise UsageError(f"output folder '{folder}' does not exist: create it or choose another -o")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"output folder '{folder}' is not writable: choose another -o")
-    for path in paths:
-        if os.path.isdir(path):
-            raise UsageError(f"'{path}' is a folder: give a file name such as '{os.path.join(path, 'music.wav')}'")
-    if args.audio_prompt is not None and not os.path.isfile(args.audio_prompt):
-        raise UsageError(f"audio prompt '{args.audio_prompt}' not found")
-    if args.melody is not None and not os.path.isfile(args.melody):
-        raise UsageError(f"melody file '{args.melody}' not found")
+    if args.bitrate is not None and not paths[0].lower().endswith(".mp3"):
+        raise UsageError("--bitrate is for mp3 files: use -o NAME.mp3 or --format mp3")
+    for flag, path in (("--audio-prompt", args.audio_prompt), ("--melody", args.melody)):
+        if path is not None:
+            _audio_file_seconds(flag, path)  # exists and has a readable header
     return paths
 
 
-def generate(args) -> int:
-    paths = check_arguments(args)
-    import torch
+def _audio_file_seconds(flag: str, path: str) -> float:
+    from .audio_io import audio_seconds
 
-    from .audio_io import read_audio, write_audio
-    from .config import MusicgenConfig
-    from .delay_pattern import codebook_delays
-    from .hub import resolve_file
-    from .melody import MusicgenMelodyForConditionalGeneration
-    from .model import MusicgenForConditionalGeneration
-    from .processor import AutoProcessor
+    if not os.path.isfile(path):
+        what = "audio prompt" if flag == "--audio-prompt" else "melody file"
+        raise UsageError(f"{what} '{path}' not found")
+    try:
+        return audio_seconds(path)
+    except ValueError as error:
+        raise UsageError(f"{flag}: {error}") from None
 
-    config = MusicgenConfig.from_json_file(resolve_file(args.model, "config.json"))
-    rate, channels = config.audio_encoder.sampling_rate, config.decoder.audio_channels
+
+def _check_for_model(args, config) -> None:
+    """What depends on the model, from its config.json alone: before the weights are read."""
+    from .delay_pattern import codebook_delays, num_frames
+
     melodic = config.extra.get("model_type") == "musicgen_melody"
     if args.melody is not None and not melodic:
         raise UsageError(f"--melody needs a melody model such as facebook/musicgen-melody: '{args.model}' has no melody input")
     if melodic and args.audio_prompt is not None:
         raise UsageError("melody models continue no --audio-prompt: give the tune with --melody instead")
-    features = None
-    if args.melody is not None:  # the tune's chroma, one copy per sample
-        extractor = AutoProcessor.from_pretrained(args.model).feature_extractor
-        melody = read_audio(args.melody, extractor.sampling_rate, 1)[0]
-        count = args.num_samples if args.unconditional else len(args.prompts)
-        features = extractor([melody] * count, sampling_rate=extractor.sampling_rate, return_tensors="pt")["input_features"]
+    if args.unconditional and args.audio_prompt is not None:
+        raise UsageError("--audio-prompt needs a text prompt here; give one (it may be short, e.g. \"music\")")
+    d, rate = config.decoder, config.audio_encoder.frame_rate
+    if round(args.duration * rate) < 1:
+        raise UsageError(f"--duration {args.duration:g} s is shorter than one audio frame (1/{rate} s)")
+    one_pass = num_frames(d.max_position_embeddings, codebook_delays(d.num_codebooks, d.audio_channels)) / rate
+    if args.window > one_pass:
+        raise UsageError(f"--window {args.window:g} s is more than one pass of this model makes ({one_pass:.1f} s): "
+                         "give a smaller --window")
+    if args.audio_prompt is not None:
+        seconds = _audio_file_seconds("--audio-prompt", args.audio_prompt)
+        if args.prompt_seconds is not None:
+            seconds = min(seconds, args.prompt_seconds)
+        if seconds >= args.window:
+            raise UsageError(
+                f"the audio prompt '{args.audio_prompt}' is {seconds:.1f} s; it must be shorter than --window "
+                f"({args.window:g} s): continue its last seconds with --prompt-seconds {max(1, int(args.window) // 2)}"
+            )
+
+
+# ---------------------------------------------------------------- generate
+
+
+def _settings(args) -> dict:
+    """What a file records of how it was made (its metadata; `zhiyin info` prints it)."""
+    return dict(
+        duration=args.duration, greedy=args.greedy, guidance=args.guidance, top_k=args.top_k, top_p=args.top_p,
+        temperature=args.temperature, window=args.window, extend_stride=args.extend_stride,
+        audio_prompt=_absolute(args.audio_prompt), prompt_seconds=args.prompt_seconds, melody=_absolute(args.melody),
+        dtype=args.dtype, quantize=args.quantize, device=args.device, normalize=args.normalize,
+        loudness=args.loudness, compress=args.compress, bitrate=args.bitrate,
+    )
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(path)
+
+
+def remake_command(prompts: list[str] | None, num_samples: int, model: str, seed: int, settings: dict,
+                   output: str) -> list[str]:
+    """The `zhiyin generate` command line that makes the same files again (every setting spelled out)."""
+    s = settings
+    argv = ["zhiyin", "generate", *prompts] if prompts else ["zhiyin", "generate", "--unconditional",
+                                                             "--num-samples", str(num_samples)]
+    argv += ["--model", model, "--duration", f"{s['duration']:g}", "--seed", str(seed)]
+    argv += ["--greedy"] if s["greedy"] else ["--top-k", str(s["top_k"]), "--temperature", f"{s['temperature']:g}"]
+    if s["top_p"] is not None and not s["greedy"]:
+        argv += ["--top-p", f"{s['top_p']:g}"]
+    argv += ["--guidance", f"{s['guidance']:g}", "--window", f"{s['window']:g}", "--extend-stride",
+             f"{s['extend_stride']:g}"]
+    for flag, key in (("--audio-prompt", "audio_prompt"), ("--melody", "melody"), ("--quantize", "quantize"),
+                      ("--bitrate", "bitrate")):
+        if s[key] is not None:
+            argv += [flag, str(s[key])]
+    if s["prompt_seconds"] is not None:
+        argv += ["--prompt-seconds", f"{s['prompt_seconds']:g}"]
+    argv += ["--dtype", s["dtype"], "--device", s["device"], "--normalize", s["normalize"]]
+    argv += ["--loudness", f"{s['loudness']:g}"] + (["--compress"] if s["compress"] else [])
+    return argv + ["-o", output]
+
+
+def generate(args) -> int:
+    paths = check_arguments(args)
+    from .config import MusicgenConfig
+    from .hub import resolve_file
+
+    config = MusicgenConfig.from_json_file(resolve_file(args.model, "config.json"))
+    _check_for_model(args, config)
+    import torch
+
+    from .audio_io import read_audio
+    from .melody import MusicgenMelodyForConditionalGeneration
+    from .model import MusicgenForConditionalGeneration
+    from .processor import AutoProcessor
+
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    rate, channels = config.audio_encoder.sampling_rate, config.decoder.audio_channels
+    melodic = config.extra.get("model_type") == "musicgen_melody"
+    count = len(paths)
+    processor = AutoProcessor.from_pretrained(args.model)
     prompt_audio = None
     if args.audio_prompt is not None:
-        prompt_audio = read_audio(args.audio_prompt, rate, channels)  # [channels, samples]
+        prompt_audio = read_audio(args.audio_prompt, rate, channels, last_seconds=args.prompt_seconds)
 
     started = time.perf_counter()
     model_class = MusicgenMelodyForConditionalGeneration if melodic else MusicgenForConditionalGeneration
-    model = model_class.from_pretrained(
-        args.model, dtype=args.dtype, device=args.device, quantize=args.quantize
-    )
-    frame_rate = config.audio_encoder.frame_rate
-    delay = max(codebook_delays(config.decoder.num_codebooks, channels))
-    new_frames = round(args.duration * frame_rate)
-    if new_frames < 1:
-        raise UsageError(f"--duration {args.duration:g} s is shorter than one audio frame (1/{frame_rate} s)")
-
+    model = model_class.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
     if args.unconditional:
-        inputs = dict(model.get_unconditional_inputs(args.num_samples))
+        inputs = dict(model.get_unconditional_inputs(count))
         guidance = inputs.pop("guidance_scale", 1.0)  # generate() takes it as its own argument
-        if prompt_audio is not None:
-            raise UsageError("--audio-prompt needs a text prompt here; give one (it may be short, e.g. \"music\")")
     else:
-        processor = AutoProcessor.from_pretrained(args.model)
-        audio = [prompt_audio] * len(args.prompts) if prompt_audio is not None else None
-        inputs = processor(text=args.prompts, audio=audio, sampling_rate=rate if audio else None, padding=True, return_tensors="pt")
+        audio = [prompt_audio] * count if prompt_audio is not None else None
+        inputs = processor(text=args.prompts, audio=audio, sampling_rate=rate if audio else None, padding=True,
+                           return_tensors="pt")
         guidance = args.guidance
-    if features is not None:
-        inputs["input_features"], guidance = features, args.guidance  # guided against the null chroma
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
+    if args.melody is not None:  # the tune's chroma, one copy per file, guided against the null chroma
+        extractor = processor.feature_extractor
+        melody = read_audio(args.melody, extractor.sampling_rate, 1)[0]
+        inputs["input_features"] = extractor([melody] * count, sampling_rate=extractor.sampling_rate,
+                                             return_tensors="pt")["input_features"]
+        guidance = args.guidance
+    torch.manual_seed(seed)
     sampling = dict(do_sample=not args.greedy, guidance_scale=guidance, top_k=args.top_k, top_p=args.top_p,
                     temperature=args.temperature, progress_bar=not args.quiet)
     long_music = dict(duration=args.duration, window=args.window, extend_stride=args.extend_stride)
+
+    settings = _settings(args)
+    command = remake_command(None if args.unconditional else list(args.prompts), count, args.model, seed, settings,
+                             args.output)
+    files = [dict(prompt=None if args.unconditional else p, take=i + 1, takes=count, model=args.model, seed=seed,
+                  settings=settings, command=command)
+             for i, p in enumerate(args.prompts if not args.unconditional else [None] * count)]
+    writer = dict(rate=rate, format=args.format, normalize=args.normalize, loudness_db=args.loudness,
+                  compress=args.compress, bitrate=args.bitrate)
     if args.stream:
-        status = stream_to_files(model.generate_stream(**inputs, **long_music, **sampling), paths, rate, channels, args.picture)
-        print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        return status
-    prompt_seconds = prompt_audio.shape[-1] / rate if prompt_audio is not None else 0.0
-    if prompt_seconds + args.duration > args.window:  # audiocraft's windowed continuation (melody tiled along)
-        audio_values = model.generate_long(**inputs, **long_music, **sampling)
+        status = stream_to_files(model.generate_stream(**inputs, **long_music, **sampling), paths, files, writer,
+                                 args.picture)
     else:
-        audio_values = model.generate(**inputs, max_new_tokens=new_frames + delay, **sampling)
-    audio_values = audio_values.cpu().numpy()
-    failed = 0
-    for path, audio in zip(paths, audio_values):
-        try:
-            write_audio(path, audio, rate, format=args.format)
-        except (OSError, ValueError) as error:
-            failed += 1
-            print(f"zhiyin: error: could not write {path}: {error}", file=sys.stderr)
-            continue
-        kind = "stereo" if audio.shape[0] == 2 else "mono"
-        print(f"wrote {path} ({audio.shape[-1] / rate:.2f} s, {rate} Hz, {kind})")
-        if args.picture:
-            write_picture(path, audio, rate)
-    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return 1 if failed else 0
+        audio_values = model.generate_long(**inputs, **long_music, **sampling).cpu().numpy()
+        status = 0
+        for path, audio, metadata in zip(paths, audio_values, files):
+            status |= _finish(path, audio, metadata, writer, args.picture)
+    print(f"done in {time.perf_counter() - started:.1f} s, seed {seed} (--seed {seed} makes the same music)",
+          file=sys.stderr)
+    return status
 
 
-def stream_to_files(chunks, paths: list[str], rate: int, channels: int, picture: bool = False) -> int:
-    """Write audio chunks [B, channels, samples] to the B WAV files as they come (streaming.write_stream)."""
-    from .streaming import write_stream
+def _finish(path: str, audio, metadata: dict, writer: dict, picture: bool) -> int:
+    """Write one finished file (levelled, tagged, atomically) and say so; 1 if it could not be written."""
+    from .audio_io import write_audio
 
-    written = 0
+    w = writer
     try:
-        for written in write_stream(chunks, paths, rate):
-            pass
-    except KeyboardInterrupt:
-        kept = f"{', '.join(paths)} hold the first {written / rate:.2f} s" if written else "nothing written"
-        print(f"zhiyin: interrupted; {kept}", file=sys.stderr)
-        return 130
-    for path in paths:
-        print(f"wrote {path} ({written / rate:.2f} s, {rate} Hz, {'stereo' if channels == 2 else 'mono'})")
-        if picture:
-            import soundfile
+        write_audio(path, audio, w["rate"], format=w["format"], normalize=w["normalize"], loudness_db=w["loudness_db"],
+                    compress=w["compress"], bitrate=w["bitrate"], metadata=metadata)
+    except (OSError, ValueError) as error:
+        print(f"zhiyin: error: could not write {path}: {error}", file=sys.stderr)
+        return 1
+    kind = "stereo" if audio.shape[0] == 2 else "mono"
+    print(f"wrote {path} ({audio.shape[-1] / w['rate']:.2f} s, {w['rate']} Hz, {kind})")
+    if picture:
+        from .picture import save_picture
 
-            write_picture(path, soundfile.read(path, dtype="float32", always_2d=True)[0].T, rate)
+        print(f"picture {save_picture(os.path.splitext(path)[0] + '.png', audio, w['rate'])}")
     return 0
 
 
-def write_picture(audio_path: str, audio, rate: int) -> None:
-    from .picture import save_picture
+def partial_path(path: str) -> str:
+    """Where --stream writes `path` while the music is being made."""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.partial{ext}"
 
-    picture = os.path.splitext(audio_path)[0] + ".png"
-    print(f"picture {save_picture(picture, audio, rate)}")
+
+def stream_to_files(chunks, paths: list[str], files: list[dict], writer: dict, picture: bool = False) -> int:
+    """Write audio chunks [B, channels, samples] to B partial WAV files as they come (streaming.write_stream); when
+    the music is done or interrupted, each becomes its file (levelled and tagged like any other) and the partial
+    file goes. A killed run leaves the partial files, valid WAVs of what was made."""
+    import soundfile
+
+    from .streaming import write_stream
+
+    partials = [partial_path(path) for path in paths]
+    written, status = 0, 0
+    try:
+        for written in write_stream(chunks, partials, writer["rate"]):
+            pass
+    except KeyboardInterrupt:
+        status = 130
+        print(f"zhiyin: interrupted; keeping the first {written / writer['rate']:.2f} s" if written
+              else "zhiyin: interrupted; nothing written", file=sys.stderr)
+    if not written:
+        return status or 1
+    for path, partial, metadata in zip(paths, partials, files):
+        audio = soundfile.read(partial, dtype="float32", always_2d=True)[0].T
+        failed = _finish(path, audio, metadata, writer, picture)
+        if not failed:
+            os.remove(partial)
+        status = status or failed
+    return status
+
+
+# ---------------------------------------------------------------- info
+
+
+def info(args) -> int:
+    from .audio_io import audio_seconds, read_metadata
+
+    status = 0
+    for path in args.files:
+        try:
+            metadata = read_metadata(path)
+            seconds = audio_seconds(path)
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        if metadata is None:
+            print(f"zhiyin: error: '{path}' holds no zhiyin metadata: it was made elsewhere, or by an older zhiyin",
+                  file=sys.stderr)
+            status = 2
+            continue
+        s = metadata.get("settings", {})
+        shown = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in s.items() if value not in (None, False))
+        lines = [
+            ("file", f"{path} ({seconds:.2f} s)"),
+            ("prompt", metadata.get("prompt") if metadata.get("prompt") is not None else "(none: unconditional)"),
+            ("model", metadata.get("model")),
+            ("seed", metadata.get("seed")),
+            ("settings", shown),
+            ("made by", f"zhiyin {metadata.get('zhiyin')}"),
+            ("remake", shlex.join(metadata.get("command", []))),
+        ]
+        if metadata.get("takes", 1) > 1:
+            lines.append(("", f"(file {metadata['take']} of the {metadata['takes']} that command writes)"))
+        print("\n".join(f"{name:<9} {value}" for name, value in lines))
+    return status
+
+
+# ---------------------------------------------------------------- random checkpoint
+
+
+def random_checkpoint(args) -> int:
+    from .random_checkpoint import write_random_checkpoint
+
+    if os.path.exists(args.folder) and (not os.path.isdir(args.folder) or os.listdir(args.folder)):
+        raise UsageError(f"'{args.folder}' is not an empty folder: give a new folder to write the checkpoint into")
+    _check_writable(os.path.dirname(os.path.abspath(args.folder)) or ".")
+    write_random_checkpoint(args.folder, args.shape, seed=args.seed)
+    print(f"wrote a random musicgen-{args.shape} checkpoint to {args.folder}: zhiyin generate \"...\" --model {args.folder}")
+    return 0
+
+
+# ---------------------------------------------------------------- main
+
+
+def _interrupt(signum, frame):  # SIGTERM ends a run as Ctrl-C does: a stream's partial files become its files
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from huggingface_hub.utils import logging as hub_logging
-
-    hub_logging.set_verbosity_error()  # no retry chatter: a failure is reported in one line below
     try:
-        return generate(args)
+        args = build_parser().parse_args(argv)
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            signal.signal(signal.SIGTERM, _interrupt)
+        if args.command == "generate":
+            from huggingface_hub.utils import logging as hub_logging
+
+            hub_logging.set_verbosity_error()  # no retry chatter: a failure is reported in one line below
+        return {"generate": generate, "info": info, "random-checkpoint": random_checkpoint}[args.command](args)
     except UsageError as error:
         print(f"zhiyin: error: {error}", file=sys.stderr)
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+    except (ValueError, OSError) as error:  # bad checkpoints, files and settings found on the way
         print(f"zhiyin: error: {error}", file=sys.stderr)
     except KeyboardInterrupt:
         print("zhiyin: interrupted; nothing written", file=sys.stderr)
         return 130
     return 2
+
 
 
 if __name__ == "__main__":
