@@ -36,6 +36,16 @@ def _pad1d(x: Tensor, left: int, right: int, mode: str) -> Tensor:
     return x[..., : x.shape[-1] - extra]
 
 
+def _pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A kernel-1 convolution as a matrix product, bias first: oneDNN's 1x1 convolutions sum in an order that
+    depends on the thread count (so the same seed made other last bits on another machine), this does not.
+    x [B, C_in, T], weight [C_out, C_in] -> [B, C_out, T]."""
+    if bias is None:
+        return torch.matmul(weight, x)
+    B, (C_out, C_in), T = x.shape[0], weight.shape, x.shape[-1]
+    return torch.baddbmm(bias[None, :, None].expand(B, C_out, T), weight.expand(B, C_out, C_in), x)
+
+
 class EncodecConv1d(nn.Module):
     """Conv1d that pads its input itself so that the output has exactly ceil(T / stride) frames."""
 
@@ -63,7 +73,9 @@ class EncodecConv1d(nn.Module):
         else:
             right = self.padding_total // 2
             left = self.padding_total - right
-        if (self.pad_in_conv and self.pad_mode == "reflect" and self.stride == 1 and left == right + extra
+        if self.conv.kernel_size[0] == 1 and self.stride == 1:
+            x = _pointwise(x, self.conv.weight[:, :, 0], self.conv.bias)
+        elif (self.pad_in_conv and self.pad_mode == "reflect" and self.stride == 1 and left == right + extra
                 and length >= 3 * left > 0):
             x = self._conv_reflect_edges(x, left)  # the same numbers, without copying x into a padded buffer
         else:
