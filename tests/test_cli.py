@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import pytest
 import soundfile
 import torch
 
+import zhiyin
+from checkpoints import SHARED_AUDIO
 from zhiyin.audio_io import read_audio
 from zhiyin.cli import main
 
@@ -197,6 +201,28 @@ BAD = {
     "missing audio prompt": (["piano", "--audio-prompt", "{tmp}/absent.wav"], ["absent.wav", "not found"]),
     "corrupt audio prompt": (["piano", "--audio-prompt", "{tmp}/garbage.wav"], ["garbage.wav", "cannot read audio"]),
     "missing model folder": (["piano", "--model", "{tmp}/no-such-model"], ["no-such-model", "does not exist"]),
+    "duration past the maximum": (["piano", "--duration", "1e9"], ["--duration", "--max-duration"]),
+    "duration inf": (["piano", "--duration", "inf"], ["--duration", "finite"]),
+    "duration nan": (["piano", "--duration", "nan"], ["--duration", "finite"]),
+    "duration under a frame": (["piano", "--duration", "0.001"], ["--duration", "one audio frame"]),
+    "duration not a number": (["piano", "--duration", "ten"], ["--duration", "'ten'"]),
+    "seed 2**70": (["piano", "--seed", str(2**70)], ["--seed", "2**63"]),
+    "seed -1": (["piano", "--seed", "-1"], ["--seed", "from 0"]),
+    "temperature nan": (["piano", "--temperature", "nan"], ["--temperature", "finite"]),
+    "guidance nan": (["piano", "--guidance", "nan"], ["--guidance", "finite"]),
+    "top-p inf": (["piano", "--top-p", "inf"], ["--top-p", "finite"]),
+    "window nan": (["piano", "--window", "nan"], ["--window", "finite"]),
+    "window past one pass": (["piano", "--window", "60", "--extend-stride", "30"], ["--window 60", "one pass"]),
+    "output in /proc": (["piano", "-o", "/proc/o.wav"], ["/proc", "not writable"]),
+    "output in /sys": (["piano", "-o", "/sys/o.wav"], ["/sys", "not writable"]),
+    "output a folder with a slash": (["piano", "-o", "{tmp}/adir/"], ["adir/", "is a folder", "music.wav"]),
+    "output an existing folder": (["piano", "-o", "{tmp}/adir"], ["adir", "is a folder", "music.wav"]),
+    "output a device": (["piano", "-o", "/dev/full"], ["/dev/full", "not a regular file"]),
+    "bitrate for a wav": (["piano", "--bitrate", "128"], ["--bitrate", "mp3"]),
+    "bitrate not standard": (["piano", "-o", "{tmp}/out.mp3", "--bitrate", "100"], ["--bitrate", "100"]),
+    "prompt-seconds alone": (["piano", "--prompt-seconds", "3"], ["--prompt-seconds", "--audio-prompt"]),
+    "loudness above full scale": (["piano", "--loudness", "3"], ["--loudness"]),
+    "unknown normalize": (["piano", "--normalize", "loud"], ["--normalize", "'loud'"]),
     "unknown device": (["piano", "--device", "gpu"], ["device 'gpu'", "cuda"]),
     "absent GPU": (["piano", "--device", "cuda:99"], ["cuda:99"]),
 }
@@ -209,6 +235,7 @@ def test_bad_input(capsys, model, tmp_path, case):
     argv, phrases = BAD[case]
     (tmp_path / "garbage.wav").write_bytes(b"RIFF\x00\x01garbage, not audio" * 50)
     (tmp_path / "folder.wav").mkdir()
+    (tmp_path / "adir").mkdir()
     argv = [a.replace("{tmp}", str(tmp_path)) if a != '""' else "" for a in argv]
     if "-o" not in argv:
         argv += ["-o", str(tmp_path / "out.wav")]
@@ -252,3 +279,158 @@ def test_picture_beside_the_audio(tiny_checkpoint, tmp_path, capsys, stream):
     picture = tmp_path / "song.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"picture {picture}" in capsys.readouterr().out
+
+
+def test_flags_are_checked_before_torch_is_imported(tmp_path):
+    """--help, --version and bad flags answer without importing torch (or reading a model)."""
+    script = """
+import contextlib, io, sys
+from zhiyin.cli import main
+for argv in (["generate", "x", "--duration", "nan"], ["generate", "x", "--seed", "-1"], ["generate", "x", "-o", "/proc/x.wav"],
+             ["generate", "x", "--top-k", "0"], ["generate", "--unconditional", "--duration", "1e9"]):
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(argv) == 2, argv
+    assert err.getvalue().startswith("zhiyin: error:"), err.getvalue()
+for argv in (["--help"], ["generate", "--help"], ["--version"]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as done:
+            assert done.code == 0
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_long_audio_prompt_is_refused_from_its_header(capsys, model, tmp_path, monkeypatch):
+    """A 10-minute prompt is refused before it is decoded, with advice a CLI user can follow; --prompt-seconds
+    continues its end."""
+    long = tmp_path / "ten-minutes.wav"
+    soundfile.write(str(long), np.zeros(8000 * 600, dtype=np.int16), 8000)
+    tail = np.sin(np.arange(8000 * 2) * 0.05).astype(np.float32) * 0.5
+    with soundfile.SoundFile(str(long), "r+") as f:  # a tone in its last 2 s
+        f.seek(8000 * 598)
+        f.write(tail)
+    import zhiyin.audio_io as audio_io
+
+    real_read = audio_io.read_audio
+    monkeypatch.setattr(audio_io, "read_audio", lambda *a, **k: pytest.fail("decoded a prompt it must refuse"))
+    status, out, err = generate(capsys, model, "piano", "--audio-prompt", long, "-o", tmp_path / "x.wav")
+    assert_usage_error(status, out, err, "600.0 s", "--window", "--prompt-seconds")
+    assert "generate_long" not in err
+    monkeypatch.setattr(audio_io, "read_audio", real_read)
+    status, out, err = generate(capsys, model, "piano", "--audio-prompt", long, "--prompt-seconds", 2, "-o",
+                                tmp_path / "x.wav", "--normalize", "none", "--greedy")
+    assert status == 0, err
+    assert len(read(tmp_path / "x.wav")) == (100 + frames_for(0.5)) * HOP  # 2 s of prompt + 0.5 s
+
+
+@pytest.mark.parametrize("damage", ["truncated safetensors", "pickle with code", "not a pickle", "bad config.json",
+                                    "bad tokenizer.json"])
+def test_damaged_checkpoints_get_one_line(capsys, tiny_checkpoint, tmp_path, damage):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated safetensors":
+        os.truncate(weights, weights.stat().st_size - 1000)
+        phrases = ["model.safetensors", "damaged or incomplete", "download it again"]
+    elif damage in ("pickle with code", "not a pickle"):
+        weights.unlink()
+        bad = folder / "pytorch_model.bin"
+        if damage == "pickle with code":
+            torch.save({"x": _RunsCode(str(tmp_path / "ran"))}, bad)
+            phrases = ["pytorch_model.bin", "code", "never runs"]
+        else:
+            bad.write_bytes(b"PK\x03\x04 half a zip file")
+            phrases = ["pytorch_model.bin", "damaged or incomplete"]
+    elif damage == "bad config.json":
+        (folder / "config.json").write_text('{"decoder": {"hidden_size": 48,}\n')
+        phrases = ["config.json", "not valid JSON", "line 1"]
+    else:
+        (folder / "tokenizer.json").write_text("{ not json")
+        phrases = ["tokenizer.json", "download it again"]
+    status, out, err = generate(capsys, str(folder), "piano", "-o", tmp_path / "out.wav")
+    assert_usage_error(status, out, err, *phrases)
+    assert "weights_only" not in err  # never the advice to let a file run code
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out.wav").exists()
+
+
+class _RunsCode:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))  # would create a file if it ran
+
+
+# ---------------------------------------------------------------- what a file says about itself
+
+
+def test_drawn_seed_is_printed_stored_and_remakes_the_file(capsys, model, tmp_path):
+    first = tmp_path / "first.wav"
+    status, out, err = generate(capsys, model, "lofi piano", "it's \"quoted\"", "-o", first, "--top-k", 20)
+    assert status == 0, err
+    seed = int(err.strip().splitlines()[-1].split("seed ")[1].split(" ")[0])
+    assert f"--seed {seed} makes the same music" in err
+    for take, prompt in ((1, "lofi piano"), (2, "it's \"quoted\"")):
+        status, out, err = run(capsys, "info", tmp_path / f"first-{take}.wav")
+        assert status == 0, err
+        lines = {line[:9].strip(): line[10:] for line in out.splitlines() if line[:9].strip()}
+        assert lines["prompt"] == prompt and lines["seed"] == str(seed) and lines["model"] == model
+        assert "top-k 20" in lines["settings"] and lines["made by"] == f"zhiyin {zhiyin.__version__}"
+        assert f"(file {take} of the 2 that command writes)" in out
+    command = shlex.split(lines["remake"])
+    assert command[:2] == ["zhiyin", "generate"] and command[-2:] == ["-o", str(first)]
+    again = tmp_path / "again.wav"
+    status, _, err = run(capsys, *command[1:-2], "--quiet", "-o", again)
+    assert status == 0, err
+    for take in (1, 2):  # the same samples, to the bit
+        assert np.array_equal(read(tmp_path / f"again-{take}.wav"), read(tmp_path / f"first-{take}.wav"))
+
+
+def test_info_on_a_file_zhiyin_did_not_write(capsys, tmp_path):
+    soundfile.write(str(tmp_path / "other.wav"), np.zeros(320, np.float32), 32000)
+    status, out, err = run(capsys, "info", tmp_path / "other.wav")
+    assert_usage_error(status, out, err, "other.wav", "no zhiyin metadata")
+    status, out, err = run(capsys, "info", tmp_path / "missing.wav")
+    assert_usage_error(status, out, err, "missing.wav", "not found")
+
+
+def test_mp3_with_a_bitrate_and_its_metadata(capsys, model, tmp_path):
+    status, out, err = generate(capsys, model, "jazz", "-o", tmp_path / "x.mp3", "--bitrate", 128, "--seed", 4,
+                                duration=2.0)
+    assert status == 0, err
+    info = soundfile.info(str(tmp_path / "x.mp3"))
+    assert (info.format, info.samplerate, info.channels) == ("MP3", RATE, 1)
+    assert abs(info.frames - frames_for(2.0) * HOP) <= 2 * 1152  # whole MPEG frames
+    assert "--bitrate 128" in run(capsys, "info", tmp_path / "x.mp3")[1]
+
+
+def test_levels_loudness_by_default_and_none_keeps_the_models_samples(capsys, model, tmp_path):
+    from zhiyin.loudness import measure_loudness
+
+    runs = {"default.wav": [], "explicit.wav": ["--normalize", "loudness", "--loudness", "-14"],
+            "quiet.wav": ["--loudness", "-20"], "raw.wav": ["--normalize", "none"]}
+    for name, level in runs.items():
+        assert generate(capsys, model, "drums", "--seed", 9, "-o", tmp_path / name, *level, duration=2.0)[0] == 0
+    assert np.array_equal(read(tmp_path / "default.wav"), read(tmp_path / "explicit.wav"))
+    quiet, raw = read(tmp_path / "quiet.wav"), read(tmp_path / "raw.wav")
+    assert abs(measure_loudness(quiet[None], RATE) + 20) < 0.1
+    np.testing.assert_allclose(quiet, raw * (np.abs(quiet).max() / np.abs(raw).max()), atol=2 / 32768)  # one gain
+    loud = read(tmp_path / "default.wav")  # these drums would peak over -1 dB FS at -14 LUFS: the ceiling wins
+    assert np.abs(loud).max() <= 10 ** (-1 / 20) + 1 / 32768 and measure_loudness(loud[None], RATE) < -14
+
+
+@pytest.mark.parametrize("quantize", [[], ["--quantize", "int8"]], ids=["float32", "int8"])
+def test_same_seed_same_samples_at_one_and_two_threads(capsys, model, tmp_path, quantize):
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            status, _, err = generate(capsys, model, "techno", "--audio-prompt", SHARED_AUDIO / TRUMPET, "--seed", 11,
+                                      "-o", tmp_path / f"t{count}.wav", *quantize, duration=1.5)
+            assert status == 0, err
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(read(tmp_path / "t1.wav"), read(tmp_path / "t2.wav"))

@@ -15,7 +15,7 @@ from decoder_steps import compare_steps, make_decoder, text_condition
 from zhiyin import MusicgenForConditionalGeneration
 from zhiyin.cuda_graph import GraphStep
 from zhiyin.generation import generate_codes
-from zhiyin.sampling import SamplingSettings
+from zhiyin.sampling_settings import SamplingSettings
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -192,7 +192,7 @@ def check_arguments(args) -> list[str]:
         raise UsageError(f"--prompt-seconds must be more than 0, got {args.prompt_seconds:g}")
     if args.normalize == "loudness" and args.loudness > 0 or args.normalize == "rms" and args.loudness > 0:
         raise UsageError(f"--loudness must be at most 0 (a level under full scale), got {args.loudness:g}")
-    from .sampling import SamplingSettings
+    from .sampling_settings import SamplingSettings
 
     settings = SamplingSettings(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, guidance_scale=args.guidance)
@@ -340,9 +340,10 @@ def generate(args) -> int:
     long_music = dict(duration=args.duration, window=args.window, extend_stride=args.extend_stride)
 
     settings = _settings(args)
-    command = remake_command(None if args.unconditional else list(args.prompts), count, args.model, seed, settings,
+    model_name = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model  # a folder, from anywhere
+    command = remake_command(None if args.unconditional else list(args.prompts), count, model_name, seed, settings,
                              args.output)
-    files = [dict(prompt=None if args.unconditional else p, take=i + 1, takes=count, model=args.model, seed=seed,
+    files = [dict(prompt=None if args.unconditional else p, take=i + 1, takes=count, model=model_name, seed=seed,
                   settings=settings, command=command)
              for i, p in enumerate(args.prompts if not args.unconditional else [None] * count)]
     writer = dict(rate=rate, format=args.format, normalize=args.normalize, loudness_db=args.loudness,

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from .decoder import CrossKV, MusicgenDecoder
 from .delay_pattern import UNKNOWN, build_pattern, codebook_delays, first_unknown, num_frames, undelay
-from .sampling import SamplingSettings, next_tokens
+from .sampling import next_tokens
+from .sampling_settings import SamplingSettings
 
 
 @torch.inference_mode()

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .decoder import CrossKV, MusicgenDecoder
 from .delay_pattern import codebook_delays
 from .generation import generate_frames
-from .sampling import SamplingSettings
+from .sampling_settings import SamplingSettings
 
 WINDOW_SECONDS = 30.0  # MusicGen's training length, audiocraft's max_duration
 EXTEND_STRIDE_SECONDS = 18.0  # audiocraft's default: each later window keeps 12 s of context

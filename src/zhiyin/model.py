@@ -26,7 +26,7 @@ from .encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel
 from .generation import generate_codes
 from .inputs import BatchFeature
 from .long_form import EXTEND_STRIDE_SECONDS, WINDOW_SECONDS, long_frames, plan_windows
-from .sampling import SamplingSettings
+from .sampling_settings import SamplingSettings
 from .streaming import decode_stream
 from .t5 import T5Encoder
 
