@@ -1,4 +1,4 @@
-"""EnCodec codes compared honestly across CPUs.
+"""EnCodec codes (and melody chroma, another argmax) compared honestly across CPUs.
 
 Each codebook picks the entry nearest to what the codebooks before it left over (an argmin of float32 distances).
 Where two entries are equally near within float32 resolution, a latent that differs in its last bits (another
@@ -9,6 +9,8 @@ codebook of that frame. Both picks are right. So:
   tie; there each of our codes must be a nearest entry (within TIE) of the residual it quantizes.
 - `reference_takes_our_prompt_codes`: generation from an audio prompt, compared token by token after the prompt's
   codes were compared as above.
+- `assert_same_chroma`: a melody's one-hot chroma (the loudest of 12 pitch classes per frame), equal but where the
+  two loudest are as loud within rounding.
 """
 
 from __future__ import annotations
@@ -84,3 +86,17 @@ def reference_takes_our_prompt_codes(reference, codec):
         yield
     finally:
         del reference.audio_encoder.encode  # the instance attribute goes; the class's method shows again
+
+
+CHROMA_TIE = 1e-4  # of a frame's largest pitch-class energy: the oracle's resampler rounds ~1e-5 from ours
+
+
+def assert_same_chroma(got: torch.Tensor, want: torch.Tensor, energies: torch.Tensor) -> None:
+    """One-hot chroma [B, frames, 12], ours and the reference's, equal except in frames where the reference's pick
+    is a tie: its energy (ours, `energies`, normalised to a largest of 1) within CHROMA_TIE of the largest."""
+    assert got.shape == want.shape == energies.shape, (got.shape, want.shape, energies.shape)
+    differing = (got != want).any(-1)
+    if differing.any():
+        theirs = energies.gather(-1, want.argmax(-1, keepdim=True))[..., 0]
+        gaps = (energies.max(-1).values - theirs)[differing]
+        assert gaps.max() <= CHROMA_TIE, f"{int(differing.sum())} chroma frames differ, by up to {float(gaps.max()):.1e}"

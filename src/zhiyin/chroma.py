@@ -127,6 +127,18 @@ class MusicgenMelodyFeatureExtractor:
         """`input_features` [B, frames, 12]; with `return_attention_mask`, also the padding mask [B, samples]
         (1 = audio), taken every hop_length samples when asked for in the call (the reference's rule)."""
         _check_return_tensors(return_tensors)
+        waveforms, mask = self.waveforms(audio, sampling_rate, padding, max_length, truncation)
+        out = BatchFeature(input_features=self.chroma(waveforms))
+        if return_attention_mask or (return_attention_mask is None and self.return_attention_mask):
+            out["attention_mask"] = mask[:, :: self.hop_length] if return_attention_mask else mask
+        if return_tensors == "np":
+            out = BatchFeature({name: value.numpy() for name, value in out.items()})
+        return out
+
+    def waveforms(self, audio: Any, sampling_rate: int | None = None, padding: bool | str = True,
+                  max_length: int | None = None, truncation: bool = True) -> tuple[Tensor, Tensor]:
+        """The mono clips of `audio` at the model's rate, cropped and padded into one batch [B, T], and the mask of
+        their samples (1 = audio, 0 = padding): what `chroma` is computed from."""
         if sampling_rate is None:
             logger.warning("no sampling_rate given with the melody; assuming %d Hz", self.sampling_rate)
         clips = self._mono_clips(audio, sampling_rate)
@@ -147,15 +159,16 @@ class MusicgenMelodyFeatureExtractor:
             else:
                 padded.append(torch.cat([clip, fill]))
                 mask[i, : len(clip)] = 1
-        out = BatchFeature(input_features=self.chroma(torch.stack(padded)))
-        if return_attention_mask or (return_attention_mask is None and self.return_attention_mask):
-            out["attention_mask"] = mask[:, :: self.hop_length] if return_attention_mask else mask
-        if return_tensors == "np":
-            out = BatchFeature({name: value.numpy() for name, value in out.items()})
-        return out
+        return torch.stack(padded), mask
 
     def chroma(self, waveform: Tensor) -> Tensor:
-        """Mono audio [B, T] at `sampling_rate` -> one-hot chroma [B, T // hop + 1, 12] (at least 5 frames)."""
+        """Mono audio [B, T] at `sampling_rate` -> one-hot chroma [B, T // hop + 1, 12] (at least 5 frames): the
+        loudest pitch class of each frame."""
+        energies = self.chroma_energies(waveform)
+        return torch.zeros_like(energies).scatter_(-1, energies.argmax(-1, keepdim=True), 1.0)
+
+    def chroma_energies(self, waveform: Tensor) -> Tensor:
+        """What `chroma` takes the loudest of: each frame's 12 pitch-class energies over their largest, [B, frames, 12]."""
         if waveform.shape[-1] < self.n_fft:  # too short to reflect-pad: centre it in n_fft samples of silence
             pad = self.n_fft - waveform.shape[-1]
             waveform = F.pad(waveform, (pad // 2, pad // 2 + pad % 2))
@@ -163,8 +176,7 @@ class MusicgenMelodyFeatureExtractor:
                           center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
         power = (spec / self.window.pow(2.0).sum().sqrt()).abs().pow(2.0)  # [B, n_fft/2 + 1, frames]
         raw = torch.einsum("cf, ...ft->...ct", self.filters, power)  # [B, 12, frames]
-        norm = F.normalize(raw, p=float("inf"), dim=-2, eps=1e-6).transpose(1, 2)  # [B, frames, 12]
-        return torch.zeros_like(norm).scatter_(-1, norm.argmax(-1, keepdim=True), 1.0)
+        return F.normalize(raw, p=float("inf"), dim=-2, eps=1e-6).transpose(1, 2)  # [B, frames, 12]
 
     def _mono_clips(self, audio: Any, sampling_rate: int | None) -> list[Tensor]:
         """The clips of `audio` as the reference reads them, each mono float32 [T] at `sampling_rate`."""
