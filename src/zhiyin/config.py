@@ -7,7 +7,6 @@ reference defaults, and keep every key we were given so that `to_dict()` writes 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from .audio_io import resample, to_channels
 from .hub import DamagedFileError, read_json
 from .hub import resolve_file as _resolve_file
-from .audio_io import resample, to_channels
 from .inputs import BatchFeature
 
 logger = logging.getLogger(__name__)
