@@ -36,6 +36,12 @@ PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud 
            "lofi slow bpm electro chill with organic samples", "a jazz vibraphone solo over a walking bass line"]
 
 
+# --march levels below AVX-512: PyTorch computes as such a CPU does too (its own kernels, and oneDNN's)
+PYTORCH_LEVELS = {"x86-64-v3": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                  "x86-64-v2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+                  "x86-64": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
+
+
 def make_checkpoint(shape: str, folder: Path) -> None:
     from zhiyin.random_checkpoint import write_random_checkpoint
 
@@ -154,6 +160,7 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
     result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else 0.0
     result["threads"] = torch.get_num_threads()
     result["kernels_march"] = os.environ.get("ZHIYIN_KERNELS_MARCH") or "native"
+    result["torch_capability"] = torch.backends.cpu.get_cpu_capability()
     return result
 
 
@@ -176,7 +183,8 @@ def print_table(results: list[dict], title: str, seconds: float) -> None:
     names = [r["mode"] for r in results]
     width = max(len(n) for n in names) + 2
     first = results[0]
-    where = first["gpu"] if on_gpu else f"CPU, {first['threads']} threads, kernels for -march={first['kernels_march']}"
+    where = first["gpu"] if on_gpu else (f"CPU, {first['threads']} threads, kernels for -march={first['kernels_march']}, "
+                                          f"PyTorch at {first.get('torch_capability', '?')}")
     print(f"\n{title}; {where}\n")
     print(f"{'':40s}" + "".join(f"{n:>{width}s}" for n in names))
     for label, key, fmt in rows:
@@ -205,7 +213,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="default bench/checkpoints/<shape>")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--march", default=None,
-                        help="build zhiyin's CPU kernels for this -march (e.g. x86-64-v3: AVX2) instead of this CPU's")
+                        help="build zhiyin's CPU kernels for this -march (e.g. x86-64-v3: AVX2) instead of this CPU's; "
+                             "below AVX-512, PyTorch computes at that level too (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = args.checkpoint or HERE / "checkpoints" / args.shape
@@ -232,7 +241,8 @@ def main() -> None:
         print(f"running {mode} ...", file=sys.stderr)
         command = [sys.executable, __file__, "--worker", mode, "--shape", args.shape, "--steps", str(args.steps),
                    "--seconds", str(args.seconds), "--checkpoint", str(folder), "--device", args.device]
-        env = {**os.environ, "TQDM_DISABLE": "1", **({"ZHIYIN_KERNELS_MARCH": args.march} if args.march else {})}
+        env = {**os.environ, "TQDM_DISABLE": "1", **({"ZHIYIN_KERNELS_MARCH": args.march} if args.march else {}),
+               **PYTORCH_LEVELS.get(args.march, {})}
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             print(f"{mode} failed:\n{done.stderr[-2000:]}", file=sys.stderr)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import heap
+from .precision import Precision, plan
 from .quantization import dequantize_int8, quantize_int8
 
 SOURCES = Path(__file__).with_name("csrc")
@@ -203,25 +204,24 @@ def stream_linears(decoder: nn.Module, quantize: str | None = None) -> None:
             setattr(module, name, StreamingLinear.from_linear(getattr(module, name), quantize))
 
 
-def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, float_activations: bool = False) -> None:
+def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, precision: Precision | None = None) -> None:
     """Swap the decoder's linear layers for StreamingLinear (stream_linears; those already swapped stay as they
     are) and install the fused step.
 
-    float_activations: also turn the decoder's other parameters (norms, embeddings) to float32, so that its
-    activations and KV cache are float32 while the linear weights stay as they are (bfloat16 on the CPU)."""
+    precision: the plan the decoder was loaded by (precision.py), by default the one for its device, its dtype and
+    `quantize`. Where its activations are wider than its weights (bfloat16 on the CPU), the decoder's other
+    parameters (norms, embeddings) are widened, so that activations are float32 while the linear weights stay
+    narrow; its KV cache takes the plan's dtype."""
     stream_linears(decoder, quantize)
-    if float_activations:
+    reference = decoder.final_norm.weight
+    precision = precision or plan(reference.device, reference.dtype, quantize)
+    if precision.activations != precision.weights:
         for module in decoder.modules():
             if not isinstance(module, StreamingLinear):
                 for name, param in module.named_parameters(recurse=False):
-                    param.data = param.data.float()
-    # on the CPU, reduced-precision modes read a narrower KV cache in the fused step: attention's bytes per step grow
-    # with the context (elsewhere the plain step would only pay for converting it)
-    on_cpu = next(decoder.parameters()).device.type == "cpu"
-    if on_cpu and quantize == "int8":
-        decoder.cache_dtype = torch.int8
-    elif on_cpu and float_activations:
-        decoder.cache_dtype = torch.bfloat16
+                    param.data = param.data.to(precision.activations)
+    if precision.cache != precision.activations:
+        decoder.cache_dtype = precision.cache
     from .fused_step import FusedStep
 
     decoder.fused_stepper = FusedStep.build

@@ -109,6 +109,7 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
         self.audio_enc_to_dec_proj = nn.Linear(config.num_chroma, D) if config.num_chroma != D else None
         self.audio_encoder = EncodecModel(config.audio_encoder)
         self.decoder = MusicgenDecoder(config.decoder, cross_attention=False)
+        self.precision = None  # the plan from_pretrained loaded it by
         self.decoder.embed_scale = 1.0  # the reference's melody decoder never scales its embeddings
 
     @classmethod
@@ -151,7 +152,7 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
 
     def _inputs(self, input_ids, attention_mask, input_features, encoder_outputs) -> tuple[Tensor, Tensor, Tensor | None]:
         """Text states and mask (null text when only a melody is given), and the chroma [B, F, 12] or None."""
-        chroma = _as_tensor(input_features, self.device, self.dtype)
+        chroma = _as_tensor(input_features, self.device, self.conditioning_dtype)
         if chroma is not None and (chroma.dim() != 3 or chroma.shape[-1] != self.config.num_chroma):
             raise ValueError(
                 f"input_features must be chroma [batch, frames, {self.config.num_chroma}] from the melody processor, "

@@ -26,6 +26,7 @@ from .encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel
 from .generation import generate_codes
 from .inputs import BatchFeature
 from .long_form import EXTEND_STRIDE_SECONDS, WINDOW_SECONDS, long_frames, plan_windows
+from .precision import Precision, plan
 from .sampling_settings import SamplingSettings
 from .streaming import decode_stream
 from .t5 import T5Encoder
@@ -79,6 +80,7 @@ class MusicgenForConditionalGeneration(nn.Module):
         )
         self.audio_encoder = EncodecModel(config.audio_encoder)
         self.decoder = MusicgenDecoder(config.decoder)
+        self.precision: Precision | None = None  # the plan from_pretrained loaded it by
 
     @property
     def device(self) -> torch.device:
@@ -86,8 +88,14 @@ class MusicgenForConditionalGeneration(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the model was loaded in (the text encoder's; on the CPU a bfloat16 decoder keeps its
-        activations in float32, see from_pretrained)."""
+        """The dtype the model was loaded in: its decoder's weights' (int8 ones aside). Its other parts may compute
+        wider (precision.py: on the CPU a bfloat16 decoder's activations are float32, and T5 and EnCodec stay
+        float32 where the CPU has no native bfloat16)."""
+        return self.precision.weights if self.precision is not None else self.conditioning_dtype
+
+    @property
+    def conditioning_dtype(self) -> torch.dtype:
+        """The dtype T5, the text projection and EnCodec hold and compute in."""
         return self.text_encoder.shared.weight.dtype
 
     # ---- loading and saving ------------------------------------------------------------------------------------
@@ -123,27 +131,30 @@ class MusicgenForConditionalGeneration(nn.Module):
         files = _weight_files(name_or_path, hub_kwargs)
         kernels.check_quantize(quantize)
         wanted = None if dtype == "auto" else dtype or torch.float32
+        precision = plan(device, wanted, quantize) if wanted is not None else None  # which part in which dtype
         # int8: the decoder's linear weights are quantized as they are read, so the float file is never held whole
         quantized = weights.is_decoder_linear if quantize == "int8" else None
         with heap.large_tensors_mapped():
-            state = weights.read_state_dict(files, wanted, quantized)
+            state = weights.read_state_dict(files, precision.of if precision else None, quantized)
             state = weights.from_checkpoint(state)
         floats = [k for k, v in state.items() if v.is_floating_point() and not weights.is_int8_scale(k, state)]
-        target = wanted or state[floats[0]].dtype  # dtype 'auto': the stored one (the first, if they are mixed)
+        if precision is None:  # dtype 'auto': the stored one (the first, if they are mixed)
+            precision = plan(device, state[floats[0]].dtype, quantize)
         for key in floats:
-            state[key] = state[key].to(target)
+            state[key] = state[key].to(precision.of(key))
         on_cpu = device is None or device.type == "cpu"
         with torch.device("meta"):
-            model = cls(config, generation_config).to(dtype=target)
+            model = cls(config, generation_config).to(dtype=precision.conditioning)
+            model.decoder.to(dtype=precision.weights)
             if on_cpu or quantize is not None:
                 kernels.stream_linears(model.decoder, quantize)  # the layers the weights (int8 or float) load into
         model._load_converted(state, str(name_or_path))
+        model.precision = precision
         del state
         if device is not None:
             model.to(device)
         if on_cpu or quantize is not None:
-            # on the CPU a bfloat16 decoder streams bfloat16 weights but computes in float32 (faster there, and closer)
-            kernels.accelerate_decoder(model.decoder, quantize, float_activations=on_cpu and target == torch.bfloat16)
+            kernels.accelerate_decoder(model.decoder, quantize, precision)
         return model.eval()
 
     @classmethod
@@ -197,7 +208,8 @@ class MusicgenForConditionalGeneration(nn.Module):
         `max_new_tokens` (as transformers' documentation passes it) that length goes along to `generate`."""
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a whole number of at least 1, got {num_samples!r}")
-        hidden = torch.zeros(num_samples, 1, self.config.text_encoder.hidden_size, device=self.device, dtype=self.dtype)
+        hidden = torch.zeros(num_samples, 1, self.config.text_encoder.hidden_size, device=self.device,
+                             dtype=self.conditioning_dtype)
         mask = torch.zeros(num_samples, 1, device=self.device, dtype=torch.long)
         inputs = BatchFeature(encoder_outputs=(hidden,), attention_mask=mask, guidance_scale=1.0)
         if max_new_tokens is not None:
@@ -252,7 +264,7 @@ class MusicgenForConditionalGeneration(nn.Module):
                 hidden = encoder_outputs[0]
             else:
                 hidden = getattr(encoder_outputs, "last_hidden_state", encoder_outputs)
-            hidden = _as_tensor(hidden, device, self.dtype)
+            hidden = _as_tensor(hidden, device, self.conditioning_dtype)
         elif input_ids is not None:
             input_ids = _as_tensor(input_ids, device, torch.long)
             if input_ids.dim() != 2 or input_ids.shape[1] == 0:

@@ -47,34 +47,39 @@ WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_mo
 
 
 def read_state_dict(
-    paths: list[str], dtype: torch.dtype | None = None, quantized: Callable[[str], bool] | None = None
+    paths: list[str],
+    dtype: torch.dtype | Callable[[str], torch.dtype] | None = None,
+    quantized: Callable[[str], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read weight files (all safetensors or all .bin) into one state dict.
 
     Safetensors files are memory-mapped: no copy is made until a tensor is used. With `dtype` (floating-point
-    tensors converted to it) or `quantized`, they are read tensor by tensor instead, so that loading never holds
+    tensors converted to it; a function of the key gives each its own) or `quantized`, they are read tensor by tensor instead, so that loading never holds
     two copies of the weights. `quantized(key)` names the weights to quantize to int8 as they are read
     (quantization.py: a scale per output row, stored under `scale_key(key)`): a safetensors file is never held
     whole (a memory mapping would keep its pages resident as long as any tensor of it lives, as happens with .bin
     files, which torch.load maps).
     """
     state: dict[str, torch.Tensor] = {}
+    dtype_of = dtype if callable(dtype) else (lambda key: dtype)  # a dtype for every float tensor, or one per key
 
     def converted(key: str, stored: torch.dtype) -> bool:  # read only to be quantized or converted
-        return (quantized is not None and quantized(key)) or (dtype is not None and stored.is_floating_point
-                                                              and stored != dtype)
+        wanted = dtype_of(key)
+        return (quantized is not None and quantized(key)) or (wanted is not None and stored.is_floating_point
+                                                              and stored != wanted)
 
     def put(key: str, tensor: torch.Tensor, scratch: bool = False) -> None:  # scratch: a buffer reused after this
         if quantized is not None and quantized(key):
             state[key], state[scale_key(key)] = quantize_int8(tensor, overwrite=scratch)
         else:
-            state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+            wanted = dtype_of(key)
+            state[key] = tensor.to(wanted) if wanted is not None and tensor.is_floating_point() else tensor
             assert not scratch or state[key] is not tensor, f"{key}: the reused read buffer would be kept"
 
     for path in paths:
         if path.endswith(".safetensors"):
             stored = _stored_dtypes(path)  # reads the header, and so checks the file's size against it
-            if quantized is None and (dtype is None or stored <= {dtype}):
+            if quantized is None and (dtype is None or not callable(dtype) and stored <= {dtype}):
                 from safetensors.torch import load_file
 
                 state.update(load_file(path))
