@@ -91,3 +91,22 @@ def test_published_widths(width, heads, ffn, quantize):
     kernels.accelerate_decoder(decoder, quantize)
     compare_steps(decoder, text_condition(decoder, 2, text_len=12), 2, prefill=20, steps=2,
                   tolerance=1e-5 if quantize is None else 1e-3)
+
+
+def test_thread_count_follows_the_fastest_recent_steps():
+    """Each count runs one step every PROBE_EVERY steps; the others run on the count that was fastest (here the
+    team is slow at first, as beside a busy process, then fast, as when that process ends)."""
+    from zhiyin.fused_step import ThreadCount
+
+    chooser, chosen = ThreadCount(4), []
+    assert chooser.counts == [4, 2, 1]
+    for step in range(2 * ThreadCount.PROBE_EVERY):
+        count = chooser.next()
+        chosen.append(count)
+        slow_team = step < ThreadCount.PROBE_EVERY
+        chooser.record(count, {4: 3.0 if slow_team else 0.5, 2: 2.0 if slow_team else 0.8, 1: 1.0}[count])
+    assert chosen[:3] == [4, 2, 1] and set(chosen[3 : ThreadCount.PROBE_EVERY]) == {1}
+    probe = ThreadCount.PROBE_EVERY
+    assert chosen[probe : probe + 3] == [4, 2, 1]
+    assert set(chosen[probe + 3 :]) == {4}  # once 4 threads are fast again, after one probe in the new regime
+    assert ThreadCount(1).counts == [1] and ThreadCount(2).counts == [2, 1]

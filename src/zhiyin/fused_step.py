@@ -12,6 +12,8 @@ or unavailable, not on the CPU, float16, more rows than the kernels take): the d
 from __future__ import annotations
 
 import ctypes
+import os
+import time
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +95,7 @@ class FusedStep:
         )
         keep += [layers, embeddings, heads_weights, step]
         self.step_pointer = ctypes.addressof(step)
+        self.threads = ThreadCount(usable_threads())
 
     @classmethod
     def build(cls, decoder: MusicgenDecoder, cross: CrossKV | None, offset: int = 0) -> "FusedStep | None":
@@ -114,6 +117,14 @@ class FusedStep:
         return cls(decoder, cross, offset, library)
 
     def __call__(self, tokens: Tensor, position: int) -> Tensor:
+        threads = self.threads.next()
+        self.step.threads = threads
+        started = time.perf_counter()
+        logits = self._run(tokens, position)
+        self.threads.record(threads, time.perf_counter() - started)
+        return logits
+
+    def _run(self, tokens: Tensor, position: int) -> Tensor:
         tokens = tokens.to(torch.int64).contiguous()  # [rows, K]
         rows, K, V = self.shape
         # the C++ side trusts its indices: check them here (two reductions of a few values)
@@ -124,3 +135,40 @@ class FusedStep:
         logits = torch.empty(self.shape, dtype=torch.float32)
         self.library.zhiyin_decoder_step(self.step_pointer, tokens.data_ptr(), position + self.offset, logits.data_ptr())
         return logits
+
+
+def usable_threads() -> int:
+    """PyTorch's thread count, within the CPUs this process may run on."""
+    try:
+        return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return torch.get_num_threads()
+
+
+class ThreadCount:
+    """How many threads the next decoder step runs on: of the usable count, half of it and one, the one whose recent
+    steps were fastest. On a machine of our own that is all of them; with another busy process, a team whose members
+    wait for a CPU can be slower than one thread (2.7x for 2 threads beside one busy process, measured), and then
+    fewer threads win. Every PROBE_EVERY steps each count runs one step, back to back, so the times compared are of
+    neighbouring positions. The step's numbers do not depend on the count, so switching never changes the music."""
+
+    PROBE_EVERY = 64
+
+    def __init__(self, most: int):
+        self.counts = sorted({most, max(1, most // 2), 1}, reverse=True)
+        self.seconds: dict[int, float] = {}  # each count's recent step time
+        self.steps, self.probing = 0, False
+
+    def next(self) -> int:
+        probe = self.steps % self.PROBE_EVERY
+        self.steps += 1
+        untimed = [count for count in self.counts if count not in self.seconds]  # (a step that raised left none)
+        self.probing = probe < len(self.counts)
+        if self.probing:
+            return self.counts[probe]
+        return untimed[0] if untimed else min(self.seconds, key=self.seconds.get)
+
+    def record(self, count: int, seconds: float) -> None:
+        """A probe's time replaces the count's; the chosen count's steps keep a running average."""
+        before = self.seconds.get(count)
+        self.seconds[count] = seconds if before is None or self.probing else 0.7 * before + 0.3 * seconds

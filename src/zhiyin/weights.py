@@ -79,7 +79,7 @@ def read_state_dict(
     for path in paths:
         if path.endswith(".safetensors"):
             stored = _stored_dtypes(path)  # reads the header, and so checks the file's size against it
-            if quantized is None and (dtype is None or not callable(dtype) and stored <= {dtype}):
+            if quantized is None and all(not converted(key, kind) for key, kind in stored.items()):
                 from safetensors.torch import load_file
 
                 state.update(load_file(path))
@@ -158,10 +158,11 @@ def _safetensors_header(f) -> tuple[dict, int]:
     return header, 8 + size
 
 
-def _stored_dtypes(path: str) -> set[torch.dtype]:
+def _stored_dtypes(path: str) -> dict[str, torch.dtype]:
+    """Each tensor's dtype in a safetensors file, from its header."""
     with open(path, "rb") as f:
         header, _ = _safetensors_header(f)
-    return {_SAFETENSORS_DTYPES[info["dtype"]] for info in header.values() if info["dtype"].startswith(("F", "BF"))}
+    return {key: _SAFETENSORS_DTYPES[info["dtype"]] for key, info in header.items()}
 
 
 def _read_safetensors(

@@ -11,9 +11,13 @@ inline int omp_get_thread_num() { return 0; }
 inline int omp_get_num_threads() { return 1; }
 #endif
 
+#include <sched.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "matvec.h"
@@ -23,6 +27,42 @@ using namespace zhiyin;
 namespace {
 
 constexpr int64_t CHUNK_ROWS = 64;  // weight rows that stay in cache while many activation rows use them
+
+// The fused step's barrier. A thread that arrives first spins a little (the others are microseconds behind when the
+// machine is ours), then yields its CPU until they arrive: with another busy process on the machine a teammate may
+// be waiting for a CPU, and a spinning thread would keep it waiting for a whole scheduler slice, at every barrier.
+class Team {
+  public:
+    explicit Team(int threads) : threads_(threads) {}
+    void wait() {
+        if (threads_ == 1) return;
+        const int generation = generation_.load(std::memory_order_acquire);
+        if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+            arrived_.store(0, std::memory_order_relaxed);
+            generation_.store(generation + 1, std::memory_order_release);
+            return;
+        }
+        for (int spin = 0; generation_.load(std::memory_order_acquire) == generation; spin++) {
+            if (spin < SPINS) {
+                relax();
+            } else {
+                sched_yield();
+            }
+        }
+    }
+
+  private:
+    static constexpr int SPINS = 2000;  // tens of microseconds
+    static void relax() {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        asm volatile("yield");
+#endif
+    }
+    const int threads_;
+    std::atomic<int> arrived_{0}, generation_{0};
+};
 
 // Activation rows ready for a product with w: the int16 copy (quantize_rows) only where w needs it.
 struct Activations {
@@ -186,10 +226,13 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
     std::vector<float> scores(size_t(s->threads) * longest);
     Activations input;  // the int16 rows, shared by the threads
     input.q.resize(M * std::max(D, F)), input.scale.resize(M);
+    std::unique_ptr<Team> team;  // made inside the parallel region, which knows how many threads it got
 
     #pragma omp parallel num_threads(s->threads)
     {
         const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
+        #pragma omp single
+        team = std::make_unique<Team>(threads);  // single ends in a barrier: every thread sees the team
         float *my_scores = scores.data() + thread * longest;
         Rows rows{};
         int64_t n0, n1;
@@ -197,11 +240,12 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
         auto prepare = [&](const float *src, int64_t k, const Linear &w, const float *norm_weight,
                            const float *norm_bias, float *dst) {
             const bool int16 = needs_int16(w);
-            #pragma omp for schedule(static)
+            #pragma omp for schedule(static) nowait
             for (int64_t m = 0; m < M; m++) {
                 if (norm_weight) layer_norm(src + m * k, norm_weight, norm_bias, s->eps, k, dst + m * k);
                 if (int16) quantize_rows(dst + m * k, 1, k, input.q.data() + m * k, input.scale.data() + m);
             }
+            team->wait();
             rows = Rows{dst, int16 ? input.q.data() : nullptr, int16 ? input.scale.data() : nullptr, M};
         };
         // y (+)= rows . W^T on this thread's share of W's rows
@@ -210,7 +254,7 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
             matvec(w, rows, y, ldy, add, n0, n1);
         };
 
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(static) nowait
         for (int64_t m = 0; m < M; m++) {  // token embeddings, summed over codebooks, scaled, plus the position's
             float *row = x.data() + m * D;
             for (int64_t c = 0; c < s->codebooks; c++) {
@@ -220,13 +264,14 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
             const float *p = s->positions + position * D;
             for (int64_t j = 0; j < D; j++) row[j] = row[j] * s->embed_scale + p[j];
         }
+        team->wait();
         for (int64_t i = 0; i < s->layers; i++) {
             const Layer &L = s->layer[i];
             // self-attention: this position's keys/values into the cache, then one query per row and head
             prepare(x.data(), D, L.qkv, L.self_norm_weight, L.self_norm_bias, h.data());
             product(L.qkv, qkv.data(), 3 * D, false);
-            #pragma omp barrier
-            #pragma omp for schedule(static)
+            team->wait();
+            #pragma omp for schedule(static) nowait
             for (int64_t task = 0; task < M * H; task++) {
                 const int64_t m = task / H, head = task % H;
                 const float *qh = qkv.data() + m * 3 * D + head * dh, *kh = qh + D, *vh = qh + 2 * D;
@@ -251,23 +296,25 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
                     attend(qh, ck + base, nullptr, cv + base, nullptr, length, dh, nullptr, my_scores, out);
                 }
             }
+            team->wait();
             prepare(attention.data(), D, L.self_out, nullptr, nullptr, attention.data());
             product(L.self_out, x.data(), D, true);  // + residual
-            #pragma omp barrier
+            team->wait();
             if (L.cross_norm_weight) {  // cross-attention over the text (its keys/values were computed once)
                 prepare(x.data(), D, L.cross_q, L.cross_norm_weight, L.cross_norm_bias, h.data());
                 product(L.cross_q, q.data(), D, false);
-                #pragma omp barrier
-                #pragma omp for schedule(static)
+                team->wait();
+                #pragma omp for schedule(static) nowait
                 for (int64_t task = 0; task < M * H; task++) {
                     const int64_t m = task / H, head = task % H;
                     const int64_t base = (m * H + head) * s->text_len * dh;
                     attend(q.data() + m * D + head * dh, L.text_k + base, nullptr, L.text_v + base, nullptr, s->text_len, dh,
                            s->text_mask + m * s->text_len, my_scores, attention.data() + m * D + head * dh);
                 }
+                team->wait();
                 prepare(attention.data(), D, L.cross_out, nullptr, nullptr, attention.data());
                 product(L.cross_out, x.data(), D, true);
-                #pragma omp barrier
+                team->wait();
             }
             // feed-forward, the activation applied by each thread to its own share of fc1's outputs
             prepare(x.data(), D, L.fc1, L.ffn_norm_weight, L.ffn_norm_bias, h.data());
@@ -282,10 +329,10 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
                     for (; j < n1; j++) row[j] = std::max(row[j], 0.f);
                 }
             }
-            #pragma omp barrier
+            team->wait();
             prepare(hidden.data(), F, L.fc2, nullptr, nullptr, hidden.data());
             product(L.fc2, x.data(), D, true);
-            #pragma omp barrier
+            team->wait();
         }
         prepare(x.data(), D, s->lm_heads[0], s->norm_weight, s->norm_bias, h.data());
         for (int64_t c = 0; c < s->codebooks; c++) product(s->lm_heads[c], logits + c * V, s->codebooks * V, false);
