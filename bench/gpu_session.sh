@@ -7,7 +7,8 @@
 # fetch their wheels for its Python (3.12) into .whl/ (ignored by git, 15 MB):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d .whl soundfile soxr cffi pycparser transformers==5.24.0
+#     --platform manylinux2014_x86_64 -d .whl soundfile soxr cffi pycparser pyloudnorm transformers==5.24.0
+# (pyloudnorm, with scipy, is only imported when a file is written with loudness levelling: not by this script)
 # then: run(command="bash bench/gpu_session.sh", carry=[".whl"]). Everything it prints is also kept under $OUT
 # (bench/gpu-results without one): nvidia-smi.txt, tests.txt, benchmark.txt, results-small-gpu.json.
 set -uo pipefail
