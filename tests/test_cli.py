@@ -434,3 +434,13 @@ def test_same_seed_same_samples_at_one_and_two_threads(capsys, model, tmp_path, 
     finally:
         torch.set_num_threads(threads)
     assert np.array_equal(read(tmp_path / "t1.wav"), read(tmp_path / "t2.wav"))
+
+
+def test_unconditional_needs_no_tokenizer(capsys, tiny_checkpoint, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"):
+        (folder / name).unlink()
+    status, out, err = generate(capsys, str(folder), "--unconditional", "-o", tmp_path / "free.wav")
+    assert status == 0, err
+    assert len(read(tmp_path / "free.wav")) == frames_for(0.5) * HOP

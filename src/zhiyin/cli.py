@@ -312,7 +312,8 @@ def generate(args) -> int:
     rate, channels = config.audio_encoder.sampling_rate, config.decoder.audio_channels
     melodic = config.extra.get("model_type") == "musicgen_melody"
     count = len(paths)
-    processor = AutoProcessor.from_pretrained(args.model)
+    needs_processor = not args.unconditional or args.melody is not None  # text, or the melody's chroma
+    processor = AutoProcessor.from_pretrained(args.model) if needs_processor else None
     prompt_audio = None
     if args.audio_prompt is not None:
         prompt_audio = read_audio(args.audio_prompt, rate, channels, last_seconds=args.prompt_seconds)
