@@ -62,3 +62,28 @@ def test_refuses_a_folder_in_use(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["kept.txt"]
     with pytest.raises(ValueError, match="unknown shape"):
         published_config("huge")
+
+
+@pytest.mark.parametrize("shape", ["stereo-small", "melody", "stereo-melody"])
+def test_stereo_and_melody_shapes_load_and_generate(tmp_path, monkeypatch, capsys, shape, shared_audio):
+    """The published stereo and melody layouts, at tiny sizes (the real ones are GBs): each loads as its model and
+    the command line makes music with it."""
+    from zhiyin import random_checkpoint as rc
+    from zhiyin.chroma import MusicgenMelodyProcessor
+
+    monkeypatch.setitem(rc.DECODERS, "small", rc.TINY_DECODER)
+    monkeypatch.setitem(rc.DECODERS, "medium", rc.TINY_DECODER)
+    monkeypatch.setattr(rc, "T5_BASE", dict(rc.TINY_T5, vocab_size=200))
+    monkeypatch.setattr(rc, "ENCODEC_32KHZ", rc.TINY_ENCODEC)
+    folder = tmp_path / shape
+    rc.write_random_checkpoint(folder, shape)
+    processor = AutoProcessor.from_pretrained(folder)
+    stereo, melody = shape.startswith("stereo"), shape.endswith("melody")
+    assert isinstance(processor, MusicgenMelodyProcessor) == melody
+    argv = ["generate", "lofi piano", "--model", str(folder), "--duration", "0.5", "--quiet", "-o",
+            str(tmp_path / "x.wav")]
+    if melody:
+        argv += ["--melody", str(shared_audio / "kevin_macleod_sugar_plum_fairy.ogg")]
+    assert main(argv) == 0, capsys.readouterr().err
+    info = soundfile.info(str(tmp_path / "x.wav"))
+    assert (info.channels, info.frames) == (2 if stereo else 1, 25 * 640)

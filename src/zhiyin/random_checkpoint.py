@@ -58,13 +58,14 @@ def published_config(shape: str, text_vocab: int = 32128) -> dict:
     stereo, melody = shape.startswith("stereo-"), shape.endswith("melody")
     size = shape.removeprefix("stereo-")
     tiny = size == "tiny"
-    codebooks = 64 if tiny else 2048
+    audio = dict(TINY_ENCODEC if tiny else ENCODEC_32KHZ)
+    codebooks = audio["codebook_size"]  # the decoder's vocabulary is the codec's codebook
     decoder = dict(TINY_DECODER if tiny else DECODERS["medium" if melody else size], vocab_size=codebooks,
                    num_codebooks=8 if stereo else 4, audio_channels=2 if stereo else 1, max_position_embeddings=2048,
                    activation_function="gelu", pad_token_id=codebooks, bos_token_id=codebooks,
                    decoder_start_token_id=codebooks, scale_embedding=False)
     text = dict(TINY_T5, vocab_size=text_vocab) if tiny else dict(T5_BASE)
-    config = {"text_encoder": text, "audio_encoder": dict(TINY_ENCODEC if tiny else ENCODEC_32KHZ), "decoder": decoder}
+    config = {"text_encoder": text, "audio_encoder": audio, "decoder": decoder}
     if melody:
         config.update(model_type="musicgen_melody", num_chroma=12, chroma_length=235)
     return config
