@@ -16,6 +16,7 @@ import soundfile
 import soxr
 
 from .loudness import TARGET_DB
+from .loudness import normalize as level
 
 # format name -> (soundfile format, soundfile subtype)
 WRITE_FORMATS = {
@@ -136,9 +137,8 @@ def write_audio(
         raise ValueError(f"bitrate applies to mp3 files only, not {name}")
     if int(sampling_rate) <= 0:
         raise ValueError(f"sampling_rate must be a positive number of Hz, got {sampling_rate}")
-    samples = _as_samples_by_channels(audio, clip=False)
-    samples = _level(samples.T, int(sampling_rate), normalize, loudness_db, compress).T
-    samples = _as_samples_by_channels(samples.T)
+    samples = _as_samples_by_channels(audio, clip=False).T  # [channels, samples], its shape checked
+    samples = _as_samples_by_channels(level(samples, int(sampling_rate), normalize, loudness_db, compress=compress))
 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -160,12 +160,6 @@ def write_audio(
         _remove_quietly(temp_path)
         raise
     return path
-
-
-def _level(audio: np.ndarray, rate: int, strategy: str, loudness_db: float, compress: bool) -> np.ndarray:
-    from .loudness import normalize
-
-    return normalize(audio, rate, strategy, target_db=loudness_db, compress=compress)
 
 
 def _mp3_options(bitrate: int | None) -> dict:

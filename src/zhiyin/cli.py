@@ -190,7 +190,7 @@ def check_arguments(args) -> list[str]:
         raise UsageError("--prompt-seconds goes with --audio-prompt")
     if args.prompt_seconds is not None and args.prompt_seconds <= 0:
         raise UsageError(f"--prompt-seconds must be more than 0, got {args.prompt_seconds:g}")
-    if args.normalize == "loudness" and args.loudness > 0 or args.normalize == "rms" and args.loudness > 0:
+    if args.normalize in ("loudness", "rms") and args.loudness > 0:
         raise UsageError(f"--loudness must be at most 0 (a level under full scale), got {args.loudness:g}")
     from .sampling_settings import SamplingSettings
 
