@@ -38,7 +38,7 @@ def _pad1d(x: Tensor, left: int, right: int, mode: str) -> Tensor:
 
 def _pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """A kernel-1 convolution as a matrix product, bias first: oneDNN's 1x1 convolutions sum in an order that
-    depends on the thread count (so the same seed made other last bits on another machine), this does not.
+    depends on the thread count, so the same seed would give other last bits at another thread count; this does not.
     x [B, C_in, T], weight [C_out, C_in] -> [B, C_out, T]."""
     if bias is None:
         return torch.matmul(weight, x)

@@ -148,8 +148,8 @@ def usable_threads() -> int:
 class ThreadCount:
     """How many threads the next decoder step runs on: of the usable count, half of it and one, the one whose recent
     steps were fastest. On a machine of our own that is all of them; with another busy process, a team whose members
-    wait for a CPU can be slower than one thread (2.7x for 2 threads beside one busy process, measured), and then
-    fewer threads win. Every PROBE_EVERY steps each count runs one step, back to back, so the times compared are of
+    wait for a CPU can be slower than one thread, and then fewer threads win (BENCHMARKS.md, "Beside a busy
+    process"). Every PROBE_EVERY steps each count runs one step, back to back, so the times compared are of
     neighbouring positions. The step's numbers do not depend on the count, so switching never changes the music."""
 
     PROBE_EVERY = 64

@@ -11,7 +11,7 @@
 
 The conditioning parts run on PyTorch. A CPU without native bfloat16 (most AVX2 machines; PyTorch limited to AVX2
 with ATEN_CPU_CAPABILITY / oneDNN with ONEDNN_MAX_CPU_ISA) computes them in bfloat16 far slower than in float32
-(EnCodec 15-23x, T5 2x: BENCHMARKS.md), so there they stay float32 while the decoder's weights stay narrow in
+(BENCHMARKS.md, "As an AVX2 machine computes"), so there they stay float32 while the decoder's weights stay narrow in
 zhiyin's kernels: no mode is slower than float32.
 """
 

@@ -93,7 +93,7 @@ def write_random_checkpoint(folder: str | os.PathLike, shape: str = "small", see
     torch.manual_seed(seed)
     model = (MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration)(config, generation)
     with torch.no_grad():
-        for _, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0, 0.02)
         for layer in model.audio_encoder.quantizer.layers:  # codebooks are buffers, left at zero by construction
