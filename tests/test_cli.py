@@ -407,6 +407,12 @@ def test_mp3_with_a_bitrate_and_its_metadata(capsys, model, tmp_path):
     assert "--bitrate 128" in run(capsys, "info", tmp_path / "x.mp3")[1]
 
 
+def test_info_shows_zero_valued_settings(capsys, model, tmp_path):
+    assert generate(capsys, model, "jazz", "--loudness", 0, "--seed", 2, "-o", tmp_path / "x.wav")[0] == 0
+    settings = next(line for line in run(capsys, "info", tmp_path / "x.wav")[1].splitlines() if line.startswith("settings"))
+    assert "loudness 0.0" in settings and "compress" not in settings  # a 0 level shown; a flag left off is not
+
+
 def test_levels_loudness_by_default_and_none_keeps_the_models_samples(capsys, model, tmp_path):
     from zhiyin.loudness import measure_loudness
 

@@ -344,9 +344,9 @@ def generate(args) -> int:
     model_name = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model  # a folder, from anywhere
     command = remake_command(None if args.unconditional else list(args.prompts), count, model_name, seed, settings,
                              args.output)
-    files = [dict(prompt=None if args.unconditional else p, take=i + 1, takes=count, model=model_name, seed=seed,
-                  settings=settings, command=command)
-             for i, p in enumerate(args.prompts if not args.unconditional else [None] * count)]
+    prompts = [None] * count if args.unconditional else args.prompts
+    files = [dict(prompt=p, take=i + 1, takes=count, model=model_name, seed=seed, settings=settings, command=command)
+             for i, p in enumerate(prompts)]
     writer = dict(rate=rate, format=args.format, normalize=args.normalize, loudness_db=args.loudness,
                   compress=args.compress, bitrate=args.bitrate)
     if args.stream:
@@ -435,7 +435,8 @@ def info(args) -> int:
             status = 2
             continue
         s = metadata.get("settings", {})
-        shown = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in s.items() if value not in (None, False))
+        shown = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in s.items()
+                          if value is not None and value is not False)  # 0 and 0.0 are settings too
         lines = [
             ("file", f"{path} ({seconds:.2f} s)"),
             ("prompt", metadata.get("prompt") if metadata.get("prompt") is not None else "(none: unconditional)"),
