@@ -23,17 +23,18 @@ sys.path.insert(0, str(HERE))
 
 def guided_logits(model, ids, codes) -> torch.Tensor:
     """Teacher-forced guided logits [K, T, V] for the delayed token sequence `codes` [1, K, T]."""
-    text = model.encode_text(ids)
-    text = torch.cat([text, torch.zeros_like(text)])
-    mask = torch.cat([torch.ones_like(ids), torch.zeros_like(ids)])
-    cross = model._cross_attention_inputs(text, mask)
+    from zhiyin.backends.select import decoder_step
+
+    condition, _ = model._condition(input_ids=ids)
+    cross = condition.guided().cross(model.decoder)  # rows: the text, then the null text
     decoder, rows, T = model.decoder, codes.repeat(2, 1, 1), codes.shape[-1]
     with torch.inference_mode():
         decoder.setup_caches(2, T)
         try:
-            steps = [decoder(rows[:, :, :1], cross, start=0)[:, :, -1].float()]  # [2, K, V] each
-            step = decoder.stepper(cross)
-            steps += [step(rows[:, :, position], position).float() for position in range(1, T)]
+            steps = [decoder(rows[:, :, :1], cross, torch.zeros(2, 1, dtype=torch.long))[:, :, -1].float()]
+            step = decoder_step(decoder, cross)
+            at = lambda position: torch.full((2,), position)  # noqa: E731
+            steps += [step(rows[:, :, position], at(position)).float() for position in range(1, T)]
         finally:
             decoder.free_caches()
     logits = torch.stack(steps, dim=2)  # [2, K, T, V]
@@ -53,15 +54,15 @@ def main() -> None:
         make_checkpoint(args.shape, folder)
 
     from zhiyin import MusicgenForConditionalGeneration
-    from zhiyin.delay_pattern import build_pattern, codebook_delays
+    from zhiyin.generation.delay_pattern import DelayPattern
 
     ids = torch.randint(5, 30000, (1, 14), generator=torch.Generator().manual_seed(0))
     reference = MusicgenForConditionalGeneration.from_pretrained(folder)
     codes = reference.generate(input_ids=ids, do_sample=False, guidance_scale=3.0, max_new_tokens=args.steps,
                                return_codes=True)  # [1, K, frames]
     K = codes.shape[1]
-    delays = codebook_delays(K)
-    sequence = build_pattern(codes, 1 + codes.shape[-1] + max(delays), delays, pad=2048)  # [1, K, T]
+    pattern = DelayPattern.for_decoder(reference.config.decoder)  # (stereo shapes interleave their channels)
+    sequence = pattern.build(codes, pattern.length(codes.shape[-1]), pad=reference.config.decoder.pad_token_id)
     want = guided_logits(reference, ids, sequence)
     del reference
 

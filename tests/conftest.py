@@ -12,7 +12,7 @@ from checkpoints import SHARED_AUDIO, make_checkpoint  # noqa: E402
 def compiled_kernels():
     """Build the C++ kernels before any test runs, so that their one-time build notice on stderr never lands in a
     test that checks what a command printed there."""
-    from zhiyin import kernels
+    from zhiyin.backends import kernels
 
     kernels.library()
 

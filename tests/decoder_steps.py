@@ -4,8 +4,9 @@
 import torch
 
 from zhiyin.config import DecoderConfig
-from zhiyin.decoder import CrossKV, MusicgenDecoder
-from zhiyin.fused_step import FusedStep
+from zhiyin.modules.decoder import CrossKV, MusicgenDecoder
+from zhiyin.backends.fused_step import FusedStep
+from zhiyin.generation.conditioning import TextCondition
 
 
 def make_decoder(seed=0, cross_attention=True, **overrides) -> MusicgenDecoder:
@@ -20,12 +21,18 @@ def make_decoder(seed=0, cross_attention=True, **overrides) -> MusicgenDecoder:
     return decoder
 
 
-def text_condition(decoder: MusicgenDecoder, rows: int, text_len: int = 5) -> CrossKV:
+def text_states(decoder: MusicgenDecoder, rows: int, text_len: int = 5) -> TextCondition:
+    """Random text states for `rows` rows, the last row's text padded after 2 tokens (the mask must be honoured)."""
     device = decoder.final_norm.weight.device
     text = torch.randn(rows, text_len, decoder.config.hidden_size).to(device, decoder.final_norm.weight.dtype)
     mask = torch.ones(rows, text_len, dtype=torch.long, device=device)
-    mask[-1, 2:] = 0  # a padded row: the mask must be honoured
-    return decoder.project_text(text, mask)
+    mask[-1, 2:] = 0
+    return TextCondition(text * mask[..., None].to(text.dtype), mask)
+
+
+def text_condition(decoder: MusicgenDecoder, rows: int, text_len: int = 5) -> CrossKV:
+    """The cross-attention inputs of text_states."""
+    return text_states(decoder, rows, text_len).cross(decoder)
 
 
 def entry(cache, position):
@@ -36,21 +43,28 @@ def entry(cache, position):
     return k, v
 
 
+def positions(rows: int, first: int, last: int, device=None) -> torch.Tensor:
+    """Positions first..last-1 for every row: [rows, last - first]."""
+    return torch.arange(first, last, device=device)[None].expand(rows, last - first)
+
+
 def compare_steps(decoder, cross, rows, prefill=6, steps=5, tolerance=1e-5, prefix=None, build=FusedStep.build):
     """Prefill with PyTorch, then for each step: the built step's logits (FusedStep by default) vs the plain step's,
     and the cache entry each wrote."""
     K, V = decoder.config.num_codebooks, decoder.config.vocab_size
-    tokens = torch.randint(0, V + 1, (rows, K, prefill + steps)).to(decoder.final_norm.weight.device)  # V: pad token
+    device = decoder.final_norm.weight.device
+    tokens = torch.randint(0, V + 1, (rows, K, prefill + steps)).to(device)  # V: pad token
     offset = 0 if prefix is None else prefix.shape[1]
     with torch.inference_mode():
         decoder.setup_caches(rows, offset + prefill + steps)
-        decoder(tokens[:, :, :prefill], cross, 0, prefix=prefix)
-        fused = build(decoder, cross, offset)
+        decoder(tokens[:, :, :prefill], cross, positions(rows, 0, offset + prefill, device), prefix=prefix)
+        fused = build(decoder, cross)
         assert fused is not None
         for position in range(prefill, prefill + steps):
-            got = fused(tokens[:, :, position], position)
+            at = torch.full((rows,), offset + position)  # positions on the CPU (select.py's protocol)
+            got = fused(tokens[:, :, position], at)
             written = [entry(c, offset + position) for c in decoder.caches]
-            want = decoder(tokens[:, :, position : position + 1], cross, offset + position)[:, :, -1].float()
+            want = decoder(tokens[:, :, position : position + 1], cross, at[:, None].to(device))[:, :, -1].float()
             assert got.shape == (rows, K, V)
             scale = want.abs().max()
             assert (got - want).abs().max() <= tolerance * scale, (position, (got - want).abs().max() / scale)

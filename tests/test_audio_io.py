@@ -10,10 +10,10 @@ import pytest
 import soundfile
 import torch
 
-from zhiyin import audio_io
+from zhiyin.processing import audio_io
 import zhiyin
-from zhiyin.audio_io import read_audio, read_metadata, resample, to_channels, write_audio
-from zhiyin.loudness import measure_loudness, normalize
+from zhiyin.processing.audio_io import read_audio, read_metadata, resample, to_channels, write_audio
+from zhiyin.processing.loudness import measure_loudness, normalize
 
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 TRUMPET = AUDIO_DIR / "sorohanro_solo_trumpet_06.ogg"  # 22.05 kHz mono, 5.3 s

@@ -18,7 +18,7 @@ import torch
 
 import zhiyin
 from checkpoints import SHARED_AUDIO
-from zhiyin.audio_io import read_audio
+from zhiyin.processing.audio_io import read_audio
 from zhiyin.cli import main
 
 RATE = 32000  # the tiny checkpoint's EnCodec: 32 kHz, 50 frames/s, 640 samples per frame
@@ -312,7 +312,7 @@ def test_long_audio_prompt_is_refused_from_its_header(capsys, model, tmp_path, m
     with soundfile.SoundFile(str(long), "r+") as f:  # a tone in its last 2 s
         f.seek(8000 * 598)
         f.write(tail)
-    import zhiyin.audio_io as audio_io
+    import zhiyin.processing.audio_io as audio_io
 
     real_read = audio_io.read_audio
     monkeypatch.setattr(audio_io, "read_audio", lambda *a, **k: pytest.fail("decoded a prompt it must refuse"))
@@ -414,7 +414,7 @@ def test_info_shows_zero_valued_settings(capsys, model, tmp_path):
 
 
 def test_levels_loudness_by_default_and_none_keeps_the_models_samples(capsys, model, tmp_path):
-    from zhiyin.loudness import measure_loudness
+    from zhiyin.processing.loudness import measure_loudness
 
     runs = {"default.wav": [], "explicit.wav": ["--normalize", "loudness", "--loudness", "-14"],
             "quiet.wav": ["--loudness", "-20"], "raw.wav": ["--normalize", "none"]}

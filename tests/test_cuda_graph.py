@@ -1,7 +1,7 @@
 """The static-shape decoder step that cuda_graph.py captures as a CUDA graph, against the plain step.
 
-The step itself is plain PyTorch (the position as a device tensor, cache writes by index_copy_, attention over the
-whole cache with a mask), so it is checked here on the CPU, uncaptured (capture=False): logits and cache entries
+The step itself is plain PyTorch (each row's position read from a buffer, cache writes by scatter, attention with a
+mask of each row's positions), so it is checked here on the CPU, uncaptured (capture=False): logits and cache entries
 step by step, greedy tokens through a whole generation, against transformers too. GraphStep's capture-and-replay
 logic runs here too, with stand-ins for CUDA's streams and graph. The tests marked `cuda` capture and replay a real
 graph; they run where a GPU is present (not in CI)."""
@@ -11,17 +11,19 @@ import contextlib
 import pytest
 import torch
 
-from decoder_steps import compare_steps, make_decoder, text_condition
+import zhiyin.generation.loop as loop
+from decoder_steps import compare_steps, make_decoder, text_condition, text_states
 from zhiyin import MusicgenForConditionalGeneration
-from zhiyin.cuda_graph import GraphStep
-from zhiyin.generation import generate_codes
-from zhiyin.sampling_settings import SamplingSettings
+from zhiyin.backends.cuda_graph import GraphStep
+from zhiyin.backends.select import decoder_step
+from zhiyin.generation.loop import Request, generate_codes
+from zhiyin.generation.options import SamplingSettings
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def uncaptured(decoder, cross, offset=0):
-    return GraphStep(decoder, cross, offset, capture=False)
+def uncaptured(decoder, cross):
+    return GraphStep(decoder, cross, capture=False)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 8])
@@ -51,15 +53,14 @@ def test_bfloat16_static_step():
     compare_steps(decoder, text_condition(decoder, 2), 2, build=uncaptured, tolerance=2e-2)
 
 
-def test_greedy_generation_through_the_static_step_is_token_identical():
+def test_greedy_generation_through_the_static_step_is_token_identical(monkeypatch):
     decoder = make_decoder(seed=11)
-    cross = text_condition(decoder, 4)  # batch 2 with guidance
-    settings = SamplingSettings(do_sample=False, guidance_scale=3.0)
-    prompt = torch.randint(0, 64, (2, 4, 3))
-    plain = generate_codes(decoder, cross, prompt, 30, settings)
+    request = Request(text_states(decoder, 2), torch.randint(0, 64, (2, 4, 3)), 30,  # batch 2, 4 rows with guidance
+                      SamplingSettings(do_sample=False, guidance_scale=3.0))
+    plain = generate_codes(decoder, request)
     steps = []
-    decoder.fused_stepper = lambda d, c, offset: steps.append(1) or uncaptured(d, c, offset)
-    static = generate_codes(decoder, cross, prompt, 30, settings)
+    monkeypatch.setattr(loop, "decoder_step", lambda d, c: steps.append(1) or uncaptured(d, c))
+    static = generate_codes(decoder, request)
     assert len(steps) == 1
     assert torch.equal(static, plain)
     assert static.shape == (2, 4, 3 + 30 - 3)
@@ -81,7 +82,7 @@ def test_static_step_is_token_identical_to_transformers(tiny_checkpoint, monkeyp
                                                    return_tensors="pt")
     reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30)
     ours = MusicgenForConditionalGeneration.from_pretrained(folder)
-    ours.decoder.fused_stepper = uncaptured  # the static step in place of the fused one
+    monkeypatch.setattr(loop, "decoder_step", uncaptured)  # the static step in place of the fused one
     codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30, return_codes=True)
     assert torch.equal(codes, seen[0])
 
@@ -89,12 +90,12 @@ def test_static_step_is_token_identical_to_transformers(tiny_checkpoint, monkeyp
 def test_static_step_errors_and_where_it_is_used():
     decoder = make_decoder(seed=12)
     decoder.setup_caches(2, 8)
-    assert GraphStep.build(decoder, None) is None  # caches on the CPU: no graph (the plain or fused step runs)
+    assert not isinstance(decoder_step(decoder, None), GraphStep)  # caches on the CPU: the plain or fused step runs
     step = uncaptured(decoder, text_condition(decoder, 2))
     with pytest.raises(IndexError, match="outside the KV cache"):
-        step(torch.zeros(2, 4, dtype=torch.long), 8)
+        step(torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 8]))
     with pytest.raises(IndexError, match=r"must be \[2, 4\]"):
-        step(torch.zeros(3, 4, dtype=torch.long), 0)
+        step(torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long))
     decoder.free_caches()
 
 
@@ -102,8 +103,7 @@ def test_static_step_errors_and_where_it_is_used():
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
 def test_captured_step_matches_the_plain_step_on_cuda(dtype, tolerance):
     decoder = make_decoder(seed=13).to("cuda", dtype)
-    compare_steps(decoder, text_condition(decoder, 2), 2, prefill=20, steps=8, build=GraphStep.build,
-                  tolerance=tolerance)
+    compare_steps(decoder, text_condition(decoder, 2), 2, prefill=20, steps=8, build=GraphStep, tolerance=tolerance)
 
 
 @cuda
@@ -163,7 +163,7 @@ def test_capture_and_replay_logic_with_a_stand_in_graph(monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", capture)
     decoder = make_decoder(seed=14)
     compare_steps(decoder, text_condition(decoder, 2), 2, prefill=4, steps=6,
-                  build=lambda d, c, offset: GraphStep(d, c, offset, capture=True))
+                  build=lambda d, c: GraphStep(d, c, capture=True))
     assert len(graphs) == 1  # captured once, replayed for every later step
 
 
@@ -179,4 +179,4 @@ def test_a_failed_capture_falls_back_to_the_step_without_a_graph(monkeypatch):
     decoder = make_decoder(seed=15)
     with pytest.warns(UserWarning, match="CUDA graph failed .*operation not permitted.*ZHIYIN_CUDA_GRAPHS=0"):
         compare_steps(decoder, text_condition(decoder, 2), 2, prefill=4, steps=4,
-                      build=lambda d, c, offset: GraphStep(d, c, offset, capture=True))
+                      build=lambda d, c: GraphStep(d, c, capture=True))

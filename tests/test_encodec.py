@@ -12,8 +12,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from zhiyin.config import EncodecConfig  # noqa: E402
-from zhiyin.encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel  # noqa: E402
-from zhiyin.weights import fold_weight_norm  # noqa: E402
+from zhiyin.modules.encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel  # noqa: E402
+from zhiyin.loading.weights import fold_weight_norm  # noqa: E402
 from nearest import assert_same_codes  # noqa: E402
 
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
@@ -191,17 +191,22 @@ def test_musicgen_32k_on_real_music(music_2s):
 
 @torch.inference_mode()
 def test_bfloat16_follows_weights():
+    torch.manual_seed(0)
     x = 0.3 * torch.randn(1, 1, 6400)
     ref, ours = build_pair(TINY, x[0, 0])
     codes = ours.encode(x)
-    audio32 = ours.decode(codes)
+    audio32, latents32, reference32 = ours.decode(codes), ours.encoder(x), ref.encoder(x)
     ours = ours.to(torch.bfloat16)
     audio16 = ours.decode(codes)
     assert audio16.dtype == torch.bfloat16
     assert rel_err(audio16, audio32) < 0.05
     codes16 = ours.encode(x)  # float32 input is cast to the weights' dtype
     assert codes16.shape == codes.shape and codes16.dtype == torch.long
-    assert (codes16[:, 0] == codes[:, 0]).float().mean() > 0.5
+    # this small random encoder drifts far in bfloat16 (its latents ~19% off, more than they lie apart, so the codes
+    # differ): ours drifts as the reference does in bfloat16, no further
+    drift = rel_err(ours.encoder(x.bfloat16()).float(), latents32)
+    reference_drift = rel_err(ref.to(torch.bfloat16).encoder(x.bfloat16()).float(), reference32)
+    assert drift <= 1.1 * reference_drift
 
 
 def test_normalize_not_supported():
@@ -212,7 +217,7 @@ def test_normalize_not_supported():
 
 @pytest.mark.parametrize("c_out, kernel, dilation", [(1, 7, 1), (2, 7, 1), (1, 3, 2), (2, 1, 1)])
 def test_few_output_channels_conv_is_conv1d(c_out, kernel, dilation):
-    from zhiyin.encodec import _few_outputs_conv
+    from zhiyin.modules.encodec import _few_outputs_conv
 
     x, weight, bias = torch.randn(2, 16, 300), torch.randn(c_out, 16, kernel), torch.randn(c_out)
     pad = (kernel - 1) * dilation // 2

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from decoder_steps import compare_steps, make_decoder, text_condition
-from zhiyin import kernels
-from zhiyin.fused_step import FusedStep
+from zhiyin.backends import kernels
+from zhiyin.backends.fused_step import FusedStep
+from zhiyin.backends.select import PlainStep, decoder_step, set_kernels_enabled
 
 
 @pytest.fixture(autouse=True)
@@ -54,27 +55,29 @@ def test_long_cache_and_text(quantize):
 
 def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
     decoder = make_decoder(seed=7)
-    plain = decoder.stepper(None)  # not accelerated: forward()
-    assert not isinstance(plain, FusedStep)
+    decoder.setup_caches(2, 8)
+    assert isinstance(decoder_step(decoder, None), PlainStep)  # not accelerated: forward()
     kernels.accelerate_decoder(decoder)
     cross = text_condition(decoder, 9)
     decoder.setup_caches(9, 8)  # more rows than the kernels take
     assert FusedStep.build(decoder, cross) is None
+    assert isinstance(decoder_step(decoder, cross), PlainStep)
     decoder.setup_caches(2, 8)
     assert FusedStep.build(decoder, None) is None  # this decoder needs its text
-    step = decoder.stepper(text_condition(decoder, 2))
+    step = decoder_step(decoder, text_condition(decoder, 2))
     assert isinstance(step, FusedStep)
+    at = torch.zeros(2, dtype=torch.long)
     with pytest.raises(IndexError, match="values in 0..64"):
-        step(torch.full((2, 4), 65), 0)  # past the pad token
+        step(torch.full((2, 4), 65), at)  # past the pad token
     with pytest.raises(IndexError, match=r"must be \[2, 4\]"):
-        step(torch.zeros(3, 4, dtype=torch.long), 0)
+        step(torch.zeros(3, 4, dtype=torch.long), at)
     with pytest.raises(IndexError, match="outside the KV cache"):
-        step(torch.zeros(2, 4, dtype=torch.long), 8)
-    previous = kernels.set_enabled(False)
+        step(torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 8]))
+    previous = set_kernels_enabled(False)
     try:
-        assert not isinstance(decoder.stepper(text_condition(decoder, 2)), FusedStep)
+        assert isinstance(decoder_step(decoder, text_condition(decoder, 2)), PlainStep)
     finally:
-        kernels.set_enabled(previous)
+        set_kernels_enabled(previous)
     decoder.free_caches()
 
 
@@ -96,7 +99,7 @@ def test_published_widths(width, heads, ffn, quantize):
 def test_thread_count_follows_the_fastest_recent_steps():
     """Each count runs one step every PROBE_EVERY steps; the others run on the count that was fastest (here the
     team is slow at first, as beside a busy process, then fast, as when that process ends)."""
-    from zhiyin.fused_step import ThreadCount
+    from zhiyin.backends.fused_step import ThreadCount
 
     chooser, chosen = ThreadCount(4), []
     assert chooser.counts == [4, 2, 1]

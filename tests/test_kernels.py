@@ -10,11 +10,13 @@ from torch import Tensor
 
 from checkpoints import make_checkpoint
 from decoder_steps import compare_steps, make_decoder, text_condition
-from zhiyin import MusicgenForConditionalGeneration, kernels
-from zhiyin.fused_step import FusedStep
-from zhiyin.kernels import StreamingLinear
-from zhiyin.precision import plan
-from zhiyin.quantization import quantize_int8
+from zhiyin import MusicgenForConditionalGeneration
+from zhiyin.backends import kernels
+from zhiyin.backends.fused_step import FusedStep
+from zhiyin.backends.kernels import KernelLinear
+from zhiyin.backends.select import set_kernels_enabled
+from zhiyin.backends.precision import plan
+from zhiyin.modules.quantization import quantize_int8
 
 
 @pytest.fixture(autouse=True)
@@ -29,10 +31,10 @@ def test_float_kernels_match_pytorch(rows, shape):
     g = torch.Generator().manual_seed(rows * 7 + N)
     weight, x = torch.randn(N, K, generator=g), torch.randn(rows, K, generator=g)
     want = F.linear(x, weight)
-    got = StreamingLinear(weight)(x)
+    got = KernelLinear(weight)(x)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-4 * K**0.5)
     half = weight.bfloat16()
-    got = StreamingLinear(half)(x)
+    got = KernelLinear(half)(x)
     assert torch.allclose(got, F.linear(x, half.float()), rtol=1e-5, atol=1e-4 * K**0.5)
 
 
@@ -43,7 +45,7 @@ def test_int8_kernel_matches_dequantized_weights(rows):
     assert q.dtype == torch.int8 and scale.shape == (300,)
     dequantized = q.float() * scale[:, None]
     assert (dequantized - weight).abs().max() <= scale.max() / 2 + 1e-6  # round to nearest
-    got = StreamingLinear(q, scale)(x)
+    got = KernelLinear(q, scale)(x)
     # on x86 with AVX2 and 64-bit ARM the activations go in as int16 (a scale per row): at most half a step off each
     step = x.abs().amax(dim=1, keepdim=True) / 32767  # [rows, 1]
     bound = step / 2 * dequantized.abs().sum(dim=1) + 1e-5 * F.linear(x.abs(), dequantized.abs())
@@ -52,20 +54,20 @@ def test_int8_kernel_matches_dequantized_weights(rows):
 
 def test_more_rows_than_the_kernel_takes_fall_back_to_pytorch():
     weight, x = torch.randn(64, 32), torch.randn(3, 7, 32)  # 21 rows
-    assert torch.allclose(StreamingLinear(weight)(x), F.linear(x, weight), atol=1e-5)
+    assert torch.allclose(KernelLinear(weight)(x), F.linear(x, weight), atol=1e-5)
 
 
 def test_fast_path_is_token_identical_to_the_plain_path(tiny_checkpoint):
     folder, _ = tiny_checkpoint
     model = MusicgenForConditionalGeneration.from_pretrained(folder)
-    assert any(isinstance(m, StreamingLinear) for m in model.decoder.modules())
+    assert any(isinstance(m, KernelLinear) for m in model.decoder.modules())
     inputs = dict(input_ids=torch.tensor([[5, 9, 3, 1], [7, 1, 0, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
     fast = model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40, return_codes=True)
-    previous = kernels.set_enabled(False)
+    previous = set_kernels_enabled(False)
     try:
         plain = model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40, return_codes=True)
     finally:
-        kernels.set_enabled(previous)
+        set_kernels_enabled(previous)
     assert torch.equal(fast, plain)
 
 
@@ -129,7 +131,7 @@ def test_kernels_are_built_once_into_the_cache_with_a_notice(tmp_path, monkeypat
     assert list(tmp_path.glob("kernels-*.so")) == built and capsys.readouterr().err == ""
 
 
-def _product(library, layer: StreamingLinear, x: Tensor) -> Tensor:
+def _product(library, layer: KernelLinear, x: Tensor) -> Tensor:
     y = torch.empty(x.shape[0], layer.out_features)
     library.zhiyin_linear(ctypes.byref(layer.weights()), x.data_ptr(), y.data_ptr(), x.shape[0], 2)
     return y
@@ -161,7 +163,7 @@ def test_int16_activations_round_each_float32_product():
     x[:, 0] = 1.0  # each row's largest: the inverse scale is 32767
     for row in range(3):
         x[row, [5, 500, 991, 993, 999]] = ties[row * 5 : row * 5 + 5]
-    layer = StreamingLinear(*quantize_int8(torch.randn(40, 1000, generator=g)))
+    layer = KernelLinear(*quantize_int8(torch.randn(40, 1000, generator=g)))
     want = _int16_product(layer.weight, layer.scale, x)
     builds = [kernels.library()]
     if platform.machine() == "x86_64" and "avx2" in kernels._cpu_signature().split():
@@ -184,24 +186,24 @@ def test_kernels_built_for_older_x86_levels(march, flag):
         weight = torch.randn(N, K, generator=g)
         for rows in (1, 2, 6, 8, 100):
             x = torch.randn(rows, K, generator=g)
-            for layer in (StreamingLinear(weight), StreamingLinear(weight.bfloat16())):
+            for layer in (KernelLinear(weight), KernelLinear(weight.bfloat16())):
                 want = F.linear(x, layer.weight.float())
                 assert torch.allclose(_product(older, layer, x), want, rtol=1e-5, atol=1e-4 * K**0.5), (N, K, rows)
-            int8 = StreamingLinear(*quantize_int8(weight))
+            int8 = KernelLinear(*quantize_int8(weight))
             got = _product(older, int8, x)
             if flag == "avx2":
                 assert torch.equal(got, _product(native, int8, x)), (N, K, rows)
             want = F.linear(x, int8.dequantized(torch.float32))
             assert ((got - want).abs() <= 1e-3 * F.linear(x.abs(), int8.dequantized(torch.float32).abs())).all()
     # the int16 products' worst case: every weight and activation at its largest, int32 lanes at their fullest
-    extreme = StreamingLinear(*quantize_int8(torch.ones(8, 8192)))
+    extreme = KernelLinear(*quantize_int8(torch.ones(8, 8192)))
     x = torch.ones(2, 8192)
     assert torch.equal(_product(older, extreme, x), torch.full((2, 8), 8192.0))
     for quantize in (None, "int8"):
         decoder = make_decoder(seed=11)
         kernels.accelerate_decoder(decoder, quantize)
         compare_steps(decoder, text_condition(decoder, 2), 2, tolerance=1e-5 if quantize is None else 1e-3,
-                      build=lambda decoder, cross, offset: FusedStep(decoder, cross, offset, older))
+                      build=lambda decoder, cross: FusedStep(decoder, cross, older))
 
 
 def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypatch, capsys):
@@ -216,10 +218,10 @@ def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypat
     single = kernels.build()
     assert "has no OpenMP" in capsys.readouterr().err
     assert single.zhiyin_openmp() == 0
-    layer = StreamingLinear(*quantize_int8(torch.randn(300, 1000)))
+    layer = KernelLinear(*quantize_int8(torch.randn(300, 1000)))
     x = torch.randn(2, 1000)
     assert torch.equal(_product(single, layer, x), _product(kernels.library(), layer, x))
     decoder = make_decoder(seed=12)
     kernels.accelerate_decoder(decoder)
     compare_steps(decoder, text_condition(decoder, 2), 2,
-                  build=lambda decoder, cross, offset: FusedStep(decoder, cross, offset, single))
+                  build=lambda decoder, cross: FusedStep(decoder, cross, single))

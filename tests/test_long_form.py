@@ -6,9 +6,9 @@ import pytest
 import soundfile
 import torch
 
-import zhiyin.long_form as long_form
+import zhiyin.generation.long_form as long_form
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.audio_io import read_audio
+from zhiyin.processing.audio_io import read_audio
 from zhiyin.cli import main
 
 TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
@@ -32,10 +32,10 @@ def windows(monkeypatch):
     calls = []
     real = long_form.generate_frames
 
-    def recording(decoder, cross, prompt, max_new_tokens, *args):
+    def recording(decoder, request, *args):
         new = []
-        calls.append((prompt.clone(), max_new_tokens, new))
-        for frame in real(decoder, cross, prompt, max_new_tokens, *args):
+        calls.append((request.prompt.clone(), request.max_new_tokens, new))
+        for frame in real(decoder, request, *args):
             new.append(frame)
             yield frame
 

@@ -10,7 +10,7 @@ import torch
 from checkpoints import make_checkpoint
 from nearest import reference_takes_our_prompt_codes
 from zhiyin import ModelNotFoundError, MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.audio_io import read_audio
+from zhiyin.processing.audio_io import read_audio
 
 TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
 
@@ -117,8 +117,8 @@ def test_sampling_same_seed_same_tokens_as_reference(pair):
 
 def test_sampled_tokens_stay_in_top_k(pair, monkeypatch):
     """Record each step's guided logits and check every sampled token is among their top k."""
-    import zhiyin.generation as generation
-    from zhiyin.sampling import apply_guidance, next_tokens
+    import zhiyin.generation.loop as generation
+    from zhiyin.generation.sampling import apply_guidance, next_tokens
 
     folder, reference, ours, processor = pair
     steps = []

@@ -5,7 +5,7 @@ import zlib
 
 import numpy as np
 
-from zhiyin.picture import SPEC_HEIGHT, WAVE_HEIGHT, WIDTH, _spectrogram, save_picture
+from zhiyin.processing.picture import SPEC_HEIGHT, WAVE_HEIGHT, WIDTH, _spectrogram, save_picture
 
 
 def read_png(path):

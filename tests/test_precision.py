@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from zhiyin import MusicgenForConditionalGeneration, precision
-from zhiyin.precision import Precision, plan
+from zhiyin import MusicgenForConditionalGeneration
+from zhiyin.backends import precision
+from zhiyin.backends.precision import Precision, plan
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 F32, BF16, F16, I8 = torch.float32, torch.bfloat16, torch.float16, torch.int8
@@ -31,7 +32,7 @@ def test_the_plan(monkeypatch, native):
 
 def test_pytorch_limited_to_avx2_has_no_native_bfloat16(tmp_path):
     """As an AVX2 machine computes (the way PyTorch is told to here), bfloat16 is not native, whatever this CPU is."""
-    script = "from zhiyin.precision import native_on_cpu; import torch; print(native_on_cpu(torch.bfloat16))"
+    script = "from zhiyin.backends.precision import native_on_cpu; import torch; print(native_on_cpu(torch.bfloat16))"
     for env in ({"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}):
         done = subprocess.run([sys.executable, "-c", script], env={**__import__("os").environ, **env},
                               capture_output=True, text=True, timeout=60, cwd=tmp_path)

@@ -7,7 +7,7 @@ import torch
 from checkpoints import make_checkpoint
 from nearest import assert_same_codes, reference_takes_our_prompt_codes
 from zhiyin import MusicgenForConditionalGeneration
-from zhiyin.audio_io import read_audio
+from zhiyin.processing.audio_io import read_audio
 
 pytestmark = pytest.mark.slow
 

@@ -69,7 +69,7 @@ def test_stereo_and_melody_shapes_load_and_generate(tmp_path, monkeypatch, capsy
     """The published stereo and melody layouts, at tiny sizes (the real ones are GBs): each loads as its model and
     the command line makes music with it."""
     from zhiyin import random_checkpoint as rc
-    from zhiyin.chroma import MusicgenMelodyProcessor
+    from zhiyin.processing.chroma import MusicgenMelodyProcessor
 
     monkeypatch.setitem(rc.DECODERS, "small", rc.TINY_DECODER)
     monkeypatch.setitem(rc.DECODERS, "medium", rc.TINY_DECODER)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import soundfile
 
-from zhiyin.audio_io import read_audio
+from zhiyin.processing.audio_io import read_audio
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

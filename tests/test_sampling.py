@@ -2,7 +2,7 @@
 
 import torch
 
-from zhiyin.sampling import draw, filter_top_k
+from zhiyin.generation.sampling import draw, filter_top_k
 
 
 def test_draw_is_multinomial_without_its_check():

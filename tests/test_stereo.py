@@ -13,10 +13,10 @@ import torch
 from checkpoints import make_checkpoint
 from nearest import reference_takes_our_prompt_codes
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.audio_io import read_audio
+from zhiyin.processing.audio_io import read_audio
 from zhiyin.cli import main
-from zhiyin.delay_pattern import codebook_delays
-from zhiyin.loudness import normalize
+from zhiyin.generation.delay_pattern import DelayPattern
+from zhiyin.processing.loudness import normalize
 
 TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
 HOP = 640
@@ -81,7 +81,7 @@ def test_stereo_checkpoint_layout(stereo):
     assert config["audio_encoder"]["audio_channels"] == 1  # EnCodec stays mono, as in the published repos
     assert json.loads((folder / "preprocessor_config.json").read_text())["feature_size"] == 2
     assert ours.config.decoder.audio_channels == 2 and ours.config.audio_encoder.num_quantizers == 4
-    assert codebook_delays(8, 2) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert DelayPattern.for_decoder(ours.config.decoder).delays == (0, 0, 1, 1, 2, 2, 3, 3)
     assert MusicgenProcessor.from_pretrained(folder).feature_extractor.feature_size == 2
 
 

@@ -13,12 +13,13 @@ import pytest
 import soundfile
 import torch
 
-import zhiyin.generation as generation
+import zhiyin.generation.loop as generation
 from checkpoints import make_checkpoint
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.audio_io import read_metadata, write_audio
+from zhiyin.processing.audio_io import read_metadata, write_audio
 from zhiyin.cli import main
-from zhiyin.streaming import LOOKAHEAD_FRAMES, decode_stream, write_stream
+from zhiyin.generation.streaming import LOOKAHEAD_FRAMES, decode_stream
+from zhiyin.processing.audio_io import write_stream
 
 TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
 HOP = 640

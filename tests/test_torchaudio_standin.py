@@ -73,7 +73,7 @@ def test_zhiyins_resampler_computes_the_same_definition(shared_audio):
     """The melody extractor's own resampler (a polyphase convolution in float32) against the definition."""
     import soundfile
 
-    from zhiyin.chroma import resample as ours
+    from zhiyin.processing.chroma import resample as ours
 
     data, rate = soundfile.read(shared_audio / "kevin_macleod_sugar_plum_fairy.ogg", dtype="float32", frames=3 * 22050)
     clip = torch.from_numpy(np.ascontiguousarray(data if data.ndim == 1 else data.mean(1)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zhiyin.processor import TextTokenizer
+from zhiyin.processing.tokenizer import TextTokenizer
 from zhiyin.random_checkpoint import TOKENIZER_CONFIG, train_t5_like_tokenizer
 
 

@@ -14,16 +14,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {  # public name -> the module that defines it
-    "AutoProcessor": "processor",
+    "AutoProcessor": "processing.processor",
     "GenerationConfig": "config",
-    "ModelNotFoundError": "hub",
+    "ModelNotFoundError": "loading.hub",
     "MusicgenConfig": "config",
     "MusicgenForConditionalGeneration": "model",
-    "MusicgenMelodyConfig": "melody",
-    "MusicgenMelodyFeatureExtractor": "chroma",
-    "MusicgenMelodyForConditionalGeneration": "melody",
-    "MusicgenMelodyProcessor": "chroma",
-    "MusicgenProcessor": "processor",
+    "MusicgenMelodyConfig": "config",
+    "MusicgenMelodyFeatureExtractor": "processing.chroma",
+    "MusicgenMelodyForConditionalGeneration": "model",
+    "MusicgenMelodyProcessor": "processing.chroma",
+    "MusicgenProcessor": "processing.processor",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -21,7 +21,7 @@ MAX_DURATION = 3600.0  # seconds of new music one command makes unless --max-dur
 SEED_LIMIT = 2**63  # seeds are 0 .. 2**63 - 1
 FORMATS = ("wav", "flac", "ogg", "mp3")
 FLAG_NAMES = {"guidance_scale": "--guidance", "top_k": "--top-k", "top_p": "--top-p", "temperature": "--temperature",
-              "greedy": "--greedy"}
+              "greedy": "--greedy", "duration": "--duration", "window": "--window", "extend_stride": "--extend-stride"}
 
 
 class UsageError(Exception):
@@ -55,8 +55,8 @@ def _seed(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .audio_io import DEFAULT_MP3_BITRATE, MP3_BITRATES
-    from .loudness import STRATEGIES, TARGET_DB
+    from .processing.audio_io import DEFAULT_MP3_BITRATE, MP3_BITRATES
+    from .processing.loudness import STRATEGIES, TARGET_DB
 
     parser = _Parser(prog="zhiyin", description="Make music with MusicGen.")
     parser.add_argument("--version", action="version", version=f"zhiyin {__version__}")
@@ -184,18 +184,15 @@ def check_arguments(args) -> list[str]:
     if args.duration > args.max_duration:
         raise UsageError(f"--duration {args.duration:g} s is more than --max-duration ({args.max_duration:g} s): "
                          "raise --max-duration if you mean it")
-    if not 0 < args.extend_stride < args.window:
-        raise UsageError(f"--extend-stride must be more than 0 and less than --window ({args.window:g} s), got {args.extend_stride:g}")
     if args.prompt_seconds is not None and args.audio_prompt is None:
         raise UsageError("--prompt-seconds goes with --audio-prompt")
     if args.prompt_seconds is not None and args.prompt_seconds <= 0:
         raise UsageError(f"--prompt-seconds must be more than 0, got {args.prompt_seconds:g}")
     if args.normalize in ("loudness", "rms") and args.loudness > 0:
         raise UsageError(f"--loudness must be at most 0 (a level under full scale), got {args.loudness:g}")
-    from .sampling_settings import SamplingSettings
+    from .generation.options import SamplingSettings
 
-    settings = SamplingSettings(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, guidance_scale=args.guidance)
+    settings = SamplingSettings(**_sampling(args))
     try:
         settings.validate(names=FLAG_NAMES)  # the API's checks, worded with the CLI's flags
     except ValueError as error:
@@ -213,7 +210,7 @@ def check_arguments(args) -> list[str]:
 
 
 def _audio_file_seconds(flag: str, path: str) -> float:
-    from .audio_io import audio_seconds
+    from .processing.audio_io import audio_seconds
 
     if not os.path.isfile(path):
         what = "audio prompt" if flag == "--audio-prompt" else "melody file"
@@ -224,24 +221,31 @@ def _audio_file_seconds(flag: str, path: str) -> float:
         raise UsageError(f"{flag}: {error}") from None
 
 
-def _check_for_model(args, config) -> None:
-    """What depends on the model, from its config.json alone: before the weights are read."""
-    from .delay_pattern import codebook_delays, num_frames
+def _sampling(args) -> dict:
+    """The sampling settings the flags ask for, as generate_long takes them."""
+    return dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                guidance_scale=args.guidance)
 
-    melodic = config.extra.get("model_type") == "musicgen_melody"
+
+def _check_for_model(args, config) -> None:
+    """What depends on the model, from its config.json alone: before the weights are read. The length settings go
+    through the library's own checks (generation/options.py), worded with the CLI's flags."""
+    from .config import GenerationConfig, MusicgenMelodyConfig
+    from .generation.options import GenerationOptions, Limits
+
+    melodic = isinstance(config, MusicgenMelodyConfig)
     if args.melody is not None and not melodic:
         raise UsageError(f"--melody needs a melody model such as facebook/musicgen-melody: '{args.model}' has no melody input")
     if melodic and args.audio_prompt is not None:
         raise UsageError("melody models continue no --audio-prompt: give the tune with --melody instead")
     if args.unconditional and args.audio_prompt is not None:
         raise UsageError("--audio-prompt needs a text prompt here; give one (it may be short, e.g. \"music\")")
-    d, rate = config.decoder, config.audio_encoder.frame_rate
-    if round(args.duration * rate) < 1:
-        raise UsageError(f"--duration {args.duration:g} s is shorter than one audio frame (1/{rate} s)")
-    one_pass = num_frames(d.max_position_embeddings, codebook_delays(d.num_codebooks, d.audio_channels)) / rate
-    if args.window > one_pass:
-        raise UsageError(f"--window {args.window:g} s is more than one pass of this model makes ({one_pass:.1f} s): "
-                         "give a smaller --window")
+    lengths = dict(duration=args.duration, window=args.window, extend_stride=args.extend_stride)
+    try:
+        GenerationOptions.resolve("generate_long", {**lengths, **_sampling(args)}, GenerationConfig(),
+                                  Limits.of(config), names=FLAG_NAMES)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if args.audio_prompt is not None:
         seconds = _audio_file_seconds("--audio-prompt", args.audio_prompt)
         if args.prompt_seconds is not None:
@@ -296,24 +300,21 @@ def remake_command(prompts: list[str] | None, num_samples: int, model: str, seed
 
 def generate(args) -> int:
     paths = check_arguments(args)
-    from .config import MusicgenConfig
-    from .hub import resolve_file
+    from .loading.hub import read_config
 
-    config = MusicgenConfig.from_json_file(resolve_file(args.model, "config.json"))
+    config = read_config(args.model)
     _check_for_model(args, config)
     import torch
 
-    from .audio_io import read_audio
-    from .melody import MusicgenMelodyForConditionalGeneration
-    from .model import MusicgenForConditionalGeneration
-    from .processor import AutoProcessor
+    from .config import MusicgenMelodyConfig
+    from .model import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+    from .processing.audio_io import read_audio
+    from .processing.processor import AutoProcessor
 
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     rate, channels = config.audio_encoder.sampling_rate, config.decoder.audio_channels
-    melodic = config.extra.get("model_type") == "musicgen_melody"
+    melodic = isinstance(config, MusicgenMelodyConfig)
     count = len(paths)
-    needs_processor = not args.unconditional or args.melody is not None  # text, or the melody's chroma
-    processor = AutoProcessor.from_pretrained(args.model) if needs_processor else None
     prompt_audio = None
     if args.audio_prompt is not None:
         prompt_audio = read_audio(args.audio_prompt, rate, channels, last_seconds=args.prompt_seconds)
@@ -321,24 +322,25 @@ def generate(args) -> int:
     started = time.perf_counter()
     model_class = MusicgenMelodyForConditionalGeneration if melodic else MusicgenForConditionalGeneration
     model = model_class.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    inputs, sampling = {}, _sampling(args)
     if args.unconditional:
         inputs = dict(model.get_unconditional_inputs(count))
-        guidance = inputs.pop("guidance_scale", 1.0)  # generate() takes it as its own argument
-    else:
+        sampling["guidance_scale"] = inputs.pop("guidance_scale", 1.0)  # no text: nothing to guide towards
+    if not args.unconditional or args.melody is not None:  # text, or the melody's chroma
+        processor = AutoProcessor.from_pretrained(args.model)
         audio = [prompt_audio] * count if prompt_audio is not None else None
-        inputs = processor(text=args.prompts, audio=audio, sampling_rate=rate if audio else None, padding=True,
-                           return_tensors="pt")
-        guidance = args.guidance
+        if not args.unconditional:
+            inputs = dict(processor(text=args.prompts, audio=audio, sampling_rate=rate if audio else None,
+                                    padding=True, return_tensors="pt"))
     if args.melody is not None:  # the tune's chroma, one copy per file, guided against the null chroma
         extractor = processor.feature_extractor
         melody = read_audio(args.melody, extractor.sampling_rate, 1)[0]
         inputs["input_features"] = extractor([melody] * count, sampling_rate=extractor.sampling_rate,
                                              return_tensors="pt")["input_features"]
-        guidance = args.guidance
-    torch.manual_seed(seed)
-    sampling = dict(do_sample=not args.greedy, guidance_scale=guidance, top_k=args.top_k, top_p=args.top_p,
-                    temperature=args.temperature, progress_bar=not args.quiet)
-    long_music = dict(duration=args.duration, window=args.window, extend_stride=args.extend_stride)
+        sampling["guidance_scale"] = args.guidance
+    generator = torch.Generator(model.device).manual_seed(seed)
+    options = dict(duration=args.duration, window=args.window, extend_stride=args.extend_stride,
+                   progress_bar=not args.quiet, **sampling)
 
     settings = _settings(args)
     model_name = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model  # a folder, from anywhere
@@ -350,10 +352,10 @@ def generate(args) -> int:
     writer = dict(rate=rate, format=args.format, normalize=args.normalize, loudness_db=args.loudness,
                   compress=args.compress, bitrate=args.bitrate)
     if args.stream:
-        status = stream_to_files(model.generate_stream(**inputs, **long_music, **sampling), paths, files, writer,
-                                 args.picture)
+        chunks = model.generate_stream(**inputs, generator=generator, **options)
+        status = stream_to_files(chunks, paths, files, writer, args.picture)
     else:
-        audio_values = model.generate_long(**inputs, **long_music, **sampling).cpu().numpy()
+        audio_values = model.generate_long(**inputs, generator=generator, **options).cpu().numpy()
         status = 0
         for path, audio, metadata in zip(paths, audio_values, files):
             status |= _finish(path, audio, metadata, writer, args.picture)
@@ -364,7 +366,7 @@ def generate(args) -> int:
 
 def _finish(path: str, audio, metadata: dict, writer: dict, picture: bool) -> int:
     """Write one finished file (levelled, tagged, atomically) and say so; 1 if it could not be written."""
-    from .audio_io import write_audio
+    from .processing.audio_io import write_audio
 
     w = writer
     try:
@@ -376,7 +378,7 @@ def _finish(path: str, audio, metadata: dict, writer: dict, picture: bool) -> in
     kind = "stereo" if audio.shape[0] == 2 else "mono"
     print(f"wrote {path} ({audio.shape[-1] / w['rate']:.2f} s, {w['rate']} Hz, {kind})")
     if picture:
-        from .picture import save_picture
+        from .processing.picture import save_picture
 
         print(f"picture {save_picture(os.path.splitext(path)[0] + '.png', audio, w['rate'])}")
     return 0
@@ -394,7 +396,7 @@ def stream_to_files(chunks, paths: list[str], files: list[dict], writer: dict, p
     file goes. A killed run leaves the partial files, valid WAVs of what was made."""
     import soundfile
 
-    from .streaming import write_stream
+    from .processing.audio_io import write_stream
 
     partials = [partial_path(path) for path in paths]
     written, status = 0, 0
@@ -420,7 +422,7 @@ def stream_to_files(chunks, paths: list[str], files: list[dict], writer: dict, p
 
 
 def info(args) -> int:
-    from .audio_io import audio_seconds, read_metadata
+    from .processing.audio_io import audio_seconds, read_metadata
 
     status = 0
     for path in args.files:

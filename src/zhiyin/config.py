@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .hub import read_json
+from .files import read_json
 
 
 class _SubConfig:
@@ -220,3 +220,35 @@ class GenerationConfig(_SubConfig):
         out = super().to_dict()
         out.pop("model_type")
         return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass
+class MusicgenMelodyConfig(MusicgenConfig):
+    """A melody checkpoint's config.json: the three sub-configs plus the chroma settings."""
+
+    num_chroma: int = 12
+    chroma_length: int = 235
+    model_type = "musicgen_melody"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MusicgenMelodyConfig":
+        data = dict(data)
+        chroma = {k: data.pop(k) for k in ("num_chroma", "chroma_length") if data.get(k) is not None}
+        base = MusicgenConfig.from_dict(data)
+        return cls(text_encoder=base.text_encoder, audio_encoder=base.audio_encoder, decoder=base.decoder,
+                   extra=base.extra, **chroma)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.update(num_chroma=self.num_chroma, chroma_length=self.chroma_length)
+        out["decoder"]["model_type"] = "musicgen_melody_decoder"
+        if "architectures" not in self.extra:
+            out["architectures"] = ["MusicgenMelodyForConditionalGeneration"]
+        return out
+
+
+def config_from_dict(data: dict[str, Any]) -> MusicgenConfig:
+    """A checkpoint's config.json as the config of its kind: MusicgenMelodyConfig for melody checkpoints."""
+    if data.get("model_type") == MusicgenMelodyConfig.model_type:
+        return MusicgenMelodyConfig.from_dict(data)
+    return MusicgenConfig.from_dict(data)

@@ -75,11 +75,11 @@ def write_random_checkpoint(folder: str | os.PathLike, shape: str = "small", see
     """Write a complete checkpoint of `shape` with random weights (seeded) into `folder`; returns the folder."""
     import torch
 
-    from .chroma import MusicgenMelodyFeatureExtractor, MusicgenMelodyProcessor
-    from .config import GenerationConfig, MusicgenConfig
-    from .melody import MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration
-    from .model import MusicgenForConditionalGeneration
-    from .processor import AudioFeatureExtractor, MusicgenProcessor, TextTokenizer
+    from .config import GenerationConfig, MusicgenConfig, MusicgenMelodyConfig
+    from .model import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+    from .processing.chroma import MusicgenMelodyFeatureExtractor, MusicgenMelodyProcessor
+    from .processing.processor import AudioFeatureExtractor, MusicgenProcessor
+    from .processing.tokenizer import TextTokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

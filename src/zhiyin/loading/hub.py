@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import re
 
+from ..config import MusicgenConfig, config_from_dict
+from ..files import read_json
+
 
 class ModelNotFoundError(FileNotFoundError):
     """The checkpoint can't be had: no such folder, no such hub repo, or offline and not cached."""
@@ -99,24 +102,6 @@ def _hub_resolves() -> bool:
         return False
 
 
-class DamagedFileError(ValueError):
-    """A checkpoint file that can't be read as what it should be: damaged, incomplete, or not that kind of file."""
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    """A checkpoint's JSON file as a dict, or a DamagedFileError that names the file and the line at fault."""
-    import json
-
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except UnicodeDecodeError as error:
-        raise DamagedFileError(f"'{path}' is not a text file ({error.reason}): download it again") from None
-    except json.JSONDecodeError as error:
-        raise DamagedFileError(
-            f"'{path}' is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}): fix it or download it again"
-        ) from None
-    if not isinstance(data, dict):
-        raise DamagedFileError(f"'{path}' holds a JSON {type(data).__name__}, not an object: download it again")
-    return data
+def read_config(name_or_path: str | os.PathLike, **hub_kwargs) -> MusicgenConfig:
+    """A checkpoint's config.json, as the config of its kind (MusicgenMelodyConfig for melody checkpoints)."""
+    return config_from_dict(read_json(resolve_file(name_or_path, "config.json", **hub_kwargs)))

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from torch import nn
 
 # x86 flags (/proc/cpuinfo) of native bfloat16 / float16 arithmetic, and aarch64 features
 _NATIVE_FLAGS = {torch.bfloat16: ({"avx512_bf16", "amx_bf16"}, {"bf16"}),
@@ -52,6 +53,16 @@ def plan(device: torch.device | None, dtype: torch.dtype, quantize: str | None) 
     activations = torch.float32 if dtype == torch.bfloat16 else dtype  # the kernels widen bfloat16 weights
     cache = torch.int8 if quantize == "int8" else torch.bfloat16 if dtype == torch.bfloat16 else dtype
     return Precision(dtype, activations, cache, conditioning)
+
+
+def place(decoder: nn.Module, precision: Precision) -> None:
+    """Put a decoder whose linear weights are already in place (float or int8) in the plan's dtypes: its other
+    parameters (norms, embeddings) in the activations' dtype, and its KV cache in the plan's."""
+    for module in decoder.modules():
+        if not hasattr(module, "in_features"):  # linear layers (nn.Linear, KernelLinear) keep their weights' dtype
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(precision.activations)
+    decoder.cache_dtype = precision.cache
 
 
 @lru_cache(maxsize=None)

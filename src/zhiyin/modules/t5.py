@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zhiyin.config import T5Config
+from ..config import T5Config
 
 _ACTIVATIONS = {
     "relu": F.relu,

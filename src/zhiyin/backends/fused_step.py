@@ -4,9 +4,10 @@ The token loop's steps each take one new position per row. Run as PyTorch ops, a
 small operations around the 150 weight products, and their dispatch costs as much as a third of the step on a
 2-core CPU. The fused step does the whole of it (embeddings, every layer's norms, attention over the KV cache and the
 text, FFN with GELU, final norm, LM heads) in one parallel region, with the weight products of kernels.py's
-StreamingLinear layers. It reads the decoder's own parameters and writes into its own KV cache, so the PyTorch
-prefill and the fused steps share one cache. `FusedStep.build` returns None where it does not apply (kernels off
-or unavailable, not on the CPU, float16, more rows than the kernels take): the decoder's plain step runs there.
+KernelLinear layers. It reads the decoder's own parameters and writes into its own KV cache, so the PyTorch
+prefill and the fused steps share one cache. Each row is at its own position and attends to its own text length.
+`FusedStep.build` returns None where it does not apply (kernels off or unavailable, not on the CPU, float16, more
+rows than the kernels take); select.py then picks another step.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import time
 import torch
 from torch import Tensor, nn
 
+from ..modules.decoder import CrossKV, MusicgenDecoder, sinusoidal_positions
 from . import kernels
-from .decoder import CrossKV, MusicgenDecoder, sinusoidal_positions
-from .kernels import LinearWeights, StreamingLinear
+from .kernels import KernelLinear, LinearWeights
 
 P = ctypes.c_void_p
 
@@ -38,8 +39,8 @@ class _Step(ctypes.Structure):  # csrc/kernels.cpp's Step
                 ("rows", "dim", "heads", "ffn_dim", "codebooks", "vocab", "max_len", "text_len", "layers")]
     _fields_ += [(name, ctypes.c_int32) for name in ("cache_type", "gelu", "threads", "unused")]
     _fields_ += [("eps", ctypes.c_float), ("embed_scale", ctypes.c_float), ("layer", ctypes.POINTER(_Layer)),
-                 ("embeddings", P), ("positions", P), ("text_mask", P), ("norm_weight", P), ("norm_bias", P),
-                 ("lm_heads", ctypes.POINTER(LinearWeights))]
+                 ("embeddings", P), ("position_table", P), ("text_mask", P), ("text_lengths", P), ("norm_weight", P),
+                 ("norm_bias", P), ("lm_heads", ctypes.POINTER(LinearWeights))]
 
 
 def _float(t: Tensor) -> Tensor:
@@ -47,14 +48,16 @@ def _float(t: Tensor) -> Tensor:
 
 
 class FusedStep:
-    """The step function of one generation: (tokens [rows, K], position) -> logits [rows, K, V] float32, for one new
-    position per row; `offset` is added to the positions (melody models' prefix). Valid while the decoder's caches
-    (set up before) and `cross` live; holds every tensor the C++ side points at."""
+    """A decoder step (select.py's protocol): (tokens [rows, K], positions [rows]) -> logits [rows, K, V] float32, one
+    new position per row. Valid while the decoder's caches (set up before) and `cross` live; holds every tensor the
+    C++ side points at."""
 
-    def __init__(self, decoder: MusicgenDecoder, cross: CrossKV | None, offset: int, library: ctypes.CDLL):
+    def __init__(self, decoder: MusicgenDecoder, cross: CrossKV | None, library: ctypes.CDLL):
+        for mirror, which in ((_Layer, 1), (_Step, 2)):
+            kernels.check_mirror(library, mirror, which)
         c, caches = decoder.config, decoder.caches
         rows, heads, max_len, _ = caches[0].k.shape
-        self.library, self.offset, self.max_len = library, offset, max_len
+        self.library, self.max_len = library, max_len
         self.shape = (rows, c.num_codebooks, c.vocab_size)
         keep = self._keep = []  # tensors and structures the C++ side reads
 
@@ -82,6 +85,8 @@ class FusedStep:
         embeddings = (P * c.num_codebooks)(*[ptr(e.weight) for e in decoder.embed_tokens])
         heads_weights = (LinearWeights * c.num_codebooks)(*[head.weights() for head in decoder.lm_heads])
         text_len = cross.keys[0].shape[2] if cross is not None else 0
+        text_mask = _float(cross.mask).view(rows, text_len) if cross is not None else None
+        text_lengths = _text_lengths(text_mask) if cross is not None else None
         step = self.step = _Step(
             rows=rows, dim=c.hidden_size, heads=heads, ffn_dim=c.ffn_dim, codebooks=c.num_codebooks,
             vocab=c.vocab_size, max_len=max_len, text_len=text_len, layers=len(decoder.layers),
@@ -89,8 +94,8 @@ class FusedStep:
             threads=torch.get_num_threads(), eps=decoder.final_norm.eps, embed_scale=decoder.embed_scale,
             embeddings=ctypes.cast(embeddings, P), layer=ctypes.cast(layers, ctypes.POINTER(_Layer)),
             lm_heads=ctypes.cast(heads_weights, ctypes.POINTER(LinearWeights)),
-            positions=ptr(sinusoidal_positions(torch.arange(max_len), c.hidden_size).contiguous()),
-            text_mask=ptr(_float(cross.mask).view(rows, text_len)) if cross is not None else None,
+            position_table=ptr(sinusoidal_positions(torch.arange(max_len), c.hidden_size).contiguous()),
+            text_mask=ptr(text_mask), text_lengths=ptr(text_lengths),
             norm_weight=ptr(decoder.final_norm.weight), norm_bias=ptr(decoder.final_norm.bias),
         )
         keep += [layers, embeddings, heads_weights, step]
@@ -98,7 +103,7 @@ class FusedStep:
         self.threads = ThreadCount(usable_threads())
 
     @classmethod
-    def build(cls, decoder: MusicgenDecoder, cross: CrossKV | None, offset: int = 0) -> "FusedStep | None":
+    def build(cls, decoder: MusicgenDecoder, cross: CrossKV | None) -> "FusedStep | None":
         """The fused step for this generation, or None where it does not apply."""
         library = kernels.library()
         caches = decoder.caches
@@ -108,33 +113,45 @@ class FusedStep:
             return None
         if (cross is None) != (decoder.layers[0].cross_attn is None):
             return None
-        linears = [m for m in decoder.modules() if isinstance(m, (nn.Linear, StreamingLinear))]
-        if not all(isinstance(m, StreamingLinear) and m.weights() is not None for m in linears):
+        linears = [m for m in decoder.modules() if isinstance(m, (nn.Linear, KernelLinear))]
+        if not all(isinstance(m, KernelLinear) and m.weights() is not None for m in linears):
             return None
-        others = [p for m in decoder.modules() if not isinstance(m, StreamingLinear) for p in m.parameters(recurse=False)]
+        others = [p for m in decoder.modules() if not isinstance(m, KernelLinear) for p in m.parameters(recurse=False)]
         if any(p.dtype != torch.float32 for p in others):
             return None
-        return cls(decoder, cross, offset, library)
+        return cls(decoder, cross, library)
 
-    def __call__(self, tokens: Tensor, position: int) -> Tensor:
+    def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
         threads = self.threads.next()
         self.step.threads = threads
         started = time.perf_counter()
-        logits = self._run(tokens, position)
+        logits = self._run(tokens, positions)
         self.threads.record(threads, time.perf_counter() - started)
         return logits
 
-    def _run(self, tokens: Tensor, position: int) -> Tensor:
+    def _run(self, tokens: Tensor, positions: Tensor) -> Tensor:
         tokens = tokens.to(torch.int64).contiguous()  # [rows, K]
+        positions = positions.to(torch.int64).contiguous()  # [rows]
         rows, K, V = self.shape
-        # the C++ side trusts its indices: check them here (two reductions of a few values)
+        # the C++ side trusts its indices: check them here (reductions of a few values)
         if tokens.shape != (rows, K) or int(tokens.min()) < 0 or int(tokens.max()) > V:
             raise IndexError(f"tokens {tuple(tokens.shape)} must be [{rows}, {K}] with values in 0..{V} (the pad token)")
-        if not 0 <= position + self.offset < self.max_len:
-            raise IndexError(f"position {position} is outside the KV cache ({self.max_len - self.offset} positions)")
+        if positions.shape != (rows,):
+            raise IndexError(f"positions {tuple(positions.shape)} must be [{rows}]: one per row")
+        if int(positions.min()) < 0 or int(positions.max()) >= self.max_len:
+            raise IndexError(f"positions {positions.tolist()} are outside the KV cache (0..{self.max_len - 1})")
         logits = torch.empty(self.shape, dtype=torch.float32)
-        self.library.zhiyin_decoder_step(self.step_pointer, tokens.data_ptr(), position + self.offset, logits.data_ptr())
+        self.library.zhiyin_decoder_step(self.step_pointer, tokens.data_ptr(), positions.data_ptr(), logits.data_ptr())
         return logits
+
+
+def _text_lengths(mask: Tensor) -> Tensor:
+    """Additive text mask [rows, S] -> each row's text length [rows] int64: through its last valid position, so
+    that attention over it equals attention over all S (the masked rest adds exact zeros); all S for a row with no
+    valid position (the null text of guidance, whose masked scores are all equal)."""
+    valid = mask == 0
+    last = torch.where(valid, torch.arange(1, mask.shape[1] + 1), 0).amax(dim=1)
+    return torch.where(valid.any(dim=1), last, mask.shape[1]).to(torch.int64).contiguous()
 
 
 def usable_threads() -> int:

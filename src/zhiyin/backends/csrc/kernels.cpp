@@ -1,9 +1,10 @@
 // zhiyin's CPU kernels, built at first use by kernels.py with the system C++ compiler (-O3 -march=native -fopenmp)
 // and called through ctypes. Two entry points:
 //   zhiyin_linear        y = x W^T (a StreamingLinear layer on its own: a few rows, or a prefill's many)
-//   zhiyin_decoder_step  one whole decoder step for one new position per row, in one call and one parallel region:
-//                        embeddings, every layer (norms, attention over the KV cache and the text, FFN), final norm,
-//                        LM heads. It computes what decoder.py's MusicgenDecoder.forward computes for T = 1.
+//   zhiyin_decoder_step  one whole decoder step for one new position per row (each row at its own position, with
+//                        its own text length), in one call and one parallel region: embeddings, every layer (norms,
+//                        attention over the KV cache and the text, FFN), final norm, LM heads. It computes what
+//                        modules/decoder.py's MusicgenDecoder.forward computes for T = 1.
 #ifdef _OPENMP
 #include <omp.h>
 #else  // a compiler without OpenMP (Apple's clang, clang without libomp): one thread, the pragmas ignored
@@ -106,12 +107,17 @@ float dot(const float *q, const T *k, int64_t n) {
     return s;
 }
 
-// x [n] -> q [n] int8, *scale: x ~= q * scale; the numbers of quantization.py's quantize_int8
-void quantize_vector(const float *x, int64_t n, int8_t *q, float *scale) {
+// A key or value vector x [n] into a KV cache of float32, bfloat16 or int8 (with its scale: x ~= q * scale, the
+// numbers of modules/quantization.py's quantize_int8)
+void store_vector(const float *x, int64_t n, float *to, float *) { std::copy(x, x + n, to); }
+void store_vector(const float *x, int64_t n, uint16_t *to, float *) {
+    for (int64_t j = 0; j < n; j++) to[j] = to_bf16(x[j]);
+}
+void store_vector(const float *x, int64_t n, int8_t *to, float *scale) {
     float top = 0.f;
     for (int64_t j = 0; j < n; j++) top = std::max(top, std::fabs(x[j]));
     const float s = std::max(top / 127.f, 1e-12f);
-    for (int64_t j = 0; j < n; j++) q[j] = int8_t(std::min(127.f, std::max(-127.f, std::nearbyint(x[j] / s))));
+    for (int64_t j = 0; j < n; j++) to[j] = int8_t(std::min(127.f, std::max(-127.f, std::nearbyint(x[j] / s))));
     *scale = s;
 }
 
@@ -154,7 +160,7 @@ void attend(const float *q, const T *keys, const float *key_scales, const T *val
 
 }  // namespace
 
-// The weights and state of one decoder step; the layout is mirrored by ctypes structures in fused_step.py.
+// The weights and state of one decoder step; fused_step.py mirrors the layout in ctypes (checked at load by size).
 struct Layer {
     const float *self_norm_weight, *self_norm_bias;
     Linear qkv, self_out;
@@ -173,15 +179,33 @@ struct Step {
     float eps, embed_scale;
     const Layer *layer;
     const float *const *embeddings;  // codebooks tables [vocab + 1, dim]
-    const float *positions;          // [max_len, dim] sinusoidal
+    const float *position_table;     // [max_len, dim] sinusoidal
     const float *text_mask;          // [rows, text_len], additive
+    const int64_t *text_lengths;     // [rows]: each row attends to its text positions 0..text_lengths[row]-1
     const float *norm_weight, *norm_bias;
     const Linear *lm_heads;          // codebooks x [vocab, dim]
 };
 
+// One row and head of self-attention at `position`: its key k and value v [dh] into the layer's cache at `slot`
+// (row * heads + head: keys/values [max_len, dh], for int8 their scales [max_len]), then its query q over the
+// positions 0..position of that slot.
+template <typename T>
+void cache_and_attend(const Layer &L, int64_t max_len, int64_t slot, int64_t position, int64_t dh, const float *q,
+                      const float *k, const float *v, float *scores, float *out) {
+    T *keys = static_cast<T *>(L.cache_k) + slot * max_len * dh, *values = static_cast<T *>(L.cache_v) + slot * max_len * dh;
+    float *k_scales = L.cache_k_scale ? L.cache_k_scale + slot * max_len : nullptr;
+    float *v_scales = L.cache_v_scale ? L.cache_v_scale + slot * max_len : nullptr;
+    store_vector(k, dh, keys + position * dh, k_scales ? k_scales + position : nullptr);
+    store_vector(v, dh, values + position * dh, v_scales ? v_scales + position : nullptr);
+    attend(q, keys, k_scales, values, v_scales, position + 1, dh, nullptr, scores, out);
+}
+
 extern "C" {
 
-int zhiyin_max_rows() { return MAX_ROWS; }
+// The size of a structure that Python mirrors in ctypes: 0 Linear, 1 Layer, 2 Step
+int64_t zhiyin_struct_size(int which) {
+    return which == 0 ? sizeof(Linear) : which == 1 ? sizeof(Layer) : which == 2 ? sizeof(Step) : -1;
+}
 
 int zhiyin_int16() { return INT16_ACTIVATIONS; }  // 1: int8 products take the activations as int16
 
@@ -217,16 +241,18 @@ void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int thr
     }
 }
 
-// tokens [rows, codebooks] at `position` (0-based, the KV cache holds positions before it) -> logits [rows, codebooks,
-// vocab]; writes this position's keys/values into the cache.
-void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position, float *logits) {
+// tokens [rows, codebooks], row m at positions[m] (0-based; its KV cache holds the positions before it) -> logits
+// [rows, codebooks, vocab]; writes each row's keys/values at its position into the cache.
+void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *positions, float *logits) {
     const int64_t M = s->rows, D = s->dim, H = s->heads, dh = D / H, F = s->ffn_dim, V = s->vocab;
-    const int64_t length = position + 1, longest = std::max(length, s->text_len);
+    const int64_t longest = std::max(s->max_len, s->text_len);
     std::vector<float> x(M * D), h(M * D), qkv(M * 3 * D), attention(M * D), q(M * D), hidden(M * F);
     std::vector<float> scores(size_t(s->threads) * longest);
     Activations input;  // the int16 rows, shared by the threads
     input.q.resize(M * std::max(D, F)), input.scale.resize(M);
     std::unique_ptr<Team> team;  // made inside the parallel region, which knows how many threads it got
+    const auto self_attend = s->cache_type == BF16 ? cache_and_attend<uint16_t>
+                             : s->cache_type == I8 ? cache_and_attend<int8_t> : cache_and_attend<float>;
 
     #pragma omp parallel num_threads(s->threads)
     {
@@ -235,7 +261,6 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
         team = std::make_unique<Team>(threads);  // single ends in a barrier: every thread sees the team
         float *my_scores = scores.data() + thread * longest;
         Rows rows{};
-        int64_t n0, n1;
         // rows of src [M, k] -> (layer-normed into dst if norm_weight) ready for w; split by rows, ends in a barrier
         auto prepare = [&](const float *src, int64_t k, const Linear &w, const float *norm_weight,
                            const float *norm_bias, float *dst) {
@@ -250,6 +275,7 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
         };
         // y (+)= rows . W^T on this thread's share of W's rows
         auto product = [&](const Linear &w, float *y, int64_t ldy, bool add) {
+            int64_t n0, n1;
             share(w.n, thread, threads, n0, n1);
             matvec(w, rows, y, ldy, add, n0, n1);
         };
@@ -261,7 +287,7 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
                 const float *e = s->embeddings[c] + tokens[m * s->codebooks + c] * D;
                 for (int64_t j = 0; j < D; j++) row[j] = c == 0 ? e[j] : row[j] + e[j];
             }
-            const float *p = s->positions + position * D;
+            const float *p = s->position_table + positions[m] * D;
             for (int64_t j = 0; j < D; j++) row[j] = row[j] * s->embed_scale + p[j];
         }
         team->wait();
@@ -275,26 +301,8 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
             for (int64_t task = 0; task < M * H; task++) {
                 const int64_t m = task / H, head = task % H;
                 const float *qh = qkv.data() + m * 3 * D + head * dh, *kh = qh + D, *vh = qh + 2 * D;
-                const int64_t base = (m * H + head) * s->max_len * dh;
-                float *out = attention.data() + m * D + head * dh;
-                const int64_t at = base + position * dh;
-                if (s->cache_type == BF16) {
-                    uint16_t *ck = (uint16_t *)L.cache_k, *cv = (uint16_t *)L.cache_v;
-                    for (int64_t j = 0; j < dh; j++) ck[at + j] = to_bf16(kh[j]);
-                    for (int64_t j = 0; j < dh; j++) cv[at + j] = to_bf16(vh[j]);
-                    attend(qh, ck + base, nullptr, cv + base, nullptr, length, dh, nullptr, my_scores, out);
-                } else if (s->cache_type == I8) {
-                    int8_t *ck = (int8_t *)L.cache_k, *cv = (int8_t *)L.cache_v;
-                    float *ks = L.cache_k_scale + base / dh, *vs = L.cache_v_scale + base / dh;
-                    quantize_vector(kh, dh, ck + at, ks + position);
-                    quantize_vector(vh, dh, cv + at, vs + position);
-                    attend(qh, ck + base, ks, cv + base, vs, length, dh, nullptr, my_scores, out);
-                } else {
-                    float *ck = (float *)L.cache_k, *cv = (float *)L.cache_v;
-                    std::copy(kh, kh + dh, ck + at);
-                    std::copy(vh, vh + dh, cv + at);
-                    attend(qh, ck + base, nullptr, cv + base, nullptr, length, dh, nullptr, my_scores, out);
-                }
+                self_attend(L, s->max_len, m * H + head, positions[m], dh, qh, kh, vh, my_scores,
+                            attention.data() + m * D + head * dh);
             }
             team->wait();
             prepare(attention.data(), D, L.self_out, nullptr, nullptr, attention.data());
@@ -308,25 +316,29 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, int64_t position,
                 for (int64_t task = 0; task < M * H; task++) {
                     const int64_t m = task / H, head = task % H;
                     const int64_t base = (m * H + head) * s->text_len * dh;
-                    attend(q.data() + m * D + head * dh, L.text_k + base, nullptr, L.text_v + base, nullptr, s->text_len, dh,
-                           s->text_mask + m * s->text_len, my_scores, attention.data() + m * D + head * dh);
+                    attend(q.data() + m * D + head * dh, L.text_k + base, nullptr, L.text_v + base, nullptr,
+                           s->text_lengths[m], dh, s->text_mask + m * s->text_len, my_scores,
+                           attention.data() + m * D + head * dh);
                 }
                 team->wait();
                 prepare(attention.data(), D, L.cross_out, nullptr, nullptr, attention.data());
                 product(L.cross_out, x.data(), D, true);
                 team->wait();
             }
-            // feed-forward, the activation applied by each thread to its own share of fc1's outputs
+            // feed-forward: each thread applies the activation to the fc1 outputs it computed itself (the share of
+            // fc1's F output columns that `product` gave it), so no barrier is needed between the two
             prepare(x.data(), D, L.fc1, L.ffn_norm_weight, L.ffn_norm_bias, h.data());
             product(L.fc1, hidden.data(), F, false);
+            int64_t f0, f1;
+            share(F, thread, threads, f0, f1);
             for (int64_t m = 0; m < M; m++) {
                 float *row = hidden.data() + m * F;
-                int64_t j = n0;
+                int64_t j = f0;
                 if (s->gelu) {
-                    for (; j + LANES <= n1; j += LANES) store(row + j, gelu(load(row + j)));
-                    for (; j < n1; j++) row[j] = gelu(splat(row[j]))[0];
+                    for (; j + LANES <= f1; j += LANES) store(row + j, gelu(load(row + j)));
+                    for (; j < f1; j++) row[j] = gelu(splat(row[j]))[0];
                 } else {
-                    for (; j < n1; j++) row[j] = std::max(row[j], 0.f);
+                    for (; j < f1; j++) row[j] = std::max(row[j], 0.f);
                 }
             }
             team->wait();

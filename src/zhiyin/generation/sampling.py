@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .sampling_settings import SamplingSettings
+from .options import SamplingSettings
 
 
 def apply_guidance(logits: Tensor, scale: float) -> Tensor:

@@ -1,13 +1,13 @@
 """Fast CPU decoding: zhiyin's C++ kernels (csrc/), their build, and the decoder's linear layers on them.
 
 A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so it is bound by
-how fast the weights stream from memory. PyTorch's BLAS reaches a third to a half of the memory bandwidth on such
-shapes; `csrc/matvec.h` reaches most of it, for float32, bfloat16 and int8 (weight-only, one scale per output row)
-weights. `csrc/kernels.cpp` runs one such product on its own (StreamingLinear, here) or a whole decoder step in one
-call (fused_step.py). The sources are compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`;
+how fast the weights are read from memory. `csrc/matvec.h` reads each weight once for all rows, for float32,
+bfloat16 and int8 (weight-only, one scale per output row) weights (BENCHMARKS.md compares it with PyTorch's BLAS).
+`csrc/kernels.cpp` runs one such product on its own (KernelLinear, here) or a whole decoder step in one call
+(fused_step.py). The sources are compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`;
 a compiler without OpenMP builds them for one thread) into ~/.cache/zhiyin (or $ZHIYIN_CACHE) and called through
 ctypes; ZHIYIN_KERNELS_MARCH=x86-64-v3 (any -march) builds them for another CPU level instead. Without a compiler, or
-with ZHIYIN_KERNELS=0, the same layers run on plain PyTorch: results agree to float rounding.
+with ZHIYIN_KERNELS=0 (read by select.py), the same layers run on plain PyTorch: results agree to float rounding.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import heap
-from .precision import Precision, plan
-from .quantization import dequantize_int8, quantize_int8
+from .. import heap
+from ..files import write_atomic
+from ..modules.quantization import dequantize_int8, quantize_int8
+from .precision import Precision, place, plan
 
 SOURCES = Path(__file__).with_name("csrc")
 SOURCE = SOURCES / "kernels.cpp"
@@ -40,14 +41,6 @@ PARALLEL_MIN_WEIGHTS = 1 << 20
 
 _library: ctypes.CDLL | None = None
 _tried = False
-_enabled = os.environ.get("ZHIYIN_KERNELS", "1") != "0"
-
-
-def set_enabled(enabled: bool) -> bool:
-    """Switch the kernels on or off (off: the same layers run on plain PyTorch); returns the previous setting."""
-    global _enabled
-    previous, _enabled = _enabled, enabled
-    return previous
 
 
 def _cpu_signature() -> str:
@@ -72,24 +65,23 @@ def _compile(target: Path, march: str, compiler: str | None) -> None:
     if compiler is None:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(f".{os.getpid()}.tmp")
     targets = [f"-march={march}"] + (["-mcpu=native"] if march == "native" else [])
-    first_error = None
-    try:
+
+    def compile_into(output: str) -> None:
+        first_error = None
         for openmp in (["-fopenmp"], []):
             for arch in targets:
-                command = [compiler, *FLAGS, *openmp, arch, str(SOURCE), "-o", str(temporary)]
+                command = [compiler, *FLAGS, *openmp, arch, str(SOURCE), "-o", output]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode == 0:
                     if not openmp:
                         print(f"zhiyin: {compiler} has no OpenMP, so the CPU kernels run on one thread (g++, or clang "
                               "with libomp, runs them on all cores)", file=sys.stderr)
-                    os.replace(temporary, target)
                     return
                 first_error = first_error or done.stderr.strip()
         raise RuntimeError(f"compiling {SOURCE.name} failed: {first_error[-500:]}")
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    write_atomic(target, compile_into)
 
 
 def build(march: str = "native") -> ctypes.CDLL:
@@ -107,14 +99,26 @@ def build(march: str = "native") -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     p = ctypes.c_void_p
     lib.zhiyin_linear.argtypes = [ctypes.POINTER(LinearWeights), p, p, ctypes.c_int64, ctypes.c_int]
-    lib.zhiyin_decoder_step.argtypes = [p, p, ctypes.c_int64, p]
+    lib.zhiyin_decoder_step.argtypes = [p, p, p, p]
+    lib.zhiyin_struct_size.argtypes = [ctypes.c_int]
+    lib.zhiyin_struct_size.restype = ctypes.c_int64
+    check_mirror(lib, LinearWeights, 0)
     return lib
+
+
+def check_mirror(lib: ctypes.CDLL, mirror: type[ctypes.Structure], which: int) -> None:
+    """A ctypes mirror of a C++ structure must have its size: else the C++ side would read past or beside it."""
+    if ctypes.sizeof(mirror) != lib.zhiyin_struct_size(which):
+        raise RuntimeError(f"{mirror.__name__} is {ctypes.sizeof(mirror)} bytes, its C++ structure "
+                           f"{lib.zhiyin_struct_size(which)}: csrc/ and its ctypes mirror disagree")
 
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernels for this CPU, built on first use; None if they are switched off or can't be built here."""
+    from .select import kernels_enabled  # (select.py imports this module)
+
     global _library, _tried
-    if not _enabled:
+    if not kernels_enabled():
         return None
     if _tried:
         return _library
@@ -133,8 +137,8 @@ class LinearWeights(ctypes.Structure):
                 ("type", ctypes.c_int32), ("unused", ctypes.c_int32)]
 
 
-class StreamingLinear(nn.Module):
-    """A bias-free linear layer (y = x W^T) whose few-row products run in the streaming kernel.
+class KernelLinear(nn.Module):
+    """A bias-free linear layer (y = x W^T) whose products run in zhiyin's kernel (csrc/matvec.h).
 
     weight is float32, bfloat16 or int8 ([N, K], same key as nn.Linear's); int8 carries `scale` [N].
     """
@@ -146,9 +150,9 @@ class StreamingLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear | StreamingLinear, quantize: str | None = None) -> StreamingLinear:
+    def from_linear(cls, linear: nn.Linear | KernelLinear, quantize: str | None = None) -> KernelLinear:
         if getattr(linear, "bias", None) is not None:
-            raise ValueError("StreamingLinear has no bias")
+            raise ValueError("KernelLinear has no bias")
         if quantize == "int8":
             return cls(*quantize_int8(linear.weight.data))
         return cls(linear.weight.data)
@@ -186,43 +190,29 @@ def check_quantize(quantize: str | None) -> None:
         raise ValueError(f"unknown quantization '{quantize}': the choice is int8")
 
 
-def stream_linears(decoder: nn.Module, quantize: str | None = None) -> None:
-    """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for StreamingLinear, in place
+def use_kernel_linears(decoder: nn.Module, quantize: str | None = None) -> None:
+    """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for KernelLinear, in place
     (quantizing their weights with quantize='int8'). On a meta-device decoder this makes the layers that
     int8 weights read by weights.read_state_dict(quantized=...) load into."""
     check_quantize(quantize)
 
-    def swapped(layer: nn.Module) -> bool:  # float StreamingLinear layers are quantized too
+    def swapped(layer: nn.Module) -> bool:  # float KernelLinear layers are quantized too
         if isinstance(layer, nn.Linear):
             return layer.bias is None
-        return isinstance(layer, StreamingLinear) and quantize == "int8" and layer.scale is None
+        return isinstance(layer, KernelLinear) and quantize == "int8" and layer.scale is None
 
     # hold no reference to a replaced layer, so that each one's weights are freed as soon as it is swapped
     parents = [m for m in decoder.modules() if any(swapped(c) for c in m.children())]
     for module in parents:
         for name in [n for n, c in module.named_children() if swapped(c)]:
-            setattr(module, name, StreamingLinear.from_linear(getattr(module, name), quantize))
+            setattr(module, name, KernelLinear.from_linear(getattr(module, name), quantize))
 
 
 def accelerate_decoder(decoder: nn.Module, quantize: str | None = None, precision: Precision | None = None) -> None:
-    """Swap the decoder's linear layers for StreamingLinear (stream_linears; those already swapped stay as they
-    are) and install the fused step.
-
-    precision: the plan the decoder was loaded by (precision.py), by default the one for its device, its dtype and
-    `quantize`. Where its activations are wider than its weights (bfloat16 on the CPU), the decoder's other
-    parameters (norms, embeddings) are widened, so that activations are float32 while the linear weights stay
-    narrow; its KV cache takes the plan's dtype."""
-    stream_linears(decoder, quantize)
+    """Swap the decoder's linear layers for KernelLinear (use_kernel_linears; those already swapped stay as they
+    are) and place it by its precision plan (precision.place; by default the plan for its device, its dtype and
+    `quantize`). Which step then runs is select.py's decision, per generation."""
+    use_kernel_linears(decoder, quantize)
     reference = decoder.final_norm.weight
-    precision = precision or plan(reference.device, reference.dtype, quantize)
-    if precision.activations != precision.weights:
-        for module in decoder.modules():
-            if not isinstance(module, StreamingLinear):
-                for name, param in module.named_parameters(recurse=False):
-                    param.data = param.data.to(precision.activations)
-    if precision.cache != precision.activations:
-        decoder.cache_dtype = precision.cache
-    from .fused_step import FusedStep
-
-    decoder.fused_stepper = FusedStep.build
+    place(decoder, precision or plan(reference.device, reference.dtype, quantize))
     heap.return_freed_memory()  # the replaced float weights

@@ -25,14 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .inputs import BatchFeature
-from .processor import (
-    MusicgenProcessor,
-    _check_return_tensors,
-    _feature_extractor_config,
-    _load_tokenizer,
-    _padding_strategy,
-)
+from .inputs import BatchFeature, check_return_tensors, padding_strategy
+from .processor import MusicgenProcessor, _feature_extractor_config
+from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +121,7 @@ class MusicgenMelodyFeatureExtractor:
     ) -> BatchFeature:
         """`input_features` [B, frames, 12]; with `return_attention_mask`, also the padding mask [B, samples]
         (1 = audio), taken every hop_length samples when asked for in the call (the reference's rule)."""
-        _check_return_tensors(return_tensors)
+        check_return_tensors(return_tensors)
         waveforms, mask = self.waveforms(audio, sampling_rate, padding, max_length, truncation)
         out = BatchFeature(input_features=self.chroma(waveforms))
         if return_attention_mask or (return_attention_mask is None and self.return_attention_mask):
@@ -145,7 +140,7 @@ class MusicgenMelodyFeatureExtractor:
         limit = max_length or self.n_samples
         if truncation:
             clips = [clip[:limit] for clip in clips]
-        strategy, longest = _padding_strategy(padding), max(len(clip) for clip in clips)
+        strategy, longest = padding_strategy(padding), max(len(clip) for clip in clips)
         if strategy == "do_not_pad" and any(len(clip) != longest for clip in clips):
             raise ValueError("the melody clips have different lengths; pass padding=True to pad them")
         width = max(limit, longest) if strategy == "max_length" else longest
@@ -221,7 +216,7 @@ class MusicgenMelodyProcessor(MusicgenProcessor):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **hub_options: Any) -> "MusicgenMelodyProcessor":
         source = pretrained_model_name_or_path
         config = _feature_extractor_config(source, hub_options)
-        return cls(MusicgenMelodyFeatureExtractor.from_dict(config), _load_tokenizer(source, hub_options))
+        return cls(MusicgenMelodyFeatureExtractor.from_dict(config), load_tokenizer(source, hub_options))
 
     def _audio_features(self, audio: Any, sampling_rate: int | None, padding: bool | str, return_tensors: str | None) -> dict:
         """Melody audio -> chroma `input_features`. `padding`, `truncation` and `max_length` apply to the text only

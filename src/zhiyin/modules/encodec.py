@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import EncodecConfig
-from .heap import large_tensors_from_heap
+from ..config import EncodecConfig
+from ..heap import large_tensors_from_heap
 
 # Codebook buffers the checkpoints carry for k-means training; inference never reads them.
 IGNORED_CHECKPOINT_SUFFIXES = ("codebook.inited", "codebook.cluster_size", "codebook.embed_avg")

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from .hub import DamagedFileError, read_json
-from .quantization import quantize_int8
+from ..files import DamagedFileError, read_json
+from ..modules.quantization import quantize_int8
 
 _G_SUFFIXES = (".weight_g", ".parametrizations.weight.original0")
 _V_SUFFIXES = (".weight_v", ".parametrizations.weight.original1")

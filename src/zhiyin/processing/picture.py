@@ -13,6 +13,8 @@ import zlib
 import numpy as np
 import torch
 
+from ..files import write_atomic
+
 WIDTH, WAVE_HEIGHT, SPEC_HEIGHT = 1000, 80, 240
 # dark blue -> purple -> orange -> pale yellow (a magma-like ramp), for dB from -80 to 0
 _PALETTE = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
@@ -63,14 +65,12 @@ def _write_png(path: str, image: np.ndarray) -> None:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
+
+    def write(temporary: str) -> None:
         with open(temporary, "wb") as f:
             f.write(data)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+
+    write_atomic(path, write)
 
 
 def save_picture(path: str | os.PathLike, audio, sampling_rate: int) -> str:

@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
+import wave
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import soundfile
 import soxr
 
+from ..files import write_atomic
 from .loudness import TARGET_DB
 from .loudness import normalize as level
 
@@ -148,18 +150,14 @@ def write_audio(
     if os.path.isdir(path):
         raise IsADirectoryError(f"'{path}' is a folder; give a file name such as '{os.path.join(path, 'out.wav')}'")
 
-    temp_path = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    try:
-        with soundfile.SoundFile(temp_path, "w", int(sampling_rate), samples.shape[1], subtype, format=file_format,
+    def write(temporary: str) -> None:
+        with soundfile.SoundFile(temporary, "w", int(sampling_rate), samples.shape[1], subtype, format=file_format,
                                  **options) as f:
             if metadata is not None:
                 _tag(f, metadata, ascii_title=name == "mp3")
             f.write(samples)
-        os.replace(temp_path, path)
-    except BaseException:
-        _remove_quietly(temp_path)
-        raise
-    return path
+
+    return write_atomic(path, write)
 
 
 def _mp3_options(bitrate: int | None) -> dict:
@@ -176,7 +174,7 @@ METADATA_KEY = "zhiyin"  # the metadata JSON holds zhiyin's version under this k
 
 
 def _tag(f: soundfile.SoundFile, metadata: dict, ascii_title: bool) -> None:
-    from . import __version__
+    from .. import __version__
 
     metadata = {METADATA_KEY: __version__, **metadata}
     f.comment = json.dumps(metadata, ensure_ascii=True, sort_keys=True)
@@ -242,3 +240,46 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+class WavWriter:
+    """A 16-bit PCM WAV file that grows chunk by chunk and is a valid WAV after every chunk: the header's sizes
+    are rewritten and the file flushed each time, so a run killed at any point leaves a playable, shorter file.
+    Samples are converted as `write_audio` (libsndfile) converts them: clipped, floor(x * 32768)."""
+
+    def __init__(self, path: str, sampling_rate: int, channels: int):
+        self.file = open(path, "wb")
+        self.wav = wave.open(self.file, "wb")
+        self.wav.setnchannels(channels)
+        self.wav.setsampwidth(2)
+        self.wav.setframerate(sampling_rate)
+
+    def write(self, audio: Any) -> None:  # [channels, samples], numpy or torch
+        samples = _as_samples_by_channels(audio)  # [samples, channels] float32 in [-1, 1]
+        pcm = np.clip(np.floor(samples * 32768), -32768, 32767).astype("<i2")
+        self.wav.writeframes(pcm.tobytes())  # and patches the header's sizes
+        self.file.flush()
+
+    def close(self) -> None:
+        self.wav.close()
+        self.file.close()
+
+
+def write_stream(chunks: Iterable[Any], paths: list[str], sampling_rate: int) -> Iterator[int]:
+    """Append each chunk [B, channels, samples] to B WAV files (item i to paths[i]) as it arrives; yields the
+    samples per file written so far after each chunk, when every file is a valid WAV of that length. The files
+    are created at the first chunk, so an error before any audio leaves nothing behind."""
+    writers: list[WavWriter] = []
+    written = 0
+    try:
+        for audio in chunks:
+            audio = audio.cpu()
+            if not writers:
+                writers = [WavWriter(path, sampling_rate, audio.shape[1]) for path in paths]
+            for writer, item in zip(writers, audio):
+                writer.write(item)
+            written += audio.shape[-1]
+            yield written
+    finally:
+        for writer in writers:
+            writer.close()

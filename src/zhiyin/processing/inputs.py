@@ -36,3 +36,19 @@ def _device_in(args: tuple, kwargs: dict) -> Any:
         if isinstance(arg, (str, torch.device, int)):
             return arg
     return None
+
+
+def check_return_tensors(return_tensors: str | None) -> None:
+    if return_tensors not in (None, "pt", "np"):
+        raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+
+
+def padding_strategy(padding: bool | str) -> str:
+    """True/"longest" -> "longest"; "max_length"; False/None/"do_not_pad" -> "do_not_pad"."""
+    if padding is True or padding == "longest":
+        return "longest"
+    if padding is False or padding is None or padding == "do_not_pad":
+        return "do_not_pad"
+    if padding == "max_length":
+        return "max_length"
+    raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")

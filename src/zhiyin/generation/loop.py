@@ -1,0 +1,141 @@
+"""The autoregressive loop over the delay pattern, separate from the model.
+
+A generation is one or more requests stepped together, each its own group of decoder rows: its own condition, its
+own audio prompt and length, its own sampling settings and random generator, and so its own positions. Each request
+is prefilled on its own (start token, audio prompt; a melody's prefix before them) into its rows of the KV cache;
+then every step runs all rows at once (the step select.py chooses), and each request chooses its K tokens from its
+own rows' logits (guided and sampled as its settings say), keeping the pattern's known values where it has them.
+A request's tokens do not depend on the others beside it.
+
+`generate_frames` yields each new audio frame [B, K, 1] of one request as soon as all K codebooks of it are out
+(streaming); `generate_codes` collects them behind the prompt: aligned codes [B, K, frames].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..backends.select import decoder_step
+from ..modules.decoder import CrossKV, MusicgenDecoder
+from .conditioning import Condition, TextCondition
+from .delay_pattern import UNKNOWN, DelayPattern, first_unknown
+from .options import SamplingSettings
+from .sampling import next_tokens
+
+
+@dataclass
+class Request:
+    """One request's part of a generation: B items conditioned on `condition` (not yet guided), continuing
+    `prompt` [B, K, P] (P may be 0) for `max_new_tokens` positions, as the reference counts them: the sequence is
+    1 (start token) + P + max_new_tokens positions, so it holds P + max_new_tokens - max_delay frames."""
+
+    condition: Condition
+    prompt: Tensor
+    max_new_tokens: int
+    settings: SamplingSettings
+    generator: torch.Generator | None = None
+
+
+class _Rows:
+    """A request's rows in the batch and its place in its sequence."""
+
+    def __init__(self, request: Request, pattern: DelayPattern, pad: int, first_row: int):
+        self.request, self.pattern = request, pattern
+        guided = request.settings.uses_guidance
+        self.condition = request.condition.guided() if guided else request.condition
+        self.copies = 2 if guided else 1  # the decoder sees each item's tokens once per half
+        self.rows = slice(first_row, first_row + self.condition.rows)
+        self.length = 1 + request.prompt.shape[-1] + request.max_new_tokens
+        self.known = pattern.build(request.prompt, self.length, pad)  # [B, K, length]
+        self.sequence = self.known.clone()
+        self.position = first_unknown(self.known)  # the next position to choose tokens for
+        self.offset = self.condition.prefix_length  # the decoder's position of sequence position 0
+
+    def inputs(self, columns: Tensor) -> Tensor:  # [B, K, ...] -> the decoder's rows
+        return torch.cat([columns] * self.copies) if self.copies > 1 else columns
+
+    @property
+    def done(self) -> bool:
+        return self.position >= self.length
+
+    def prefill(self, decoder: MusicgenDecoder) -> Tensor:
+        """Its known positions into its cache rows -> the logits of its first position to choose [rows, K, V]."""
+        tokens = self.inputs(self.sequence[:, :, : self.position])
+        prefix = self.condition.prefix()
+        total = self.offset + self.position
+        positions = torch.arange(total, device=tokens.device)[None].expand(tokens.shape[0], total)
+        logits = decoder(tokens, self.condition.cross(decoder), positions, prefix=prefix, rows=self.rows)
+        return logits[:, :, -1]
+
+    def choose(self, logits: Tensor) -> Tensor | None:
+        """Tokens for this position from its rows' logits; returns the frame [B, K, 1] this position completes
+        after the prompt's, if any."""
+        tokens = next_tokens(logits, self.request.settings, self.request.generator)  # [B, K]
+        known = self.known[:, :, self.position]
+        self.sequence[:, :, self.position] = torch.where(known == UNKNOWN, tokens, known)
+        frame = self.pattern.frame_completed_at(self.position)
+        self.position += 1
+        if frame >= self.request.prompt.shape[-1]:
+            return self.pattern.undelay(self.sequence, frame, frame + 1)
+        return None
+
+    def step_inputs(self) -> tuple[Tensor, Tensor]:
+        """The decoder's inputs for the next step: the last chosen tokens [rows, K] at their positions [rows]. A
+        finished request repeats its last position (its rows are stepped, their logits unused)."""
+        at = min(self.position, self.length) - 1
+        tokens = self.inputs(self.sequence[:, :, at])
+        return tokens, torch.full((tokens.shape[0],), self.offset + at, dtype=torch.long)  # positions on the CPU
+
+
+@torch.inference_mode()
+def generate_together(decoder: MusicgenDecoder, requests: list[Request], progress: bool = False
+                      ) -> Iterator[list[Tensor | None]]:
+    """Step several requests together; after each step yields, per request, the frame [B, K, 1] it completed, or
+    None. Ends when every request is done. The KV cache lives while the iterator runs: one generation at a time per
+    decoder."""
+    pattern = DelayPattern.for_decoder(decoder.config)
+    groups, row = [], 0
+    for request in requests:
+        groups.append(_Rows(request, pattern, decoder.config.pad_token_id, row))
+        row = groups[-1].rows.stop
+    decoder.setup_caches(row, max(g.offset + g.length for g in groups))
+    try:
+        logits = [g.prefill(decoder) for g in groups]
+        step = decoder_step(decoder, _cross(decoder, [g.condition for g in groups]))
+        total = max(g.length - g.position for g in groups)
+        for _ in tqdm(range(total), disable=not progress, desc="generating", unit="step"):
+            yield [g.choose(out) if not g.done else None for g, out in zip(groups, logits)]
+            if all(g.done for g in groups):
+                break
+            tokens, positions = zip(*(g.step_inputs() for g in groups))
+            out = step(torch.cat(tokens), torch.cat(positions))
+            logits = [out[g.rows] for g in groups]
+    finally:
+        decoder.free_caches()
+
+
+def _cross(decoder: MusicgenDecoder, conditions: list[Condition]) -> CrossKV | None:
+    """The cross-attention inputs of every row (text conditions padded to the longest text)."""
+    if not isinstance(conditions[0], TextCondition):
+        return None
+    return TextCondition.concat(conditions).cross(decoder)
+
+
+@torch.inference_mode()
+def generate_frames(decoder: MusicgenDecoder, request: Request, progress: bool = False) -> Iterator[Tensor]:
+    """One request's new frames (after its prompt's) one at a time, [B, K, 1], each as soon as its last codebook is
+    chosen (the first after max_delay warm-up steps)."""
+    for (frame,) in generate_together(decoder, [request], progress):
+        if frame is not None:
+            yield frame
+
+
+@torch.inference_mode()
+def generate_codes(decoder: MusicgenDecoder, request: Request, progress: bool = False) -> Tensor:
+    """One request's codes [B, K, frames]: its prompt's frames, then every new one."""
+    return torch.cat([request.prompt, *generate_frames(decoder, request, progress)], dim=-1)

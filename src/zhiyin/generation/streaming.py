@@ -1,0 +1,56 @@
+"""Audio while the codes are still being made: chunked EnCodec decoding.
+
+EnCodec's decoder is not causal: its convolutions look a few frames both ways and its LSTM carries state from
+the start. So each chunk of frames is decoded together with up to CONTEXT_FRAMES frames before it (to warm up
+the LSTM) and LOOKAHEAD_FRAMES after it (for the convolutions), and only the chunk's own samples are kept:
+
+    codes  ... | context | chunk | lookahead | ...      decode all three, keep the chunk's samples
+                         ^ previous chunks end here
+
+The context and lookahead are measured (BENCHMARKS.md, "Audio as it is made"): the convolutions reach 4 frames
+ahead, the LSTM forgets within 10-25 frames, and 50 frames (1 s) of context leave a margin; the joined chunks equal
+one decode to float32 rounding on the test checkpoint (tests/test_streaming.py). The lookahead delays each chunk by
+0.1 s. The same decoder, with 30 s chunks, decodes long music in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+CONTEXT_FRAMES = 50  # 1 s of codes before each chunk, decoded and dropped
+LOOKAHEAD_FRAMES = 5  # 0.1 s after it: the convolutions reach 4 frames ahead (measured), one spare
+
+
+def decode_stream(
+    decode: Callable[[Tensor], Tensor],
+    blocks: Iterable[Tensor],
+    chunk_frames: int,
+    hop: int,
+    context: int = CONTEXT_FRAMES,
+    lookahead: int = LOOKAHEAD_FRAMES,
+) -> Iterator[Tensor]:
+    """Codes arriving in blocks [B, K, n] (any n) -> audio chunks [B, channels, chunk_frames * hop], the last one
+    shorter; each chunk as soon as its frames and `lookahead` more are in. decode: codes -> audio, hop: samples
+    per frame. Keeps only the frames it still needs (memory does not grow with the music). A sequence of at most
+    chunk_frames frames is decoded in one piece, exactly as `decode` would."""
+    codes, base, done = None, 0, 0  # codes [B, K, n] holds frames base..base+n-1; frames before `done` are out
+
+    def chunk(end: int) -> Tensor:  # audio of frames done..end-1
+        lo, hi = max(done - context, base), min(end + lookahead, base + codes.shape[-1])
+        audio = decode(codes[..., lo - base : hi - base])  # [B, C, (hi - lo) * hop]
+        return audio[..., (done - lo) * hop : (end - lo) * hop]
+
+    for block in blocks:
+        codes = block if codes is None else torch.cat([codes, block], dim=-1)
+        while base + codes.shape[-1] >= done + chunk_frames + lookahead:
+            yield chunk(done + chunk_frames)
+            done += chunk_frames
+            keep = max(done - context, base)
+            codes, base = codes[..., keep - base :], keep
+    end = base + codes.shape[-1] if codes is not None else 0
+    while done < end:
+        yield chunk(min(done + chunk_frames, end))
+        done = min(done + chunk_frames, end)
