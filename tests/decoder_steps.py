@@ -3,10 +3,10 @@
 
 import torch
 
-from zhiyin.config import DecoderConfig
-from zhiyin.modules.decoder import CrossKV, MusicgenDecoder
 from zhiyin.backends.fused_step import FusedStep
+from zhiyin.config import DecoderConfig
 from zhiyin.generation.conditioning import TextCondition
+from zhiyin.modules.decoder import CrossKV, MusicgenDecoder
 
 
 def make_decoder(seed=0, cross_attention=True, **overrides) -> MusicgenDecoder:

@@ -10,8 +10,8 @@ import pytest
 import soundfile
 import torch
 
-from zhiyin.processing import audio_io
 import zhiyin
+from zhiyin.processing import audio_io
 from zhiyin.processing.audio_io import read_audio, read_metadata, resample, to_channels, write_audio
 from zhiyin.processing.loudness import measure_loudness, normalize
 

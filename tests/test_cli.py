@@ -17,9 +17,10 @@ import soundfile
 import torch
 
 import zhiyin
-from checkpoints import SHARED_AUDIO
-from zhiyin.processing.audio_io import read_audio
 from zhiyin.cli import main
+from zhiyin.processing.audio_io import read_audio
+
+from checkpoints import SHARED_AUDIO
 
 RATE = 32000  # the tiny checkpoint's EnCodec: 32 kHz, 50 frames/s, 640 samples per frame
 HOP = 640

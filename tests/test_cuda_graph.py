@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import zhiyin.generation.loop as loop
-from decoder_steps import compare_steps, make_decoder, text_condition, text_states
 from zhiyin import MusicgenForConditionalGeneration
 from zhiyin.backends.cuda_graph import GraphStep
 from zhiyin.backends.select import decoder_step
 from zhiyin.generation.loop import Request, generate_codes
 from zhiyin.generation.options import SamplingSettings
+
+from decoder_steps import compare_steps, make_decoder, text_condition, text_states
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -12,8 +12,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from zhiyin.config import EncodecConfig  # noqa: E402
-from zhiyin.modules.encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel  # noqa: E402
 from zhiyin.loading.weights import fold_weight_norm  # noqa: E402
+from zhiyin.modules.encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel  # noqa: E402
+
 from nearest import assert_same_codes  # noqa: E402
 
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"

@@ -4,10 +4,11 @@ same logits and same KV cache entries, step after step, in every weight format a
 import pytest
 import torch
 
-from decoder_steps import compare_steps, make_decoder, text_condition
 from zhiyin.backends import kernels
 from zhiyin.backends.fused_step import FusedStep
 from zhiyin.backends.select import PlainStep, decoder_step, set_kernels_enabled
+
+from decoder_steps import compare_steps, make_decoder, text_condition
 
 
 @pytest.fixture(autouse=True)

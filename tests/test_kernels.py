@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from checkpoints import make_checkpoint
-from decoder_steps import compare_steps, make_decoder, text_condition
 from zhiyin import MusicgenForConditionalGeneration
 from zhiyin.backends import kernels
 from zhiyin.backends.fused_step import FusedStep
 from zhiyin.backends.kernels import KernelLinear
-from zhiyin.backends.select import set_kernels_enabled
 from zhiyin.backends.precision import plan
+from zhiyin.backends.select import set_kernels_enabled
 from zhiyin.modules.quantization import quantize_int8
+
+from checkpoints import make_checkpoint
+from decoder_steps import compare_steps, make_decoder, text_condition
 
 
 @pytest.fixture(autouse=True)

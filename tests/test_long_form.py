@@ -8,10 +8,11 @@ import torch
 
 import zhiyin.generation.long_form as long_form
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.processing.audio_io import read_audio
 from zhiyin.cli import main
+from zhiyin.processing.audio_io import read_audio
 
-TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
+from conftest import TEXTS
+
 HOP, RATE = 640, 50  # samples per frame, frames per second
 WINDOW, STRIDE, CONTEXT = 50, 30, 20  # frames: window=1.0 s, extend_stride=0.6 s
 

@@ -14,10 +14,6 @@ import soundfile
 import soxr
 import torch
 
-from checkpoints import SHARED_AUDIO, _configs
-from tokenizer_fixture import make_t5_like_tokenizer
-from nearest import assert_same_chroma
-from torchaudio_standin import reference_feature_extractor_class
 from zhiyin import (
     AutoProcessor,
     MusicgenForConditionalGeneration,
@@ -28,7 +24,12 @@ from zhiyin import (
 )
 from zhiyin.cli import main
 
-TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
+from checkpoints import SHARED_AUDIO, _configs
+from conftest import TEXTS, relative_error
+from nearest import assert_same_chroma
+from tokenizer_fixture import make_t5_like_tokenizer
+from torchaudio_standin import reference_feature_extractor_class
+
 MUSIC = "kevin_macleod_sugar_plum_fairy.ogg"  # 22.05 kHz mono, 2 min
 CHROMA_LENGTH = 30  # frames the tiny model's prefix holds (the published 235 = 30 s); real melodies here are longer
 
@@ -102,8 +103,6 @@ def chroma_energies(extractor, audio, rate):
     return extractor.chroma_energies(extractor.waveforms(audio, rate)[0])
 
 
-def relative_error(got, want):
-    return float((got - want).abs().max() / want.abs().max())
 
 
 # ------------------------------------------------------------------------------------------- features

@@ -7,35 +7,36 @@ import shutil
 import pytest
 import torch
 
-from checkpoints import make_checkpoint
-from nearest import reference_takes_our_prompt_codes
 from zhiyin import ModelNotFoundError, MusicgenForConditionalGeneration, MusicgenProcessor
 from zhiyin.processing.audio_io import read_audio
 
-TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
+from checkpoints import make_checkpoint
+from conftest import TEXTS, recording_decodes, relative_error
+from nearest import reference_takes_our_prompt_codes
 
 
 @pytest.fixture(scope="module")
 def pair(tiny_checkpoint):
-    """(folder, reference model whose EnCodec decode records the codes it is given, ours, reference processor)."""
+    """(folder, reference model whose EnCodec decode records the codes it is given (while this module's tests run),
+    ours, reference processor)."""
     from transformers import AutoProcessor
 
     folder, reference = tiny_checkpoint
-    seen = {}
-    decode = reference.audio_encoder.decode
-
-    def recording_decode(codes, *args, **kwargs):
-        seen["codes"] = codes[0]  # [B, K, frames]
-        return decode(codes, *args, **kwargs)
-
-    reference.audio_encoder.decode = recording_decode
-    reference.seen = seen
     ours = MusicgenForConditionalGeneration.from_pretrained(folder)
-    return folder, reference, ours, AutoProcessor.from_pretrained(folder)
+    with recording_decodes(reference) as seen:
+        reference.seen = Latest(seen)
+        yield folder, reference, ours, AutoProcessor.from_pretrained(folder)
+    del reference.seen
 
 
-def relative_error(got, want):
-    return float((got - want).abs().max() / want.abs().max())
+class Latest:
+    """seen["codes"]: the codes the reference decoded last."""
+
+    def __init__(self, seen: list):
+        self.seen = seen
+
+    def __getitem__(self, key):
+        return self.seen[-1]
 
 
 def prompt_clips(shared_audio):

@@ -4,16 +4,16 @@ EnCodec 32 kHz) with random weights: zhiyin against transformers. Slower (about 
 import pytest
 import torch
 
-from checkpoints import make_checkpoint
-from nearest import assert_same_codes, reference_takes_our_prompt_codes
 from zhiyin import MusicgenForConditionalGeneration
 from zhiyin.processing.audio_io import read_audio
+
+from checkpoints import make_checkpoint
+from conftest import relative_error
+from nearest import assert_same_codes, reference_takes_our_prompt_codes
 
 pytestmark = pytest.mark.slow
 
 
-def relative_error(got, want):
-    return float((got - want).abs().max() / want.abs().max())
 
 
 @pytest.fixture(scope="module")

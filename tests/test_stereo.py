@@ -10,20 +10,19 @@ import pytest
 import soundfile
 import torch
 
-from checkpoints import make_checkpoint
-from nearest import reference_takes_our_prompt_codes
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.processing.audio_io import read_audio
 from zhiyin.cli import main
 from zhiyin.generation.delay_pattern import DelayPattern
+from zhiyin.processing.audio_io import read_audio
 from zhiyin.processing.loudness import normalize
 
-TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
+from checkpoints import make_checkpoint
+from conftest import TEXTS, relative_error
+from nearest import reference_takes_our_prompt_codes
+
 HOP = 640
 
 
-def relative_error(got, want):
-    return float((got - want).abs().max() / want.abs().max())
 
 
 def record_decodes(reference, monkeypatch=None):

@@ -14,14 +14,14 @@ import soundfile
 import torch
 
 import zhiyin.generation.loop as generation
-from checkpoints import make_checkpoint
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.processing.audio_io import read_metadata, write_audio
 from zhiyin.cli import main
 from zhiyin.generation.streaming import LOOKAHEAD_FRAMES, decode_stream
-from zhiyin.processing.audio_io import write_stream
+from zhiyin.processing.audio_io import read_metadata, write_audio, write_stream
 
-TEXTS = ["80s pop track with bassy drums and synth", "jazz"]
+from checkpoints import make_checkpoint
+from conftest import TEXTS
+
 HOP = 640
 
 

@@ -279,11 +279,22 @@ class MusicgenForConditionalGeneration(nn.Module):
         take the melody as input_features (from MusicgenMelodyProcessor) and no audio prompt.
         """
         resolved = self._options("generate", options)
-        condition, prompt = self._condition(input_ids, attention_mask, input_values, padding_mask, encoder_outputs,
-                                            input_features)
-        request = Request(condition, prompt, resolved.new_tokens(prompt.shape[-1]), resolved.sampling, generator)
-        codes = generate_codes(self.decoder, request, resolved.progress_bar)
+        inputs = (input_ids, attention_mask, input_values, padding_mask, encoder_outputs, input_features)
+        codes = generate_codes(self.decoder, self._request(inputs, resolved, generator), resolved.progress_bar)
         return codes if resolved.return_codes else self.decode_audio(codes)
+
+    @torch.inference_mode()
+    def prepare_request(self, input_ids=None, attention_mask=None, input_values=None, padding_mask=None,
+                        encoder_outputs=None, input_features=None, *, generator: torch.Generator | None = None,
+                        **options) -> Request:
+        """What generate() would run, as a Request for generation/loop.py's generate_together, which steps several
+        requests (each with its own settings and generator) together: each gets the tokens it gets alone."""
+        inputs = (input_ids, attention_mask, input_values, padding_mask, encoder_outputs, input_features)
+        return self._request(inputs, self._options("generate", options), generator)
+
+    def _request(self, inputs: tuple, options: GenerationOptions, generator) -> Request:
+        condition, prompt = self._condition(*inputs)
+        return Request(condition, prompt, options.new_tokens(prompt.shape[-1]), options.sampling, generator)
 
     @torch.inference_mode()
     def generate_long(self, input_ids=None, attention_mask=None, input_values=None, padding_mask=None,
