@@ -30,16 +30,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MODES = ["zhiyin-float32", "zhiyin-bfloat16", "zhiyin-int8", "transformers-float32", "transformers-bfloat16"]
 # on a GPU: no int8 (its weights have a CPU kernel only); zhiyin with its CUDA graphs and without them (-eager)
-CUDA_MODES = ["zhiyin-float32", "zhiyin-bfloat16", "zhiyin-float16", "zhiyin-bfloat16-eager", "transformers-float32",
-              "transformers-bfloat16", "transformers-float16"]
-PROMPTS = ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums",
-           "lofi slow bpm electro chill with organic samples", "a jazz vibraphone solo over a walking bass line"]
+CUDA_MODES = [
+    "zhiyin-float32",
+    "zhiyin-bfloat16",
+    "zhiyin-float16",
+    "zhiyin-bfloat16-eager",
+    "transformers-float32",
+    "transformers-bfloat16",
+    "transformers-float16",
+]
+PROMPTS = [
+    "80s pop track with bassy drums and synth",
+    "90s rock song with loud guitars and heavy drums",
+    "lofi slow bpm electro chill with organic samples",
+    "a jazz vibraphone solo over a walking bass line",
+]
 
 
 # --march levels below AVX-512: PyTorch computes as such a CPU does too (its own kernels, and oneDNN's)
-PYTORCH_LEVELS = {"x86-64-v3": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-                  "x86-64-v2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-                  "x86-64": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}}
+PYTORCH_LEVELS = {
+    "x86-64-v3": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "x86-64-v2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "x86-64": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
 
 
 def make_checkpoint(shape: str, folder: Path) -> None:
@@ -86,8 +99,12 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
     if mode.endswith("-eager"):
         os.environ["ZHIYIN_CUDA_GRAPHS"] = "0"
     quantize = "int8" if dtype == "int8" else None
-    weights_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                     "int8": torch.float32}[dtype]
+    weights_dtype = {
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "int8": torch.float32,
+    }[dtype]
     result: dict = {"mode": mode, "device": device}
     if device == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
@@ -95,8 +112,9 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
     if library == "zhiyin":
         from zhiyin import MusicgenForConditionalGeneration
 
-        model = MusicgenForConditionalGeneration.from_pretrained(folder, dtype=weights_dtype, quantize=quantize,
-                                                                 device=device)
+        model = MusicgenForConditionalGeneration.from_pretrained(
+            folder, dtype=weights_dtype, quantize=quantize, device=device
+        )
     else:
         from transformers import MusicgenForConditionalGeneration
 
@@ -112,12 +130,22 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
     mask = torch.ones_like(ids)
 
     with torch.inference_mode():
-        encoder = model.encode_text if library == "zhiyin" else (lambda i, m: model.text_encoder(input_ids=i, attention_mask=m))
+        encoder = (
+            model.encode_text
+            if library == "zhiyin"
+            else (lambda i, m: model.text_encoder(input_ids=i, attention_mask=m))
+        )
         result["t5_ms"] = timed(lambda: encoder(ids[:1], mask[:1]), repeat=5) * 1e3
 
         def decoder_seconds(batch: int, n: int) -> float:
-            kwargs = dict(input_ids=ids[:batch], attention_mask=mask[:batch], do_sample=True, guidance_scale=3.0,
-                          top_k=250, max_new_tokens=n)
+            kwargs = dict(
+                input_ids=ids[:batch],
+                attention_mask=mask[:batch],
+                do_sample=True,
+                guidance_scale=3.0,
+                top_k=250,
+                max_new_tokens=n,
+            )
             if library == "zhiyin":
                 return timed(lambda: model.generate(**kwargs, return_codes=True), repeat=3)
             return timed(lambda: model.generate(**kwargs), repeat=3)
@@ -136,16 +164,22 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
         frames = 5 * frame_rate  # 5 s
         codes = torch.randint(0, codebook_size, (1, codebooks, frames), generator=torch.Generator().manual_seed(1))
         codes = codes.to(device)
-        if library == "zhiyin":
-            run = lambda: model.decode_audio(codes)
-        else:
-            run = lambda: model.audio_encoder.decode(codes[None], [None])
+        def run():
+            if library == "zhiyin":
+                return model.decode_audio(codes)
+            return model.audio_encoder.decode(codes[None], [None])
         run()
         result["encodec_ms_per_s"] = timed(run, repeat=2) * 1e3 / 5
 
         frames = round(e2e_seconds * frame_rate)
-        kwargs = dict(input_ids=ids[:1], attention_mask=mask[:1], do_sample=True, guidance_scale=3.0, top_k=250,
-                      max_new_tokens=frames + lag)
+        kwargs = dict(
+            input_ids=ids[:1],
+            attention_mask=mask[:1],
+            do_sample=True,
+            guidance_scale=3.0,
+            top_k=250,
+            max_new_tokens=frames + lag,
+        )
         audio = []
         result["e2e_s"] = timed(lambda: audio.append(model.generate(**kwargs)))
         result["e2e_audio_s"] = audio[0].shape[-1] / rate
@@ -183,38 +217,59 @@ def print_table(results: list[dict], title: str, seconds: float) -> None:
     names = [r["mode"] for r in results]
     width = max(len(n) for n in names) + 2
     first = results[0]
-    where = first["gpu"] if on_gpu else (f"CPU, {first['threads']} threads, kernels for -march={first['kernels_march']}, "
-                                          f"PyTorch at {first.get('torch_capability', '?')}")
+    where = (
+        first["gpu"]
+        if on_gpu
+        else (
+            f"CPU, {first['threads']} threads, kernels for -march={first['kernels_march']}, "
+            f"PyTorch at {first.get('torch_capability', '?')}"
+        )
+    )
     print(f"\n{title}; {where}\n")
     print(f"{'':40s}" + "".join(f"{n:>{width}s}" for n in names))
     for label, key, fmt in rows:
         print(f"{label:40s}" + "".join(f"{fmt.format(r[key]):>{width}s}" for r in results))
-    print(f"{'read bandwidth in this run (GB/s)':40s}" + "".join(f"{r['bandwidth'] / 1e9:>{width}.1f}" for r in results))
-    print(f"{'floor: weight bytes / bandwidth (ms/step)':40s}"
-          + "".join(f"{r['decoder_weight_bytes'] / r['bandwidth'] * 1e3:>{width}.1f}" for r in results))
+    print(
+        f"{'read bandwidth in this run (GB/s)':40s}" + "".join(f"{r['bandwidth'] / 1e9:>{width}.1f}" for r in results)
+    )
+    print(
+        f"{'floor: weight bytes / bandwidth (ms/step)':40s}"
+        + "".join(f"{r['decoder_weight_bytes'] / r['bandwidth'] * 1e3:>{width}.1f}" for r in results)
+    )
     if reference:
         for label, key in (("speed-up vs transformers-float32, step", "step_ms_b1"), ("speed-up, end to end", "e2e_s")):
             print(f"{label:40s}" + "".join(f"{reference[key] / r[key]:>{width}.2f}" for r in results))
-    fastest = min((r for r in results if r["mode"].startswith("transformers")), key=lambda r: r["step_ms_b1"], default=None)
+    fastest = min(
+        (r for r in results if r["mode"].startswith("transformers")), key=lambda r: r["step_ms_b1"], default=None
+    )
     if fastest and fastest is not reference:  # (the float32 row above otherwise)
-        print(f"{'speed-up vs ' + fastest['mode'] + ', step':40s}"
-              + "".join(f"{fastest['step_ms_b1'] / r['step_ms_b1']:>{width}.2f}" for r in results))
-    print(f"{'realtime factor (audio s / wall s)':40s}" + "".join(f"{r['e2e_audio_s'] / r['e2e_s']:>{width}.2f}" for r in results))
+        print(
+            f"{'speed-up vs ' + fastest['mode'] + ', step':40s}"
+            + "".join(f"{fastest['step_ms_b1'] / r['step_ms_b1']:>{width}.2f}" for r in results)
+        )
+    print(
+        f"{'realtime factor (audio s / wall s)':40s}"
+        + "".join(f"{r['e2e_audio_s'] / r['e2e_s']:>{width}.2f}" for r in results)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="small", choices=["small", "medium", "large"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--modes", nargs="+", choices=sorted(set(MODES + CUDA_MODES)),
-                        help="default: every mode of the device")
+    parser.add_argument(
+        "--modes", nargs="+", choices=sorted(set(MODES + CUDA_MODES)), help="default: every mode of the device"
+    )
     parser.add_argument("--steps", type=int, default=60, help="decoder steps timed per batch size")
     parser.add_argument("--seconds", type=float, default=10.0, help="music length of the end-to-end run")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default bench/checkpoints/<shape>")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--march", default=None,
-                        help="build zhiyin's CPU kernels for this -march (e.g. x86-64-v3: AVX2) instead of this CPU's; "
-                             "below AVX-512, PyTorch computes at that level too (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)")
+    parser.add_argument(
+        "--march",
+        default=None,
+        help="build zhiyin's CPU kernels for this -march (e.g. x86-64-v3: AVX2) instead of this CPU's; "
+        "below AVX-512, PyTorch computes at that level too (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = args.checkpoint or HERE / "checkpoints" / args.shape
@@ -227,8 +282,10 @@ def main() -> None:
         import torch
 
         if not torch.cuda.is_available():
-            sys.exit(f"--device cuda: this PyTorch ({torch.__version__}) sees no CUDA GPU; run on a GPU machine with a "
-                     "CUDA build of torch, or leave --device out for the CPU")
+            sys.exit(
+                f"--device cuda: this PyTorch ({torch.__version__}) sees no CUDA GPU; run on a GPU machine with a "
+                "CUDA build of torch, or leave --device out for the CPU"
+            )
     if not (folder / "model.safetensors").exists():
         make_checkpoint(args.shape, folder)
     try:
@@ -239,10 +296,28 @@ def main() -> None:
     results = []
     for mode in args.modes:
         print(f"running {mode} ...", file=sys.stderr)
-        command = [sys.executable, __file__, "--worker", mode, "--shape", args.shape, "--steps", str(args.steps),
-                   "--seconds", str(args.seconds), "--checkpoint", str(folder), "--device", args.device]
-        env = {**os.environ, "TQDM_DISABLE": "1", **({"ZHIYIN_KERNELS_MARCH": args.march} if args.march else {}),
-               **PYTORCH_LEVELS.get(args.march, {})}
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            mode,
+            "--shape",
+            args.shape,
+            "--steps",
+            str(args.steps),
+            "--seconds",
+            str(args.seconds),
+            "--checkpoint",
+            str(folder),
+            "--device",
+            args.device,
+        ]
+        env = {
+            **os.environ,
+            "TQDM_DISABLE": "1",
+            **({"ZHIYIN_KERNELS_MARCH": args.march} if args.march else {}),
+            **PYTORCH_LEVELS.get(args.march, {}),
+        }
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             print(f"{mode} failed:\n{done.stderr[-2000:]}", file=sys.stderr)

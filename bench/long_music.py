@@ -37,15 +37,26 @@ def worker(kind: str, seconds: float, folder: Path, mode: str) -> dict:
     if kind == "long":
         audio = model.generate_long(**kwargs, duration=seconds)
         wall = time.perf_counter() - start
-        return {"kind": kind, "seconds": seconds, "wall_s": wall, "audio_s": audio.shape[-1] / 32000,
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+        return {
+            "kind": kind,
+            "seconds": seconds,
+            "wall_s": wall,
+            "audio_s": audio.shape[-1] / 32000,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        }
     first, total = None, 0
     for chunk in model.generate_stream(**kwargs, duration=seconds, chunk_seconds=1.0):
         first = first or time.perf_counter() - start
         total += chunk.shape[-1]
     wall = time.perf_counter() - start
-    return {"kind": kind, "seconds": seconds, "wall_s": wall, "first_chunk_s": first, "audio_s": total / 32000,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    return {
+        "kind": kind,
+        "seconds": seconds,
+        "wall_s": wall,
+        "first_chunk_s": first,
+        "audio_s": total / 32000,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
 
 
 def main() -> None:
@@ -67,18 +78,27 @@ def main() -> None:
         make_checkpoint(args.shape, folder)
     jobs = [("long", d) for d in args.durations] + [("stream", args.stream_seconds)]
     print(f"musicgen-{args.shape} shapes, random weights, {args.mode}\n")
-    print(f"{'run':22s}{'audio (s)':>10s}{'wall (s)':>10s}{'wall per audio s':>18s}{'first chunk (s)':>17s}{'peak RSS (GB)':>15s}")
+    print(
+        f"{'run':22s}{'audio (s)':>10s}{'wall (s)':>10s}{'wall per audio s':>18s}"
+        f"{'first chunk (s)':>17s}{'peak RSS (GB)':>15s}"
+    )
     for kind, seconds in jobs:
-        done = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--mode", args.mode,
-                               "--worker", kind, str(seconds)], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--shape", args.shape, "--mode", args.mode, "--worker", kind, str(seconds)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             print(f"{kind} {seconds} failed: {done.stderr[-1500:]}")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         first = f"{r['first_chunk_s']:.2f}" if "first_chunk_s" in r else "-"
         label = f"{'generate_long' if kind == 'long' else 'generate_stream'} {seconds:g} s"
-        print(f"{label:22s}{r['audio_s']:>10.1f}{r['wall_s']:>10.1f}{r['wall_s'] / r['audio_s']:>18.2f}{first:>17s}{r['peak_rss_gb']:>15.2f}",
-              flush=True)
+        print(
+            f"{label:22s}{r['audio_s']:>10.1f}{r['wall_s']:>10.1f}{r['wall_s'] / r['audio_s']:>18.2f}"
+            f"{first:>17s}{r['peak_rss_gb']:>15.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,9 @@ def main() -> None:
 
     ids = torch.randint(5, 30000, (1, 14), generator=torch.Generator().manual_seed(0))
     reference = MusicgenForConditionalGeneration.from_pretrained(folder)
-    codes = reference.generate(input_ids=ids, do_sample=False, guidance_scale=3.0, max_new_tokens=args.steps,
-                               return_codes=True)  # [1, K, frames]
+    codes = reference.generate(
+        input_ids=ids, do_sample=False, guidance_scale=3.0, max_new_tokens=args.steps, return_codes=True
+    )  # [1, K, frames]
     K = codes.shape[1]
     pattern = DelayPattern.for_decoder(reference.config.decoder)  # (stereo shapes interleave their channels)
     sequence = pattern.build(codes, pattern.length(codes.shape[-1]), pad=reference.config.decoder.pad_token_id)
@@ -68,8 +69,11 @@ def main() -> None:
 
     print(f"\nmusicgen-{args.shape} shapes, random weights, {want.shape[1]} teacher-forced positions x {K} codebooks\n")
     print(f"{'mode':12s}{'max rel err':>14s}{'median rel L2':>16s}{'greedy agreement':>19s}")
-    for name, options in [("bfloat16", dict(dtype="bfloat16")), ("float16", dict(dtype="float16")),
-                          ("int8", dict(quantize="int8"))]:
+    for name, options in [
+        ("bfloat16", dict(dtype="bfloat16")),
+        ("float16", dict(dtype="float16")),
+        ("int8", dict(quantize="int8")),
+    ]:
         model = MusicgenForConditionalGeneration.from_pretrained(folder, **options)
         got = guided_logits(model, ids, sequence)
         max_rel = float((got - want).abs().max() / want.abs().max())

@@ -29,26 +29,55 @@ def _configs(shape: str, text_vocab: int):
     if shape == "small":
         t5 = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
         codec = EncodecConfig(
-            sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], num_filters=64, hidden_size=128,
-            codebook_size=2048, codebook_dim=128, target_bandwidths=[2.2], use_causal_conv=False,
-            use_conv_shortcut=False, compress=2, num_lstm_layers=2,
+            sampling_rate=32000,
+            upsampling_ratios=[8, 5, 4, 4],
+            num_filters=64,
+            hidden_size=128,
+            codebook_size=2048,
+            codebook_dim=128,
+            target_bandwidths=[2.2],
+            use_causal_conv=False,
+            use_conv_shortcut=False,
+            compress=2,
+            num_lstm_layers=2,
         )
         decoder = MusicgenDecoderConfig(
-            vocab_size=2048, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096,
-            num_codebooks=4, pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048,
+            vocab_size=2048,
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            ffn_dim=4096,
+            num_codebooks=4,
+            pad_token_id=2048,
+            bos_token_id=2048,
+            decoder_start_token_id=2048,
         )
         return t5, codec, decoder
     width = 32 if shape == "tiny-noproj" else 48
     t5 = T5Config(vocab_size=text_vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
     codec = EncodecConfig(
-        sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], num_filters=8, hidden_size=16, codebook_size=64,
-        codebook_dim=16, target_bandwidths=[1.2], use_causal_conv=False, use_conv_shortcut=False,  # 4 codebooks of 6 bits
+        sampling_rate=32000,
+        upsampling_ratios=[8, 5, 4, 4],
+        num_filters=8,
+        hidden_size=16,
+        codebook_size=64,
+        codebook_dim=16,
+        target_bandwidths=[1.2],
+        use_causal_conv=False,
+        use_conv_shortcut=False,  # 4 codebooks of 6 bits
     )
     stereo = shape == "tiny-stereo"  # as musicgen-stereo-*: the decoder has 2 x 4 codebooks, EnCodec stays mono
     decoder = MusicgenDecoderConfig(
-        vocab_size=64, hidden_size=width, num_hidden_layers=2, num_attention_heads=4, ffn_dim=96,
-        num_codebooks=8 if stereo else 4, audio_channels=2 if stereo else 1,
-        pad_token_id=64, bos_token_id=64, decoder_start_token_id=64,
+        vocab_size=64,
+        hidden_size=width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        ffn_dim=96,
+        num_codebooks=8 if stereo else 4,
+        audio_channels=2 if stereo else 1,
+        pad_token_id=64,
+        bos_token_id=64,
+        decoder_start_token_id=64,
     )
     return t5, codec, decoder
 
@@ -82,7 +111,9 @@ def _real_music(sampling_rate: int, seconds: float = 4.0) -> torch.Tensor:
     import soundfile
     import soxr
 
-    data, rate = soundfile.read(SHARED_AUDIO / "brahms_hungarian_dance_5_strings.ogg", dtype="float32", frames=int(seconds * 22050))
+    data, rate = soundfile.read(
+        SHARED_AUDIO / "brahms_hungarian_dance_5_strings.ogg", dtype="float32", frames=int(seconds * 22050)
+    )
     if data.ndim > 1:
         data = data.mean(axis=1)
     return torch.from_numpy(soxr.resample(data, rate, sampling_rate)).float()[None, None]
@@ -105,7 +136,10 @@ def _write_bin_shards(state: dict, folder: Path, shards: int) -> None:
         part = {k: state[k] for k in keys[i::shards]}
         torch.save(part, folder / name)
         weight_map.update({k: name for k in part})
-    index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())}, "weight_map": weight_map}
+    index = {
+        "metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+        "weight_map": weight_map,
+    }
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
 
 
@@ -119,8 +153,11 @@ def make_checkpoint(folder, shape: str = "tiny", layout: str = "safetensors", se
     model = build_reference(shape, text_vocab=32128 if shape == "small" else vocab, seed=seed)
     channels = model.config.decoder.audio_channels
     EncodecFeatureExtractor(
-        feature_size=channels, sampling_rate=model.config.audio_encoder.sampling_rate, padding_side="left",
-        padding_value=0.0, return_attention_mask=True,
+        feature_size=channels,
+        sampling_rate=model.config.audio_encoder.sampling_rate,
+        padding_side="left",
+        padding_value=0.0,
+        return_attention_mask=True,
     ).save_pretrained(folder)
 
     if layout == "safetensors":

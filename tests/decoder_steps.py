@@ -11,8 +11,16 @@ from zhiyin.modules.decoder import CrossKV, MusicgenDecoder
 
 def make_decoder(seed=0, cross_attention=True, **overrides) -> MusicgenDecoder:
     torch.manual_seed(seed)
-    fields = dict(vocab_size=64, num_hidden_layers=3, ffn_dim=96, num_attention_heads=4, hidden_size=64,
-                  num_codebooks=4, pad_token_id=64, bos_token_id=64)
+    fields = dict(
+        vocab_size=64,
+        num_hidden_layers=3,
+        ffn_dim=96,
+        num_attention_heads=4,
+        hidden_size=64,
+        num_codebooks=4,
+        pad_token_id=64,
+        bos_token_id=64,
+    )
     config = DecoderConfig(**{**fields, **overrides})
     decoder = MusicgenDecoder(config, cross_attention).eval()
     with torch.no_grad():

@@ -99,4 +99,6 @@ def assert_same_chroma(got: torch.Tensor, want: torch.Tensor, energies: torch.Te
     if differing.any():
         theirs = energies.gather(-1, want.argmax(-1, keepdim=True))[..., 0]
         gaps = (energies.max(-1).values - theirs)[differing]
-        assert gaps.max() <= CHROMA_TIE, f"{int(differing.sum())} chroma frames differ, by up to {float(gaps.max()):.1e}"
+        assert gaps.max() <= CHROMA_TIE, (
+            f"{int(differing.sum())} chroma frames differ, by up to {float(gaps.max()):.1e}"
+        )

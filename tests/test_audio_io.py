@@ -212,7 +212,7 @@ def test_other_levels(tmp_path, shared_audio, strategy):
 
 @pytest.mark.parametrize("name", ["x.wav", "x.flac", "x.ogg", "x.mp3"])
 def test_metadata_is_stored_in_every_format(tmp_path, name):
-    metadata = {"prompt": "lofi 知音 \"piano\"", "seed": 2**62 + 1, "settings": {"top_k": 250, "top_p": None}}
+    metadata = {"prompt": 'lofi 知音 "piano"', "seed": 2**62 + 1, "settings": {"top_k": 250, "top_p": None}}
     write_audio(tmp_path / name, _stereo_tone(), 32000, metadata=metadata)
     got = read_metadata(tmp_path / name)
     assert got == {"zhiyin": zhiyin.__version__, **metadata}

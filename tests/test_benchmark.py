@@ -17,8 +17,20 @@ def test_benchmark_runs_zhiyin_and_transformers_side_by_side(tiny_checkpoint, tm
     folder, _ = tiny_checkpoint
     out = tmp_path / "results.json"
     modes = ["zhiyin-float32", "zhiyin-int8", "transformers-float32"]
-    command = [sys.executable, str(BENCHMARK), "--checkpoint", str(folder), "--steps", "2", "--seconds", "0.5",
-               "--modes", *modes, "--json", str(out)]
+    command = [
+        sys.executable,
+        str(BENCHMARK),
+        "--checkpoint",
+        str(folder),
+        "--steps",
+        "2",
+        "--seconds",
+        "0.5",
+        "--modes",
+        *modes,
+        "--json",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
@@ -39,7 +51,11 @@ def test_benchmark_runs_zhiyin_and_transformers_side_by_side(tiny_checkpoint, tm
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")
 def test_benchmark_on_cuda_without_a_gpu_says_so(tmp_path):
-    done = subprocess.run([sys.executable, str(BENCHMARK), "--device", "cuda", "--checkpoint", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--device", "cuda", "--checkpoint", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0 and "sees no CUDA GPU" in done.stderr
     assert not any(tmp_path.iterdir())  # nothing made

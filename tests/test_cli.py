@@ -155,7 +155,9 @@ def _command(*argv, cwd, env=None):
 
 
 def test_python_dash_m_zhiyin_generates(model, tmp_path):
-    done = _command("generate", "bassy drums", "--model", model, "--duration", 0.5, "--quiet", "-o", "out.wav", cwd=tmp_path)
+    done = _command(
+        "generate", "bassy drums", "--model", model, "--duration", 0.5, "--quiet", "-o", "out.wav", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "wrote out.wav (0.50 s, 32000 Hz, mono)"
     assert "Traceback" not in done.stderr
@@ -166,8 +168,19 @@ def test_hub_id_offline_and_not_cached(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "home"))
-    done = _command("generate", "piano", "--model", "facebook/musicgen-small", "--duration", 0.5, "--quiet",
-                    "-o", "out.wav", cwd=tmp_path, env=env)
+    done = _command(
+        "generate",
+        "piano",
+        "--model",
+        "facebook/musicgen-small",
+        "--duration",
+        0.5,
+        "--quiet",
+        "-o",
+        "out.wav",
+        cwd=tmp_path,
+        env=env,
+    )
     assert_usage_error(done.returncode, done.stdout, done.stderr, "facebook/musicgen-small", "offline", "cache")
     assert "hf download" in done.stderr or "local checkpoint folder" in done.stderr  # how to fix it
     assert not (tmp_path / "out.wav").exists()
@@ -261,7 +274,9 @@ def test_output_folder_not_writable(capsys, model, tmp_path):
         locked.chmod(stat.S_IRWXU)
 
 
-@pytest.mark.parametrize("bad", [["--top-k", "0"], ["--duration", "50", "--window", "45"]], ids=["before-loading", "after-loading"])
+@pytest.mark.parametrize(
+    "bad", [["--top-k", "0"], ["--duration", "50", "--window", "45"]], ids=["before-loading", "after-loading"]
+)
 def test_failed_run_leaves_an_existing_file_intact(capsys, model, tmp_path, bad):
     out_path = tmp_path / "keep.wav"
     out_path.write_bytes(b"precious bytes")
@@ -275,7 +290,18 @@ def test_failed_run_leaves_an_existing_file_intact(capsys, model, tmp_path, bad)
 def test_picture_beside_the_audio(tiny_checkpoint, tmp_path, capsys, stream):
     folder, _ = tiny_checkpoint
     out = tmp_path / "song.wav"
-    argv = ["generate", "a calm piano", "--model", str(folder), "--duration", "0.5", "--quiet", "--picture", "-o", str(out)]
+    argv = [
+        "generate",
+        "a calm piano",
+        "--model",
+        str(folder),
+        "--duration",
+        "0.5",
+        "--quiet",
+        "--picture",
+        "-o",
+        str(out),
+    ]
     assert main(argv + (["--stream"] if stream else [])) == 0
     picture = tmp_path / "song.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -287,8 +313,8 @@ def test_flags_are_checked_before_torch_is_imported(tmp_path):
     script = """
 import contextlib, io, sys
 from zhiyin.cli import main
-for argv in (["generate", "x", "--duration", "nan"], ["generate", "x", "--seed", "-1"], ["generate", "x", "-o", "/proc/x.wav"],
-             ["generate", "x", "--top-k", "0"], ["generate", "--unconditional", "--duration", "1e9"]):
+for argv in (["generate", "x", "--duration", "nan"], ["generate", "x", "--seed", "-1"],
+             ["generate", "x", "-o", "/proc/x.wav"], ["generate", "x", "--top-k", "0"], ["generate", "--unconditional", "--duration", "1e9"]):
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(argv) == 2, argv
     assert err.getvalue().startswith("zhiyin: error:"), err.getvalue()
@@ -321,14 +347,27 @@ def test_long_audio_prompt_is_refused_from_its_header(capsys, model, tmp_path, m
     assert_usage_error(status, out, err, "600.0 s", "--window", "--prompt-seconds")
     assert "generate_long" not in err
     monkeypatch.setattr(audio_io, "read_audio", real_read)
-    status, out, err = generate(capsys, model, "piano", "--audio-prompt", long, "--prompt-seconds", 2, "-o",
-                                tmp_path / "x.wav", "--normalize", "none", "--greedy")
+    status, out, err = generate(
+        capsys,
+        model,
+        "piano",
+        "--audio-prompt",
+        long,
+        "--prompt-seconds",
+        2,
+        "-o",
+        tmp_path / "x.wav",
+        "--normalize",
+        "none",
+        "--greedy",
+    )
     assert status == 0, err
     assert len(read(tmp_path / "x.wav")) == (100 + frames_for(0.5)) * HOP  # 2 s of prompt + 0.5 s
 
 
-@pytest.mark.parametrize("damage", ["truncated safetensors", "pickle with code", "not a pickle", "bad config.json",
-                                    "bad tokenizer.json"])
+@pytest.mark.parametrize(
+    "damage", ["truncated safetensors", "pickle with code", "not a pickle", "bad config.json", "bad tokenizer.json"]
+)
 def test_damaged_checkpoints_get_one_line(capsys, tiny_checkpoint, tmp_path, damage):
     folder = tmp_path / "model"
     shutil.copytree(tiny_checkpoint[0], folder)
@@ -370,11 +409,11 @@ class _RunsCode:
 
 def test_drawn_seed_is_printed_stored_and_remakes_the_file(capsys, model, tmp_path):
     first = tmp_path / "first.wav"
-    status, out, err = generate(capsys, model, "lofi piano", "it's \"quoted\"", "-o", first, "--top-k", 20)
+    status, out, err = generate(capsys, model, "lofi piano", 'it\'s "quoted"', "-o", first, "--top-k", 20)
     assert status == 0, err
     seed = int(err.strip().splitlines()[-1].split("seed ")[1].split(" ")[0])
     assert f"--seed {seed} makes the same music" in err
-    for take, prompt in ((1, "lofi piano"), (2, "it's \"quoted\"")):
+    for take, prompt in ((1, "lofi piano"), (2, 'it\'s "quoted"')):
         status, out, err = run(capsys, "info", tmp_path / f"first-{take}.wav")
         assert status == 0, err
         lines = {line[:9].strip(): line[10:] for line in out.splitlines() if line[:9].strip()}
@@ -399,8 +438,9 @@ def test_info_on_a_file_zhiyin_did_not_write(capsys, tmp_path):
 
 
 def test_mp3_with_a_bitrate_and_its_metadata(capsys, model, tmp_path):
-    status, out, err = generate(capsys, model, "jazz", "-o", tmp_path / "x.mp3", "--bitrate", 128, "--seed", 4,
-                                duration=2.0)
+    status, out, err = generate(
+        capsys, model, "jazz", "-o", tmp_path / "x.mp3", "--bitrate", 128, "--seed", 4, duration=2.0
+    )
     assert status == 0, err
     info = soundfile.info(str(tmp_path / "x.mp3"))
     assert (info.format, info.samplerate, info.channels) == ("MP3", RATE, 1)
@@ -410,15 +450,21 @@ def test_mp3_with_a_bitrate_and_its_metadata(capsys, model, tmp_path):
 
 def test_info_shows_zero_valued_settings(capsys, model, tmp_path):
     assert generate(capsys, model, "jazz", "--loudness", 0, "--seed", 2, "-o", tmp_path / "x.wav")[0] == 0
-    settings = next(line for line in run(capsys, "info", tmp_path / "x.wav")[1].splitlines() if line.startswith("settings"))
+    settings = next(
+        line for line in run(capsys, "info", tmp_path / "x.wav")[1].splitlines() if line.startswith("settings")
+    )
     assert "loudness 0.0" in settings and "compress" not in settings  # a 0 level shown; a flag left off is not
 
 
 def test_levels_loudness_by_default_and_none_keeps_the_models_samples(capsys, model, tmp_path):
     from zhiyin.processing.loudness import measure_loudness
 
-    runs = {"default.wav": [], "explicit.wav": ["--normalize", "loudness", "--loudness", "-14"],
-            "quiet.wav": ["--loudness", "-20"], "raw.wav": ["--normalize", "none"]}
+    runs = {
+        "default.wav": [],
+        "explicit.wav": ["--normalize", "loudness", "--loudness", "-14"],
+        "quiet.wav": ["--loudness", "-20"],
+        "raw.wav": ["--normalize", "none"],
+    }
     for name, level in runs.items():
         assert generate(capsys, model, "drums", "--seed", 9, "-o", tmp_path / name, *level, duration=2.0)[0] == 0
     assert np.array_equal(read(tmp_path / "default.wav"), read(tmp_path / "explicit.wav"))
@@ -435,8 +481,19 @@ def test_same_seed_same_samples_at_one_and_two_threads(capsys, model, tmp_path, 
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            status, _, err = generate(capsys, model, "techno", "--audio-prompt", SHARED_AUDIO / TRUMPET, "--seed", 11,
-                                      "-o", tmp_path / f"t{count}.wav", *quantize, duration=1.5)
+            status, _, err = generate(
+                capsys,
+                model,
+                "techno",
+                "--audio-prompt",
+                SHARED_AUDIO / TRUMPET,
+                "--seed",
+                11,
+                "-o",
+                tmp_path / f"t{count}.wav",
+                *quantize,
+                duration=1.5,
+            )
             assert status == 0, err
     finally:
         torch.set_num_threads(threads)

@@ -56,8 +56,12 @@ def test_bfloat16_static_step():
 
 def test_greedy_generation_through_the_static_step_is_token_identical(monkeypatch):
     decoder = make_decoder(seed=11)
-    request = Request(text_states(decoder, 2), torch.randint(0, 64, (2, 4, 3)), 30,  # batch 2, 4 rows with guidance
-                      SamplingSettings(do_sample=False, guidance_scale=3.0))
+    request = Request(
+        text_states(decoder, 2),
+        torch.randint(0, 64, (2, 4, 3)),
+        30,  # batch 2, 4 rows with guidance
+        SamplingSettings(do_sample=False, guidance_scale=3.0),
+    )
     plain = generate_codes(decoder, request)
     steps = []
     monkeypatch.setattr(loop, "decoder_step", lambda d, c: steps.append(1) or uncaptured(d, c))
@@ -79,8 +83,9 @@ def test_static_step_is_token_identical_to_transformers(tiny_checkpoint, monkeyp
         return decode(codes, *args, **kwargs)
 
     monkeypatch.setattr(reference.audio_encoder, "decode", recording_decode)
-    inputs = AutoProcessor.from_pretrained(folder)(text=["80s pop", "a jazz vibraphone solo"], padding=True,
-                                                   return_tensors="pt")
+    inputs = AutoProcessor.from_pretrained(folder)(
+        text=["80s pop", "a jazz vibraphone solo"], padding=True, return_tensors="pt"
+    )
     reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30)
     ours = MusicgenForConditionalGeneration.from_pretrained(folder)
     monkeypatch.setattr(loop, "decoder_step", uncaptured)  # the static step in place of the fused one
@@ -152,10 +157,12 @@ def test_capture_and_replay_logic_with_a_stand_in_graph(monkeypatch):
         graphs.append(graph)
         real_step = GraphStep._step
         with monkeypatch.context() as m:  # the first step run inside the capture is the one the graph replays
+
             def recording(self):
                 graph.step = lambda: real_step(self)
                 graph.output = real_step(self)
                 return graph.output
+
             m.setattr(GraphStep, "_step", recording)
             yield
 
@@ -163,8 +170,9 @@ def test_capture_and_replay_logic_with_a_stand_in_graph(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _RecordedGraph)
     monkeypatch.setattr(torch.cuda, "graph", capture)
     decoder = make_decoder(seed=14)
-    compare_steps(decoder, text_condition(decoder, 2), 2, prefill=4, steps=6,
-                  build=lambda d, c: GraphStep(d, c, capture=True))
+    compare_steps(
+        decoder, text_condition(decoder, 2), 2, prefill=4, steps=6, build=lambda d, c: GraphStep(d, c, capture=True)
+    )
     assert len(graphs) == 1  # captured once, replayed for every later step
 
 
@@ -179,5 +187,6 @@ def test_a_failed_capture_falls_back_to_the_step_without_a_graph(monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", failing_capture)
     decoder = make_decoder(seed=15)
     with pytest.warns(UserWarning, match="CUDA graph failed .*operation not permitted.*ZHIYIN_CUDA_GRAPHS=0"):
-        compare_steps(decoder, text_condition(decoder, 2), 2, prefill=4, steps=4,
-                      build=lambda d, c: GraphStep(d, c, capture=True))
+        compare_steps(
+            decoder, text_condition(decoder, 2), 2, prefill=4, steps=4, build=lambda d, c: GraphStep(d, c, capture=True)
+        )

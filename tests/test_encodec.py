@@ -20,18 +20,39 @@ from nearest import assert_same_codes  # noqa: E402
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
 TINY = dict(
-    sampling_rate=32_000, upsampling_ratios=[8, 5, 4, 4], num_filters=8, hidden_size=16, codebook_size=64,
-    target_bandwidths=[2.2], use_causal_conv=False, use_conv_shortcut=False,
+    sampling_rate=32_000,
+    upsampling_ratios=[8, 5, 4, 4],
+    num_filters=8,
+    hidden_size=16,
+    codebook_size=64,
+    target_bandwidths=[2.2],
+    use_causal_conv=False,
+    use_conv_shortcut=False,
 )
 CAUSAL_24K: dict = {}  # the transformers defaults: 24 kHz, causal, conv shortcut, 32 codebooks of 1024
 # the rarer options: time_group_norm, trim_right_ratio, stereo, 2 residual layers, zero padding
 VARIANTS = dict(
-    TINY, use_causal_conv=True, trim_right_ratio=0.5, norm_type="time_group_norm", num_residual_layers=2,
-    dilation_growth_rate=3, audio_channels=2, pad_mode="constant", use_conv_shortcut=True,
+    TINY,
+    use_causal_conv=True,
+    trim_right_ratio=0.5,
+    norm_type="time_group_norm",
+    num_residual_layers=2,
+    dilation_growth_rate=3,
+    audio_channels=2,
+    pad_mode="constant",
+    use_conv_shortcut=True,
 )
 MUSICGEN_32K = dict(
-    sampling_rate=32_000, upsampling_ratios=[8, 5, 4, 4], num_filters=64, hidden_size=128, codebook_size=2048,
-    codebook_dim=128, target_bandwidths=[2.2], use_causal_conv=False, use_conv_shortcut=False, compress=2,
+    sampling_rate=32_000,
+    upsampling_ratios=[8, 5, 4, 4],
+    num_filters=64,
+    hidden_size=128,
+    codebook_size=2048,
+    codebook_dim=128,
+    target_bandwidths=[2.2],
+    use_causal_conv=False,
+    use_conv_shortcut=False,
+    compress=2,
     num_lstm_layers=2,
 )
 
@@ -95,7 +116,9 @@ def test_state_dict_keys_both_spellings():
     ref = transformers.EncodecModel(transformers.EncodecConfig(**TINY))
     new = ref.state_dict()
     old = {
-        k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v"): v
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v
         for k, v in new.items()
     }
     assert any(k.endswith(".weight_g") for k in old)
@@ -111,8 +134,12 @@ def test_state_dict_keys_both_spellings():
         missing, unexpected = ours.load_state_dict(sd, strict=False)
         assert missing == []
         assert sorted(unexpected) == sorted(set(sd) - expected)
-    for key in ("encoder.layers.0.conv.weight", "encoder.layers.1.block.1.conv.weight",
-                "encoder.layers.13.lstm.weight_ih_l0", "quantizer.layers.0.codebook.embed"):
+    for key in (
+        "encoder.layers.0.conv.weight",
+        "encoder.layers.1.block.1.conv.weight",
+        "encoder.layers.13.lstm.weight_ih_l0",
+        "quantizer.layers.0.codebook.embed",
+    ):
         assert key in expected
 
 
@@ -127,7 +154,11 @@ def test_matches_reference_random_audio(kwargs):
     codes = ours.encode(x)
     expected = ref_encode(ref, x)
     assert codes.dtype == torch.long
-    assert codes.shape == (2, ref.quantizer.get_num_quantizers_for_bandwidth(cfg.target_bandwidths[0]), math.ceil(x.shape[-1] / cfg.hop_length))
+    assert codes.shape == (
+        2,
+        ref.quantizer.get_num_quantizers_for_bandwidth(cfg.target_bandwidths[0]),
+        math.ceil(x.shape[-1] / cfg.hop_length),
+    )
     assert_same_codes(ours, x, codes, expected)
     assert len(codes.unique()) > 4  # the codebooks are actually used
 
@@ -161,14 +192,14 @@ def test_padded_batch_with_mask():
     for i, n in enumerate(lengths):
         x[i, 0, :n] = 0.3 * torch.randn(n)
         mask[i, :n] = 1
-    x[1, 0, lengths[1]:] = 0.5  # garbage in the padding: the mask must zero it
+    x[1, 0, lengths[1] :] = 0.5  # garbage in the padding: the mask must zero it
     ref, ours = build_pair(TINY, x[0, 0])
 
     codes = ours.encode(x, mask)
     assert_same_codes(ours, x, codes, ref_encode(ref, x, mask), mask)
     assert codes.shape[-1] == math.ceil(max(lengths) / 640)  # padding is not trimmed from the codes
     clean = x.clone()
-    clean[1, 0, lengths[1]:] = 0
+    clean[1, 0, lengths[1] :] = 0
     assert torch.equal(codes, ours.encode(clean))  # masking == zeroing the padded samples
     assert not torch.equal(codes, ours.encode(x))
     # a [B, C, T] mask works the same

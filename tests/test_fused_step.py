@@ -23,7 +23,9 @@ def test_float32_step_matches_pytorch(rows):
     compare_steps(decoder, text_condition(decoder, rows), rows)
 
 
-@pytest.mark.parametrize("quantize, dtype, cache", [("int8", torch.float32, torch.int8), (None, torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "quantize, dtype, cache", [("int8", torch.float32, torch.int8), (None, torch.bfloat16, torch.bfloat16)]
+)
 def test_reduced_precision_steps_match_pytorch_on_the_same_weights(quantize, dtype, cache):
     decoder = make_decoder(seed=3).to(dtype)
     kernels.accelerate_decoder(decoder, quantize)
@@ -50,8 +52,14 @@ def test_melody_decoder_without_cross_attention_and_with_a_prefix():
 def test_long_cache_and_text(quantize):
     decoder = make_decoder(seed=6)
     kernels.accelerate_decoder(decoder, quantize)
-    compare_steps(decoder, text_condition(decoder, 2, text_len=37), 2, prefill=300, steps=3,
-                  tolerance=1e-5 if quantize is None else 1e-3)
+    compare_steps(
+        decoder,
+        text_condition(decoder, 2, text_len=37),
+        2,
+        prefill=300,
+        steps=3,
+        tolerance=1e-5 if quantize is None else 1e-3,
+    )
 
 
 def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
@@ -86,15 +94,29 @@ def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
 @pytest.mark.parametrize("quantize", [None, "int8"])
 def test_published_widths(width, heads, ffn, quantize):
     """Two layers of the medium and large decoders' widths (large: the longest rows the int16 products take)."""
-    decoder = make_decoder(seed=8, hidden_size=width, num_attention_heads=heads, ffn_dim=ffn, num_hidden_layers=2,
-                           vocab_size=2048, pad_token_id=2048, bos_token_id=2048)
+    decoder = make_decoder(
+        seed=8,
+        hidden_size=width,
+        num_attention_heads=heads,
+        ffn_dim=ffn,
+        num_hidden_layers=2,
+        vocab_size=2048,
+        pad_token_id=2048,
+        bos_token_id=2048,
+    )
     with torch.no_grad():
         for p in decoder.parameters():
             if p.dim() > 1:
                 p.normal_(0, 0.02)
     kernels.accelerate_decoder(decoder, quantize)
-    compare_steps(decoder, text_condition(decoder, 2, text_len=12), 2, prefill=20, steps=2,
-                  tolerance=1e-5 if quantize is None else 1e-3)
+    compare_steps(
+        decoder,
+        text_condition(decoder, 2, text_len=12),
+        2,
+        prefill=20,
+        steps=2,
+        tolerance=1e-5 if quantize is None else 1e-3,
+    )
 
 
 def test_thread_count_follows_the_fastest_recent_steps():

@@ -62,7 +62,9 @@ def test_fast_path_is_token_identical_to_the_plain_path(tiny_checkpoint):
     folder, _ = tiny_checkpoint
     model = MusicgenForConditionalGeneration.from_pretrained(folder)
     assert any(isinstance(m, KernelLinear) for m in model.decoder.modules())
-    inputs = dict(input_ids=torch.tensor([[5, 9, 3, 1], [7, 1, 0, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
+    inputs = dict(
+        input_ids=torch.tensor([[5, 9, 3, 1], [7, 1, 0, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    )
     fast = model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40, return_codes=True)
     previous = set_kernels_enabled(False)
     try:
@@ -203,8 +205,13 @@ def test_kernels_built_for_older_x86_levels(march, flag):
     for quantize in (None, "int8"):
         decoder = make_decoder(seed=11)
         kernels.accelerate_decoder(decoder, quantize)
-        compare_steps(decoder, text_condition(decoder, 2), 2, tolerance=1e-5 if quantize is None else 1e-3,
-                      build=lambda decoder, cross: FusedStep(decoder, cross, older))
+        compare_steps(
+            decoder,
+            text_condition(decoder, 2),
+            2,
+            tolerance=1e-5 if quantize is None else 1e-3,
+            build=lambda decoder, cross: FusedStep(decoder, cross, older),
+        )
 
 
 def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypatch, capsys):
@@ -224,5 +231,6 @@ def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypat
     assert torch.equal(_product(single, layer, x), _product(kernels.library(), layer, x))
     decoder = make_decoder(seed=12)
     kernels.accelerate_decoder(decoder)
-    compare_steps(decoder, text_condition(decoder, 2), 2,
-                  build=lambda decoder, cross: FusedStep(decoder, cross, single))
+    compare_steps(
+        decoder, text_condition(decoder, 2), 2, build=lambda decoder, cross: FusedStep(decoder, cross, single)
+    )

@@ -67,8 +67,9 @@ def check_windows(calls, codes, prompt, new_frames):
 def test_long_music_from_text_is_exact_and_continues_each_window(model, processor, windows):
     inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
     torch.manual_seed(0)
-    codes = model.generate_long(**inputs, duration=2.3, window=1.0, extend_stride=0.6, guidance_scale=3, top_k=10,
-                                return_codes=True)
+    codes = model.generate_long(
+        **inputs, duration=2.3, window=1.0, extend_stride=0.6, guidance_scale=3, top_k=10, return_codes=True
+    )
     assert codes.shape == (2, 4, 115)
     assert len(windows) == 4  # 50 new frames, then 30, 30 and the last 5
     check_windows(windows, codes, codes[..., :0], 115)
@@ -85,21 +86,27 @@ def test_audio_prompt_starts_the_first_window(model, processor, shared_audio, wi
     inputs = processor(audio=[clip, clip], sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
     prompt = model.encode_audio(inputs["input_values"], inputs["padding_mask"])
     assert prompt.shape == (2, 4, 15)
-    codes = model.generate_long(**inputs, duration=1.5, window=1.0, extend_stride=0.6, do_sample=False,
-                                guidance_scale=3, return_codes=True)
+    codes = model.generate_long(
+        **inputs, duration=1.5, window=1.0, extend_stride=0.6, do_sample=False, guidance_scale=3, return_codes=True
+    )
     check_windows(windows, codes, prompt, 75)
     assert [len(made) for _, _, made in windows] == [35, 30, 10]
-    audio = model.generate_long(**inputs, duration=1.5, window=1.0, extend_stride=0.6, do_sample=False, guidance_scale=3)
+    audio = model.generate_long(
+        **inputs, duration=1.5, window=1.0, extend_stride=0.6, do_sample=False, guidance_scale=3
+    )
     assert audio.shape == (2, 1, (15 + 75) * HOP)
 
 
 @pytest.mark.parametrize("with_prompt", [False, True], ids=["text", "text+audio"])
 def test_music_that_fits_one_window_is_one_generate_pass(model, processor, shared_audio, with_prompt):
     audio = [trumpet(shared_audio, 0.3)] * 2 if with_prompt else None
-    inputs = processor(audio=audio, sampling_rate=32000 if audio else None, text=TEXTS, padding=True, return_tensors="pt")
+    inputs = processor(
+        audio=audio, sampling_rate=32000 if audio else None, text=TEXTS, padding=True, return_tensors="pt"
+    )
     want = model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=20 + 3, return_codes=True)
-    got = model.generate_long(**inputs, duration=0.4, window=1.0, extend_stride=0.6, do_sample=False, guidance_scale=3,
-                              return_codes=True)
+    got = model.generate_long(
+        **inputs, duration=0.4, window=1.0, extend_stride=0.6, do_sample=False, guidance_scale=3, return_codes=True
+    )
     assert torch.equal(got, want)  # token-identical
     want_audio = model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=20 + 3)
     got_audio = model.generate_long(**inputs, duration=0.4, do_sample=False, guidance_scale=3)  # default 30 s window
@@ -139,8 +146,25 @@ def test_long_music_errors_are_clear(model, processor, shared_audio):
 
 def test_cli_long_duration_writes_the_whole_length(capsys, tiny_checkpoint, tmp_path):
     out_path = tmp_path / "long.wav"
-    status = main(["generate", "techno", "--model", str(tiny_checkpoint[0]), "--duration", "2.5", "--window", "1",
-                   "--extend-stride", "0.6", "--seed", "1", "--quiet", "-o", str(out_path)])
+    status = main(
+        [
+            "generate",
+            "techno",
+            "--model",
+            str(tiny_checkpoint[0]),
+            "--duration",
+            "2.5",
+            "--window",
+            "1",
+            "--extend-stride",
+            "0.6",
+            "--seed",
+            "1",
+            "--quiet",
+            "-o",
+            str(out_path),
+        ]
+    )
     out, err = capsys.readouterr()
     assert status == 0, err
     data, rate = soundfile.read(str(out_path), dtype="float32")

@@ -42,10 +42,19 @@ def make_melody_checkpoint(folder: Path, seed: int = 0, channels: int = 1):
 
     folder.mkdir(parents=True, exist_ok=True)
     t5, codec, mono = _configs("tiny", make_t5_like_tokenizer(folder))
-    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim", "pad_token_id",
-            "bos_token_id", "decoder_start_token_id")
-    decoder = MusicgenMelodyDecoderConfig(**{k: getattr(mono, k) for k in keys}, num_codebooks=4 * channels,
-                                          audio_channels=channels)
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "ffn_dim",
+        "pad_token_id",
+        "bos_token_id",
+        "decoder_start_token_id",
+    )
+    decoder = MusicgenMelodyDecoderConfig(
+        **{k: getattr(mono, k) for k in keys}, num_codebooks=4 * channels, audio_channels=channels
+    )
     torch.manual_seed(seed)
     config = MusicgenMelodyConfig(text_encoder=t5, audio_encoder=codec, decoder=decoder, chroma_length=CHROMA_LENGTH)
     model = Reference(config)
@@ -103,8 +112,6 @@ def chroma_energies(extractor, audio, rate):
     return extractor.chroma_energies(extractor.waveforms(audio, rate)[0])
 
 
-
-
 # ------------------------------------------------------------------------------------------- features
 
 
@@ -115,7 +122,10 @@ def test_chroma_features_equal_the_reference_on_real_music(music):
 
     theirs, ours = reference_feature_extractor_class()(), MusicgenMelodyFeatureExtractor()
     at22, at32 = music
-    assert np.array_equal(ours_bank(32000, 16384), chroma_filter_bank(num_frequency_bins=16384, num_chroma=12, sampling_rate=32000, tuning=0))
+    assert np.array_equal(
+        ours_bank(32000, 16384),
+        chroma_filter_bank(num_frequency_bins=16384, num_chroma=12, sampling_rate=32000, tuning=0),
+    )
     stereo = np.stack([at32[:90000], at32[300000:390000]])  # two different tunes as left and right
     cases = [
         (at32, 32000, 235),  # 40 s: cropped to 30 s = 235 frames
@@ -147,8 +157,11 @@ def test_melody_processor_matches_reference(melody, music):
     processor = AutoProcessor.from_pretrained(folder)
     assert isinstance(processor, MusicgenMelodyProcessor)
     assert type(AutoProcessor.from_pretrained(folder).feature_extractor) is MusicgenMelodyFeatureExtractor
-    for kwargs in (dict(audio=melodies(music), sampling_rate=32000, text=TEXTS), dict(text=TEXTS),
-                   dict(audio=melodies(music), sampling_rate=32000)):
+    for kwargs in (
+        dict(audio=melodies(music), sampling_rate=32000, text=TEXTS),
+        dict(text=TEXTS),
+        dict(audio=melodies(music), sampling_rate=32000),
+    ):
         want = theirs(**kwargs, padding=True, return_tensors="pt")
         got = processor(**kwargs, padding=True, return_tensors="pt")
         assert got.keys() == want.keys()
@@ -159,7 +172,9 @@ def test_melody_processor_matches_reference(melody, music):
             else:
                 assert torch.equal(got[key], want[key]), key
     want, got = theirs.get_unconditional_inputs(2), processor.get_unconditional_inputs(2)
-    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["attention_mask"], want["attention_mask"])
+    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(
+        got["attention_mask"], want["attention_mask"]
+    )
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -168,8 +183,10 @@ def test_melody_processor_matches_reference(melody, music):
 def test_logits_match_reference(melody, music):
     folder, reference, ours, processor = melody
     tokens = torch.randint(0, 64, (2 * 4, 9), generator=torch.Generator().manual_seed(0))
-    for inputs in (processor(audio=melodies(music), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt"),
-                   processor(text=TEXTS, padding=True, return_tensors="pt")):
+    for inputs in (
+        processor(audio=melodies(music), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt"),
+        processor(text=TEXTS, padding=True, return_tensors="pt"),
+    ):
         with torch.no_grad():
             want = reference(**inputs, decoder_input_ids=tokens).logits  # [B*K, C + S + T, V]
         got = ours(**inputs, decoder_input_ids=tokens)
@@ -184,8 +201,11 @@ def test_greedy_tokens_identical_to_reference(melody, music, case):
         want_audio = reference.generate(**processor.get_unconditional_inputs(2), do_sample=False, max_new_tokens=20)
         codes = ours.generate(**ours.get_unconditional_inputs(2), do_sample=False, max_new_tokens=20, return_codes=True)
     else:
-        kwargs = {"melody+text": dict(audio=melodies(music), sampling_rate=32000, text=TEXTS), "text": dict(text=TEXTS),
-                  "melody": dict(audio=melodies(music), sampling_rate=32000)}[case]
+        kwargs = {
+            "melody+text": dict(audio=melodies(music), sampling_rate=32000, text=TEXTS),
+            "text": dict(text=TEXTS),
+            "melody": dict(audio=melodies(music), sampling_rate=32000),
+        }[case]
         inputs = processor(**kwargs, padding=True, return_tensors="pt")
         want_audio = reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=20)
         codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=20, return_codes=True)
@@ -199,7 +219,9 @@ def test_stereo_melody_greedy_tokens_identical_to_reference(music, tmp_path):
     ours = MusicgenMelodyForConditionalGeneration.from_pretrained(tmp_path)
     seen, decode = [], reference.audio_encoder.decode
     reference.audio_encoder.decode = lambda codes, *a, **k: seen.append(codes[0]) or decode(codes, *a, **k)
-    inputs = AutoProcessor.from_pretrained(tmp_path)(audio=melodies(music), sampling_rate=32000, text=TEXTS, return_tensors="pt")
+    inputs = AutoProcessor.from_pretrained(tmp_path)(
+        audio=melodies(music), sampling_rate=32000, text=TEXTS, return_tensors="pt"
+    )
     want_audio = reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12)
     codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12, return_codes=True)
     assert codes.shape == (2, 8, 9) and want_audio.shape == (2, 2, 9 * 640)
@@ -215,8 +237,13 @@ def test_conditioning_reaches_the_tokens(melody, music):
     processor = AutoProcessor.from_pretrained(folder)
     with_melody = processor(audio=melodies(music), sampling_rate=32000, text=TEXTS[:1] * 2, return_tensors="pt")
     a = ours.generate(**with_melody, do_sample=False, guidance_scale=3, max_new_tokens=12, return_codes=True)
-    b = ours.generate(**processor(text=TEXTS[:1] * 2, return_tensors="pt"), do_sample=False, guidance_scale=3,
-                      max_new_tokens=12, return_codes=True)
+    b = ours.generate(
+        **processor(text=TEXTS[:1] * 2, return_tensors="pt"),
+        do_sample=False,
+        guidance_scale=3,
+        max_new_tokens=12,
+        return_codes=True,
+    )
     assert not torch.equal(a[0], a[1]) and not torch.equal(a, b)
 
 
@@ -242,7 +269,12 @@ def test_save_pretrained_round_trip_loads_in_reference(melody, music, tmp_path):
     inputs = processor(audio=melodies(music), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
     tokens = torch.randint(0, 64, (8, 6))
     with torch.no_grad():
-        assert relative_error(loaded(**inputs, decoder_input_ids=tokens).logits, reference(**inputs, decoder_input_ids=tokens).logits) < 1e-5
+        assert (
+            relative_error(
+                loaded(**inputs, decoder_input_ids=tokens).logits, reference(**inputs, decoder_input_ids=tokens).logits
+            )
+            < 1e-5
+        )
 
 
 def test_errors_are_clear(melody, music, tiny_checkpoint):
@@ -274,8 +306,9 @@ LONG = dict(window=1.0, extend_stride=0.6)  # windows of 50 frames; each later o
 def short_melody_inputs(folder, music, texts=TEXTS):
     """Text + a 2 s melody (16 chroma frames, fewer than the 30 a window takes: it is tiled)."""
     processor = AutoProcessor.from_pretrained(folder)
-    inputs = processor(audio=[music[1][: 2 * 32000]] * len(texts), sampling_rate=32000, text=texts, padding=True,
-                       return_tensors="pt")
+    inputs = processor(
+        audio=[music[1][: 2 * 32000]] * len(texts), sampling_rate=32000, text=texts, padding=True, return_tensors="pt"
+    )
     assert inputs["input_features"].shape[1] == 16
     return inputs
 
@@ -337,8 +370,9 @@ def test_melody_stream_joins_to_generate_long(melody, music):
     folder, _, ours, _ = melody
     inputs = short_melody_inputs(folder, music)
     want = ours.generate_long(**inputs, duration=1.9, **LONG, do_sample=False, guidance_scale=3)
-    chunks = list(ours.generate_stream(**inputs, duration=1.9, chunk_seconds=0.5, **LONG, do_sample=False,
-                                       guidance_scale=3))
+    chunks = list(
+        ours.generate_stream(**inputs, duration=1.9, chunk_seconds=0.5, **LONG, do_sample=False, guidance_scale=3)
+    )
     assert [c.shape[-1] for c in chunks] == [25 * 640] * 3 + [20 * 640]
     got = torch.cat(chunks, dim=-1)
     assert got.shape == want.shape == (2, 1, 95 * 640)
@@ -364,23 +398,71 @@ def test_long_melody_music_errors_are_clear(melody, music):
 def test_cli_melody_writes_the_music(melody, tmp_path, capsys):
     folder = melody[0]
     out = tmp_path / "tune.wav"
-    status = main(["generate", "jazz", "--model", str(folder), "--melody", str(SHARED_AUDIO / MUSIC), "-o", str(out),
-                   "--duration", "0.3", "--seed", "0", "--quiet"])
+    status = main(
+        [
+            "generate",
+            "jazz",
+            "--model",
+            str(folder),
+            "--melody",
+            str(SHARED_AUDIO / MUSIC),
+            "-o",
+            str(out),
+            "--duration",
+            "0.3",
+            "--seed",
+            "0",
+            "--quiet",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     info = soundfile.info(str(out))
     assert (info.samplerate, info.channels, info.frames) == (32000, 1, 15 * 640)
-    status = main(["generate", "--unconditional", "--num-samples", "2", "--model", str(folder), "--melody",
-                   str(SHARED_AUDIO / "sorohanro_solo_trumpet_06.ogg"), "-o", str(tmp_path / "u.wav"), "--duration",
-                   "0.2", "--quiet"])
+    status = main(
+        [
+            "generate",
+            "--unconditional",
+            "--num-samples",
+            "2",
+            "--model",
+            str(folder),
+            "--melody",
+            str(SHARED_AUDIO / "sorohanro_solo_trumpet_06.ogg"),
+            "-o",
+            str(tmp_path / "u.wav"),
+            "--duration",
+            "0.2",
+            "--quiet",
+        ]
+    )
     assert status == 0 and {p.name for p in tmp_path.iterdir()} == {"tune.wav", "u-1.wav", "u-2.wav"}
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_cli_melody_longer_than_the_window_writes_the_whole_length(melody, tmp_path, capsys, stream):
     out = tmp_path / "long.wav"
-    status = main(["generate", "jazz", "--model", str(melody[0]), "--melody", str(SHARED_AUDIO / MUSIC), "-o", str(out),
-                   "--duration", "1.3", "--window", "1", "--extend-stride", "0.6", "--seed", "0", "--quiet",
-                   *(["--stream"] if stream else [])])
+    status = main(
+        [
+            "generate",
+            "jazz",
+            "--model",
+            str(melody[0]),
+            "--melody",
+            str(SHARED_AUDIO / MUSIC),
+            "-o",
+            str(out),
+            "--duration",
+            "1.3",
+            "--window",
+            "1",
+            "--extend-stride",
+            "0.6",
+            "--seed",
+            "0",
+            "--quiet",
+            *(["--stream"] if stream else []),
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     data, rate = soundfile.read(str(out), dtype="float32")
     assert rate == 32000 and data.shape == (65 * 640,)
@@ -404,7 +486,9 @@ def test_readme_melody_example_runs(melody):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     program = readme.split("## Melody", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     program = program.replace('"facebook/musicgen-melody"', repr(str(melody[0])))
-    program = program.replace("../shared/audio/", str(SHARED_AUDIO) + "/").replace("max_new_tokens=256", "max_new_tokens=16")
+    program = program.replace("../shared/audio/", str(SHARED_AUDIO) + "/").replace(
+        "max_new_tokens=256", "max_new_tokens=16"
+    )
     scope = {}
     exec(compile(program, "README.md", "exec"), scope)
     assert scope["audio_values"].shape == (1, 1, 13 * 640)
@@ -426,5 +510,6 @@ def test_int8_melody_model_quantized_while_reading(melody, music):
     inputs = short_melody_inputs(folder, music)
     codes = quantized.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12, return_codes=True)
     assert codes.shape[-1] == 12 - 3
-    assert torch.equal(codes, model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12,
-                                             return_codes=True))
+    assert torch.equal(
+        codes, model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12, return_codes=True)
+    )

@@ -84,7 +84,9 @@ def test_greedy_text_guidance_padded_batch_token_identical(pair):
 
 def test_greedy_audio_prompt_and_text_token_identical(pair, shared_audio):
     folder, reference, ours, processor = pair
-    inputs = processor(audio=prompt_clips(shared_audio), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
+    inputs = processor(
+        audio=prompt_clips(shared_audio), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt"
+    )
     with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
         want_audio = reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16)
     codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16, return_codes=True)
@@ -154,8 +156,13 @@ def test_numpy_inputs_work(pair):
     folder, reference, ours, processor = pair
     inputs = processor(text=TEXTS, padding=True, return_tensors="np")
     codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=10, return_codes=True)
-    want = ours.generate(**processor(text=TEXTS, padding=True, return_tensors="pt"), do_sample=False,
-                         guidance_scale=3, max_new_tokens=10, return_codes=True)
+    want = ours.generate(
+        **processor(text=TEXTS, padding=True, return_tensors="pt"),
+        do_sample=False,
+        guidance_scale=3,
+        max_new_tokens=10,
+        return_codes=True,
+    )
     assert torch.equal(codes, want)
 
 
@@ -209,7 +216,10 @@ def test_bfloat16_runs_and_stays_close(pair):
     assert half.dtype == torch.bfloat16
     inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
     tokens = torch.randint(0, 64, (2, 4, 6))
-    assert relative_error(half(**inputs, decoder_input_ids=tokens).float(), ours(**inputs, decoder_input_ids=tokens)) < 0.05
+    assert (
+        relative_error(half(**inputs, decoder_input_ids=tokens).float(), ours(**inputs, decoder_input_ids=tokens))
+        < 0.05
+    )
     audio = half.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=8)
     assert audio.dtype == torch.float32 and audio.shape == (2, 1, 5 * 640)
 
@@ -271,8 +281,11 @@ def test_no_network_fails_at_once_with_the_clear_error(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     real_download = huggingface_hub.hf_hub_download
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda *a, **k: calls.append(k.get("local_files_only")) or real_download(*a, **k))
+    monkeypatch.setattr(
+        huggingface_hub,
+        "hf_hub_download",
+        lambda *a, **k: calls.append(k.get("local_files_only")) or real_download(*a, **k),
+    )
     with pytest.raises(ModelNotFoundError, match="facebook/musicgen-small.*unreachable.*hf download"):
         MusicgenForConditionalGeneration.from_pretrained("facebook/musicgen-small", cache_dir=tmp_path / "empty")
     assert calls == [True]  # only the cache was asked

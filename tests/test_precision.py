@@ -34,8 +34,14 @@ def test_pytorch_limited_to_avx2_has_no_native_bfloat16(tmp_path):
     """As an AVX2 machine computes (the way PyTorch is told to here), bfloat16 is not native, whatever this CPU is."""
     script = "from zhiyin.backends.precision import native_on_cpu; import torch; print(native_on_cpu(torch.bfloat16))"
     for env in ({"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}):
-        done = subprocess.run([sys.executable, "-c", script], env={**__import__("os").environ, **env},
-                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**__import__("os").environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert done.stdout.strip() == "False", (env, done.stderr)
 
 

@@ -121,8 +121,10 @@ def test_audio_as_torch_and_single_clip(processors, clips):
         reference(audio=clips[1], sampling_rate=32000, return_tensors="pt"),
     )
     # as in transformers, a positional argument that is not text is audio
-    _assert_same(ours(clips[1], sampling_rate=32000, return_tensors="np"),
-                 reference(audio=clips[1], sampling_rate=32000, return_tensors="np"))
+    _assert_same(
+        ours(clips[1], sampling_rate=32000, return_tensors="np"),
+        reference(audio=clips[1], sampling_rate=32000, return_tensors="np"),
+    )
 
 
 def test_text_and_audio_together(processors, clips):
@@ -159,8 +161,10 @@ def test_stereo_matches_reference(tmp_path, clips):
         reference(audio=stereo[0], sampling_rate=32000, return_tensors="pt"),
     )
     # a mono clip is copied to both channels
-    _assert_same(ours(audio=clips[0], sampling_rate=32000, return_tensors="pt"),
-                 reference(audio=np.stack([clips[0], clips[0]]), sampling_rate=32000, return_tensors="pt"))
+    _assert_same(
+        ours(audio=clips[0], sampling_rate=32000, return_tensors="pt"),
+        reference(audio=np.stack([clips[0], clips[0]]), sampling_rate=32000, return_tensors="pt"),
+    )
 
 
 def test_batch_decode_audio_matches_reference(processors, clips):
@@ -257,8 +261,10 @@ def test_mono_extractor_mixes_channels_down(processors, clips):
     ours, reference = processors
     n = len(clips[1])
     stereo = np.stack([clips[0][:n], clips[1]])
-    _assert_same(ours(audio=stereo, sampling_rate=32000, return_tensors="pt"),
-                 reference(audio=stereo.mean(axis=0), sampling_rate=32000, return_tensors="pt"))
+    _assert_same(
+        ours(audio=stereo, sampling_rate=32000, return_tensors="pt"),
+        reference(audio=stereo.mean(axis=0), sampling_rate=32000, return_tensors="pt"),
+    )
     with pytest.raises(ValueError, match="transpose"):  # [samples, channels] is not taken for many channels
         ours(audio=stereo.T, sampling_rate=32000)
 

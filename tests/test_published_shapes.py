@@ -14,8 +14,6 @@ from nearest import assert_same_codes, reference_takes_our_prompt_codes
 pytestmark = pytest.mark.slow
 
 
-
-
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     from transformers import AutoProcessor
@@ -48,7 +46,9 @@ def test_small_shapes_match_reference(small, shared_audio):
         want_text = reference.text_encoder(**inputs).last_hidden_state
         want_logits = reference(**inputs, decoder_input_ids=tokens).logits
     valid = inputs["attention_mask"].bool()
-    assert relative_error(ours.encode_text(inputs["input_ids"], inputs["attention_mask"])[valid], want_text[valid]) < 1e-4
+    assert (
+        relative_error(ours.encode_text(inputs["input_ids"], inputs["attention_mask"])[valid], want_text[valid]) < 1e-4
+    )
     assert relative_error(ours(**inputs, decoder_input_ids=tokens).reshape(8, 5, -1), want_logits) < 1e-4
 
     # EnCodec on real music: the same codes (where a nearest entry ties, either pick), audio within 1e-4

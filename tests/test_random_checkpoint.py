@@ -12,8 +12,15 @@ from zhiyin import AutoProcessor, MusicgenForConditionalGeneration
 from zhiyin.cli import main
 from zhiyin.random_checkpoint import SHAPES, published_config
 
-FILES = {"config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
-         "tokenizer_config.json", "special_tokens_map.json"}
+FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+}
 
 
 def test_tiny_checkpoint_is_complete_and_transformers_agrees(tmp_path, capsys):
@@ -46,11 +53,21 @@ def test_tiny_checkpoint_is_complete_and_transformers_agrees(tmp_path, capsys):
 def test_published_shapes():
     small, stereo, melody = (published_config(shape) for shape in ("small", "stereo-large", "melody"))
     assert [small["decoder"][k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim")] == [
-        1024, 24, 16, 4096]
+        1024,
+        24,
+        16,
+        4096,
+    ]
     assert (small["decoder"]["num_codebooks"], small["decoder"]["vocab_size"], small["text_encoder"]["d_model"]) == (
-        4, 2048, 768)
-    assert (stereo["decoder"]["num_codebooks"], stereo["decoder"]["audio_channels"], stereo["decoder"]["hidden_size"]) == (
-        8, 2, 2048)
+        4,
+        2048,
+        768,
+    )
+    assert (
+        stereo["decoder"]["num_codebooks"],
+        stereo["decoder"]["audio_channels"],
+        stereo["decoder"]["hidden_size"],
+    ) == (8, 2, 2048)
     assert melody["model_type"] == "musicgen_melody" and melody["decoder"]["hidden_size"] == 1536
     assert set(SHAPES) >= {"small", "medium", "large", "stereo-small", "melody"}
 
@@ -80,8 +97,17 @@ def test_stereo_and_melody_shapes_load_and_generate(tmp_path, monkeypatch, capsy
     processor = AutoProcessor.from_pretrained(folder)
     stereo, melody = shape.startswith("stereo"), shape.endswith("melody")
     assert isinstance(processor, MusicgenMelodyProcessor) == melody
-    argv = ["generate", "lofi piano", "--model", str(folder), "--duration", "0.5", "--quiet", "-o",
-            str(tmp_path / "x.wav")]
+    argv = [
+        "generate",
+        "lofi piano",
+        "--model",
+        str(folder),
+        "--duration",
+        "0.5",
+        "--quiet",
+        "-o",
+        str(tmp_path / "x.wav"),
+    ]
     if melody:
         argv += ["--melody", str(shared_audio / "kevin_macleod_sugar_plum_fairy.ogg")]
     assert main(argv) == 0, capsys.readouterr().err

@@ -23,8 +23,6 @@ from nearest import reference_takes_our_prompt_codes
 HOP = 640
 
 
-
-
 def record_decodes(reference, monkeypatch=None):
     """Make the reference's EnCodec decode record the codes [B, K', frames] of every call (stereo: left, right)."""
     calls = []
@@ -99,8 +97,9 @@ def test_stereo_greedy_text_guidance_padded_batch_token_identical(stereo):
     folder, reference, calls, ours, processor = stereo
     inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
     assert inputs["attention_mask"].sum(1).tolist()[0] != inputs["attention_mask"].sum(1).tolist()[1]
-    want_audio, want_codes = reference_generate(reference, calls, **inputs, do_sample=False, guidance_scale=3,
-                                                max_new_tokens=30)
+    want_audio, want_codes = reference_generate(
+        reference, calls, **inputs, do_sample=False, guidance_scale=3, max_new_tokens=30
+    )
     codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30, return_codes=True)
     assert codes.shape == (2, 8, 30 - 3)  # the delay is 3 frames, as for mono
     assert torch.equal(codes, want_codes)
@@ -119,8 +118,9 @@ def test_stereo_greedy_audio_prompt_and_text_token_identical(stereo, shared_audi
     inputs = processor(audio=clips, sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
     assert inputs["input_values"].shape == (2, 2, clip.shape[1])
     with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
-        want_audio, want_codes = reference_generate(reference, calls, **inputs, do_sample=False, guidance_scale=3,
-                                                    max_new_tokens=16)
+        want_audio, want_codes = reference_generate(
+            reference, calls, **inputs, do_sample=False, guidance_scale=3, max_new_tokens=16
+        )
     codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16, return_codes=True)
     prompt_frames = math.ceil(clip.shape[1] / HOP)
     assert codes.shape == (2, 8, prompt_frames + 16 - 3)
@@ -142,8 +142,9 @@ def test_stereo_greedy_audio_prompt_and_text_token_identical(stereo, shared_audi
 
 def test_stereo_greedy_unconditional_token_identical(stereo):
     folder, reference, calls, ours, processor = stereo
-    want_audio, want_codes = reference_generate(reference, calls, **reference.get_unconditional_inputs(2),
-                                                do_sample=False, max_new_tokens=24)
+    want_audio, want_codes = reference_generate(
+        reference, calls, **reference.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24
+    )
     codes = ours.generate(**ours.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24, return_codes=True)
     assert codes.shape == (2, 8, 21)
     assert torch.equal(codes, want_codes)
@@ -156,8 +157,9 @@ def test_stereo_sampling_same_seed_same_tokens_as_reference(stereo):
     folder, reference, calls, ours, processor = stereo
     inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
     torch.manual_seed(3)
-    _, want = reference_generate(reference, calls, **inputs, do_sample=True, guidance_scale=3, top_k=10,
-                                 max_new_tokens=20)
+    _, want = reference_generate(
+        reference, calls, **inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=20
+    )
     torch.manual_seed(3)
     codes = ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=20, return_codes=True)
     assert torch.equal(codes, want)
@@ -181,11 +183,19 @@ def test_mono_prompt_to_stereo_model_is_copied_to_both_channels(stereo, shared_a
     with pytest.raises(ValueError, match="Expected stereo audio"):
         reference.generate(**text, input_values=mono_values, do_sample=False, max_new_tokens=8)
     with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
-        _, want = reference_generate(reference, calls, **text, input_values=mono_values.repeat(1, 2, 1),
-                                     do_sample=False, guidance_scale=3, max_new_tokens=8)
+        _, want = reference_generate(
+            reference,
+            calls,
+            **text,
+            input_values=mono_values.repeat(1, 2, 1),
+            do_sample=False,
+            guidance_scale=3,
+            max_new_tokens=8,
+        )
     for values in (mono_values, mono_values[:, 0]):
-        codes = ours.generate(**text, input_values=values, do_sample=False, guidance_scale=3, max_new_tokens=8,
-                              return_codes=True)
+        codes = ours.generate(
+            **text, input_values=values, do_sample=False, guidance_scale=3, max_new_tokens=8, return_codes=True
+        )
         assert torch.equal(codes, want)
     prompt_frames = math.ceil(len(mono) / HOP)
     assert torch.equal(codes[:, 0::2, :prompt_frames], codes[:, 1::2, :prompt_frames])
@@ -204,10 +214,18 @@ def test_stereo_prompt_to_mono_model_is_mixed_down(tiny_checkpoint, shared_audio
     with pytest.raises(RuntimeError):
         reference.generate(**text, input_values=stereo_values, do_sample=False, max_new_tokens=8)
     with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
-        _, want = reference_generate(reference, calls, **text, input_values=stereo_values.mean(1, keepdim=True),
-                                     do_sample=False, guidance_scale=3, max_new_tokens=8)
-    codes = ours.generate(**text, input_values=stereo_values, do_sample=False, guidance_scale=3,
-                          max_new_tokens=8, return_codes=True)
+        _, want = reference_generate(
+            reference,
+            calls,
+            **text,
+            input_values=stereo_values.mean(1, keepdim=True),
+            do_sample=False,
+            guidance_scale=3,
+            max_new_tokens=8,
+        )
+    codes = ours.generate(
+        **text, input_values=stereo_values, do_sample=False, guidance_scale=3, max_new_tokens=8, return_codes=True
+    )
     assert torch.equal(codes, want)
     with pytest.raises(ValueError, match="1-channel audio prompts, got 3 channels"):
         ours.generate(**text, input_values=torch.zeros(1, 3, 6400), max_new_tokens=8)
@@ -233,21 +251,37 @@ def cli(capsys, *argv):
 def test_cli_stereo_model_writes_a_two_channel_wav(capsys, stereo, tmp_path):
     folder, reference, calls, ours, processor = stereo
     path = tmp_path / "x.wav"
-    out = cli(capsys, "generate", "lofi hip hop with piano", "--model", folder, "-o", path, "--duration", 0.5,
-              "--greedy", "--quiet")
+    out = cli(
+        capsys,
+        "generate",
+        "lofi hip hop with piano",
+        "--model",
+        folder,
+        "-o",
+        path,
+        "--duration",
+        0.5,
+        "--greedy",
+        "--quiet",
+    )
     assert "32000 Hz, stereo" in out
     data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     assert rate == 32000 and data.shape == (25 * HOP, 2)
     # the same music as the Python API makes (greedy, guidance 3, 25 frames + the 3-frame delay), levelled to
     # -14 LUFS as the CLI does by default
-    want = ours.generate(**processor(text=["lofi hip hop with piano"], return_tensors="pt"), do_sample=False,
-                         guidance_scale=3, max_new_tokens=25 + 3)[0].numpy()
+    want = ours.generate(
+        **processor(text=["lofi hip hop with piano"], return_tensors="pt"),
+        do_sample=False,
+        guidance_scale=3,
+        max_new_tokens=25 + 3,
+    )[0].numpy()
     np.testing.assert_allclose(data.T, np.clip(normalize(want, 32000, "loudness"), -1, 1), atol=1e-4)
     assert not np.allclose(data[:, 0], data[:, 1])
 
 
-def test_cli_audio_prompt_is_read_with_the_models_channel_count(capsys, stereo, tiny_checkpoint, tmp_path,
-                                                                 shared_audio):
+def test_cli_audio_prompt_is_read_with_the_models_channel_count(
+    capsys, stereo, tiny_checkpoint, tmp_path, shared_audio
+):
     folder, reference, calls, ours, processor = stereo
     clip = stereo_clip(shared_audio)
     stereo_file = tmp_path / "prompt.wav"
@@ -256,8 +290,23 @@ def test_cli_audio_prompt_is_read_with_the_models_channel_count(capsys, stereo, 
 
     # a stereo file continued by the stereo model: both channels kept, the same as the Python API
     path = tmp_path / "stereo.wav"
-    cli(capsys, "generate", "trumpet", "--model", folder, "--audio-prompt", stereo_file, "-o", path,
-        "--duration", 0.5, "--greedy", "--quiet", "--normalize", "none")
+    cli(
+        capsys,
+        "generate",
+        "trumpet",
+        "--model",
+        folder,
+        "--audio-prompt",
+        stereo_file,
+        "-o",
+        path,
+        "--duration",
+        0.5,
+        "--greedy",
+        "--quiet",
+        "--normalize",
+        "none",
+    )
     data, _ = soundfile.read(str(path), dtype="float32", always_2d=True)
     assert data.shape == ((prompt_frames + 25) * HOP, 2)
     inputs = processor(audio=clip, sampling_rate=32000, text=["trumpet"], return_tensors="pt")
@@ -267,15 +316,41 @@ def test_cli_audio_prompt_is_read_with_the_models_channel_count(capsys, stereo, 
     # a mono file for the stereo model: up-mixed on reading, so it gets a stereo continuation
     mono_path = tmp_path / "from-mono.wav"
     trumpet = shared_audio / "sorohanro_solo_trumpet_06.ogg"
-    out = cli(capsys, "generate", "trumpet", "--model", folder, "--audio-prompt", trumpet, "-o", mono_path,
-              "--duration", 0.5, "--greedy", "--quiet")
+    out = cli(
+        capsys,
+        "generate",
+        "trumpet",
+        "--model",
+        folder,
+        "--audio-prompt",
+        trumpet,
+        "-o",
+        mono_path,
+        "--duration",
+        0.5,
+        "--greedy",
+        "--quiet",
+    )
     assert "stereo" in out
     assert soundfile.info(str(mono_path)).channels == 2
 
     # the stereo file for a mono model: mixed down on reading, a mono continuation
     down_path = tmp_path / "down.wav"
-    out = cli(capsys, "generate", "trumpet", "--model", tiny_checkpoint[0], "--audio-prompt", stereo_file,
-              "-o", down_path, "--duration", 0.5, "--greedy", "--quiet")
+    out = cli(
+        capsys,
+        "generate",
+        "trumpet",
+        "--model",
+        tiny_checkpoint[0],
+        "--audio-prompt",
+        stereo_file,
+        "-o",
+        down_path,
+        "--duration",
+        0.5,
+        "--greedy",
+        "--quiet",
+    )
     assert "mono" in out
     data, _ = soundfile.read(str(down_path), dtype="float32", always_2d=True)
     assert data.shape == ((prompt_frames + 25) * HOP, 1)

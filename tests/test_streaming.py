@@ -116,7 +116,10 @@ def test_stream_file_is_valid_after_every_chunk(model, inputs, tmp_path):
     assert soundfile.info(paths[0]).frames == 50 * HOP
     # the samples are converted exactly as write_audio converts them
     write_audio(tmp_path / "same.wav", torch.cat(chunks, dim=-1)[0], 32000)
-    assert soundfile.read(tmp_path / "same.wav", dtype="int16")[0].tolist() == soundfile.read(paths[0], dtype="int16")[0].tolist()
+    assert (
+        soundfile.read(tmp_path / "same.wav", dtype="int16")[0].tolist()
+        == soundfile.read(paths[0], dtype="int16")[0].tolist()
+    )
 
 
 def test_cli_stream_writes_the_music(capsys, tiny_checkpoint, tmp_path):
@@ -135,8 +138,24 @@ def test_cli_stream_writes_the_music(capsys, tiny_checkpoint, tmp_path):
 def _stream_until_three_seconds(model_folder, path):
     """A --stream run of 600 s, once its partial file holds 3 s: (the process, the partial file's path)."""
     partial = path.with_name(path.stem + ".partial.wav")
-    argv = ["generate", "techno", "--model", str(model_folder), "--duration", "600", "--window", "1",
-            "--extend-stride", "0.6", "--stream", "--quiet", "--seed", "1", "-o", str(path)]
+    argv = [
+        "generate",
+        "techno",
+        "--model",
+        str(model_folder),
+        "--duration",
+        "600",
+        "--window",
+        "1",
+        "--extend-stride",
+        "0.6",
+        "--stream",
+        "--quiet",
+        "--seed",
+        "1",
+        "-o",
+        str(path),
+    ]
     run = subprocess.Popen([sys.executable, "-m", "zhiyin", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (partial.exists() and partial.stat().st_size > 44 + 3 * 50 * HOP * 2):  # 3 chunks of 1 s, 16-bit

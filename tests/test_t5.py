@@ -10,10 +10,26 @@ transformers = pytest.importorskip("transformers")
 from zhiyin.config import T5Config  # noqa: E402
 from zhiyin.modules.t5 import T5Encoder, relative_position_bucket  # noqa: E402
 
-TINY = dict(vocab_size=99, d_model=32, d_kv=8, d_ff=64, num_layers=3, num_heads=4,
-            relative_attention_num_buckets=32, relative_attention_max_distance=128)
-T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
-               relative_attention_num_buckets=32, relative_attention_max_distance=128)
+TINY = dict(
+    vocab_size=99,
+    d_model=32,
+    d_kv=8,
+    d_ff=64,
+    num_layers=3,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+)
+T5_BASE = dict(
+    vocab_size=32128,
+    d_model=768,
+    d_kv=64,
+    d_ff=3072,
+    num_layers=12,
+    num_heads=12,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+)
 
 
 def _pair(fields: dict, attn_implementation: str = "eager"):

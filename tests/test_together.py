@@ -55,8 +55,10 @@ def test_rows_at_their_own_positions_step_together_as_alone(backend, quantize):
         kernels.accelerate_decoder(decoder, quantize)
     K, V = decoder.config.num_codebooks, decoder.config.vocab_size
     g = torch.Generator().manual_seed(0)
-    rows = [(text_states(decoder, 1, text_len=S), torch.randint(0, V + 1, (1, K, T), generator=g))
-            for S, T in [(5, 4), (2, 11), (9, 7)]]  # text lengths and positions all different
+    rows = [
+        (text_states(decoder, 1, text_len=S), torch.randint(0, V + 1, (1, K, T), generator=g))
+        for S, T in [(5, 4), (2, 11), (9, 7)]
+    ]  # text lengths and positions all different
     with torch.inference_mode():
         together = run(decoder, STEPS[backend], rows, steps=3)
         for r, row in enumerate(rows):
@@ -75,19 +77,39 @@ def test_requests_with_their_own_settings_and_seeds_get_the_tokens_they_get_alon
     processor = MusicgenProcessor.from_pretrained(folder)
     clip = read_audio(shared_audio / "sorohanro_solo_trumpet_06.ogg", 32000, 1)[0, : 32000 // 2]
     asks = [  # (inputs, options, seed): guided top-k, unguided top-p, greedy with an audio prompt, a batch of two
-        (processor(text=["80s pop with bassy drums"], return_tensors="pt"),
-         dict(do_sample=True, guidance_scale=3.0, top_k=20, max_new_tokens=30), 1),
-        (processor(text=["a calm piano"], return_tensors="pt"),
-         dict(do_sample=True, guidance_scale=1.0, top_k=None, top_p=0.8, temperature=0.7, max_new_tokens=24), 2),
-        (processor(text=["jazz"], audio=[clip], sampling_rate=32000, return_tensors="pt"),
-         dict(do_sample=False, guidance_scale=2.0, max_new_tokens=20), 3),
-        (processor(text=["lofi hip hop", "a very long description of a slow ambient drone"], padding=True,
-                   return_tensors="pt"), dict(do_sample=True, guidance_scale=3.0, top_k=50, max_new_tokens=26), 4),
+        (
+            processor(text=["80s pop with bassy drums"], return_tensors="pt"),
+            dict(do_sample=True, guidance_scale=3.0, top_k=20, max_new_tokens=30),
+            1,
+        ),
+        (
+            processor(text=["a calm piano"], return_tensors="pt"),
+            dict(do_sample=True, guidance_scale=1.0, top_k=None, top_p=0.8, temperature=0.7, max_new_tokens=24),
+            2,
+        ),
+        (
+            processor(text=["jazz"], audio=[clip], sampling_rate=32000, return_tensors="pt"),
+            dict(do_sample=False, guidance_scale=2.0, max_new_tokens=20),
+            3,
+        ),
+        (
+            processor(
+                text=["lofi hip hop", "a very long description of a slow ambient drone"],
+                padding=True,
+                return_tensors="pt",
+            ),
+            dict(do_sample=True, guidance_scale=3.0, top_k=50, max_new_tokens=26),
+            4,
+        ),
     ]
-    alone = [model.generate(**inputs, **options, generator=torch.Generator().manual_seed(seed), return_codes=True)
-             for inputs, options, seed in asks]
-    requests = [model.prepare_request(**inputs, **options, generator=torch.Generator().manual_seed(seed))
-                for inputs, options, seed in asks]
+    alone = [
+        model.generate(**inputs, **options, generator=torch.Generator().manual_seed(seed), return_codes=True)
+        for inputs, options, seed in asks
+    ]
+    requests = [
+        model.prepare_request(**inputs, **options, generator=torch.Generator().manual_seed(seed))
+        for inputs, options, seed in asks
+    ]
     frames = [[] for _ in requests]
     for step in generate_together(model.decoder, requests):
         for made, frame in zip(frames, step):

@@ -50,6 +50,7 @@ def test_parseval_holds_for_noise():
 
 def test_a_band_limited_tone_resamples_to_itself():
     seconds, f = 1.0, 1234.5
+
     def tone(rate):  # phases in float64: float32 would be off by ~5e-4 at 7,000 radians
         return torch.sin(2 * torch.pi * f * torch.arange(int(rate * seconds), dtype=torch.float64) / rate).float()
 

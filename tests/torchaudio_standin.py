@@ -28,8 +28,17 @@ from torch import Tensor
 
 
 class Spectrogram:
-    def __init__(self, n_fft: int, win_length: int | None = None, hop_length: int | None = None, pad: int = 0,
-                 power: float = 2.0, normalized: bool | str = False, center: bool = True, **unsupported):
+    def __init__(
+        self,
+        n_fft: int,
+        win_length: int | None = None,
+        hop_length: int | None = None,
+        pad: int = 0,
+        power: float = 2.0,
+        normalized: bool | str = False,
+        center: bool = True,
+        **unsupported,
+    ):
         given = dict(win_length=win_length, pad=pad, power=power, normalized=normalized, center=center, **unsupported)
         wanted = dict(win_length=n_fft, pad=0, power=2, normalized=True, center=True)
         if given != wanted:
@@ -39,14 +48,28 @@ class Spectrogram:
 
     def __call__(self, waveform: Tensor) -> Tensor:
         shape = waveform.shape
-        spec = torch.stft(waveform.reshape(-1, shape[-1]), self.n_fft, hop_length=self.hop_length, window=self.window,
-                          center=True, pad_mode="reflect", return_complex=True)
+        spec = torch.stft(
+            waveform.reshape(-1, shape[-1]),
+            self.n_fft,
+            hop_length=self.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
         spec = spec / self.window.pow(2).sum().sqrt()
         return spec.abs().pow(2).reshape(*shape[:-1], *spec.shape[-2:])
 
 
-def resample(waveform: Tensor, orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, rolloff: float = 0.99,
-             resampling_method: str = "sinc_interp_hann", beta: float | None = None) -> Tensor:
+def resample(
+    waveform: Tensor,
+    orig_freq: int,
+    new_freq: int,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+    resampling_method: str = "sinc_interp_hann",
+    beta: float | None = None,
+) -> Tensor:
     if resampling_method != "sinc_interp_hann" or beta is not None:
         raise NotImplementedError(f"this stand-in resamples with sinc_interp_hann only, not {resampling_method}")
     if orig_freq == new_freq:

@@ -20,8 +20,16 @@ DEFAULT_MODEL = "facebook/musicgen-small"
 MAX_DURATION = 3600.0  # seconds of new music one command makes unless --max-duration says otherwise
 SEED_LIMIT = 2**63  # seeds are 0 .. 2**63 - 1
 FORMATS = ("wav", "flac", "ogg", "mp3")
-FLAG_NAMES = {"guidance_scale": "--guidance", "top_k": "--top-k", "top_p": "--top-p", "temperature": "--temperature",
-              "greedy": "--greedy", "duration": "--duration", "window": "--window", "extend_stride": "--extend-stride"}
+FLAG_NAMES = {
+    "guidance_scale": "--guidance",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "temperature": "--temperature",
+    "greedy": "--greedy",
+    "duration": "--duration",
+    "window": "--window",
+    "extend_stride": "--extend-stride",
+}
 
 
 class UsageError(Exception):
@@ -63,26 +71,57 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = commands.add_parser("generate", help="generate music from text, from nothing, or from an audio prompt")
     g.add_argument("prompts", nargs="*", help="text descriptions; several prompts make several files")
-    g.add_argument("-o", "--output", default="music.wav",
-                   help="output file (default music.wav); with several prompts NAME-1.wav, NAME-2.wav, ...")
+    g.add_argument(
+        "-o",
+        "--output",
+        default="music.wav",
+        help="output file (default music.wav); with several prompts NAME-1.wav, NAME-2.wav, ...",
+    )
     g.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
-    g.add_argument("--duration", type=_finite, default=10.0,
-                   help="seconds of new music to make (default 10); an audio prompt comes on top of it")
-    g.add_argument("--max-duration", type=_finite, default=MAX_DURATION,
-                   help=f"the longest --duration accepted (default {MAX_DURATION:g} s), a guard against typos")
-    g.add_argument("--window", type=_finite, default=30.0,
-                   help="longer music is made in windows of this many seconds (default 30, what the model was trained on)")
-    g.add_argument("--extend-stride", type=_finite, default=18.0,
-                   help="seconds of new music each window after the first adds; the rest of it continues the last "
-                        "window's music (default 18)")
-    g.add_argument("--stream", action="store_true",
-                   help="write the WAV as the music is made, to NAME.partial.wav (a valid file after every second), "
-                        "renamed to NAME.wav when done or interrupted")
+    g.add_argument(
+        "--duration",
+        type=_finite,
+        default=10.0,
+        help="seconds of new music to make (default 10); an audio prompt comes on top of it",
+    )
+    g.add_argument(
+        "--max-duration",
+        type=_finite,
+        default=MAX_DURATION,
+        help=f"the longest --duration accepted (default {MAX_DURATION:g} s), a guard against typos",
+    )
+    g.add_argument(
+        "--window",
+        type=_finite,
+        default=30.0,
+        help="longer music is made in windows of this many seconds (default 30, what the model was trained on)",
+    )
+    g.add_argument(
+        "--extend-stride",
+        type=_finite,
+        default=18.0,
+        help="seconds of new music each window after the first adds; the rest of it continues the last "
+        "window's music (default 18)",
+    )
+    g.add_argument(
+        "--stream",
+        action="store_true",
+        help="write the WAV as the music is made, to NAME.partial.wav (a valid file after every second), "
+        "renamed to NAME.wav when done or interrupted",
+    )
     g.add_argument("--audio-prompt", metavar="FILE", help="continue this audio (any format and rate soundfile reads)")
-    g.add_argument("--prompt-seconds", type=_finite, default=None, metavar="N",
-                   help="continue only the last N seconds of the audio prompt")
-    g.add_argument("--melody", metavar="FILE",
-                   help="follow this tune (melody models such as facebook/musicgen-melody; any audio file)")
+    g.add_argument(
+        "--prompt-seconds",
+        type=_finite,
+        default=None,
+        metavar="N",
+        help="continue only the last N seconds of the audio prompt",
+    )
+    g.add_argument(
+        "--melody",
+        metavar="FILE",
+        help="follow this tune (melody models such as facebook/musicgen-melody; any audio file)",
+    )
     g.add_argument("--unconditional", action="store_true", help="no text: music from nothing (or from --melody)")
     g.add_argument("--num-samples", type=int, default=1, help="how many files to make with --unconditional")
     g.add_argument("--guidance", type=_finite, default=3.0, help="classifier-free guidance scale (default 3, 1 = off)")
@@ -90,36 +129,71 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=_finite, default=None, help="nucleus sampling: keep tokens up to this probability")
     g.add_argument("--temperature", type=_finite, default=1.0, help="sampling temperature (default 1)")
     g.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
-    g.add_argument("--seed", type=_seed, default=None,
-                   help="random seed, 0 to 2**63 - 1: the same seed gives the same music (default: one is drawn, "
-                        "printed and stored in the file)")
-    g.add_argument("--format", choices=FORMATS, default=None,
-                   help="audio format (default: from the output file's extension, else wav)")
-    g.add_argument("--bitrate", type=int, choices=MP3_BITRATES, default=None, metavar="KBPS",
-                   help=f"mp3 bitrate in kbit/s (default {DEFAULT_MP3_BITRATE})")
-    g.add_argument("--normalize", choices=STRATEGIES, default="loudness",
-                   help="loudness (default: to --loudness LUFS, never clipping), rms, peak, clip or none")
-    g.add_argument("--loudness", type=_finite, default=TARGET_DB, metavar="LUFS",
-                   help=f"the level --normalize loudness (or rms, in dB FS) brings the music to (default {TARGET_DB:g})")
-    g.add_argument("--compress", action="store_true",
-                   help="soften the loudest peaks rather than lower the whole level to keep them under -1 dB FS")
+    g.add_argument(
+        "--seed",
+        type=_seed,
+        default=None,
+        help="random seed, 0 to 2**63 - 1: the same seed gives the same music (default: one is drawn, "
+        "printed and stored in the file)",
+    )
+    g.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="audio format (default: from the output file's extension, else wav)",
+    )
+    g.add_argument(
+        "--bitrate",
+        type=int,
+        choices=MP3_BITRATES,
+        default=None,
+        metavar="KBPS",
+        help=f"mp3 bitrate in kbit/s (default {DEFAULT_MP3_BITRATE})",
+    )
+    g.add_argument(
+        "--normalize",
+        choices=STRATEGIES,
+        default="loudness",
+        help="loudness (default: to --loudness LUFS, never clipping), rms, peak, clip or none",
+    )
+    g.add_argument(
+        "--loudness",
+        type=_finite,
+        default=TARGET_DB,
+        metavar="LUFS",
+        help=f"the level --normalize loudness (or rms, in dB FS) brings the music to (default {TARGET_DB:g})",
+    )
+    g.add_argument(
+        "--compress",
+        action="store_true",
+        help="soften the loudest peaks rather than lower the whole level to keep them under -1 dB FS",
+    )
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weights dtype")
-    g.add_argument("--quantize", choices=["int8"], default=None,
-                   help="int8: decoder weights as int8 (weight-only; fastest on CPU, output differs slightly)")
+    g.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8: decoder weights as int8 (weight-only; fastest on CPU, output differs slightly)",
+    )
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    g.add_argument("--picture", action="store_true",
-                   help="also write NAME.png beside each file: its waveform over its spectrogram")
+    g.add_argument(
+        "--picture", action="store_true", help="also write NAME.png beside each file: its waveform over its spectrogram"
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     i = commands.add_parser("info", help="what made a file zhiyin wrote, and the command that makes it again")
     i.add_argument("files", nargs="+", help="audio files written by zhiyin generate")
 
-    r = commands.add_parser("random-checkpoint", help="write a complete checkpoint of a published shape with random "
-                                                       "weights, to try every command offline")
+    r = commands.add_parser(
+        "random-checkpoint",
+        help="write a complete checkpoint of a published shape with random weights, to try every command offline",
+    )
     from .random_checkpoint import SHAPES
 
     r.add_argument("folder", help="where to write it (a new or empty folder)")
-    r.add_argument("--shape", choices=SHAPES, default="small", help="which published checkpoint's shape (default small)")
+    r.add_argument(
+        "--shape", choices=SHAPES, default="small", help="which published checkpoint's shape (default small)"
+    )
     r.add_argument("--seed", type=_seed, default=0, help="seed of the random weights (default 0)")
     return parser
 
@@ -182,8 +256,10 @@ def check_arguments(args) -> list[str]:
     if args.duration <= 0:
         raise UsageError(f"--duration must be more than 0 seconds, got {args.duration:g}")
     if args.duration > args.max_duration:
-        raise UsageError(f"--duration {args.duration:g} s is more than --max-duration ({args.max_duration:g} s): "
-                         "raise --max-duration if you mean it")
+        raise UsageError(
+            f"--duration {args.duration:g} s is more than --max-duration ({args.max_duration:g} s): "
+            "raise --max-duration if you mean it"
+        )
     if args.prompt_seconds is not None and args.audio_prompt is None:
         raise UsageError("--prompt-seconds goes with --audio-prompt")
     if args.prompt_seconds is not None and args.prompt_seconds <= 0:
@@ -223,8 +299,13 @@ def _audio_file_seconds(flag: str, path: str) -> float:
 
 def _sampling(args) -> dict:
     """The sampling settings the flags ask for, as generate_long takes them."""
-    return dict(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                guidance_scale=args.guidance)
+    return dict(
+        do_sample=not args.greedy,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance_scale=args.guidance,
+    )
 
 
 def _check_for_model(args, config) -> None:
@@ -235,15 +316,18 @@ def _check_for_model(args, config) -> None:
 
     melodic = isinstance(config, MusicgenMelodyConfig)
     if args.melody is not None and not melodic:
-        raise UsageError(f"--melody needs a melody model such as facebook/musicgen-melody: '{args.model}' has no melody input")
+        raise UsageError(
+            f"--melody needs a melody model such as facebook/musicgen-melody: '{args.model}' has no melody input"
+        )
     if melodic and args.audio_prompt is not None:
         raise UsageError("melody models continue no --audio-prompt: give the tune with --melody instead")
     if args.unconditional and args.audio_prompt is not None:
-        raise UsageError("--audio-prompt needs a text prompt here; give one (it may be short, e.g. \"music\")")
+        raise UsageError('--audio-prompt needs a text prompt here; give one (it may be short, e.g. "music")')
     lengths = dict(duration=args.duration, window=args.window, extend_stride=args.extend_stride)
     try:
-        GenerationOptions.resolve("generate_long", {**lengths, **_sampling(args)}, GenerationConfig(),
-                                  Limits.of(config), names=FLAG_NAMES)
+        GenerationOptions.resolve(
+            "generate_long", {**lengths, **_sampling(args)}, GenerationConfig(), Limits.of(config), names=FLAG_NAMES
+        )
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.audio_prompt is not None:
@@ -263,11 +347,24 @@ def _check_for_model(args, config) -> None:
 def _settings(args) -> dict:
     """What a file records of how it was made (its metadata; `zhiyin info` prints it)."""
     return dict(
-        duration=args.duration, greedy=args.greedy, guidance=args.guidance, top_k=args.top_k, top_p=args.top_p,
-        temperature=args.temperature, window=args.window, extend_stride=args.extend_stride,
-        audio_prompt=_absolute(args.audio_prompt), prompt_seconds=args.prompt_seconds, melody=_absolute(args.melody),
-        dtype=args.dtype, quantize=args.quantize, device=args.device, normalize=args.normalize,
-        loudness=args.loudness, compress=args.compress, bitrate=args.bitrate,
+        duration=args.duration,
+        greedy=args.greedy,
+        guidance=args.guidance,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        window=args.window,
+        extend_stride=args.extend_stride,
+        audio_prompt=_absolute(args.audio_prompt),
+        prompt_seconds=args.prompt_seconds,
+        melody=_absolute(args.melody),
+        dtype=args.dtype,
+        quantize=args.quantize,
+        device=args.device,
+        normalize=args.normalize,
+        loudness=args.loudness,
+        compress=args.compress,
+        bitrate=args.bitrate,
     )
 
 
@@ -275,20 +372,34 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else os.path.abspath(path)
 
 
-def remake_command(prompts: list[str] | None, num_samples: int, model: str, seed: int, settings: dict,
-                   output: str) -> list[str]:
+def remake_command(
+    prompts: list[str] | None, num_samples: int, model: str, seed: int, settings: dict, output: str
+) -> list[str]:
     """The `zhiyin generate` command line that makes the same files again (every setting spelled out)."""
     s = settings
-    argv = ["zhiyin", "generate", *prompts] if prompts else ["zhiyin", "generate", "--unconditional",
-                                                             "--num-samples", str(num_samples)]
+    argv = (
+        ["zhiyin", "generate", *prompts]
+        if prompts
+        else ["zhiyin", "generate", "--unconditional", "--num-samples", str(num_samples)]
+    )
     argv += ["--model", model, "--duration", f"{s['duration']:g}", "--seed", str(seed)]
     argv += ["--greedy"] if s["greedy"] else ["--top-k", str(s["top_k"]), "--temperature", f"{s['temperature']:g}"]
     if s["top_p"] is not None and not s["greedy"]:
         argv += ["--top-p", f"{s['top_p']:g}"]
-    argv += ["--guidance", f"{s['guidance']:g}", "--window", f"{s['window']:g}", "--extend-stride",
-             f"{s['extend_stride']:g}"]
-    for flag, key in (("--audio-prompt", "audio_prompt"), ("--melody", "melody"), ("--quantize", "quantize"),
-                      ("--bitrate", "bitrate")):
+    argv += [
+        "--guidance",
+        f"{s['guidance']:g}",
+        "--window",
+        f"{s['window']:g}",
+        "--extend-stride",
+        f"{s['extend_stride']:g}",
+    ]
+    for flag, key in (
+        ("--audio-prompt", "audio_prompt"),
+        ("--melody", "melody"),
+        ("--quantize", "quantize"),
+        ("--bitrate", "bitrate"),
+    ):
         if s[key] is not None:
             argv += [flag, str(s[key])]
     if s["prompt_seconds"] is not None:
@@ -330,27 +441,49 @@ def generate(args) -> int:
         processor = AutoProcessor.from_pretrained(args.model)
         audio = [prompt_audio] * count if prompt_audio is not None else None
         if not args.unconditional:
-            inputs = dict(processor(text=args.prompts, audio=audio, sampling_rate=rate if audio else None,
-                                    padding=True, return_tensors="pt"))
+            inputs = dict(
+                processor(
+                    text=args.prompts,
+                    audio=audio,
+                    sampling_rate=rate if audio else None,
+                    padding=True,
+                    return_tensors="pt",
+                )
+            )
     if args.melody is not None:  # the tune's chroma, one copy per file, guided against the null chroma
         extractor = processor.feature_extractor
         melody = read_audio(args.melody, extractor.sampling_rate, 1)[0]
-        inputs["input_features"] = extractor([melody] * count, sampling_rate=extractor.sampling_rate,
-                                             return_tensors="pt")["input_features"]
+        inputs["input_features"] = extractor(
+            [melody] * count, sampling_rate=extractor.sampling_rate, return_tensors="pt"
+        )["input_features"]
         sampling["guidance_scale"] = args.guidance
     generator = torch.Generator(model.device).manual_seed(seed)
-    options = dict(duration=args.duration, window=args.window, extend_stride=args.extend_stride,
-                   progress_bar=not args.quiet, **sampling)
+    options = dict(
+        duration=args.duration,
+        window=args.window,
+        extend_stride=args.extend_stride,
+        progress_bar=not args.quiet,
+        **sampling,
+    )
 
     settings = _settings(args)
     model_name = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model  # a folder, from anywhere
-    command = remake_command(None if args.unconditional else list(args.prompts), count, model_name, seed, settings,
-                             args.output)
+    command = remake_command(
+        None if args.unconditional else list(args.prompts), count, model_name, seed, settings, args.output
+    )
     prompts = [None] * count if args.unconditional else args.prompts
-    files = [dict(prompt=p, take=i + 1, takes=count, model=model_name, seed=seed, settings=settings, command=command)
-             for i, p in enumerate(prompts)]
-    writer = dict(rate=rate, format=args.format, normalize=args.normalize, loudness_db=args.loudness,
-                  compress=args.compress, bitrate=args.bitrate)
+    files = [
+        dict(prompt=p, take=i + 1, takes=count, model=model_name, seed=seed, settings=settings, command=command)
+        for i, p in enumerate(prompts)
+    ]
+    writer = dict(
+        rate=rate,
+        format=args.format,
+        normalize=args.normalize,
+        loudness_db=args.loudness,
+        compress=args.compress,
+        bitrate=args.bitrate,
+    )
     if args.stream:
         chunks = model.generate_stream(**inputs, generator=generator, **options)
         status = stream_to_files(chunks, paths, files, writer, args.picture)
@@ -359,8 +492,10 @@ def generate(args) -> int:
         status = 0
         for path, audio, metadata in zip(paths, audio_values, files):
             status |= _finish(path, audio, metadata, writer, args.picture)
-    print(f"done in {time.perf_counter() - started:.1f} s, seed {seed} (--seed {seed} makes the same music)",
-          file=sys.stderr)
+    print(
+        f"done in {time.perf_counter() - started:.1f} s, seed {seed} (--seed {seed} makes the same music)",
+        file=sys.stderr,
+    )
     return status
 
 
@@ -370,8 +505,17 @@ def _finish(path: str, audio, metadata: dict, writer: dict, picture: bool) -> in
 
     w = writer
     try:
-        write_audio(path, audio, w["rate"], format=w["format"], normalize=w["normalize"], loudness_db=w["loudness_db"],
-                    compress=w["compress"], bitrate=w["bitrate"], metadata=metadata)
+        write_audio(
+            path,
+            audio,
+            w["rate"],
+            format=w["format"],
+            normalize=w["normalize"],
+            loudness_db=w["loudness_db"],
+            compress=w["compress"],
+            bitrate=w["bitrate"],
+            metadata=metadata,
+        )
     except (OSError, ValueError) as error:
         print(f"zhiyin: error: could not write {path}: {error}", file=sys.stderr)
         return 1
@@ -405,8 +549,12 @@ def stream_to_files(chunks, paths: list[str], files: list[dict], writer: dict, p
             pass
     except KeyboardInterrupt:
         status = 130
-        print(f"zhiyin: interrupted; keeping the first {written / writer['rate']:.2f} s" if written
-              else "zhiyin: interrupted; nothing written", file=sys.stderr)
+        print(
+            f"zhiyin: interrupted; keeping the first {written / writer['rate']:.2f} s"
+            if written
+            else "zhiyin: interrupted; nothing written",
+            file=sys.stderr,
+        )
     if not written:
         return status or 1
     for path, partial, metadata in zip(paths, partials, files):
@@ -432,13 +580,16 @@ def info(args) -> int:
         except (OSError, ValueError) as error:
             raise UsageError(str(error)) from None
         if metadata is None:
-            print(f"zhiyin: error: '{path}' holds no zhiyin metadata: it was made elsewhere, or by an older zhiyin",
-                  file=sys.stderr)
+            print(
+                f"zhiyin: error: '{path}' holds no zhiyin metadata: it was made elsewhere, or by an older zhiyin",
+                file=sys.stderr,
+            )
             status = 2
             continue
         s = metadata.get("settings", {})
-        shown = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in s.items()
-                          if value is not None and value is not False)  # 0 and 0.0 are settings too
+        shown = ", ".join(
+            f"{key.replace('_', '-')} {value}" for key, value in s.items() if value is not None and value is not False
+        )  # 0 and 0.0 are settings too
         lines = [
             ("file", f"{path} ({seconds:.2f} s)"),
             ("prompt", metadata.get("prompt") if metadata.get("prompt") is not None else "(none: unconditional)"),
@@ -464,7 +615,9 @@ def random_checkpoint(args) -> int:
         raise UsageError(f"'{args.folder}' is not an empty folder: give a new folder to write the checkpoint into")
     _check_writable(os.path.dirname(os.path.abspath(args.folder)) or ".")
     write_random_checkpoint(args.folder, args.shape, seed=args.seed)
-    print(f"wrote a random musicgen-{args.shape} checkpoint to {args.folder}: zhiyin generate \"...\" --model {args.folder}")
+    print(
+        f'wrote a random musicgen-{args.shape} checkpoint to {args.folder}: zhiyin generate "..." --model {args.folder}'
+    )
     return 0
 
 
@@ -493,7 +646,6 @@ def main(argv: list[str] | None = None) -> int:
         print("zhiyin: interrupted; nothing written", file=sys.stderr)
         return 130
     return 2
-
 
 
 if __name__ == "__main__":

@@ -235,8 +235,13 @@ class MusicgenMelodyConfig(MusicgenConfig):
         data = dict(data)
         chroma = {k: data.pop(k) for k in ("num_chroma", "chroma_length") if data.get(k) is not None}
         base = MusicgenConfig.from_dict(data)
-        return cls(text_encoder=base.text_encoder, audio_encoder=base.audio_encoder, decoder=base.decoder,
-                   extra=base.extra, **chroma)
+        return cls(
+            text_encoder=base.text_encoder,
+            audio_encoder=base.audio_encoder,
+            decoder=base.decoder,
+            extra=base.extra,
+            **chroma,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

@@ -52,7 +52,8 @@ def read_json(path: str | os.PathLike) -> dict:
         raise DamagedFileError(f"'{path}' is not a text file ({error.reason}): download it again") from None
     except json.JSONDecodeError as error:
         raise DamagedFileError(
-            f"'{path}' is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}): fix it or download it again"
+            f"'{path}' is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}): "
+            "fix it or download it again"
         ) from None
     if not isinstance(data, dict):
         raise DamagedFileError(f"'{path}' holds a JSON {type(data).__name__}, not an object: download it again")

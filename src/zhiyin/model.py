@@ -78,7 +78,9 @@ class MusicgenForConditionalGeneration(nn.Module):
         self.generation_config = generation_config or GenerationConfig()
         self.text_encoder = T5Encoder(config.text_encoder)
         self.enc_to_dec_proj = (
-            nn.Linear(config.text_encoder.hidden_size, config.decoder.hidden_size) if config.needs_enc_to_dec_proj else None
+            nn.Linear(config.text_encoder.hidden_size, config.decoder.hidden_size)
+            if config.needs_enc_to_dec_proj
+            else None
         )
         self.audio_encoder = EncodecModel(config.audio_encoder)
         self.decoder = MusicgenDecoder(config.decoder)
@@ -130,8 +132,17 @@ class MusicgenForConditionalGeneration(nn.Module):
         quantize: 'int8' stores the decoder's linear weights as int8 with a scale per output row (weight-only).
         On the CPU the decoder's linear layers run in zhiyin's kernels (backends/kernels.py).
         """
-        return load_pretrained(cls, name_or_path, dtype if dtype is not None else torch_dtype, device, quantize,
-                               revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+        return load_pretrained(
+            cls,
+            name_or_path,
+            dtype if dtype is not None else torch_dtype,
+            device,
+            quantize,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write config.json, generation_config.json and model.safetensors in the layout transformers loads."""
@@ -144,8 +155,9 @@ class MusicgenForConditionalGeneration(nn.Module):
         `max_new_tokens` (as transformers' documentation passes it) that length goes along to `generate`."""
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a whole number of at least 1, got {num_samples!r}")
-        hidden = torch.zeros(num_samples, 1, self.config.text_encoder.hidden_size, device=self.device,
-                             dtype=self.conditioning_dtype)
+        hidden = torch.zeros(
+            num_samples, 1, self.config.text_encoder.hidden_size, device=self.device, dtype=self.conditioning_dtype
+        )
         mask = torch.zeros(num_samples, 1, device=self.device, dtype=torch.long)
         inputs = BatchFeature(encoder_outputs=(hidden,), attention_mask=mask, guidance_scale=1.0)
         if max_new_tokens is not None:
@@ -175,7 +187,9 @@ class MusicgenForConditionalGeneration(nn.Module):
             elif channels == 2 and input_values.shape[1] == 1:
                 input_values = input_values.expand(-1, 2, -1)
             else:
-                raise ValueError(f"this model takes {channels}-channel audio prompts, got {input_values.shape[1]} channels")
+                raise ValueError(
+                    f"this model takes {channels}-channel audio prompts, got {input_values.shape[1]} channels"
+                )
         input_values = input_values.to(self.audio_encoder.dtype)
         if channels == 1:
             return self.audio_encoder.encode(input_values, padding_mask)
@@ -204,7 +218,9 @@ class MusicgenForConditionalGeneration(nn.Module):
         elif input_ids is not None:
             input_ids = _as_tensor(input_ids, device, torch.long)
             if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-                raise ValueError("input_ids must be [batch, tokens] with at least one token: use the processor on your text")
+                raise ValueError(
+                    "input_ids must be [batch, tokens] with at least one token: use the processor on your text"
+                )
             mask = _as_tensor(attention_mask, device)
             hidden = self.encode_text(input_ids, mask)
         else:
@@ -224,8 +240,15 @@ class MusicgenForConditionalGeneration(nn.Module):
         text = text.to(self.decoder.final_norm.weight.dtype)
         return TextCondition(text * text_mask[..., None].to(text.dtype), text_mask)
 
-    def _condition(self, input_ids=None, attention_mask=None, input_values=None, padding_mask=None,
-                   encoder_outputs=None, input_features=None) -> tuple[Condition, Tensor]:
+    def _condition(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_values=None,
+        padding_mask=None,
+        encoder_outputs=None,
+        input_features=None,
+    ) -> tuple[Condition, Tensor]:
         """The processor's inputs -> (condition, the audio prompt's codes [B, K, P])."""
         if input_features is not None:
             raise ValueError(
@@ -248,12 +271,14 @@ class MusicgenForConditionalGeneration(nn.Module):
         return self._text_condition(text, text_mask), prompt
 
     @torch.inference_mode()
-    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
-                input_features=None) -> Tensor:
+    def forward(
+        self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None, input_features=None
+    ) -> Tensor:
         """Decoder logits [B, K, L + T, V] for decoder_input_ids [B, K, T] (or [B*K, T] as the reference takes
         them); L: a melody model's prefix (0 for text models)."""
-        condition, _ = self._condition(input_ids, attention_mask, encoder_outputs=encoder_outputs,
-                                       input_features=input_features)
+        condition, _ = self._condition(
+            input_ids, attention_mask, encoder_outputs=encoder_outputs, input_features=input_features
+        )
         tokens = _as_tensor(decoder_input_ids, self.device, torch.long)
         tokens = tokens.reshape(condition.rows, self.config.decoder.num_codebooks, -1)
         total = condition.prefix_length + tokens.shape[-1]
@@ -266,9 +291,18 @@ class MusicgenForConditionalGeneration(nn.Module):
         return GenerationOptions.resolve(caller, arguments, self.generation_config, self.limits)
 
     @torch.inference_mode()
-    def generate(self, input_ids=None, attention_mask=None, input_values=None, padding_mask=None,
-                 encoder_outputs=None, input_features=None, *, generator: torch.Generator | None = None,
-                 **options) -> Tensor:
+    def generate(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_values=None,
+        padding_mask=None,
+        encoder_outputs=None,
+        input_features=None,
+        *,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> Tensor:
         """Generate music; returns audio [batch, channels, samples] float32 (codes [B, K, frames] if return_codes).
 
         options (generation/options.py): max_new_tokens, max_length, do_sample, guidance_scale, temperature, top_k,
@@ -284,9 +318,18 @@ class MusicgenForConditionalGeneration(nn.Module):
         return codes if resolved.return_codes else self.decode_audio(codes)
 
     @torch.inference_mode()
-    def prepare_request(self, input_ids=None, attention_mask=None, input_values=None, padding_mask=None,
-                        encoder_outputs=None, input_features=None, *, generator: torch.Generator | None = None,
-                        **options) -> Request:
+    def prepare_request(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_values=None,
+        padding_mask=None,
+        encoder_outputs=None,
+        input_features=None,
+        *,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> Request:
         """What generate() would run, as a Request for generation/loop.py's generate_together, which steps several
         requests (each with its own settings and generator) together: each gets the tokens it gets alone."""
         inputs = (input_ids, attention_mask, input_values, padding_mask, encoder_outputs, input_features)
@@ -297,9 +340,18 @@ class MusicgenForConditionalGeneration(nn.Module):
         return Request(condition, prompt, options.new_tokens(prompt.shape[-1]), options.sampling, generator)
 
     @torch.inference_mode()
-    def generate_long(self, input_ids=None, attention_mask=None, input_values=None, padding_mask=None,
-                      encoder_outputs=None, input_features=None, *, generator: torch.Generator | None = None,
-                      **options) -> Tensor:
+    def generate_long(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_values=None,
+        padding_mask=None,
+        encoder_outputs=None,
+        input_features=None,
+        *,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> Tensor:
         """Music of any length: `duration` seconds of new music after the audio prompt (if any), made in windows of
         at most `window` seconds (default 30, the training length), each later window prompted with the last
         (window - extend_stride) seconds of codes so far and making extend_stride new seconds (audiocraft's
@@ -322,9 +374,18 @@ class MusicgenForConditionalGeneration(nn.Module):
         return torch.cat(list(pieces), dim=-1)  # decoded in window-long pieces: bounded memory
 
     @torch.inference_mode()
-    def generate_stream(self, input_ids=None, attention_mask=None, input_values=None, padding_mask=None,
-                        encoder_outputs=None, input_features=None, *, generator: torch.Generator | None = None,
-                        **options) -> Iterator[Tensor]:
+    def generate_stream(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_values=None,
+        padding_mask=None,
+        encoder_outputs=None,
+        input_features=None,
+        *,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> Iterator[Tensor]:
         """generate_long() as it happens: yields audio chunks [B, channels, samples] of chunk_seconds each (default
         1; the last shorter; an audio prompt comes first, re-decoded) while the codes are still being made, each
         chunk once its frames and 0.1 s more are out. Joined, the chunks are generate_long()'s audio up to the
@@ -341,8 +402,17 @@ class MusicgenForConditionalGeneration(nn.Module):
         condition, prompt = self._condition(*inputs)
         options.check_prompt_frames(prompt.shape[-1])
         window, stride = options.window_frames
-        return long_frames(self.decoder, condition, prompt, options.new_frames, window, stride, options.sampling,
-                           options.progress_bar, generator)
+        return long_frames(
+            self.decoder,
+            condition,
+            prompt,
+            options.new_frames,
+            window,
+            stride,
+            options.sampling,
+            options.progress_bar,
+            generator,
+        )
 
 
 class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
@@ -366,8 +436,15 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
         self.precision = None  # the plan from_pretrained loaded it by
         self.decoder.embed_scale = 1.0  # the reference's melody decoder never scales its embeddings
 
-    def _condition(self, input_ids=None, attention_mask=None, input_values=None, padding_mask=None,
-                   encoder_outputs=None, input_features=None) -> tuple[Condition, Tensor]:
+    def _condition(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        input_values=None,
+        padding_mask=None,
+        encoder_outputs=None,
+        input_features=None,
+    ) -> tuple[Condition, Tensor]:
         """The processor's inputs -> (melody condition, no audio prompt [B, K, 0])."""
         if input_values is not None or padding_mask is not None:
             raise ValueError(
@@ -387,8 +464,9 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
         B = text.shape[0]
         if chroma is not None and chroma.shape[0] != B:
             raise ValueError(f"{chroma.shape[0]} melodies for {B} text prompts: give one melody per text")
-        null = torch.zeros(B, 1 if chroma is None else chroma.shape[1], self.config.num_chroma, device=text.device,
-                           dtype=text.dtype)
+        null = torch.zeros(
+            B, 1 if chroma is None else chroma.shape[1], self.config.num_chroma, device=text.device, dtype=text.dtype
+        )
         null[:, :, 0] = 1
         chroma = null if chroma is None else chroma.to(text.dtype)
         if self.enc_to_dec_proj is not None:
@@ -397,8 +475,11 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
             chroma, null = self.audio_enc_to_dec_proj(chroma), self.audio_enc_to_dec_proj(null)
         codec = self.config.audio_encoder
         condition = MelodyCondition(
-            chroma=chroma, null_chroma=null, text=text * text_mask[..., None].to(text.dtype),
-            length=self.config.chroma_length, frame_rate=codec.frame_rate,
+            chroma=chroma,
+            null_chroma=null,
+            text=text * text_mask[..., None].to(text.dtype),
+            length=self.config.chroma_length,
+            frame_rate=codec.frame_rate,
             chroma_rate=codec.sampling_rate / CHROMA_HOP,
         )
         return condition, torch.zeros(B, self.config.decoder.num_codebooks, 0, dtype=torch.long, device=self.device)

@@ -28,12 +28,34 @@ from tokenizers.trainers import UnigramTrainer
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
-T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
-               relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="relu")
-ENCODEC_32KHZ = dict(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], num_filters=64, hidden_size=128,
-                     codebook_size=2048, codebook_dim=128, target_bandwidths=[2.2], use_causal_conv=False,
-                     use_conv_shortcut=False, compress=2, num_lstm_layers=2, normalize=False, audio_channels=1,
-                     chunk_length_s=None, overlap=None)
+T5_BASE = dict(
+    vocab_size=32128,
+    d_model=768,
+    d_kv=64,
+    d_ff=3072,
+    num_layers=12,
+    num_heads=12,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="relu",
+)
+ENCODEC_32KHZ = dict(
+    sampling_rate=32000,
+    upsampling_ratios=[8, 5, 4, 4],
+    num_filters=64,
+    hidden_size=128,
+    codebook_size=2048,
+    codebook_dim=128,
+    target_bandwidths=[2.2],
+    use_causal_conv=False,
+    use_conv_shortcut=False,
+    compress=2,
+    num_lstm_layers=2,
+    normalize=False,
+    audio_channels=1,
+    chunk_length_s=None,
+    overlap=None,
+)
 DECODERS = {
     "small": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096),
     "medium": dict(hidden_size=1536, num_hidden_layers=48, num_attention_heads=24, ffn_dim=6144),
@@ -41,13 +63,29 @@ DECODERS = {
 }
 # tiny: a few MB, for trying the commands in seconds (a T5 of width 32, EnCodec with 8 filters and 64-entry codebooks)
 TINY_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, feed_forward_proj="relu")
-TINY_ENCODEC = dict(ENCODEC_32KHZ, num_filters=8, hidden_size=16, codebook_size=64, codebook_dim=16,
-                    target_bandwidths=[1.2])
+TINY_ENCODEC = dict(
+    ENCODEC_32KHZ, num_filters=8, hidden_size=16, codebook_size=64, codebook_dim=16, target_bandwidths=[1.2]
+)
 TINY_DECODER = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, ffn_dim=96)
-SHAPES = ("tiny", "small", "medium", "large", "stereo-small", "stereo-medium", "stereo-large", "melody",
-          "stereo-melody")
-GENERATION_CONFIG = dict(do_sample=True, guidance_scale=3.0, max_length=1500, pad_token_id=2048,
-                         bos_token_id=2048, decoder_start_token_id=2048)
+SHAPES = (
+    "tiny",
+    "small",
+    "medium",
+    "large",
+    "stereo-small",
+    "stereo-medium",
+    "stereo-large",
+    "melody",
+    "stereo-melody",
+)
+GENERATION_CONFIG = dict(
+    do_sample=True,
+    guidance_scale=3.0,
+    max_length=1500,
+    pad_token_id=2048,
+    bos_token_id=2048,
+    decoder_start_token_id=2048,
+)
 
 
 def published_config(shape: str, text_vocab: int = 32128) -> dict:
@@ -60,10 +98,18 @@ def published_config(shape: str, text_vocab: int = 32128) -> dict:
     tiny = size == "tiny"
     audio = dict(TINY_ENCODEC if tiny else ENCODEC_32KHZ)
     codebooks = audio["codebook_size"]  # the decoder's vocabulary is the codec's codebook
-    decoder = dict(TINY_DECODER if tiny else DECODERS["medium" if melody else size], vocab_size=codebooks,
-                   num_codebooks=8 if stereo else 4, audio_channels=2 if stereo else 1, max_position_embeddings=2048,
-                   activation_function="gelu", pad_token_id=codebooks, bos_token_id=codebooks,
-                   decoder_start_token_id=codebooks, scale_embedding=False)
+    decoder = dict(
+        TINY_DECODER if tiny else DECODERS["medium" if melody else size],
+        vocab_size=codebooks,
+        num_codebooks=8 if stereo else 4,
+        audio_channels=2 if stereo else 1,
+        max_position_embeddings=2048,
+        activation_function="gelu",
+        pad_token_id=codebooks,
+        bos_token_id=codebooks,
+        decoder_start_token_id=codebooks,
+        scale_embedding=False,
+    )
     text = dict(TINY_T5, vocab_size=text_vocab) if tiny else dict(T5_BASE)
     config = {"text_encoder": text, "audio_encoder": audio, "decoder": decoder}
     if melody:
@@ -88,8 +134,9 @@ def write_random_checkpoint(folder: str | os.PathLike, shape: str = "small", see
     melody = raw.get("model_type") == "musicgen_melody"
     config = (MusicgenMelodyConfig if melody else MusicgenConfig).from_dict(raw)
     pad = config.decoder.pad_token_id
-    generation = GenerationConfig.from_dict(dict(GENERATION_CONFIG, pad_token_id=pad, bos_token_id=pad,
-                                                 decoder_start_token_id=pad))
+    generation = GenerationConfig.from_dict(
+        dict(GENERATION_CONFIG, pad_token_id=pad, bos_token_id=pad, decoder_start_token_id=pad)
+    )
     torch.manual_seed(seed)
     model = (MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration)(config, generation)
     with torch.no_grad():
@@ -105,8 +152,9 @@ def write_random_checkpoint(folder: str | os.PathLike, shape: str = "small", see
     if melody:
         processor = MusicgenMelodyProcessor(MusicgenMelodyFeatureExtractor(), text)
     else:
-        audio = AudioFeatureExtractor(sampling_rate=config.audio_encoder.sampling_rate, feature_size=channels,
-                                      padding_side="left")
+        audio = AudioFeatureExtractor(
+            sampling_rate=config.audio_encoder.sampling_rate, feature_size=channels, padding_side="left"
+        )
         processor = MusicgenProcessor(audio, text)
     processor.save_pretrained(folder)
     return folder
@@ -178,5 +226,3 @@ def train_t5_like_tokenizer(vocab_size: int = 200) -> Tokenizer:
         special_tokens=[(EOS, eos_id)],
     )
     return tokenizer
-
-

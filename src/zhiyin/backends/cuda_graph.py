@@ -40,8 +40,10 @@ class GraphStep:
     def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
         # (the tokens' values are not checked: that would wait for the GPU; the positions are on the CPU)
         if tokens.shape != self.tokens.shape or positions.shape != self.positions.shape:
-            raise IndexError(f"tokens {tuple(tokens.shape)} and positions {tuple(positions.shape)} must be "
-                             f"{list(self.tokens.shape)} and {list(self.positions.shape)}")
+            raise IndexError(
+                f"tokens {tuple(tokens.shape)} and positions {tuple(positions.shape)} must be "
+                f"{list(self.tokens.shape)} and {list(self.positions.shape)}"
+            )
         if int(positions.min()) < 0 or int(positions.max()) >= self.max_len:
             raise IndexError(f"positions {positions.tolist()} are outside the KV cache (0..{self.max_len - 1})")
         self.tokens.copy_(tokens)
@@ -52,8 +54,11 @@ class GraphStep:
             try:
                 self._record()
             except RuntimeError as error:  # never lose the music to a capture problem: run the step without a graph
-                warnings.warn(f"zhiyin: capturing the decoder step as a CUDA graph failed ({error}); running it "
-                              "without one (slower; ZHIYIN_CUDA_GRAPHS=0 skips the attempt)", stacklevel=2)
+                warnings.warn(
+                    f"zhiyin: capturing the decoder step as a CUDA graph failed ({error}); running it "
+                    "without one (slower; ZHIYIN_CUDA_GRAPHS=0 skips the attempt)",
+                    stacklevel=2,
+                )
                 self.capture, self.graph = False, None
                 return self._step()
         self.graph.replay()

@@ -27,20 +27,46 @@ P = ctypes.c_void_p
 
 
 class _Layer(ctypes.Structure):  # csrc/kernels.cpp's Layer
-    _fields_ = [("self_norm_weight", P), ("self_norm_bias", P), ("qkv", LinearWeights), ("self_out", LinearWeights),
-                ("cross_norm_weight", P), ("cross_norm_bias", P), ("cross_q", LinearWeights),
-                ("cross_out", LinearWeights), ("ffn_norm_weight", P), ("ffn_norm_bias", P), ("fc1", LinearWeights),
-                ("fc2", LinearWeights), ("cache_k", P), ("cache_v", P), ("cache_k_scale", P), ("cache_v_scale", P),
-                ("text_k", P), ("text_v", P)]
+    _fields_ = [
+        ("self_norm_weight", P),
+        ("self_norm_bias", P),
+        ("qkv", LinearWeights),
+        ("self_out", LinearWeights),
+        ("cross_norm_weight", P),
+        ("cross_norm_bias", P),
+        ("cross_q", LinearWeights),
+        ("cross_out", LinearWeights),
+        ("ffn_norm_weight", P),
+        ("ffn_norm_bias", P),
+        ("fc1", LinearWeights),
+        ("fc2", LinearWeights),
+        ("cache_k", P),
+        ("cache_v", P),
+        ("cache_k_scale", P),
+        ("cache_v_scale", P),
+        ("text_k", P),
+        ("text_v", P),
+    ]
 
 
 class _Step(ctypes.Structure):  # csrc/kernels.cpp's Step
-    _fields_ = [(name, ctypes.c_int64) for name in
-                ("rows", "dim", "heads", "ffn_dim", "codebooks", "vocab", "max_len", "text_len", "layers")]
+    _fields_ = [
+        (name, ctypes.c_int64)
+        for name in ("rows", "dim", "heads", "ffn_dim", "codebooks", "vocab", "max_len", "text_len", "layers")
+    ]
     _fields_ += [(name, ctypes.c_int32) for name in ("cache_type", "gelu", "threads", "unused")]
-    _fields_ += [("eps", ctypes.c_float), ("embed_scale", ctypes.c_float), ("layer", ctypes.POINTER(_Layer)),
-                 ("embeddings", P), ("position_table", P), ("text_mask", P), ("text_lengths", P), ("norm_weight", P),
-                 ("norm_bias", P), ("lm_heads", ctypes.POINTER(LinearWeights))]
+    _fields_ += [
+        ("eps", ctypes.c_float),
+        ("embed_scale", ctypes.c_float),
+        ("layer", ctypes.POINTER(_Layer)),
+        ("embeddings", P),
+        ("position_table", P),
+        ("text_mask", P),
+        ("text_lengths", P),
+        ("norm_weight", P),
+        ("norm_bias", P),
+        ("lm_heads", ctypes.POINTER(LinearWeights)),
+    ]
 
 
 def _float(t: Tensor) -> Tensor:
@@ -88,15 +114,28 @@ class FusedStep:
         text_mask = _float(cross.mask).view(rows, text_len) if cross is not None else None
         text_lengths = _text_lengths(text_mask) if cross is not None else None
         step = self.step = _Step(
-            rows=rows, dim=c.hidden_size, heads=heads, ffn_dim=c.ffn_dim, codebooks=c.num_codebooks,
-            vocab=c.vocab_size, max_len=max_len, text_len=text_len, layers=len(decoder.layers),
-            cache_type=kernels.WEIGHT_TYPES[caches[0].k.dtype], gelu=int(c.activation_function == "gelu"),
-            threads=torch.get_num_threads(), eps=decoder.final_norm.eps, embed_scale=decoder.embed_scale,
-            embeddings=ctypes.cast(embeddings, P), layer=ctypes.cast(layers, ctypes.POINTER(_Layer)),
+            rows=rows,
+            dim=c.hidden_size,
+            heads=heads,
+            ffn_dim=c.ffn_dim,
+            codebooks=c.num_codebooks,
+            vocab=c.vocab_size,
+            max_len=max_len,
+            text_len=text_len,
+            layers=len(decoder.layers),
+            cache_type=kernels.WEIGHT_TYPES[caches[0].k.dtype],
+            gelu=int(c.activation_function == "gelu"),
+            threads=torch.get_num_threads(),
+            eps=decoder.final_norm.eps,
+            embed_scale=decoder.embed_scale,
+            embeddings=ctypes.cast(embeddings, P),
+            layer=ctypes.cast(layers, ctypes.POINTER(_Layer)),
             lm_heads=ctypes.cast(heads_weights, ctypes.POINTER(LinearWeights)),
             position_table=ptr(sinusoidal_positions(torch.arange(max_len), c.hidden_size).contiguous()),
-            text_mask=ptr(text_mask), text_lengths=ptr(text_lengths),
-            norm_weight=ptr(decoder.final_norm.weight), norm_bias=ptr(decoder.final_norm.bias),
+            text_mask=ptr(text_mask),
+            text_lengths=ptr(text_lengths),
+            norm_weight=ptr(decoder.final_norm.weight),
+            norm_bias=ptr(decoder.final_norm.bias),
         )
         keep += [layers, embeddings, heads_weights, step]
         self.step_pointer = ctypes.addressof(step)
@@ -135,7 +174,9 @@ class FusedStep:
         rows, K, V = self.shape
         # the C++ side trusts its indices: check them here (reductions of a few values)
         if tokens.shape != (rows, K) or int(tokens.min()) < 0 or int(tokens.max()) > V:
-            raise IndexError(f"tokens {tuple(tokens.shape)} must be [{rows}, {K}] with values in 0..{V} (the pad token)")
+            raise IndexError(
+                f"tokens {tuple(tokens.shape)} must be [{rows}, {K}] with values in 0..{V} (the pad token)"
+            )
         if positions.shape != (rows,):
             raise IndexError(f"positions {tuple(positions.shape)} must be [{rows}]: one per row")
         if int(positions.min()) < 0 or int(positions.max()) >= self.max_len:

@@ -75,8 +75,11 @@ def _compile(target: Path, march: str, compiler: str | None) -> None:
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode == 0:
                     if not openmp:
-                        print(f"zhiyin: {compiler} has no OpenMP, so the CPU kernels run on one thread (g++, or clang "
-                              "with libomp, runs them on all cores)", file=sys.stderr)
+                        print(
+                            f"zhiyin: {compiler} has no OpenMP, so the CPU kernels run on one thread (g++, or clang "
+                            "with libomp, runs them on all cores)",
+                            file=sys.stderr,
+                        )
                     return
                 first_error = first_error or done.stderr.strip()
         raise RuntimeError(f"compiling {SOURCE.name} failed: {first_error[-500:]}")
@@ -109,8 +112,10 @@ def build(march: str = "native") -> ctypes.CDLL:
 def check_mirror(lib: ctypes.CDLL, mirror: type[ctypes.Structure], which: int) -> None:
     """A ctypes mirror of a C++ structure must have its size: else the C++ side would read past or beside it."""
     if ctypes.sizeof(mirror) != lib.zhiyin_struct_size(which):
-        raise RuntimeError(f"{mirror.__name__} is {ctypes.sizeof(mirror)} bytes, its C++ structure "
-                           f"{lib.zhiyin_struct_size(which)}: csrc/ and its ctypes mirror disagree")
+        raise RuntimeError(
+            f"{mirror.__name__} is {ctypes.sizeof(mirror)} bytes, its C++ structure "
+            f"{lib.zhiyin_struct_size(which)}: csrc/ and its ctypes mirror disagree"
+        )
 
 
 def library() -> ctypes.CDLL | None:
@@ -133,8 +138,14 @@ def library() -> ctypes.CDLL | None:
 class LinearWeights(ctypes.Structure):
     """csrc/matvec.h's Linear: a weight [n, k] (float32, bfloat16 or int8) and, for int8, its scale [n]."""
 
-    _fields_ = [("weight", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("n", ctypes.c_int64), ("k", ctypes.c_int64),
-                ("type", ctypes.c_int32), ("unused", ctypes.c_int32)]
+    _fields_ = [
+        ("weight", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("n", ctypes.c_int64),
+        ("k", ctypes.c_int64),
+        ("type", ctypes.c_int32),
+        ("unused", ctypes.c_int32),
+    ]
 
 
 class KernelLinear(nn.Module):

@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 # x86 flags (/proc/cpuinfo) of native bfloat16 / float16 arithmetic, and aarch64 features
-_NATIVE_FLAGS = {torch.bfloat16: ({"avx512_bf16", "amx_bf16"}, {"bf16"}),
-                 torch.float16: ({"avx512_fp16", "amx_fp16"}, {"fphp", "asimdhp"})}
+_NATIVE_FLAGS = {
+    torch.bfloat16: ({"avx512_bf16", "amx_bf16"}, {"bf16"}),
+    torch.float16: ({"avx512_fp16", "amx_fp16"}, {"fphp", "asimdhp"}),
+}
 
 
 @dataclass(frozen=True)

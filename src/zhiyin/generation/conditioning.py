@@ -6,7 +6,8 @@ before the decoder's input). Each holds its rows' tensors already in the decoder
     cross(decoder)   the decoder's cross-attention keys/values (text), or None
     prefix()         the embeddings put before the decoder's input [rows, L, D] (melody), or None
 
-TextCondition.concat puts several requests' texts into one batch. The model facade (model.py) makes them from the processor's inputs; the step loop (loop.py) consumes them.
+TextCondition.concat puts several requests' texts into one batch. The model facade (model.py) makes conditions
+from the processor's inputs; the step loop (loop.py) consumes them.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class TextCondition:
     prefix_length = 0
 
     def guided(self) -> TextCondition:
-        return TextCondition(torch.cat([self.states, torch.zeros_like(self.states)]),
-                             torch.cat([self.mask, torch.zeros_like(self.mask)]))
+        return TextCondition(
+            torch.cat([self.states, torch.zeros_like(self.states)]), torch.cat([self.mask, torch.zeros_like(self.mask)])
+        )
 
     def at_frame(self, frame: int) -> TextCondition:
         return self  # the same text for every window
@@ -62,10 +64,10 @@ class MelodyCondition:
 
     chroma [B, F, D]: the melody's projected chroma (a melody of F frames), taken cyclically from frame `start`, so
     that a shorter melody repeats and each long-form window hears the part of the tune under its own stretch of time
-    (see model.py's MusicgenMelodyForConditionalGeneration). null_chroma [B, F, D]: the null melody's (one-hot bin 0) projected, for
-    guidance. text [B, S, D]: projected text states, zero where masked (padding is zeroed, not masked: the decoder
-    attends to every prefix position, as the reference does). frame_rate, chroma_rate: decoder frames and chroma
-    frames per second."""
+    (see model.py's MusicgenMelodyForConditionalGeneration). null_chroma [B, F, D]: the null melody's (one-hot bin
+    0) projected, for guidance. text [B, S, D]: projected text states, zero where masked (padding is zeroed, not
+    masked: the decoder attends to every prefix position, as the reference does). frame_rate, chroma_rate: decoder
+    frames and chroma frames per second."""
 
     chroma: Tensor
     null_chroma: Tensor
@@ -84,9 +86,12 @@ class MelodyCondition:
         return self.length + self.text.shape[1]
 
     def guided(self) -> MelodyCondition:
-        return replace(self, chroma=torch.cat([self.chroma, self.null_chroma]),
-                       null_chroma=torch.cat([self.null_chroma, self.null_chroma]),
-                       text=torch.cat([self.text, torch.zeros_like(self.text)]))
+        return replace(
+            self,
+            chroma=torch.cat([self.chroma, self.null_chroma]),
+            null_chroma=torch.cat([self.null_chroma, self.null_chroma]),
+            text=torch.cat([self.text, torch.zeros_like(self.text)]),
+        )
 
     def at_frame(self, frame: int) -> MelodyCondition:
         return replace(self, start=round(frame / self.frame_rate * self.chroma_rate))

@@ -93,8 +93,9 @@ class _Rows:
 
 
 @torch.inference_mode()
-def generate_together(decoder: MusicgenDecoder, requests: list[Request], progress: bool = False
-                      ) -> Iterator[list[Tensor | None]]:
+def generate_together(
+    decoder: MusicgenDecoder, requests: list[Request], progress: bool = False
+) -> Iterator[list[Tensor | None]]:
     """Step several requests together; after each step yields, per request, the frame [B, K, 1] it completed, or
     None. Ends when every request is done. The KV cache lives while the iterator runs: one generation at a time per
     decoder."""

@@ -57,7 +57,9 @@ class SamplingSettings:
         if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)):
             raise ValueError(f"{name('top_k')} must be a whole number, got {self.top_k!r}")
         if self.guidance_scale is not None and self.guidance_scale < 1:
-            raise ValueError(f"{name('guidance_scale')} must be >= 1 (1 turns guidance off), got {self.guidance_scale:g}")
+            raise ValueError(
+                f"{name('guidance_scale')} must be >= 1 (1 turns guidance off), got {self.guidance_scale:g}"
+            )
         if not self.do_sample:
             return
         if self.top_k is not None and self.top_k < 1:
@@ -66,7 +68,8 @@ class SamplingSettings:
             raise ValueError(f"{name('top_p')} must be in (0, 1], got {self.top_p:g}")
         if self.temperature is None or self.temperature <= 0:
             raise ValueError(
-                f"{name('temperature')} must be > 0 when sampling, got {self.temperature} (use {name('greedy')} instead)"
+                f"{name('temperature')} must be > 0 when sampling, got {self.temperature} "
+                f"(use {name('greedy')} instead)"
             )
 
     @property
@@ -86,8 +89,12 @@ class Limits:
     @classmethod
     def of(cls, config: MusicgenConfig) -> Limits:
         pattern = DelayPattern.for_decoder(config.decoder)
-        return cls(config.audio_encoder.frame_rate, config.audio_encoder.hop_length, pattern,
-                   pattern.frames(config.decoder.max_position_embeddings))
+        return cls(
+            config.audio_encoder.frame_rate,
+            config.audio_encoder.hop_length,
+            pattern,
+            pattern.frames(config.decoder.max_position_embeddings),
+        )
 
     @property
     def max_seconds(self) -> float:
@@ -120,27 +127,48 @@ class GenerationOptions:
     limits: Limits | None = field(default=None, repr=False)
 
     @classmethod
-    def resolve(cls, caller: str, arguments: dict[str, Any], defaults: GenerationConfig, limits: Limits,
-                names: dict[str, str] | None = None) -> GenerationOptions:
+    def resolve(
+        cls,
+        caller: str,
+        arguments: dict[str, Any],
+        defaults: GenerationConfig,
+        limits: Limits,
+        names: dict[str, str] | None = None,
+    ) -> GenerationOptions:
         """The options of a call to `caller` (generate, generate_long, generate_stream) with these keyword
         arguments (None: not given), over the checkpoint's defaults. Raises ValueError, naming the argument (as
         `names` spells it, for the CLI's flags), for any argument the caller does not take or out of its range."""
         unknown = arguments.keys() - ARGUMENTS[caller]
         if unknown:
-            raise ValueError(f"{caller}() got arguments it does not know: {', '.join(sorted(unknown))} "
-                             f"(it takes {', '.join(sorted(ARGUMENTS[caller]))})")
+            raise ValueError(
+                f"{caller}() got arguments it does not know: {', '.join(sorted(unknown))} "
+                f"(it takes {', '.join(sorted(ARGUMENTS[caller]))})"
+            )
         given = {k: v for k, v in arguments.items() if v is not None}
 
         def pick(key):
             return given.get(key, getattr(defaults, key))
 
-        sampling = SamplingSettings(do_sample=bool(pick("do_sample")), temperature=pick("temperature"),
-                                    top_k=pick("top_k"), top_p=pick("top_p"), guidance_scale=pick("guidance_scale"))
+        sampling = SamplingSettings(
+            do_sample=bool(pick("do_sample")),
+            temperature=pick("temperature"),
+            top_k=pick("top_k"),
+            top_p=pick("top_p"),
+            guidance_scale=pick("guidance_scale"),
+        )
         sampling.validate(names)
-        options = cls(caller, sampling, max_new_tokens=given.get("max_new_tokens", defaults.max_new_tokens),
-                      max_length=given.get("max_length", defaults.max_length), limits=limits,
-                      **{k: given[k] for k in ("duration", "window", "extend_stride", "chunk_seconds", "progress_bar",
-                                               "return_codes") if k in given})
+        options = cls(
+            caller,
+            sampling,
+            max_new_tokens=given.get("max_new_tokens", defaults.max_new_tokens),
+            max_length=given.get("max_length", defaults.max_length),
+            limits=limits,
+            **{
+                k: given[k]
+                for k in ("duration", "window", "extend_stride", "chunk_seconds", "progress_bar", "return_codes")
+                if k in given
+            },
+        )
         options._check(names or {})
         return options
 
@@ -162,14 +190,19 @@ class GenerationOptions:
         if window < 1:
             raise ValueError(f"{name('window')} must be at least one audio frame (1/{rate} s), got {self.window:g}")
         if window > self.limits.max_frames:
-            raise ValueError(f"{name('window')} {self.window:g} s is more than one pass of this model makes "
-                             f"({self.limits.max_seconds:.1f} s): give a smaller {name('window')}")
+            raise ValueError(
+                f"{name('window')} {self.window:g} s is more than one pass of this model makes "
+                f"({self.limits.max_seconds:.1f} s): give a smaller {name('window')}"
+            )
         if not 0 < stride < window:
-            raise ValueError(f"{name('extend_stride')} must be more than 0 and less than {name('window')} "
-                             f"({self.window:g} s), got {self.extend_stride:g}")
+            raise ValueError(
+                f"{name('extend_stride')} must be more than 0 and less than {name('window')} "
+                f"({self.window:g} s), got {self.extend_stride:g}"
+            )
         if self.caller == "generate_stream" and self.chunk_frames < 1:
-            raise ValueError(f"{name('chunk_seconds')} must be at least one frame (1/{rate} s), "
-                             f"got {self.chunk_seconds:g}")
+            raise ValueError(
+                f"{name('chunk_seconds')} must be at least one frame (1/{rate} s), got {self.chunk_seconds:g}"
+            )
 
     @property
     def new_frames(self) -> int:
@@ -190,8 +223,10 @@ class GenerationOptions:
         """generate_long, generate_stream: the audio prompt must leave room in the first window."""
         if prompt_frames >= self.window_frames[0]:
             rate = self.limits.frame_rate
-            raise ValueError(f"the audio prompt ({prompt_frames / rate:g} s) must be shorter than the window "
-                             f"({self.window:g} s): keep only its last seconds")
+            raise ValueError(
+                f"the audio prompt ({prompt_frames / rate:g} s) must be shorter than the window "
+                f"({self.window:g} s): keep only its last seconds"
+            )
 
     def new_tokens(self, prompt_frames: int) -> int:
         """generate: the decoder positions to generate after a prompt of `prompt_frames` frames, as the reference
@@ -201,8 +236,10 @@ class GenerationOptions:
             tokens = self.max_length - 1 - prompt_frames
         pattern, limits = self.limits.pattern, self.limits
         if tokens <= pattern.max_delay:
-            raise ValueError(f"max_new_tokens must be more than {pattern.max_delay} (the codebook delay) to make any "
-                             f"audio, got {tokens}")
+            raise ValueError(
+                f"max_new_tokens must be more than {pattern.max_delay} (the codebook delay) to make any "
+                f"audio, got {tokens}"
+            )
         frames = pattern.frames(1 + prompt_frames + tokens)
         if frames > limits.max_frames:
             raise ValueError(

@@ -26,8 +26,10 @@ def parse_device(device: str | torch.device) -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise ValueError(f"device '{device}': this machine's PyTorch ({torch.__version__}, {build}) sees no CUDA GPU; "
-                             "use cpu, or install a CUDA build of PyTorch on a machine with an NVIDIA GPU")
+            raise ValueError(
+                f"device '{device}': this machine's PyTorch ({torch.__version__}, {build}) sees no CUDA GPU; "
+                "use cpu, or install a CUDA build of PyTorch on a machine with an NVIDIA GPU"
+            )
         if (device.index or 0) >= count:
             raise ValueError(f"device '{device}': there are {count} CUDA GPUs here (cuda:0 to cuda:{count - 1})")
     elif device.type == "mps" and not torch.backends.mps.is_available():

@@ -31,7 +31,10 @@ def resolve_file(name_or_path: str | os.PathLike, filename: str, required: bool 
     if _is_local(name):
         folder = os.path.expanduser(name)
         if not os.path.isdir(folder):
-            raise ModelNotFoundError(f"model folder '{name}' does not exist: pass a folder holding config.json, or a hub id such as facebook/musicgen-small")
+            raise ModelNotFoundError(
+                f"model folder '{name}' does not exist: pass a folder holding config.json, or a hub id such as "
+                "facebook/musicgen-small"
+            )
         path = os.path.join(folder, filename)
         if os.path.isfile(path):
             return path
@@ -67,14 +70,20 @@ def _hub_file(repo_id: str, filename: str, required: bool, **hub_kwargs) -> str 
         if not required:
             return None
         raise ModelNotFoundError(
-            f"cannot get '{repo_id}' (no local folder of that name): the Hugging Face hub is unreachable (offline or HF_HUB_OFFLINE=1) and "
+            f"cannot get '{repo_id}' (no local folder of that name): the Hugging Face hub is unreachable "
+            "(offline or HF_HUB_OFFLINE=1) and "
             f"{filename} is not in the local cache. Download it once on a machine with internet "
             f"(`hf download {repo_id}`), or pass the path of a local checkpoint folder instead."
         ) from e
     except GatedRepoError as e:
-        raise ModelNotFoundError(f"'{repo_id}' is gated on the hub: accept its terms and log in (`hf auth login`)") from e
+        raise ModelNotFoundError(
+            f"'{repo_id}' is gated on the hub: accept its terms and log in (`hf auth login`)"
+        ) from e
     except RepositoryNotFoundError as e:
-        raise ModelNotFoundError(f"no model '{repo_id}' on the Hugging Face hub (nor a local folder of that name): check the name, e.g. facebook/musicgen-small") from e
+        raise ModelNotFoundError(
+            f"no model '{repo_id}' on the Hugging Face hub (nor a local folder of that name): check the name, "
+            "e.g. facebook/musicgen-small"
+        ) from e
     except RevisionNotFoundError as e:
         raise ModelNotFoundError(f"'{repo_id}' has no revision {hub_kwargs.get('revision')!r}") from e
     except EntryNotFoundError as e:
@@ -82,7 +91,9 @@ def _hub_file(repo_id: str, filename: str, required: bool, **hub_kwargs) -> str 
             raise ModelNotFoundError(f"'{repo_id}' has no {filename}: is it a MusicGen checkpoint?") from e
         return None
     except HFValidationError as e:
-        raise ModelNotFoundError(f"'{repo_id}' is neither a local folder nor a valid hub id (like facebook/musicgen-small)") from e
+        raise ModelNotFoundError(
+            f"'{repo_id}' is neither a local folder nor a valid hub id (like facebook/musicgen-small)"
+        ) from e
 
 
 def _hub_resolves() -> bool:

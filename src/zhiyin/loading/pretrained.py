@@ -1,12 +1,12 @@
 """from_pretrained as one flat recipe: config, files, read, convert, place. And save_pretrained, its inverse.
 
-    config    config.json (the kind of model it names must be the kind asked for) and generation_config.json
-    files     the weight files: one safetensors or pickle file, or the shards an index names
-    read      every tensor in the dtype the precision plan gives its part (int8 weights quantized as they are read,
-              so the float file is never held whole)
-    convert   the checkpoint's names and layouts to zhiyin's (weights.py)
-    place     the model built on the meta device, its tensors assigned, moved to its device; on the CPU (or
-              quantized) the decoder's linear layers on zhiyin's kernels, every part in the plan's dtypes
+config    config.json (the kind of model it names must be the kind asked for) and generation_config.json
+files     the weight files: one safetensors or pickle file, or the shards an index names
+read      every tensor in the dtype the precision plan gives its part (int8 weights quantized as they are read,
+          so the float file is never held whole)
+convert   the checkpoint's names and layouts to zhiyin's (weights.py)
+place     the model built on the meta device, its tensors assigned, moved to its device; on the CPU (or
+          quantized) the decoder's linear layers on zhiyin's kernels, every part in the plan's dtypes
 """
 
 from __future__ import annotations
@@ -26,8 +26,14 @@ from . import hub, weights
 from .devices import parse_device, parse_dtype
 
 
-def load_pretrained(model_class: type[nn.Module], name_or_path: str | os.PathLike, dtype=None, device=None,
-                    quantize: str | None = None, **hub_kwargs) -> nn.Module:
+def load_pretrained(
+    model_class: type[nn.Module],
+    name_or_path: str | os.PathLike,
+    dtype=None,
+    device=None,
+    quantize: str | None = None,
+    **hub_kwargs,
+) -> nn.Module:
     """A model_class (MusicgenForConditionalGeneration or its melody kind) with a checkpoint's weights; the
     arguments as from_pretrained takes them."""
     dtype = parse_dtype(dtype)
@@ -68,8 +74,10 @@ def load_pretrained(model_class: type[nn.Module], name_or_path: str | os.PathLik
         state.pop("enc_to_dec_proj.weight", None), state.pop("enc_to_dec_proj.bias", None)
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"the weights of '{name_or_path}' do not fit its config.json: "
-                         f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise ValueError(
+            f"the weights of '{name_or_path}' do not fit its config.json: "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
     del state
     if device is not None:
         model.to(device)
@@ -82,11 +90,15 @@ def load_pretrained(model_class: type[nn.Module], name_or_path: str | os.PathLik
 def _check_kind(model_class: type[nn.Module], config: MusicgenConfig, name: str) -> None:
     melody = isinstance(config, MusicgenMelodyConfig)
     if melody and model_class.config_class is not MusicgenMelodyConfig:
-        raise ValueError(f"'{name}' is a melody checkpoint (musicgen_melody): load it with "
-                         "zhiyin.MusicgenMelodyForConditionalGeneration.from_pretrained")
+        raise ValueError(
+            f"'{name}' is a melody checkpoint (musicgen_melody): load it with "
+            "zhiyin.MusicgenMelodyForConditionalGeneration.from_pretrained"
+        )
     if not melody and model_class.config_class is MusicgenMelodyConfig:
-        raise ValueError(f"'{name}' is not a melody checkpoint (model_type "
-                         f"{config.extra.get('model_type')!r}): load it with zhiyin.MusicgenForConditionalGeneration")
+        raise ValueError(
+            f"'{name}' is not a melody checkpoint (model_type "
+            f"{config.extra.get('model_type')!r}): load it with zhiyin.MusicgenForConditionalGeneration"
+        )
 
 
 def _weight_files(name_or_path, hub_kwargs) -> list[str]:

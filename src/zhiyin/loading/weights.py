@@ -43,7 +43,12 @@ def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 # ---- reading checkpoint files ---------------------------------------------------------------------------------
 
-WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
 
 
 def read_state_dict(
@@ -54,8 +59,8 @@ def read_state_dict(
     """Read weight files (all safetensors or all .bin) into one state dict.
 
     Safetensors files are memory-mapped: no copy is made until a tensor is used. With `dtype` (floating-point
-    tensors converted to it; a function of the key gives each its own) or `quantized`, they are read tensor by tensor instead, so that loading never holds
-    two copies of the weights. `quantized(key)` names the weights to quantize to int8 as they are read
+    tensors converted to it; a function of the key gives each its own) or `quantized`, they are read tensor by
+    tensor instead, so that loading never holds two copies of the weights. `quantized(key)` names the weights to quantize to int8 as they are read
     (quantization.py: a scale per output row, stored under `scale_key(key)`): a safetensors file is never held
     whole (a memory mapping would keep its pages resident as long as any tensor of it lives, as happens with .bin
     files, which torch.load maps).
@@ -65,8 +70,9 @@ def read_state_dict(
 
     def converted(key: str, stored: torch.dtype) -> bool:  # read only to be quantized or converted
         wanted = dtype_of(key)
-        return (quantized is not None and quantized(key)) or (wanted is not None and stored.is_floating_point
-                                                              and stored != wanted)
+        return (quantized is not None and quantized(key)) or (
+            wanted is not None and stored.is_floating_point and stored != wanted
+        )
 
     def put(key: str, tensor: torch.Tensor, scratch: bool = False) -> None:  # scratch: a buffer reused after this
         if quantized is not None and quantized(key):
@@ -108,9 +114,14 @@ def _load_pickle(path: str) -> dict[str, torch.Tensor]:
             part = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, TypeError) as error:
         refused = "GLOBAL" in str(error)  # weights_only met a reference to a function or class: code
-        why = "it holds more than plain tensors (code, which zhiyin never runs)" if refused else "it is damaged or incomplete"
-        raise DamagedFileError(f"cannot read weights from '{path}': {why}; download the checkpoint again, "
-                               "or use its model.safetensors") from None
+        why = (
+            "it holds more than plain tensors (code, which zhiyin never runs)"
+            if refused
+            else "it is damaged or incomplete"
+        )
+        raise DamagedFileError(
+            f"cannot read weights from '{path}': {why}; download the checkpoint again, or use its model.safetensors"
+        ) from None
     if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
         raise DamagedFileError(f"'{path}' holds no state dict of tensors: is it a MusicGen checkpoint file?")
     return part
@@ -131,9 +142,18 @@ def is_int8_scale(key: str, state: dict[str, torch.Tensor]) -> bool:
     return key.endswith(".scale") and weight is not None and weight.dtype == torch.int8
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                       "BOOL": torch.bool}
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _safetensors_header(f) -> tuple[dict, int]:
@@ -153,8 +173,9 @@ def _safetensors_header(f) -> tuple[dict, int]:
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         raise DamagedFileError(f"{damaged} (its header is not valid): download it again") from None
     if 8 + size + end != file_size:
-        raise DamagedFileError(f"{damaged} ({file_size} bytes where its header promises {8 + size + end}): "
-                               "download it again")
+        raise DamagedFileError(
+            f"{damaged} ({file_size} bytes where its header promises {8 + size + end}): download it again"
+        )
     return header, 8 + size
 
 

@@ -24,7 +24,9 @@ from .quantization import dequantize_int8, quantize_int8
 def sinusoidal_positions(positions: Tensor, dim: int) -> Tensor:
     """Integer positions [...] -> [..., dim] float32, cos half then sin half (the tensor2tensor layout)."""
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, device=positions.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
+    freqs = torch.exp(
+        torch.arange(half, device=positions.device, dtype=torch.float32) * -(math.log(10000) / (half - 1))
+    )
     angles = positions.float()[..., None] * freqs  # [..., half]
     table = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
     if dim % 2:
@@ -80,8 +82,9 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)  # q, k, v fused
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, mask: Tensor, cache: KVCache | None, positions: Tensor, rows: slice,
-                length: int | None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor, cache: KVCache | None, positions: Tensor, rows: slice, length: int | None
+    ) -> Tensor:
         """x [b, T, D] at positions [b, T]; mask [b, 1, T, keys]: which keys each query sees (decoder.forward)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, Dh]
@@ -127,8 +130,18 @@ class DecoderBlock(nn.Module):
         self.fc1 = nn.Linear(dim, config.ffn_dim, bias=False)
         self.fc2 = nn.Linear(config.ffn_dim, dim, bias=False)
 
-    def forward(self, x: Tensor, mask: Tensor, cache: KVCache | None, positions: Tensor, rows: slice,
-                length: int | None, text_k: Tensor, text_v: Tensor, text_mask: Tensor) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        cache: KVCache | None,
+        positions: Tensor,
+        rows: slice,
+        length: int | None,
+        text_k: Tensor,
+        text_v: Tensor,
+        text_mask: Tensor,
+    ) -> Tensor:
         x = x + self.self_attn(self.self_attn_norm(x), mask, cache, positions, rows, length)
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.cross_attn_norm(x), text_k, text_v, text_mask)

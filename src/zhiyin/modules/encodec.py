@@ -49,7 +49,9 @@ def _pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 class EncodecConv1d(nn.Module):
     """Conv1d that pads its input itself so that the output has exactly ceil(T / stride) frames."""
 
-    def __init__(self, config: EncodecConfig, c_in: int, c_out: int, kernel_size: int, stride: int = 1, dilation: int = 1):
+    def __init__(
+        self, config: EncodecConfig, c_in: int, c_out: int, kernel_size: int, stride: int = 1, dilation: int = 1
+    ):
         super().__init__()
         if config.norm_type not in ("weight_norm", "time_group_norm"):
             raise ValueError(f"norm_type must be 'weight_norm' or 'time_group_norm', got {config.norm_type!r}")
@@ -75,8 +77,13 @@ class EncodecConv1d(nn.Module):
             left = self.padding_total - right
         if self.conv.kernel_size[0] == 1 and self.stride == 1:
             x = _pointwise(x, self.conv.weight[:, :, 0], self.conv.bias)
-        elif (self.pad_in_conv and self.pad_mode == "reflect" and self.stride == 1 and left == right + extra
-                and length >= 3 * left > 0):
+        elif (
+            self.pad_in_conv
+            and self.pad_mode == "reflect"
+            and self.stride == 1
+            and left == right + extra
+            and length >= 3 * left > 0
+        ):
             x = self._conv_reflect_edges(x, left)  # the same numbers, without copying x into a padded buffer
         else:
             x = self.conv(_pad1d(x, left, right + extra, self.pad_mode))
@@ -170,12 +177,14 @@ class EncodecResnetBlock(nn.Module):
     def __init__(self, config: EncodecConfig, dim: int, dilation: int):
         super().__init__()
         hidden = dim // config.compress
-        self.block = nn.ModuleList([
-            nn.ELU(),  # not in place: x is still needed for the shortcut
-            EncodecConv1d(config, dim, hidden, config.residual_kernel_size, dilation=dilation),
-            nn.ELU(inplace=True),
-            EncodecConv1d(config, hidden, dim, 1),
-        ])
+        self.block = nn.ModuleList(
+            [
+                nn.ELU(),  # not in place: x is still needed for the shortcut
+                EncodecConv1d(config, dim, hidden, config.residual_kernel_size, dilation=dilation),
+                nn.ELU(inplace=True),
+                EncodecConv1d(config, hidden, dim, 1),
+            ]
+        )
         self.shortcut = EncodecConv1d(config, dim, dim, 1) if config.use_conv_shortcut else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:  # [B, dim, T]
@@ -197,7 +206,11 @@ class EncodecEncoder(nn.Module):
                 layers.append(EncodecResnetBlock(config, dim, config.dilation_growth_rate**j))
             layers += [nn.ELU(inplace=True), EncodecConv1d(config, dim, dim * 2, kernel_size=2 * ratio, stride=ratio)]
             dim *= 2
-        layers += [EncodecLSTM(config, dim), nn.ELU(inplace=True), EncodecConv1d(config, dim, config.hidden_size, config.last_kernel_size)]
+        layers += [
+            EncodecLSTM(config, dim),
+            nn.ELU(inplace=True),
+            EncodecConv1d(config, dim, config.hidden_size, config.last_kernel_size),
+        ]
         self.layers = nn.ModuleList(layers)  # ELUs are list entries too, so the checkpoint indices line up
 
     def forward(self, x: Tensor) -> Tensor:
@@ -212,9 +225,15 @@ class EncodecDecoder(nn.Module):
     def __init__(self, config: EncodecConfig):
         super().__init__()
         dim = config.num_filters * 2 ** len(config.upsampling_ratios)
-        layers: list[nn.Module] = [EncodecConv1d(config, config.hidden_size, dim, config.kernel_size), EncodecLSTM(config, dim)]
+        layers: list[nn.Module] = [
+            EncodecConv1d(config, config.hidden_size, dim, config.kernel_size),
+            EncodecLSTM(config, dim),
+        ]
         for ratio in config.upsampling_ratios:
-            layers += [nn.ELU(inplace=True), EncodecConvTranspose1d(config, dim, dim // 2, kernel_size=2 * ratio, stride=ratio)]
+            layers += [
+                nn.ELU(inplace=True),
+                EncodecConvTranspose1d(config, dim, dim // 2, kernel_size=2 * ratio, stride=ratio),
+            ]
             dim //= 2
             for j in range(config.num_residual_layers):
                 layers.append(EncodecResnetBlock(config, dim, config.dilation_growth_rate**j))

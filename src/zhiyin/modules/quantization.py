@@ -12,7 +12,9 @@ def quantize_int8(x: Tensor, overwrite: bool = False) -> tuple[Tensor, Tensor]:
     overwrite: x is a float32 buffer the caller no longer needs; it is divided and rounded in place."""
     owned = overwrite or x.dtype != torch.float32
     x = x.float()
-    largest = torch.maximum(x.amax(dim=-1), x.amin(dim=-1).neg_())  # max |x|, no full-size temporary (nor aminmax: slow)
+    largest = torch.maximum(
+        x.amax(dim=-1), x.amin(dim=-1).neg_()
+    )  # max |x|, no full-size temporary (nor aminmax: slow)
     scale = (largest / 127).clamp(min=1e-12)
     scaled = x.div_(scale[..., None]) if owned else x / scale[..., None]
     return scaled.round_().clamp_(-127, 127).to(torch.int8), scale

@@ -55,7 +55,9 @@ def audio_seconds(path: str | os.PathLike) -> float:
     return info.frames / info.samplerate
 
 
-def read_audio(path: str | os.PathLike, sampling_rate: int, channels: int, last_seconds: float | None = None) -> np.ndarray:
+def read_audio(
+    path: str | os.PathLike, sampling_rate: int, channels: int, last_seconds: float | None = None
+) -> np.ndarray:
     """Read any file soundfile can decode (WAV, FLAC, OGG, MP3, ...) as float32 `[channels, samples]`; with
     `last_seconds`, only that much of its end is decoded.
 
@@ -151,8 +153,9 @@ def write_audio(
         raise IsADirectoryError(f"'{path}' is a folder; give a file name such as '{os.path.join(path, 'out.wav')}'")
 
     def write(temporary: str) -> None:
-        with soundfile.SoundFile(temporary, "w", int(sampling_rate), samples.shape[1], subtype, format=file_format,
-                                 **options) as f:
+        with soundfile.SoundFile(
+            temporary, "w", int(sampling_rate), samples.shape[1], subtype, format=file_format, **options
+        ) as f:
             if metadata is not None:
                 _tag(f, metadata, ascii_title=name == "mp3")
             f.write(samples)

@@ -77,10 +77,20 @@ class MusicgenMelodyFeatureExtractor:
     """Melody audio -> chroma `input_features` [B, frames, 12], one-hot, as the reference computes them (see the
     module docstring for the audio layouts it reads)."""
 
-    def __init__(self, feature_size: int = 12, sampling_rate: int = 32000, hop_length: int = 4096,
-                 chunk_length: int = 30, n_fft: int = 16384, num_chroma: int = 12, padding_value: float = 0.0,
-                 return_attention_mask: bool = False, stem_indices: list | tuple = (3, 2), padding_side: str = "right",
-                 config: dict | None = None):
+    def __init__(
+        self,
+        feature_size: int = 12,
+        sampling_rate: int = 32000,
+        hop_length: int = 4096,
+        chunk_length: int = 30,
+        n_fft: int = 16384,
+        num_chroma: int = 12,
+        padding_value: float = 0.0,
+        return_attention_mask: bool = False,
+        stem_indices: list | tuple = (3, 2),
+        padding_side: str = "right",
+        config: dict | None = None,
+    ):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.feature_size, self.sampling_rate, self.hop_length = int(feature_size), int(sampling_rate), int(hop_length)
@@ -94,18 +104,36 @@ class MusicgenMelodyFeatureExtractor:
 
     @classmethod
     def from_dict(cls, config: dict) -> "MusicgenMelodyFeatureExtractor":
-        names = ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft", "num_chroma", "padding_value",
-                 "return_attention_mask", "stem_indices", "padding_side")
+        names = (
+            "feature_size",
+            "sampling_rate",
+            "hop_length",
+            "chunk_length",
+            "n_fft",
+            "num_chroma",
+            "padding_value",
+            "return_attention_mask",
+            "stem_indices",
+            "padding_side",
+        )
         return cls(**{name: config[name] for name in names if config.get(name) is not None}, config=config)
 
     def to_dict(self) -> dict:
         data = dict(self.config)
         data.update(
-            feature_extractor_type="MusicgenMelodyFeatureExtractor", processor_class="MusicgenMelodyProcessor",
-            feature_size=self.feature_size, sampling_rate=self.sampling_rate, hop_length=self.hop_length,
-            chunk_length=self.chunk_length, n_fft=self.n_fft, num_chroma=self.num_chroma, n_samples=self.n_samples,
-            padding_value=self.padding_value, padding_side=self.padding_side,
-            return_attention_mask=self.return_attention_mask, stem_indices=self.stem_indices,
+            feature_extractor_type="MusicgenMelodyFeatureExtractor",
+            processor_class="MusicgenMelodyProcessor",
+            feature_size=self.feature_size,
+            sampling_rate=self.sampling_rate,
+            hop_length=self.hop_length,
+            chunk_length=self.chunk_length,
+            n_fft=self.n_fft,
+            num_chroma=self.num_chroma,
+            n_samples=self.n_samples,
+            padding_value=self.padding_value,
+            padding_side=self.padding_side,
+            return_attention_mask=self.return_attention_mask,
+            stem_indices=self.stem_indices,
         )
         return data
 
@@ -130,8 +158,14 @@ class MusicgenMelodyFeatureExtractor:
             out = BatchFeature({name: value.numpy() for name, value in out.items()})
         return out
 
-    def waveforms(self, audio: Any, sampling_rate: int | None = None, padding: bool | str = True,
-                  max_length: int | None = None, truncation: bool = True) -> tuple[Tensor, Tensor]:
+    def waveforms(
+        self,
+        audio: Any,
+        sampling_rate: int | None = None,
+        padding: bool | str = True,
+        max_length: int | None = None,
+        truncation: bool = True,
+    ) -> tuple[Tensor, Tensor]:
         """The mono clips of `audio` at the model's rate, cropped and padded into one batch [B, T], and the mask of
         their samples (1 = audio, 0 = padding): what `chroma` is computed from."""
         if sampling_rate is None:
@@ -150,7 +184,7 @@ class MusicgenMelodyFeatureExtractor:
             fill = clip.new_full((width - len(clip),), self.padding_value)
             if self.padding_side == "left":
                 padded.append(torch.cat([fill, clip]))
-                mask[i, len(fill):] = 1
+                mask[i, len(fill) :] = 1
             else:
                 padded.append(torch.cat([clip, fill]))
                 mask[i, : len(clip)] = 1
@@ -163,12 +197,23 @@ class MusicgenMelodyFeatureExtractor:
         return torch.zeros_like(energies).scatter_(-1, energies.argmax(-1, keepdim=True), 1.0)
 
     def chroma_energies(self, waveform: Tensor) -> Tensor:
-        """What `chroma` takes the loudest of: each frame's 12 pitch-class energies over their largest, [B, frames, 12]."""
+        """What `chroma` takes the loudest of: each frame's 12 pitch-class energies over their largest,
+        [B, frames, 12]."""
         if waveform.shape[-1] < self.n_fft:  # too short to reflect-pad: centre it in n_fft samples of silence
             pad = self.n_fft - waveform.shape[-1]
             waveform = F.pad(waveform, (pad // 2, pad // 2 + pad % 2))
-        spec = torch.stft(waveform, self.n_fft, hop_length=self.hop_length, win_length=self.n_fft, window=self.window,
-                          center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
+        spec = torch.stft(
+            waveform,
+            self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.n_fft,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
         power = (spec / self.window.pow(2.0).sum().sqrt()).abs().pow(2.0)  # [B, n_fft/2 + 1, frames]
         raw = torch.einsum("cf, ...ft->...ct", self.filters, power)  # [B, 12, frames]
         return F.normalize(raw, p=float("inf"), dim=-2, eps=1e-6).transpose(1, 2)  # [B, frames, 12]
@@ -180,7 +225,9 @@ class MusicgenMelodyFeatureExtractor:
             audio = resample(stems, sampling_rate or 44000, self.sampling_rate).squeeze(1)
             sampling_rate = self.sampling_rate
         batched = (isinstance(audio, (np.ndarray, Tensor)) and audio.ndim > 1) or (
-            isinstance(audio, (list, tuple)) and len(audio) > 0 and isinstance(audio[0], (np.ndarray, Tensor, list, tuple))
+            isinstance(audio, (list, tuple))
+            and len(audio) > 0
+            and isinstance(audio[0], (np.ndarray, Tensor, list, tuple))
         )
         clips = []
         for clip in audio if batched else [audio]:
@@ -206,19 +253,23 @@ class MusicgenMelodyFeatureExtractor:
 class MusicgenMelodyProcessor(MusicgenProcessor):
     """Text (T5 tokenizer) and melody (chroma) inputs of melody models, like transformers' MusicgenMelodyProcessor.
 
-        inputs = processor(audio=melody, sampling_rate=32000, text=["80s blues"], padding=True, return_tensors="pt")
-        audio_values = model.generate(**inputs, max_new_tokens=256)
+    inputs = processor(audio=melody, sampling_rate=32000, text=["80s blues"], padding=True, return_tensors="pt")
+    audio_values = model.generate(**inputs, max_new_tokens=256)
     """
 
     feature_extractor: MusicgenMelodyFeatureExtractor
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **hub_options: Any) -> "MusicgenMelodyProcessor":
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **hub_options: Any
+    ) -> "MusicgenMelodyProcessor":
         source = pretrained_model_name_or_path
         config = _feature_extractor_config(source, hub_options)
         return cls(MusicgenMelodyFeatureExtractor.from_dict(config), load_tokenizer(source, hub_options))
 
-    def _audio_features(self, audio: Any, sampling_rate: int | None, padding: bool | str, return_tensors: str | None) -> dict:
+    def _audio_features(
+        self, audio: Any, sampling_rate: int | None, padding: bool | str, return_tensors: str | None
+    ) -> dict:
         """Melody audio -> chroma `input_features`. `padding`, `truncation` and `max_length` apply to the text only
         (as in the reference: the melody is always cropped to 30 s and padded to the longest clip)."""
         return self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors)
@@ -228,5 +279,3 @@ class MusicgenMelodyProcessor(MusicgenProcessor):
         inputs = self.tokenizer([""] * num_samples, return_tensors=return_tensors)
         inputs["attention_mask"][:] = 0
         return inputs
-
-

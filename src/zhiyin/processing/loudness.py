@@ -35,8 +35,14 @@ def measure_loudness(audio: np.ndarray, rate: int) -> float:
     return float(meter.integrated_loudness(np.ascontiguousarray(audio.T, dtype=np.float64)))
 
 
-def normalize(audio: np.ndarray, rate: int, strategy: str = "loudness", target_db: float = TARGET_DB,
-              ceiling_db: float = CEILING_DB, compress: bool = False) -> np.ndarray:
+def normalize(
+    audio: np.ndarray,
+    rate: int,
+    strategy: str = "loudness",
+    target_db: float = TARGET_DB,
+    ceiling_db: float = CEILING_DB,
+    compress: bool = False,
+) -> np.ndarray:
     """float32 audio [channels, samples] at `rate` Hz, levelled as `strategy` says (see the module docstring)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown normalize strategy '{strategy}': use one of {', '.join(STRATEGIES)}")

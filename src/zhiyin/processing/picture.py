@@ -17,8 +17,19 @@ from ..files import write_atomic
 
 WIDTH, WAVE_HEIGHT, SPEC_HEIGHT = 1000, 80, 240
 # dark blue -> purple -> orange -> pale yellow (a magma-like ramp), for dB from -80 to 0
-_PALETTE = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
-                     [250, 193, 39], [252, 255, 164]], dtype=np.float32)
+_PALETTE = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
+    dtype=np.float32,
+)
 
 
 def _colours(values: np.ndarray) -> np.ndarray:

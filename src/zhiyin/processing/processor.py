@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"
 
+
 def _read_json(path: str | None) -> dict:
     return {} if path is None else read_json(path)
 
@@ -42,8 +43,14 @@ class AudioFeatureExtractor:
     length on `padding_side` with `padding_value`.
     """
 
-    def __init__(self, sampling_rate: int = 24000, feature_size: int = 1, padding_value: float = 0.0,
-                 padding_side: str = "right", config: dict | None = None):
+    def __init__(
+        self,
+        sampling_rate: int = 24000,
+        feature_size: int = 1,
+        padding_value: float = 0.0,
+        padding_side: str = "right",
+        config: dict | None = None,
+    ):
         # defaults are the reference's for a config that lacks the key; published MusicGen configs set all four
         self.sampling_rate = int(sampling_rate)
         self.feature_size = int(feature_size)
@@ -114,7 +121,8 @@ class AudioFeatureExtractor:
         if sampling_rate is None:
             logger.warning(
                 "no sampling_rate given with the audio; assuming %d Hz. Pass sampling_rate=%d to be sure",
-                self.sampling_rate, self.sampling_rate,
+                self.sampling_rate,
+                self.sampling_rate,
             )
             return self.sampling_rate
         if not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
@@ -126,8 +134,10 @@ class AudioFeatureExtractor:
         and mixed to the model's channels (mono copied to each channel, channels averaged to mono)."""
         clip = _to_numpy(clip).astype(np.float32, copy=False)
         if clip.ndim == 2 and clip.shape[0] > clip.shape[1]:
-            raise ValueError(f"expected audio of shape (channels, samples), got {tuple(clip.shape)}: "
-                             "if it is (samples, channels), transpose it")
+            raise ValueError(
+                f"expected audio of shape (channels, samples), got {tuple(clip.shape)}: "
+                "if it is (samples, channels), transpose it"
+            )
         if clip.ndim not in (1, 2):
             raise ValueError(f"expected a clip of shape (samples,) or (channels, samples), got {tuple(clip.shape)}")
         return resample(to_channels(clip, self.feature_size), sampling_rate, self.sampling_rate)
@@ -139,7 +149,7 @@ class AudioFeatureExtractor:
             fill = np.full((clip.shape[0], max(target - length, 0)), self.padding_value, dtype=np.float32)
             if self.padding_side == "left":
                 padded.append(np.concatenate([fill, clip], axis=-1))
-                mask[i, target - length:] = 1
+                mask[i, target - length :] = 1
             else:
                 padded.append(np.concatenate([clip, fill], axis=-1))
                 mask[i, :length] = 1
@@ -204,9 +214,9 @@ def _split_batch(audio: Any) -> list[Any]:
 class MusicgenProcessor:
     """Prepares MusicGen's inputs (text, audio prompt) and turns generated audio back into arrays.
 
-        processor = MusicgenProcessor.from_pretrained(folder)
-        inputs = processor(text=["80s pop with synths"], padding=True, return_tensors="pt")
-        audio_values = model.generate(**inputs, max_new_tokens=256)
+    processor = MusicgenProcessor.from_pretrained(folder)
+    inputs = processor(text=["80s pop with synths"], padding=True, return_tensors="pt")
+    audio_values = model.generate(**inputs, max_new_tokens=256)
     """
 
     def __init__(self, feature_extractor: AudioFeatureExtractor, tokenizer: TextTokenizer):
@@ -247,26 +257,48 @@ class MusicgenProcessor:
         not text is taken as audio: `processor(waveform, sampling_rate=32000)`.
         """
         if isinstance(text, (list, tuple)) and len(text) == 0:
-            raise ValueError("text is an empty list: give at least one description, or use "
-                             "model.get_unconditional_inputs(num_samples) for music without text")
+            raise ValueError(
+                "text is an empty list: give at least one description, or use "
+                "model.get_unconditional_inputs(num_samples) for music without text"
+            )
         if text is not None and audio is None and not _looks_like_text(text):
             text, audio = None, text
         if text is None and audio is None:
             raise ValueError("give text=..., audio=..., or both")
         out = BatchFeature()
         if text is not None:
-            out.update(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length,
-                                      return_tensors=return_tensors, add_special_tokens=add_special_tokens))
+            out.update(
+                self.tokenizer(
+                    text,
+                    padding=padding,
+                    truncation=truncation,
+                    max_length=max_length,
+                    return_tensors=return_tensors,
+                    add_special_tokens=add_special_tokens,
+                )
+            )
         if audio is not None:
             for name, value in self._audio_features(audio, sampling_rate, padding, return_tensors).items():
                 out.setdefault(name, value)  # the text's attention_mask wins over a melody's
         return out
 
-    def _audio_features(self, audio: Any, sampling_rate: int | None, padding: bool | str, return_tensors: str | None) -> dict:
-        return self.feature_extractor(audio, sampling_rate=sampling_rate, padding=padding, return_tensors=return_tensors)
+    def _audio_features(
+        self, audio: Any, sampling_rate: int | None, padding: bool | str, return_tensors: str | None
+    ) -> dict:
+        return self.feature_extractor(
+            audio, sampling_rate=sampling_rate, padding=padding, return_tensors=return_tensors
+        )
 
-    def batch_decode(self, values: Any = None, padding_mask: Any = None, *, audio: Any = None, sequences: Any = None,
-                     skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> list:
+    def batch_decode(
+        self,
+        values: Any = None,
+        padding_mask: Any = None,
+        *,
+        audio: Any = None,
+        sequences: Any = None,
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> list:
         """Generated audio `[batch, channels, samples]` -> list of `[channels, samples]` numpy arrays with the
         prompt's padding removed (give the prompt's `padding_mask`); token ids -> list of strings."""
         if audio is None and sequences is None:

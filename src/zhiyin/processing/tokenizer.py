@@ -24,8 +24,6 @@ UNLIMITED_LENGTH = int(1e30)
 logger = logging.getLogger(__name__)
 
 
-
-
 def _read_json(path: str | None) -> dict:
     return {} if path is None else read_json(path)
 
@@ -64,7 +62,9 @@ class TextTokenizer:
         try:
             backend = Tokenizer.from_file(tokenizer_file)
         except Exception as error:  # tokenizers raises a bare Exception for a file it can't parse
-            raise DamagedFileError(f"'{tokenizer_file}' is not a valid tokenizer.json ({error}): download it again") from None
+            raise DamagedFileError(
+                f"'{tokenizer_file}' is not a valid tokenizer.json ({error}): download it again"
+            ) from None
         return cls(backend, _read_json(config_file), _read_json(special_tokens_file))
 
     @property
@@ -121,7 +121,8 @@ class TextTokenizer:
         if len(ids) > self.model_max_length and truncation in (None, False, "do_not_truncate"):
             logger.warning(
                 "a text has %d tokens, more than the tokenizer's model_max_length (%d); pass truncation=True to cut it",
-                len(ids), self.model_max_length,
+                len(ids),
+                self.model_max_length,
             )
         return ids
 
@@ -193,12 +194,20 @@ def _as_id_list(token_ids: Any) -> list[int]:
 
 def _clean_up_spaces(text: str) -> str:
     """Remove the space a word-piece decode leaves before punctuation and English contractions."""
-    for spaced, joined in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-                           (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for spaced, joined in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(spaced, joined)
     return text
-
-
 
 
 def load_tokenizer(source: str | os.PathLike, hub_options: dict) -> TextTokenizer:
