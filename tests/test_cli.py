@@ -314,7 +314,8 @@ def test_flags_are_checked_before_torch_is_imported(tmp_path):
 import contextlib, io, sys
 from zhiyin.cli import main
 for argv in (["generate", "x", "--duration", "nan"], ["generate", "x", "--seed", "-1"],
-             ["generate", "x", "-o", "/proc/x.wav"], ["generate", "x", "--top-k", "0"], ["generate", "--unconditional", "--duration", "1e9"]):
+             ["generate", "x", "-o", "/proc/x.wav"], ["generate", "x", "--top-k", "0"],
+             ["generate", "--unconditional", "--duration", "1e9"]):
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(argv) == 2, argv
     assert err.getvalue().startswith("zhiyin: error:"), err.getvalue()

@@ -60,7 +60,8 @@ def read_state_dict(
 
     Safetensors files are memory-mapped: no copy is made until a tensor is used. With `dtype` (floating-point
     tensors converted to it; a function of the key gives each its own) or `quantized`, they are read tensor by
-    tensor instead, so that loading never holds two copies of the weights. `quantized(key)` names the weights to quantize to int8 as they are read
+    tensor instead, so that loading never holds two copies of the weights. `quantized(key)` names the weights to
+    quantize to int8 as they are read
     (quantization.py: a scale per output row, stored under `scale_key(key)`): a safetensors file is never held
     whole (a memory mapping would keep its pages resident as long as any tensor of it lives, as happens with .bin
     files, which torch.load maps).
