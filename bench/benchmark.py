@@ -164,10 +164,12 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
         frames = 5 * frame_rate  # 5 s
         codes = torch.randint(0, codebook_size, (1, codebooks, frames), generator=torch.Generator().manual_seed(1))
         codes = codes.to(device)
+
         def run():
             if library == "zhiyin":
                 return model.decode_audio(codes)
             return model.audio_encoder.decode(codes[None], [None])
+
         run()
         result["encodec_ms_per_s"] = timed(run, repeat=2) * 1e3 / 5
 
