@@ -2,10 +2,10 @@
 
 glibc serves every allocation above its mmap threshold (which grows to at most 32 MB) with a fresh mmap and unmaps it
 when it is freed, so each large tensor page-faults on its first touch, every time. EnCodec's decoder makes dozens of
-them (up to 82 MB each for 10 s of 32 kHz audio): the faults cost a third of its time on a 2-core machine (1.1 s ->
-0.7 s for 10 s of audio). `large_tensors_from_heap()` raises the thresholds for the duration of a block, so that
-freed memory is reused, then sets them to glibc's usual steady state (32 MB mmap, 64 MB trim threshold) and trims
-the heap. `large_tensors_mapped()` does the opposite while weights load. Elsewhere than glibc all are no-ops.
+them, and the faults cost a large share of its time (BENCHMARKS.md, "EnCodec and the heap").
+`large_tensors_from_heap()` raises the thresholds for the duration of a block, so that freed memory is reused, then
+sets them to glibc's usual steady state (32 MB mmap, 64 MB trim threshold) and trims the heap.
+`large_tensors_mapped()` does the opposite while weights load. Elsewhere than glibc all are no-ops.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def large_tensors_from_heap() -> AbstractContextManager[None]:
 def large_tensors_mapped() -> AbstractContextManager[None]:
     """While loading weights: every tensor above 256 KB mapped on its own, so that the temporaries of reading and
     converting (a float32 buffer per tensor) are unmapped when freed instead of fragmenting the heap under the
-    weights kept (bfloat16 loading peak 1.76 -> 1.56 GB for musicgen-small)."""
+    weights kept (a lower loading peak: BENCHMARKS.md, "EnCodec and the heap")."""
     return _thresholds(mmap=256 << 10, trim=64 << 20)
 
 

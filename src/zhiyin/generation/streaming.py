@@ -8,9 +8,9 @@ the LSTM) and LOOKAHEAD_FRAMES after it (for the convolutions), and only the chu
                          ^ previous chunks end here
 
 The context and lookahead are measured (BENCHMARKS.md, "Audio as it is made"): the convolutions reach 4 frames
-ahead, the LSTM forgets within 10-25 frames, and 50 frames (1 s) of context leave a margin; the joined chunks equal
-one decode to float32 rounding on the test checkpoint (tests/test_streaming.py). The lookahead delays each chunk by
-0.1 s. The same decoder, with 30 s chunks, decodes long music in bounded memory.
+ahead, the LSTM forgets within 10-25 frames, and 50 frames (1 s) of context leave a margin; joined, the chunks match
+one decode to float32 rounding on the test checkpoint. The lookahead delays each chunk by 0.1 s. The same decoder,
+with 30 s chunks, decodes long music in bounded memory.
 """
 
 from __future__ import annotations

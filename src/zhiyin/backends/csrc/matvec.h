@@ -104,9 +104,9 @@ void float_range(const float *x, const W *w, const float *scale, int64_t K, floa
     for (; n < n1; n++) float_block<M, 1>(x, w, scale, K, n, y, ldy, add);
 }
 
-// Block sizes measured on a Zen 4 (AVX-512): for one or two activation rows, short weight rows (K < 2048) stream
-// best one at a time and long ones eight at a time; more rows are compute-bound and share each activation load
-// among a few weight rows.
+// Block sizes: for one or two activation rows, short weight rows (K < 2048) are read one at a time and long ones
+// eight at a time; more rows are compute-bound and share each activation load among a few weight rows
+// (BENCHMARKS.md, "Kernel block sizes").
 template <typename W>
 void float_matvec(const Rows &r, const W *w, const float *scale, int64_t K, float *y, int64_t ldy, bool add,
                   int64_t n0, int64_t n1) {
@@ -227,8 +227,8 @@ void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const 
     for (int64_t n = n0; n < n1; n++) int16_row<M>(xq, xscale, w, scale, K, n, y, ldy, add);
 }
 
-// m <= 5 activation rows against weight rows [n0, n1), one weight row at a time (streams best: 15-23% faster than
-// two at a time for 3-5 rows on a Zen 4)
+// m <= 5 activation rows against weight rows [n0, n1), one weight row at a time (faster than two at a time for 3-5
+// rows: BENCHMARKS.md, "Kernel block sizes")
 inline void int16_rows(const int16_t *x, const float *xs, int64_t m, const int8_t *w, const float *scale, int64_t K,
                        float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
     switch (m) {

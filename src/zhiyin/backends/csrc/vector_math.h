@@ -1,7 +1,7 @@
 // Float vectors of the machine's width (GCC vector extensions; AVX-512 intrinsics where they help) and the few
 // functions the decoder step needs on them: loads from float32 / bfloat16 / int8, horizontal sum, exp, GELU,
-// bfloat16 rounding. The width follows the target: a vector wider than the registers is not split into registers
-// but kept in memory (GCC), which made every kernel 4-8x slower on AVX2 machines.
+// bfloat16 rounding. The width follows the target: GCC keeps a vector wider than the registers in memory rather than
+// in registers (BENCHMARKS.md, "Other CPUs", has what that cost).
 #pragma once
 #include <cmath>
 #include <cstdint>
