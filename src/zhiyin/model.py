@@ -59,6 +59,9 @@ from .modules.encodec import EncodecModel
 from .modules.t5 import T5Encoder
 from .processing.inputs import BatchFeature
 
+# what generate, generate_long, generate_stream and prepare_request take as model inputs (the processor's, and
+# get_unconditional_inputs'); every other keyword argument is an option (generation/options.py)
+INPUTS = ("input_ids", "attention_mask", "input_values", "padding_mask", "encoder_outputs", "input_features")
 CHROMA_HOP = 4096  # samples per chroma frame (MusicgenMelodyFeatureExtractor's hop_length): 7.8125 frames/s at 32 kHz
 
 
@@ -287,22 +290,13 @@ class MusicgenForConditionalGeneration(nn.Module):
 
     # ---- generation ----------------------------------------------------------------------------------------------
 
-    def _options(self, caller: str, arguments: dict[str, Any]) -> GenerationOptions:
-        return GenerationOptions.resolve(caller, arguments, self.generation_config, self.limits)
+    def _arguments(self, caller: str, input_ids, arguments: dict[str, Any]) -> tuple[tuple, GenerationOptions]:
+        """A generation call's keyword arguments -> (the model inputs, in INPUTS' order; the resolved options)."""
+        inputs = (input_ids, *(arguments.pop(name, None) for name in INPUTS[1:]))
+        return inputs, GenerationOptions.resolve(caller, arguments, self.generation_config, self.limits)
 
     @torch.inference_mode()
-    def generate(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        input_values=None,
-        padding_mask=None,
-        encoder_outputs=None,
-        input_features=None,
-        *,
-        generator: torch.Generator | None = None,
-        **options,
-    ) -> Tensor:
+    def generate(self, input_ids=None, *, generator: torch.Generator | None = None, **arguments) -> Tensor:
         """Generate music; returns audio [batch, channels, samples] float32 (codes [B, K, frames] if return_codes).
 
         options (generation/options.py): max_new_tokens, max_length, do_sample, guidance_scale, temperature, top_k,
@@ -312,46 +306,23 @@ class MusicgenForConditionalGeneration(nn.Module):
         [B, T] for mono) with another channel count is mixed to the model's, as `encode_audio` says. Melody models
         take the melody as input_features (from MusicgenMelodyProcessor) and no audio prompt.
         """
-        resolved = self._options("generate", options)
-        inputs = (input_ids, attention_mask, input_values, padding_mask, encoder_outputs, input_features)
+        inputs, resolved = self._arguments("generate", input_ids, arguments)
         codes = generate_codes(self.decoder, self._request(inputs, resolved, generator), resolved.progress_bar)
         return codes if resolved.return_codes else self.decode_audio(codes)
 
     @torch.inference_mode()
-    def prepare_request(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        input_values=None,
-        padding_mask=None,
-        encoder_outputs=None,
-        input_features=None,
-        *,
-        generator: torch.Generator | None = None,
-        **options,
-    ) -> Request:
+    def prepare_request(self, input_ids=None, *, generator: torch.Generator | None = None, **arguments) -> Request:
         """What generate() would run, as a Request for generation/loop.py's generate_together, which steps several
         requests (each with its own settings and generator) together: each gets the tokens it gets alone."""
-        inputs = (input_ids, attention_mask, input_values, padding_mask, encoder_outputs, input_features)
-        return self._request(inputs, self._options("generate", options), generator)
+        inputs, resolved = self._arguments("generate", input_ids, arguments)
+        return self._request(inputs, resolved, generator)
 
     def _request(self, inputs: tuple, options: GenerationOptions, generator) -> Request:
         condition, prompt = self._condition(*inputs)
         return Request(condition, prompt, options.new_tokens(prompt.shape[-1]), options.sampling, generator)
 
     @torch.inference_mode()
-    def generate_long(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        input_values=None,
-        padding_mask=None,
-        encoder_outputs=None,
-        input_features=None,
-        *,
-        generator: torch.Generator | None = None,
-        **options,
-    ) -> Tensor:
+    def generate_long(self, input_ids=None, *, generator: torch.Generator | None = None, **arguments) -> Tensor:
         """Music of any length: `duration` seconds of new music after the audio prompt (if any), made in windows of
         at most `window` seconds (default 30, the training length), each later window prompted with the last
         (window - extend_stride) seconds of codes so far and making extend_stride new seconds (audiocraft's
@@ -364,8 +335,7 @@ class MusicgenForConditionalGeneration(nn.Module):
         temperature, top_k, top_p, progress_bar, return_codes, defaulting as in generate(). Music that fits one
         window (prompt included) is exactly one generate() pass: the same tokens and the same audio.
         """
-        resolved = self._options("generate_long", options)
-        inputs = (input_ids, attention_mask, input_values, padding_mask, encoder_outputs, input_features)
+        inputs, resolved = self._arguments("generate_long", input_ids, arguments)
         codes = torch.cat(list(self._long_frames(inputs, resolved, generator)), dim=-1)  # [B, K, P + new frames]
         if resolved.return_codes:
             return codes
@@ -375,16 +345,7 @@ class MusicgenForConditionalGeneration(nn.Module):
 
     @torch.inference_mode()
     def generate_stream(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        input_values=None,
-        padding_mask=None,
-        encoder_outputs=None,
-        input_features=None,
-        *,
-        generator: torch.Generator | None = None,
-        **options,
+        self, input_ids=None, *, generator: torch.Generator | None = None, **arguments
     ) -> Iterator[Tensor]:
         """generate_long() as it happens: yields audio chunks [B, channels, samples] of chunk_seconds each (default
         1; the last shorter; an audio prompt comes first, re-decoded) while the codes are still being made, each
@@ -392,8 +353,7 @@ class MusicgenForConditionalGeneration(nn.Module):
         overlapping chunked decoding (generation/streaming.py). Bad arguments raise here; the music is made as the
         iterator is consumed (one generation at a time per model).
         """
-        resolved = self._options("generate_stream", options)
-        inputs = (input_ids, attention_mask, input_values, padding_mask, encoder_outputs, input_features)
+        inputs, resolved = self._arguments("generate_stream", input_ids, arguments)
         frames = self._long_frames(inputs, resolved, generator)
         return decode_stream(self.decode_audio, frames, resolved.chunk_frames, self.config.audio_encoder.hop_length)
 
