@@ -29,6 +29,13 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_stereo_checkpoint(tmp_path_factory):
+    """(folder, transformers model) for the tiny stereo shape (8 codebooks, L1 R1 L2 R2 ...)."""
+    folder = tmp_path_factory.mktemp("tiny-stereo")
+    return folder, make_checkpoint(folder, "tiny-stereo", "safetensors")
+
+
+@pytest.fixture(scope="session")
 def shared_audio():
     if not SHARED_AUDIO.is_dir():
         pytest.fail(f"{SHARED_AUDIO} is missing: the tests need ../shared/audio beside the checkout")
@@ -43,25 +50,62 @@ def relative_error(got, want) -> float:
     return float((got - want).abs().max() / want.abs().max())
 
 
-def trumpet(seconds: float, start: int = 8000):
-    """The trumpet clip at 32 kHz, mono: `seconds` of it from sample `start`."""
+def trumpet(seconds: float, start: int = 0, channels: int = 1):
+    """The trumpet clip at 32 kHz: `seconds` of it from sample `start`, [samples] for mono; for stereo [2, samples],
+    the mono trumpet on the left, a 25 ms late, half-loud copy on the right."""
+    import numpy as np
+
     from zhiyin.processing.audio_io import read_audio
 
-    return read_audio(SHARED_AUDIO / "sorohanro_solo_trumpet_06.ogg", 32000, 1)[0, start : start + int(seconds * 32000)]
+    mono = read_audio(SHARED_AUDIO / "sorohanro_solo_trumpet_06.ogg", 32000, 1)[0, start : start + int(seconds * 32000)]
+    if channels == 1:
+        return mono
+    late = 800
+    return np.stack([mono, 0.5 * np.concatenate([np.zeros(late, np.float32), mono[:-late]])])
+
+
+class DecodedCodes(list):
+    """The codes the reference's EnCodec decoded, one entry per decode (a stereo model decodes each channel)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def last(self):
+        """The codes [B, K, frames] of the last generation, in the decoder's codebook order (stereo: L1, R1, ...)."""
+        import torch
+
+        if self.channels == 1:
+            return self[-1]
+        return torch.stack(self[-self.channels :], dim=2).flatten(1, 2)
 
 
 @contextmanager
 def recording_decodes(reference):
-    """While the block runs, every codes tensor [B, K, frames] the reference's EnCodec decodes (the tokens its
-    generate made) is appended to the list this yields; the reference's own decode is back after the block."""
-    seen, decode = [], reference.audio_encoder.decode
+    """While the block runs, every codes tensor [B, K', frames] the reference's EnCodec decodes (the tokens its
+    generate made) is appended to the DecodedCodes this yields; the reference's own decode is back after the
+    block."""
+    seen, decode = DecodedCodes(reference.config.decoder.audio_channels), reference.audio_encoder.decode
 
     def recording(codes, *args, **kwargs):
         seen.append(codes[0])
         return decode(codes, *args, **kwargs)
 
-    reference.audio_encoder.decode = recording
+    codec = reference.audio_encoder
+    before = vars(codec).get("decode")  # a recorder of an enclosing block, or None: the class's method
+    codec.decode = recording
     try:
         yield seen
     finally:
-        del reference.audio_encoder.decode  # the instance attribute goes: the class's method again
+        if before is None:
+            del codec.decode
+        else:
+            codec.decode = before
+
+
+def reference_generate(reference, seen: DecodedCodes, **kwargs):
+    """(audio, codes [B, K, frames] in the decoder's codebook order) of one reference.generate call, while
+    `seen` records (recording_decodes)."""
+    seen.clear()
+    audio = reference.generate(**kwargs)
+    return audio, seen.last()

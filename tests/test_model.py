@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from zhiyin import ModelNotFoundError, MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.processing.audio_io import read_audio
 
 from checkpoints import make_checkpoint
-from conftest import TEXTS, recording_decodes, relative_error
+from conftest import TEXTS, recording_decodes, reference_generate, relative_error, trumpet
 from nearest import reference_takes_our_prompt_codes
 
 
@@ -39,77 +38,104 @@ class Latest:
         return self.seen[-1]
 
 
-def prompt_clips(shared_audio):
-    clip = read_audio(shared_audio / "sorohanro_solo_trumpet_06.ogg", 32000, 1)[0]
-    return [clip[:24000], clip[5000:17000]]  # two lengths: the shorter one is left-padded
+@pytest.fixture(scope="module", params=["mono", "stereo"])
+def shaped(request, tiny_checkpoint, tiny_stereo_checkpoint):
+    """(folder, reference, the codes it decodes while this module runs, ours, reference processor), for the tiny
+    mono and the tiny stereo checkpoint: the tests that take it hold for both."""
+    from transformers import AutoProcessor
+
+    folder, reference = tiny_checkpoint if request.param == "mono" else tiny_stereo_checkpoint
+    ours = MusicgenForConditionalGeneration.from_pretrained(folder)
+    with recording_decodes(reference) as seen:
+        yield folder, reference, seen, ours, AutoProcessor.from_pretrained(folder)
 
 
-def test_logits_match_reference(pair):
-    folder, reference, ours, processor = pair
+def test_logits_match_reference(shaped):
+    folder, reference, seen, ours, processor = shaped
+    K = ours.config.decoder.num_codebooks
     inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
-    tokens = torch.randint(0, 64, (2 * 4, 9), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, 64, (2 * K, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = reference(**inputs, decoder_input_ids=tokens).logits  # [B*K, T, V]
         want_text = reference.text_encoder(**inputs).last_hidden_state
     got = ours(**inputs, decoder_input_ids=tokens)  # [B, K, T, V]
-    assert got.shape == (2, 4, 9, 64)
-    assert relative_error(got.reshape(8, 9, 64), want) < 1e-4
+    assert got.shape == (2, K, 9, 64)
+    assert relative_error(got.reshape(2 * K, 9, 64), want) < 1e-4
     valid = inputs["attention_mask"].bool()
     got_text = ours.encode_text(inputs["input_ids"], inputs["attention_mask"])
     assert relative_error(got_text[valid], want_text[valid]) < 1e-4
 
 
-def test_greedy_unconditional_token_identical(pair):
-    folder, reference, ours, _ = pair
-    want_audio = reference.generate(**reference.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24)
+def test_greedy_unconditional_token_identical(shaped):
+    folder, reference, seen, ours, _ = shaped
+    K, channels = ours.config.decoder.num_codebooks, ours.config.decoder.audio_channels
+    want_audio, want = reference_generate(
+        reference, seen, **reference.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24
+    )
     codes = ours.generate(**ours.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24, return_codes=True)
-    assert codes.shape == (2, 4, 21)  # max_new_tokens - 3 frames, as the reference
-    assert torch.equal(codes, reference.seen["codes"])
+    assert codes.shape == (2, K, 21)  # max_new_tokens - 3 frames, as the reference (stereo's delay is 3 too)
+    assert torch.equal(codes, want)
     audio = ours.decode_audio(codes)
-    assert audio.shape == want_audio.shape == (2, 1, 21 * 640)
+    assert audio.shape == want_audio.shape == (2, channels, 21 * 640)
     assert audio.dtype == torch.float32
     assert relative_error(audio, want_audio) < 1e-4
 
 
-def test_greedy_text_guidance_padded_batch_token_identical(pair):
-    folder, reference, ours, processor = pair
+def test_greedy_text_guidance_padded_batch_token_identical(shaped):
+    folder, reference, seen, ours, processor = shaped
     inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
     assert inputs["attention_mask"].sum(1).tolist()[0] != inputs["attention_mask"].sum(1).tolist()[1]
-    want_audio = reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40)
+    want_audio, want = reference_generate(
+        reference, seen, **inputs, do_sample=False, guidance_scale=3, max_new_tokens=40
+    )
     audio = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40)
     codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=40, return_codes=True)
-    assert torch.equal(codes, reference.seen["codes"])
-    assert relative_error(audio, want_audio) < 1e-4
+    assert torch.equal(codes, want)
+    assert audio.shape == want_audio.shape and relative_error(audio, want_audio) < 1e-4
+    if ours.config.decoder.audio_channels == 2:
+        assert not torch.equal(codes[:, 0::2], codes[:, 1::2])  # left and right are generated separately
 
 
-def test_greedy_audio_prompt_and_text_token_identical(pair, shared_audio):
-    folder, reference, ours, processor = pair
-    inputs = processor(
-        audio=prompt_clips(shared_audio), sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt"
-    )
+def test_greedy_audio_prompt_and_text_token_identical(shaped):
+    folder, reference, seen, ours, processor = shaped
+    K, channels = ours.config.decoder.num_codebooks, ours.config.decoder.audio_channels
+    clip = trumpet(0.75, channels=channels)  # [samples], or [2, samples] with a different right channel
+    clips = [clip, clip[..., 6000:]]  # two lengths: the shorter one is left-padded
+    inputs = processor(audio=clips, sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
     with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
-        want_audio = reference.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16)
+        want_audio, want = reference_generate(
+            reference, seen, **inputs, do_sample=False, guidance_scale=3, max_new_tokens=16
+        )
     codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16, return_codes=True)
     prompt_frames = -(-24000 // 640)
-    assert codes.shape == (2, 4, prompt_frames + 16 - 3)
-    assert torch.equal(codes, reference.seen["codes"])
-    assert len(torch.unique(codes[:, 0, :prompt_frames])) > 5  # the prompt really was encoded
+    assert codes.shape == (2, K, prompt_frames + 16 - 3)
+    assert torch.equal(codes, want)
+    prompt = codes[..., :prompt_frames]
+    assert len(torch.unique(prompt[:, 0])) > 5  # the prompt really was encoded
+    if channels == 2:  # the prompt's codes are EnCodec's codes of each channel, interleaved
+        left = ours.audio_encoder.encode(inputs["input_values"][:, :1], inputs["padding_mask"])
+        right = ours.audio_encoder.encode(inputs["input_values"][:, 1:], inputs["padding_mask"])
+        assert torch.equal(prompt[:, 0::2], left) and torch.equal(prompt[:, 1::2], right)
+        assert not torch.equal(left, right)
     audio = ours.decode_audio(codes)
+    assert audio.shape == want_audio.shape == (2, channels, codes.shape[-1] * 640)
     assert relative_error(audio, want_audio) < 1e-4
     # stripping the prompt's left padding gives each item its own length back
     stripped = MusicgenProcessor.from_pretrained(folder).batch_decode(audio, padding_mask=inputs["padding_mask"])
     assert stripped[0].shape[-1] == audio.shape[-1]
-    assert stripped[1].shape[-1] == audio.shape[-1] - (24000 - 12000)
+    assert stripped[1].shape[-1] == audio.shape[-1] - 6000
 
 
-def test_sampling_same_seed_same_tokens_as_reference(pair):
-    folder, reference, ours, processor = pair
+def test_sampling_same_seed_same_tokens_as_reference(shaped):
+    folder, reference, seen, ours, processor = shaped
     inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
     torch.manual_seed(7)
-    reference.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=30)
+    _, want = reference_generate(
+        reference, seen, **inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=30
+    )
     torch.manual_seed(7)
     first = ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=30, return_codes=True)
-    assert torch.equal(first, reference.seen["codes"])
+    assert torch.equal(first, want)
     torch.manual_seed(7)
     again = ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=30, return_codes=True)
     torch.manual_seed(8)

@@ -13,60 +13,28 @@ import torch
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
 from zhiyin.cli import main
 from zhiyin.generation.delay_pattern import DelayPattern
-from zhiyin.processing.audio_io import read_audio
 from zhiyin.processing.loudness import normalize
 
-from checkpoints import make_checkpoint
-from conftest import TEXTS, relative_error
+from conftest import TEXTS, recording_decodes, reference_generate, trumpet
 from nearest import reference_takes_our_prompt_codes
 
 HOP = 640
 
 
-def record_decodes(reference, monkeypatch=None):
-    """Make the reference's EnCodec decode record the codes [B, K', frames] of every call (stereo: left, right)."""
-    calls = []
-    decode = reference.audio_encoder.decode
-
-    def recording_decode(codes, *args, **kwargs):
-        calls.append(codes[0])
-        return decode(codes, *args, **kwargs)
-
-    if monkeypatch is None:
-        reference.audio_encoder.decode = recording_decode
-    else:  # undone after the test
-        monkeypatch.setattr(reference.audio_encoder, "decode", recording_decode)
-    return calls
-
-
-def reference_generate(reference, calls, **kwargs):
-    """(audio, codes [B, K, frames] in the decoder's codebook order) of one reference.generate call."""
-    calls.clear()
-    audio = reference.generate(**kwargs)
-    channels = reference.config.decoder.audio_channels
-    assert len(calls) == channels
-    codes = calls[0] if channels == 1 else torch.stack(calls, dim=2).flatten(1, 2)  # L1, R1, L2, R2, ...
-    return audio, codes
-
-
 @pytest.fixture(scope="module")
-def stereo(tmp_path_factory):
-    """(folder, reference, its decode calls, ours, reference processor) for the tiny-stereo checkpoint."""
+def stereo(tiny_stereo_checkpoint):
+    """(folder, reference, its decoded codes while this module runs, ours, reference processor)."""
     from transformers import AutoProcessor
 
-    folder = tmp_path_factory.mktemp("tiny-stereo")
-    reference = make_checkpoint(folder, "tiny-stereo")
-    calls = record_decodes(reference)
+    folder, reference = tiny_stereo_checkpoint
     ours = MusicgenForConditionalGeneration.from_pretrained(folder)
-    return folder, reference, calls, ours, AutoProcessor.from_pretrained(folder)
+    with recording_decodes(reference) as seen:
+        yield folder, reference, seen, ours, AutoProcessor.from_pretrained(folder)
 
 
 def stereo_clip(shared_audio, seconds=0.75):
-    """A real clip made stereo: the mono trumpet on the left, a 25 ms late, half-loud copy on the right."""
-    mono = read_audio(shared_audio / "sorohanro_solo_trumpet_06.ogg", 32000, 1)[0][: int(seconds * 32000)]
-    late = 800
-    right = 0.5 * np.concatenate([np.zeros(late, np.float32), mono[:-late]])
-    return np.stack([mono, right])  # (2, samples)
+    """A real clip made stereo (conftest.trumpet): the trumpet left, a late, half-loud copy of it right."""
+    return trumpet(seconds, channels=2)
 
 
 def test_stereo_checkpoint_layout(stereo):
@@ -80,89 +48,6 @@ def test_stereo_checkpoint_layout(stereo):
     assert ours.config.decoder.audio_channels == 2 and ours.config.audio_encoder.num_quantizers == 4
     assert DelayPattern.for_decoder(ours.config.decoder).delays == (0, 0, 1, 1, 2, 2, 3, 3)
     assert MusicgenProcessor.from_pretrained(folder).feature_extractor.feature_size == 2
-
-
-def test_stereo_logits_match_reference(stereo):
-    folder, reference, calls, ours, processor = stereo
-    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
-    tokens = torch.randint(0, 64, (2 * 8, 7), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = reference(**inputs, decoder_input_ids=tokens).logits  # [B*K, T, V]
-    got = ours(**inputs, decoder_input_ids=tokens)
-    assert got.shape == (2, 8, 7, 64)
-    assert relative_error(got.reshape(16, 7, 64), want) < 1e-4
-
-
-def test_stereo_greedy_text_guidance_padded_batch_token_identical(stereo):
-    folder, reference, calls, ours, processor = stereo
-    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
-    assert inputs["attention_mask"].sum(1).tolist()[0] != inputs["attention_mask"].sum(1).tolist()[1]
-    want_audio, want_codes = reference_generate(
-        reference, calls, **inputs, do_sample=False, guidance_scale=3, max_new_tokens=30
-    )
-    codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30, return_codes=True)
-    assert codes.shape == (2, 8, 30 - 3)  # the delay is 3 frames, as for mono
-    assert torch.equal(codes, want_codes)
-    assert not torch.equal(codes[:, 0::2], codes[:, 1::2])  # left and right are generated separately
-    audio = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=30)
-    assert audio.shape == want_audio.shape == (2, 2, 27 * HOP)
-    assert audio.dtype == torch.float32
-    assert relative_error(audio, want_audio) < 1e-4
-
-
-def test_stereo_greedy_audio_prompt_and_text_token_identical(stereo, shared_audio):
-    folder, reference, calls, ours, processor = stereo
-    clip = stereo_clip(shared_audio)
-    assert not np.allclose(clip[0], clip[1])
-    clips = [clip, clip[:, 6000:]]  # two lengths: the shorter one is left-padded
-    inputs = processor(audio=clips, sampling_rate=32000, text=TEXTS, padding=True, return_tensors="pt")
-    assert inputs["input_values"].shape == (2, 2, clip.shape[1])
-    with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
-        want_audio, want_codes = reference_generate(
-            reference, calls, **inputs, do_sample=False, guidance_scale=3, max_new_tokens=16
-        )
-    codes = ours.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=16, return_codes=True)
-    prompt_frames = math.ceil(clip.shape[1] / HOP)
-    assert codes.shape == (2, 8, prompt_frames + 16 - 3)
-    assert torch.equal(codes, want_codes)
-    prompt = codes[..., :prompt_frames]
-    assert len(torch.unique(prompt[:, 0])) > 5  # the prompt really was encoded
-    assert not torch.equal(prompt[:, 0::2], prompt[:, 1::2])  # ... each channel on its own
-    # the prompt codes are EnCodec's codes of each channel, interleaved
-    left = ours.audio_encoder.encode(inputs["input_values"][:, :1], inputs["padding_mask"])
-    right = ours.audio_encoder.encode(inputs["input_values"][:, 1:], inputs["padding_mask"])
-    assert torch.equal(prompt[:, 0::2], left) and torch.equal(prompt[:, 1::2], right)
-    audio = ours.decode_audio(codes)
-    assert audio.shape == want_audio.shape == (2, 2, codes.shape[-1] * HOP)
-    assert relative_error(audio, want_audio) < 1e-4
-    stripped = MusicgenProcessor.from_pretrained(folder).batch_decode(audio, padding_mask=inputs["padding_mask"])
-    assert stripped[0].shape == (2, audio.shape[-1])
-    assert stripped[1].shape == (2, audio.shape[-1] - 6000)
-
-
-def test_stereo_greedy_unconditional_token_identical(stereo):
-    folder, reference, calls, ours, processor = stereo
-    want_audio, want_codes = reference_generate(
-        reference, calls, **reference.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24
-    )
-    codes = ours.generate(**ours.get_unconditional_inputs(2), do_sample=False, max_new_tokens=24, return_codes=True)
-    assert codes.shape == (2, 8, 21)
-    assert torch.equal(codes, want_codes)
-    audio = ours.decode_audio(codes)
-    assert audio.shape == want_audio.shape == (2, 2, 21 * HOP)
-    assert relative_error(audio, want_audio) < 1e-4
-
-
-def test_stereo_sampling_same_seed_same_tokens_as_reference(stereo):
-    folder, reference, calls, ours, processor = stereo
-    inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
-    torch.manual_seed(3)
-    _, want = reference_generate(
-        reference, calls, **inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=20
-    )
-    torch.manual_seed(3)
-    codes = ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=10, max_new_tokens=20, return_codes=True)
-    assert torch.equal(codes, want)
 
 
 def test_mono_prompt_to_stereo_model_is_copied_to_both_channels(stereo, shared_audio):
@@ -207,13 +92,12 @@ def test_stereo_prompt_to_mono_model_is_mixed_down(tiny_checkpoint, shared_audio
     from transformers import AutoProcessor
 
     folder, reference = tiny_checkpoint
-    calls = record_decodes(reference, monkeypatch)  # the model is shared with other tests
     ours = MusicgenForConditionalGeneration.from_pretrained(folder)
     text = AutoProcessor.from_pretrained(folder)(text=TEXTS[:1], return_tensors="pt")
     stereo_values = torch.from_numpy(stereo_clip(shared_audio))[None]  # [1, 2, T]
     with pytest.raises(RuntimeError):
         reference.generate(**text, input_values=stereo_values, do_sample=False, max_new_tokens=8)
-    with reference_takes_our_prompt_codes(reference, ours.audio_encoder):
+    with reference_takes_our_prompt_codes(reference, ours.audio_encoder), recording_decodes(reference) as calls:
         _, want = reference_generate(
             reference,
             calls,
