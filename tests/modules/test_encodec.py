@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,8 @@ from zhiyin.config import EncodecConfig  # noqa: E402
 from zhiyin.loading.weights import fold_weight_norm  # noqa: E402
 from zhiyin.modules.encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel  # noqa: E402
 
+from checkpoints import SHARED_AUDIO as AUDIO_DIR  # noqa: E402
 from nearest import assert_same_codes  # noqa: E402
-
-AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
 TINY = dict(
     sampling_rate=32_000,

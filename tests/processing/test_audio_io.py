@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,8 @@ from zhiyin.processing import audio_io
 from zhiyin.processing.audio_io import read_audio, read_metadata, resample, to_channels, write_audio
 from zhiyin.processing.loudness import measure_loudness, normalize
 
-AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+from checkpoints import SHARED_AUDIO as AUDIO_DIR  # noqa: E402
+
 TRUMPET = AUDIO_DIR / "sorohanro_solo_trumpet_06.ogg"  # 22.05 kHz mono, 5.3 s
 
 

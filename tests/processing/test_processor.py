@@ -16,9 +16,9 @@ transformers = pytest.importorskip("transformers")
 from zhiyin.processing.audio_io import read_audio, resample  # noqa: E402
 from zhiyin.processing.processor import AutoProcessor, BatchFeature, MusicgenProcessor  # noqa: E402
 
+from checkpoints import SHARED_AUDIO as AUDIO_DIR  # noqa: E402
 from tokenizer_fixture import make_t5_like_tokenizer  # noqa: E402
 
-AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 TEXTS = ["80s pop track with bassy drums and synth", "90s rock song"]
 
 
