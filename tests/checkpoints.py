@@ -26,33 +26,15 @@ SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 def _configs(shape: str, text_vocab: int):
     from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
 
-    if shape == "small":
-        t5 = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
-        codec = EncodecConfig(
-            sampling_rate=32000,
-            upsampling_ratios=[8, 5, 4, 4],
-            num_filters=64,
-            hidden_size=128,
-            codebook_size=2048,
-            codebook_dim=128,
-            target_bandwidths=[2.2],
-            use_causal_conv=False,
-            use_conv_shortcut=False,
-            compress=2,
-            num_lstm_layers=2,
+    if shape == "small":  # the published musicgen-small shapes, as zhiyin's random checkpoints have them
+        from zhiyin.random_checkpoint import published_config
+
+        config = published_config("small")
+        return (
+            T5Config(**config["text_encoder"]),
+            EncodecConfig(**config["audio_encoder"]),
+            MusicgenDecoderConfig(**config["decoder"]),
         )
-        decoder = MusicgenDecoderConfig(
-            vocab_size=2048,
-            hidden_size=1024,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            ffn_dim=4096,
-            num_codebooks=4,
-            pad_token_id=2048,
-            bos_token_id=2048,
-            decoder_start_token_id=2048,
-        )
-        return t5, codec, decoder
     width = 32 if shape == "tiny-noproj" else 48
     t5 = T5Config(vocab_size=text_vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
     codec = EncodecConfig(

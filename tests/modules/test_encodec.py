@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 from zhiyin.config import EncodecConfig  # noqa: E402
 from zhiyin.loading.weights import fold_weight_norm  # noqa: E402
 from zhiyin.modules.encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel  # noqa: E402
+from zhiyin.random_checkpoint import ENCODEC_32KHZ  # noqa: E402
 
 from checkpoints import SHARED_AUDIO as AUDIO_DIR  # noqa: E402
 from nearest import assert_same_codes  # noqa: E402
@@ -40,19 +41,7 @@ VARIANTS = dict(
     pad_mode="constant",
     use_conv_shortcut=True,
 )
-MUSICGEN_32K = dict(
-    sampling_rate=32_000,
-    upsampling_ratios=[8, 5, 4, 4],
-    num_filters=64,
-    hidden_size=128,
-    codebook_size=2048,
-    codebook_dim=128,
-    target_bandwidths=[2.2],
-    use_causal_conv=False,
-    use_conv_shortcut=False,
-    compress=2,
-    num_lstm_layers=2,
-)
+MUSICGEN_32K = ENCODEC_32KHZ  # the published checkpoints' codec
 
 
 def load_music(seconds: float, sr: int = 32_000, offset_s: float = 1.0) -> torch.Tensor:
