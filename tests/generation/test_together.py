@@ -13,6 +13,7 @@ from zhiyin.backends.fused_step import FusedStep
 from zhiyin.backends.select import PlainStep
 from zhiyin.generation.conditioning import TextCondition
 from zhiyin.generation.loop import generate_together
+from zhiyin.modules.decoder import CrossKV
 from zhiyin.processing.audio_io import read_audio
 
 from decoder_steps import make_decoder, text_states
@@ -33,7 +34,7 @@ def run(decoder, step_of, rows: list[tuple[TextCondition, torch.Tensor]], steps:
         for r, (condition, tokens) in enumerate(rows):
             known = tokens.shape[-1] - steps
             decoder(tokens[:, :, :known], condition.cross(decoder), torch.arange(known)[None], rows=slice(r, r + 1))
-        step = step_of(decoder, TextCondition.concat([c for c, _ in rows]).cross(decoder))
+        step = step_of(decoder, CrossKV.concat([c.cross(decoder) for c, _ in rows]))
         assert step is not None
         out = []
         for i in range(steps):

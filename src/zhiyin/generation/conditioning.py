@@ -6,8 +6,8 @@ before the decoder's input). Each holds its rows' tensors already in the decoder
     cross(decoder)   the decoder's cross-attention keys/values (text), or None
     prefix()         the embeddings put before the decoder's input [rows, L, D] (melody), or None
 
-TextCondition.concat puts several requests' texts into one batch. The model facade (model.py) makes conditions
-from the processor's inputs; the step loop (loop.py) consumes them.
+The model facade (model.py) makes conditions from the processor's inputs; the step loop (loop.py) consumes them
+(several requests' cross-attention inputs go into one batch with CrossKV.concat).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from ..modules.decoder import CrossKV, MusicgenDecoder
 
@@ -48,14 +47,6 @@ class TextCondition:
 
     def prefix(self) -> None:
         return None
-
-    @staticmethod
-    def concat(conditions: list[TextCondition]) -> TextCondition:
-        """Rows of several conditions, their texts padded (zero states, masked) to the longest."""
-        S = max(c.states.shape[1] for c in conditions)
-        states = [F.pad(c.states, (0, 0, 0, S - c.states.shape[1])) for c in conditions]
-        masks = [F.pad(c.mask, (0, S - c.mask.shape[1])) for c in conditions]
-        return TextCondition(torch.cat(states), torch.cat(masks))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..backends.select import decoder_step
 from ..modules.decoder import CrossKV, MusicgenDecoder
-from .conditioning import Condition, TextCondition
+from .conditioning import Condition
 from .delay_pattern import UNKNOWN, DelayPattern, first_unknown
 from .options import SamplingSettings
 from .sampling import next_tokens
@@ -121,10 +121,10 @@ def generate_together(
 
 
 def _cross(decoder: MusicgenDecoder, conditions: list[Condition]) -> CrossKV | None:
-    """The cross-attention inputs of every row (text conditions padded to the longest text)."""
-    if not isinstance(conditions[0], TextCondition):
-        return None
-    return TextCondition.concat(conditions).cross(decoder)
+    """The cross-attention inputs of every row: each request's projected on its own (so its numbers are the ones
+    it gets alone), padded to the longest text."""
+    parts = [condition.cross(decoder) for condition in conditions]
+    return None if parts[0] is None else CrossKV.concat(parts)
 
 
 @torch.inference_mode()

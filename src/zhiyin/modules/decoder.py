@@ -74,6 +74,22 @@ class CrossKV:
     values: list[Tensor]  # per layer [B, H, S, Dh]
     mask: Tensor  # [B, 1, 1, S], 0 where the text is valid, a large negative number where it is padding
 
+    @staticmethod
+    def concat(parts: list[CrossKV]) -> CrossKV:
+        """The rows of several, their texts padded (masked) to the longest: each row's numbers stay its own."""
+        S = max(part.mask.shape[-1] for part in parts)
+
+        def rows(tensors: list[Tensor]) -> Tensor:  # [B, H, S_i, Dh] each -> [sum B, H, S, Dh]
+            return torch.cat([F.pad(t, (0, 0, 0, S - t.shape[2])) for t in tensors])
+
+        layers = range(len(parts[0].keys))
+        neg = torch.finfo(parts[0].mask.dtype).min
+        return CrossKV(
+            keys=[rows([part.keys[i] for part in parts]) for i in layers],
+            values=[rows([part.values[i] for part in parts]) for i in layers],
+            mask=torch.cat([F.pad(part.mask, (0, S - part.mask.shape[-1]), value=neg) for part in parts]),
+        )
+
 
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
