@@ -106,8 +106,9 @@ class EncodecConv1d(nn.Module):
 
 def _few_outputs_conv(x: Tensor, weight: Tensor, bias: Tensor | None, pad: int, dilation: int) -> Tensor:
     """F.conv1d(x, weight, bias, padding=pad, dilation=dilation) for a length-preserving conv with few output
-    channels: every tap's outputs in one matrix product, then summed at their shifts (3-4x faster than oneDNN for
-    64 -> 1 channels over 320k samples). x [B, C_in, T], weight [C_out, C_in, K] -> [B, C_out, T]."""
+    channels: every tap's outputs in one matrix product, then summed at their shifts (faster than oneDNN's
+    convolution for 64 -> 1 channels: BENCHMARKS.md, "EnCodec and the heap").
+    x [B, C_in, T], weight [C_out, C_in, K] -> [B, C_out, T]."""
     (B, _, T), (C_out, C_in, K) = x.shape, weight.shape
     taps = torch.matmul(weight.permute(2, 0, 1).reshape(K * C_out, C_in), x).view(B, K, C_out, T)
     y = torch.zeros(B, C_out, T, dtype=x.dtype, device=x.device) if bias is None else bias[:, None].repeat(B, 1, T)

@@ -241,7 +241,7 @@ inline void int16_rows(const int16_t *x, const float *xs, int64_t m, const int8_
 }
 
 // More rows (6-8) are compute-bound: two passes of at most 4 rows over each 32-row chunk of weights, the second
-// reading the chunk from cache (8 rows: 13% faster than all rows at once, two weight rows at a time).
+// reading the chunk from cache (faster than all rows at once: BENCHMARKS.md, "Kernel block sizes").
 inline void int16_matvec(const Rows &r, const int8_t *w, const float *scale, int64_t K, float *y, int64_t ldy,
                          bool add, int64_t n0, int64_t n1) {
     if (r.m <= 5) return int16_rows(r.xq, r.xscale, r.m, w, scale, K, y, ldy, add, n0, n1);
