@@ -513,3 +513,25 @@ def test_int8_melody_model_quantized_while_reading(melody, music):
     assert torch.equal(
         codes, model.generate(**inputs, do_sample=False, guidance_scale=3, max_new_tokens=12, return_codes=True)
     )
+
+
+def test_engine_melody_jobs_are_generate_longs(melody, music):
+    """Melody jobs in the continuous-batching engine: each window's prefix (the melody from its time on) goes into
+    its own slot's rows; the music is generate_long's for the same seed."""
+    from zhiyin.serving.engine import Engine
+
+    folder, _, ours, _ = melody
+    both = short_melody_inputs(folder, music)
+    items = [{name: value[i : i + 1] for name, value in both.items()} for i in range(2)]
+    settings = [dict(guidance_scale=3, top_k=10, duration=2.3, **LONG), dict(do_sample=False, duration=0.8)]
+    want = [
+        ours.generate_long(**item, **s, return_codes=True, generator=torch.Generator().manual_seed(5 + i))
+        for i, (item, s) in enumerate(zip(items, settings))
+    ]
+    engine = Engine(ours, max_batch=2)
+    try:
+        jobs = [engine.submit(**item, **s, seed=5 + i) for i, (item, s) in enumerate(zip(items, settings))]
+        for job, codes in zip(jobs, want):
+            assert torch.equal(job.codes(timeout=120), codes)
+    finally:
+        engine.close()

@@ -16,7 +16,7 @@ def kernels_available():
     assert kernels.library() is not None, "the C++ kernels did not build (is g++ installed?)"
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 8])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 12, 20])
 def test_float32_step_matches_pytorch(rows):
     decoder = make_decoder(seed=rows)
     kernels.accelerate_decoder(decoder)
@@ -26,13 +26,14 @@ def test_float32_step_matches_pytorch(rows):
 @pytest.mark.parametrize(
     "quantize, dtype, cache", [("int8", torch.float32, torch.int8), (None, torch.bfloat16, torch.bfloat16)]
 )
-def test_reduced_precision_steps_match_pytorch_on_the_same_weights(quantize, dtype, cache):
+@pytest.mark.parametrize("rows", [2, 13])
+def test_reduced_precision_steps_match_pytorch_on_the_same_weights(quantize, dtype, cache, rows):
     decoder = make_decoder(seed=3).to(dtype)
     kernels.accelerate_decoder(decoder, quantize)
     assert decoder.cache_dtype == cache  # the fused step writes its keys/values as the plain one does
     assert decoder.final_norm.weight.dtype == torch.float32  # bfloat16 weights, float32 activations
     # int8: activations go in as int16 (a scale per row) on AVX512-VNNI machines, the plain step does the same
-    compare_steps(decoder, text_condition(decoder, 2), 2, tolerance=1e-3)
+    compare_steps(decoder, text_condition(decoder, rows), rows, tolerance=1e-3)
 
 
 def test_stereo_relu_and_scaled_embeddings():
@@ -67,8 +68,8 @@ def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
     decoder.setup_caches(2, 8)
     assert isinstance(decoder_step(decoder, None), PlainStep)  # not accelerated: forward()
     kernels.accelerate_decoder(decoder)
-    cross = text_condition(decoder, 9)
-    decoder.setup_caches(9, 8)  # more rows than the kernels take
+    cross = text_condition(decoder, 65)
+    decoder.setup_caches(65, 8)  # more rows than the step takes
     assert FusedStep.build(decoder, cross) is None
     assert isinstance(decoder_step(decoder, cross), PlainStep)
     decoder.setup_caches(2, 8)

@@ -148,7 +148,7 @@ class FusedStep:
         caches = decoder.caches
         if library is None or caches is None or caches[0].k.dtype not in kernels.WEIGHT_TYPES:
             return None
-        if caches[0].k.device.type != "cpu" or caches[0].k.shape[0] > kernels.MAX_ROWS:
+        if caches[0].k.device.type != "cpu" or caches[0].k.shape[0] > kernels.MAX_STEP_ROWS:
             return None
         if (cross is None) != (decoder.layers[0].cross_attn is None):
             return None

@@ -6,7 +6,7 @@ them without waiting for a GPU), valid while the decoder's KV cache (set up befo
 cross-attention inputs live. The choice, in order:
 
     FusedStep   zhiyin's C++ step, one call per step (fused_step.py): on the CPU, kernels on (ZHIYIN_KERNELS not 0),
-                the decoder's linear layers on the kernels (kernels.accelerate_decoder) and at most MAX_ROWS rows
+                the decoder's linear layers on the kernels (kernels.accelerate_decoder) and at most MAX_STEP_ROWS rows
     GraphStep   the step as a CUDA graph, one replay per step (cuda_graph.py): caches on a CUDA GPU,
                 ZHIYIN_CUDA_GRAPHS not 0
     PlainStep   the decoder's forward() on one new position per row: everywhere else

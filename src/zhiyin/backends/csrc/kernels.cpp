@@ -273,11 +273,16 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *po
             team->wait();
             rows = Rows{dst, int16 ? input.q.data() : nullptr, int16 ? input.scale.data() : nullptr, M};
         };
-        // y (+)= rows . W^T on this thread's share of W's rows
+        // y (+)= rows . W^T on this thread's share of W's rows, MAX_ROWS activation rows at a time (each row's
+        // numbers do not depend on the rows beside it)
         auto product = [&](const Linear &w, float *y, int64_t ldy, bool add) {
             int64_t n0, n1;
             share(w.n, thread, threads, n0, n1);
-            matvec(w, rows, y, ldy, add, n0, n1);
+            for (int64_t r = 0; r < M; r += MAX_ROWS) {
+                const Rows block{rows.x + r * w.k, rows.xq ? rows.xq + r * w.k : nullptr,
+                                 rows.xscale ? rows.xscale + r : nullptr, std::min<int64_t>(MAX_ROWS, M - r)};
+                matvec(w, block, y + r * ldy, ldy, add, n0, n1);
+            }
         };
 
         #pragma omp for schedule(static) nowait

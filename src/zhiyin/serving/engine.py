@@ -1,0 +1,366 @@
+"""Continuous batching: one decoder loop serves every active request; requests join at a step boundary and leave
+when done or cancelled, and each one's music streams out while it is made.
+
+    engine = Engine(model, max_batch=8)
+    job = engine.submit(**processor(text=["80s pop"], return_tensors="pt"), duration=10, seed=1, guidance_scale=3)
+    for chunk in job.audio_chunks():   # audio [1, channels, samples] as it is made
+        ...
+    audio = job.audio()                # or wait for the whole: generate_long()'s audio for the same seed
+
+The engine owns the decoder's KV cache: `max_batch` slots of two rows each (a request's row and its guidance row).
+A request is checked and encoded when submitted (T5, an audio prompt's codes: in the caller's thread), admitted into
+a free slot at a step boundary (its window's prefill written into its own cache rows), and stepped with all others,
+each row at its own position (generation/loop.py's rows, select.py's step). When a request's window is done and it
+needs more music, its slot is prefilled again with the window's context (generation/long_form.py's windows) while
+the others keep their places. Each request samples with its own settings and its own seeded generator, and its
+rows' numbers do not depend on the rows beside them, so a request's tokens are the ones generate_long makes for it
+alone with the same seed (float32: bitwise; tests/serving/test_engine.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from ..backends.select import decoder_step
+from ..generation.conditioning import Condition, TextCondition
+from ..generation.delay_pattern import DelayPattern
+from ..generation.loop import Request, _Rows
+from ..generation.options import GenerationOptions
+from ..generation.streaming import decode_stream
+from ..modules.decoder import CrossKV
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class Job:
+    """One submitted request: its status, its progress and its codes as they are made. Any number of readers may
+    follow it (codes_so_far, code_blocks, audio_chunks) from any thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        id: int,
+        condition: Condition,
+        prompt: Tensor,
+        options: GenerationOptions,
+        generator: torch.Generator,
+        seed: int | None,
+    ):
+        self.engine, self.id, self.seed = engine, id, seed
+        self.condition, self.prompt, self.options, self.generator = condition, prompt, options, generator
+        self.status, self.error = "queued", None
+        self.frames_total = prompt.shape[-1] + options.new_frames
+        self.created_at, self.started_at, self.finished_at = time.time(), None, None
+        self._blocks: list[Tensor] = []  # codes [1, K, n] in order: the prompt's, then each new frame
+        self._frames = 0
+        self._changed = threading.Condition()
+        self._cancel = threading.Event()
+
+    @property
+    def frames_done(self) -> int:
+        return self._frames
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+    def cancel(self) -> None:
+        """Stop the job: a queued one never starts, a running one leaves its slot at the next step."""
+        self._cancel.set()
+        self.engine._wake()
+
+    # -- written by the engine's thread --
+
+    def _push(self, block: Tensor) -> None:
+        with self._changed:
+            self._blocks.append(block)
+            self._frames += block.shape[-1]
+            self._changed.notify_all()
+
+    def _end(self, status: str, error: str | None = None) -> None:
+        with self._changed:
+            self.status, self.error, self.finished_at = status, error, time.time()
+            self._changed.notify_all()
+
+    # -- read by anyone --
+
+    def code_blocks(self, timeout: float | None = None) -> Iterator[Tensor]:
+        """The codes [1, K, n] as they are made, from the first; ends when the job ends (raises if it failed or was
+        cancelled before the end)."""
+        for index in itertools.count():
+            with self._changed:
+                if not self._changed.wait_for(lambda: index < len(self._blocks) or self.finished, timeout):
+                    raise TimeoutError(f"job {self.id}: no new frame within {timeout} s")
+                if index < len(self._blocks):
+                    block = self._blocks[index]
+                elif self.status == "succeeded":
+                    return
+                else:
+                    raise RuntimeError(f"job {self.id} {self.status}" + (f": {self.error}" if self.error else ""))
+            yield block
+
+    def audio_chunks(self, chunk_seconds: float = 1.0) -> Iterator[Tensor]:
+        """Audio [1, channels, samples] of chunk_seconds each as the codes come (generate_stream's chunks)."""
+        model = self.engine.model
+        codec = model.config.audio_encoder
+        chunk = max(1, round(chunk_seconds * codec.frame_rate))
+        return decode_stream(model.decode_audio, self.code_blocks(), chunk, codec.hop_length)
+
+    def codes(self, timeout: float | None = None) -> Tensor:
+        """Wait for the job; its codes [1, K, P + frames] (generate_long(..., return_codes=True)'s)."""
+        return torch.cat(list(self.code_blocks(timeout)), dim=-1)
+
+    def audio(self, timeout: float | None = None) -> Tensor:
+        """Wait for the job; its audio [1, channels, samples], decoded as generate_long decodes."""
+        model, codes = self.engine.model, self.codes(timeout)
+        window = round(self.options.window * model.config.audio_encoder.frame_rate)
+        pieces = decode_stream(model.decode_audio, [codes], window, model.config.audio_encoder.hop_length)
+        return torch.cat(list(pieces), dim=-1)
+
+
+class _Slot:
+    """A running job in its two cache rows: the window being made, and the long-form bookkeeping of
+    generation/long_form.py (context, frames made)."""
+
+    def __init__(self, job: Job, first_row: int, pattern: DelayPattern, pad: int):
+        self.job, self.first_row, self.pattern, self.pad = job, first_row, pattern, pad
+        self.context, self.made = job.prompt, 0
+        self.window, self.stride = job.options.window_frames
+        self.rows: _Rows | None = None
+        self.logits: Tensor | None = None
+        self.new: list[Tensor] = []
+
+    def start_window(self, decoder) -> None:
+        """The next window: its request on this slot's rows, prefilled; its first logits pending."""
+        job = self.job
+        n = min(self.window - self.context.shape[-1], job.options.new_frames - self.made)
+        start = job.prompt.shape[-1] + self.made - self.context.shape[-1]
+        request = Request(
+            job.condition.at_frame(start), self.context, n + self.pattern.max_delay, job.options.sampling, job.generator
+        )
+        self.rows, self.new, self.n = _Rows(request, self.pattern, self.pad, self.first_row), [], n
+        self.logits = self.rows.prefill(decoder)
+
+    def advance(self, decoder) -> bool:
+        """Choose tokens from the pending logits until a step is needed (True), or the job is done (False)."""
+        while True:
+            frame = self.rows.choose(self.logits)
+            if frame is not None:
+                self.new.append(frame)
+                self.job._push(frame)
+            if not self.rows.done:
+                return True
+            self.context = torch.cat([self.context, *self.new], dim=-1)[..., -(self.window - self.stride) :]
+            self.made += self.n
+            if self.made >= self.job.options.new_frames:
+                return False
+            self.start_window(decoder)
+
+
+class Engine:
+    """Serves many requests at once on one model (see the module's docstring)."""
+
+    ROWS_PER_SLOT = 2  # a request's row and its guidance row
+
+    def __init__(self, model, max_batch: int = 8):
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a whole number of at least 1, got {max_batch!r}")
+        self.model, self.decoder, self.max_batch = model, model.decoder, max_batch
+        self.pattern = DelayPattern.for_decoder(model.config.decoder)
+        self.pad = model.config.decoder.pad_token_id
+        self._slots: list[_Slot | None] = [None] * max_batch
+        self._waiting: deque[Job] = deque()
+        self._lock = threading.Condition()
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._capacity = 0  # positions of the KV cache set up so far
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="zhiyin-engine", daemon=True)
+        self._thread.start()
+
+    # ---- the caller's side --------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def submit(
+        self, input_ids=None, *, seed: int | None = None, generator: torch.Generator | None = None, **arguments
+    ) -> Job:
+        """Queue one piece of music: the processor's inputs for ONE item (or get_unconditional_inputs(1)), and
+        generate_long's options (duration required; window, extend_stride, sampling). With `seed` (or a seeded
+        generator) the music is generate_long's for that seed. Bad arguments raise here."""
+        model = self.model
+        arguments.pop("progress_bar", None)
+        if arguments.pop("return_codes", None):
+            raise ValueError("submit() makes audio and codes both: use job.codes() or job.audio()")
+        inputs, options = model._arguments("generate_long", input_ids, arguments)
+        condition, prompt = model._condition(*inputs)
+        if condition.rows != 1:
+            raise ValueError(f"submit() takes one item per job, got {condition.rows}: submit each prompt on its own")
+        options.check_prompt_frames(prompt.shape[-1])
+        if generator is None:
+            if seed is None:
+                seed = int.from_bytes(os.urandom(4), "little")
+            generator = torch.Generator(model.device).manual_seed(seed)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            job = Job(self, next(self._ids), condition, prompt, options, generator, seed)
+            self._waiting.append(job)
+            self._lock.notify_all()
+        return job
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return sum(slot is not None for slot in self._slots)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop: queued jobs are cancelled, running ones too; the loop ends."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+
+    # ---- the engine's thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            try:
+                self._loop()
+            except BaseException as error:  # a step failed: every job still running fails with it
+                for index, slot in enumerate(self._slots):
+                    if slot is not None:
+                        slot.job._end("failed", f"{type(error).__name__}: {error}")
+                        self._slots[index] = None
+                raise
+            finally:
+                for job in self._waiting:
+                    job._end("cancelled")
+                for slot in self._slots:
+                    if slot is not None:
+                        slot.job._end("cancelled")
+                self.decoder.free_caches()
+
+    def _loop(self) -> None:
+        step, changed = None, False
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._closed or self._waiting or self.active)
+                if self._closed:
+                    return
+                admitted = self._admit()
+            changed |= bool(admitted)
+            for index in admitted:
+                changed |= self._start(index)
+            for index, slot in enumerate(self._slots):
+                if slot is not None and slot.job._cancel.is_set():
+                    slot.job._end("cancelled")
+                    self._slots[index], changed = None, True
+            if not self.active:
+                continue
+            if changed or step is None:
+                step, changed = decoder_step(self.decoder, self._cross()), False
+            rows = self.ROWS_PER_SLOT * self.max_batch
+            K = self.model.config.decoder.num_codebooks
+            tokens = torch.full((rows, K), self.pad, dtype=torch.long, device=self.model.device)
+            positions = torch.zeros(rows, dtype=torch.long)  # free rows: position 0 of their own cache rows
+            for slot in filter(None, self._slots):
+                slot_tokens, slot_positions = slot.rows.step_inputs()
+                tokens[slot.rows.rows], positions[slot.rows.rows] = slot_tokens, slot_positions
+            logits = step(tokens, positions)
+            self.steps += 1
+            for index, slot in enumerate(self._slots):
+                if slot is None:
+                    continue
+                slot.logits = logits[slot.rows.rows]
+                changed |= self._advance(index)
+
+    def _admit(self) -> list[int]:
+        """Move waiting jobs into free slots (under the lock); cancelled ones end here."""
+        admitted = []
+        for index in range(self.max_batch):
+            while self._slots[index] is None and self._waiting:
+                job = self._waiting.popleft()
+                if job._cancel.is_set():
+                    job._end("cancelled")
+                    continue
+                self._slots[index] = _Slot(job, index * self.ROWS_PER_SLOT, self.pattern, self.pad)
+                admitted.append(index)
+        return admitted
+
+    def _start(self, index: int) -> bool:
+        """Prefill a newly admitted job's first window and choose its first tokens."""
+        slot = self._slots[index]
+        slot.job.status, slot.job.started_at = "running", time.time()
+        try:
+            self._ensure_capacity(slot)
+            if slot.job.prompt.shape[-1]:
+                slot.job._push(slot.job.prompt)
+            slot.start_window(self.decoder)
+        except Exception as error:
+            slot.job._end("failed", f"{type(error).__name__}: {error}")
+            self._slots[index] = None
+            return True
+        self._advance(index)
+        return True
+
+    def _advance(self, index: int) -> bool:
+        """After its logits came: the slot's next tokens; True where the rows' conditions changed."""
+        slot = self._slots[index]
+        window = slot.rows
+        try:
+            needs_step = slot.advance(self.decoder)
+        except Exception as error:
+            slot.job._end("failed", f"{type(error).__name__}: {error}")
+            self._slots[index] = None
+            return True
+        if not needs_step:
+            slot.job._end("succeeded")
+            self._slots[index] = None
+            return True
+        return slot.rows is not window  # a new window: its condition may differ (a melody's chroma moves on)
+
+    def _ensure_capacity(self, slot: _Slot) -> None:
+        """A KV cache that holds the job's longest window (prefix included); grown, its contents kept, if not."""
+        job = slot.job
+        window = job.options.window_frames[0]
+        needed = job.condition.prefix_length + self.pattern.length(window) + 1
+        if needed <= self._capacity:
+            return
+        old = self.decoder.caches
+        self.decoder.setup_caches(self.ROWS_PER_SLOT * self.max_batch, needed)
+        if old is not None:
+            for new, kept in zip(self.decoder.caches, old):
+                for name, buffer in kept.named_buffers():
+                    getattr(new, name)[:, :, : buffer.shape[2]] = buffer
+        self._capacity = needed
+
+    def _cross(self) -> CrossKV | None:
+        """Every row's cross-attention inputs: each job's own (guided where it guides), a null text for free rows."""
+        if self.decoder.layers[0].cross_attn is None:
+            return None
+        dtype, device = self.decoder.final_norm.weight.dtype, self.model.device
+        width = self.model.config.decoder.hidden_size
+        null = TextCondition(
+            torch.zeros(1, 1, width, dtype=dtype, device=device), torch.zeros(1, 1, dtype=torch.long, device=device)
+        )
+        parts = []
+        for slot in self._slots:
+            condition = slot.rows.condition if slot is not None else null
+            rows = [condition] + [null] * (self.ROWS_PER_SLOT - condition.rows)
+            parts += [c.cross(self.decoder) for c in rows]
+        return CrossKV.concat(parts)
