@@ -64,7 +64,7 @@ def _seed(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .processing.audio_io import DEFAULT_MP3_BITRATE, MP3_BITRATES
-    from .processing.loudness import STRATEGIES, TARGET_DB
+    from .processing.loudness import DEFAULT_NORMALIZE, STRATEGIES, TARGET_DB
 
     parser = _Parser(prog="zhiyin", description="Make music with MusicGen.")
     parser.add_argument("--version", action="version", version=f"zhiyin {__version__}")
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--normalize",
         choices=STRATEGIES,
-        default="loudness",
+        default=DEFAULT_NORMALIZE,
         help="loudness (default: to --loudness LUFS, never clipping), rms, peak, clip or none",
     )
     g.add_argument(
@@ -195,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--shape", choices=SHAPES, default="small", help="which published checkpoint's shape (default small)"
     )
     r.add_argument("--seed", type=_seed, default=0, help="seed of the random weights (default 0)")
+
+    s = commands.add_parser("serve", help="an HTTP API and a web page that make music for many people at once")
+    s.add_argument("--model", default="facebook/musicgen-small", help="hub id or local folder")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--data-dir", default="zhiyin-data", help="where jobs and their audio are kept (default ./zhiyin-data)"
+    )
+    s.add_argument("--max-batch", type=int, default=8, help="requests stepped together (default 8)")
+    s.add_argument("--max-duration", type=_finite, default=300.0, help="longest music one request may ask for (s)")
+    s.add_argument("--max-queue", type=int, default=64, help="jobs that may wait; more are answered 429")
+    s.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN (or set ZHIYIN_TOKEN)")
+    s.add_argument("--grace", type=_finite, default=30.0, help="on SIGTERM, seconds running jobs get to finish")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    s.add_argument("--quantize", choices=["int8"], default=None)
+    s.add_argument("--device", default="cpu")
     return parser
 
 
@@ -621,6 +637,65 @@ def random_checkpoint(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve
+
+
+def serve(args) -> int:
+    token = args.token or os.environ.get("ZHIYIN_TOKEN") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        raise UsageError(
+            f"--host {args.host} lets other machines in: give a --token (or set ZHIYIN_TOKEN), "
+            "or keep the default --host 127.0.0.1"
+        )
+    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue), ("--port", args.port)):
+        if value < (0 if flag == "--port" else 1):
+            raise UsageError(f"{flag} must be at least {0 if flag == '--port' else 1}, got {value}")
+    if args.max_duration <= 0:
+        raise UsageError(f"--max-duration must be more than 0 seconds, got {args.max_duration:g}")
+    os.makedirs(args.data_dir, exist_ok=True)
+    _check_writable(args.data_dir)
+    from .loading.hub import read_config
+
+    config = read_config(args.model)
+    import uvicorn
+
+    from .config import MusicgenMelodyConfig
+    from .model import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+    from .processing.processor import AutoProcessor
+    from .serving.app import Service, create_app
+
+    model_class = (
+        MusicgenMelodyForConditionalGeneration
+        if isinstance(config, MusicgenMelodyConfig)
+        else (MusicgenForConditionalGeneration)
+    )
+    model = model_class.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    processor = AutoProcessor.from_pretrained(args.model)
+    name = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
+    service = Service(
+        model,
+        processor,
+        args.data_dir,
+        max_batch=args.max_batch,
+        max_duration=args.max_duration,
+        max_queue=args.max_queue,
+        model_name=name,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(service, token), host=args.host, port=args.port, log_level="warning")
+    )
+    print(
+        f"zhiyin: serving {name} on http://{args.host}:{args.port} (the page at /, the API at /docs)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.run()  # until SIGTERM or Ctrl-C: then no new connections
+    finally:
+        service.drain(args.grace)
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -637,7 +712,10 @@ def main(argv: list[str] | None = None) -> int:
             from huggingface_hub.utils import logging as hub_logging
 
             hub_logging.set_verbosity_error()  # no retry chatter: a failure is reported in one line below
-        return {"generate": generate, "info": info, "random-checkpoint": random_checkpoint}[args.command](args)
+        commands = {"generate": generate, "info": info, "random-checkpoint": random_checkpoint, "serve": serve}
+        if args.command == "serve":
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn's own handlers shut the server down
+        return commands[args.command](args)
     except UsageError as error:
         print(f"zhiyin: error: {error}", file=sys.stderr)
     except (ValueError, OSError) as error:  # bad checkpoints, files and settings found on the way

@@ -20,6 +20,7 @@ import numpy as np
 
 STRATEGIES = ("loudness", "rms", "peak", "clip", "none")
 TARGET_DB = -14.0
+DEFAULT_NORMALIZE = "loudness"  # how a finished piece is levelled unless asked otherwise (CLI, server)
 CEILING_DB = -1.0
 KNEE_DB = 6.0  # the compressor bends peaks from this far under the ceiling
 _BLOCK_SECONDS = 0.4  # BS.1770's gating block

@@ -181,6 +181,7 @@ class Engine:
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
         self._closed = False
+        self._admitting = True
         self._capacity = 0  # positions of the KV cache set up so far
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="zhiyin-engine", daemon=True)
@@ -224,6 +225,11 @@ class Engine:
     def active(self) -> int:
         return sum(slot is not None for slot in self._slots)
 
+    def stop_admitting(self) -> None:
+        """Queued jobs stay queued; running ones go on."""
+        with self._lock:
+            self._admitting = False
+
     def close(self, timeout: float | None = None) -> None:
         """Stop: queued jobs are cancelled, running ones too; the loop ends."""
         with self._lock:
@@ -259,10 +265,10 @@ class Engine:
         step, changed = None, False
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._closed or self._waiting or self.active)
+                self._lock.wait_for(lambda: self._closed or (self._waiting and self._admitting) or self.active)
                 if self._closed:
                     return
-                admitted = self._admit()
+                admitted = self._admit() if self._admitting else []
             changed |= bool(admitted)
             for index in admitted:
                 changed |= self._start(index)
