@@ -300,3 +300,59 @@ def test_kill_9_and_restart_loses_no_job(tiny_checkpoint, tmp_path):
     finally:
         process.kill()
         process.wait(30)
+
+
+def test_uploads_an_audio_prompt_as_the_cli_reads_it(model, processor, tiny_checkpoint, tmp_path, shared_audio):
+    running = Running(Service(model, processor, tmp_path / "data", max_upload=200_000))
+    try:
+        client, clip = running.client, shared_audio / "sorohanro_solo_trumpet_06.ogg"
+        short = tmp_path / "short.wav"
+        soundfile.write(short, soundfile.read(clip, frames=22050)[0], 22050)  # 1 s at its own rate
+        fields = {"prompt": "jazz trumpet", "duration": "0.8", "seed": "9", "top_k": "30"}
+        answer = client.post("/v1/generations", data=fields, files={"audio_prompt": short.read_bytes()})
+        assert answer.status_code == 201, answer.text
+        assert wait_done(client, answer.json()["id"])["status"] == "succeeded"
+        served = soundfile.read(io.BytesIO(client.get(answer.json()["audio_url"]).content), dtype="float32")[0]
+        cli_file = tmp_path / "cli.wav"
+        assert (
+            main(
+                [
+                    "generate",
+                    "jazz trumpet",
+                    "--model",
+                    str(tiny_checkpoint[0]),
+                    "--audio-prompt",
+                    str(short),
+                    "--duration",
+                    "0.8",
+                    "--seed",
+                    "9",
+                    "--top-k",
+                    "30",
+                    "--quiet",
+                    "-o",
+                    str(cli_file),
+                ]
+            )
+            == 0
+        )
+        assert np.array_equal(served, soundfile.read(cli_file, dtype="float32")[0])
+        bad = client.post("/v1/generations", data=fields, files={"audio_prompt": b"not audio at all"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "audio_prompt"
+        big = client.post(
+            "/v1/generations",
+            data=fields,
+            files={"audio_prompt": (shared_audio / "setuniman_sweet_waltz.ogg").read_bytes()},
+        )
+        assert big.status_code == 413 and big.json()["error"]["field"] == "audio_prompt"
+        melody = client.post("/v1/generations", data=fields, files={"melody": short.read_bytes()})
+        assert melody.status_code == 422 and "melody model" in melody.json()["error"]["message"]
+        assert (
+            client.post("/v1/generations", content=b"{oops", headers={"Content-Type": "application/json"}).json()[
+                "error"
+            ]["field"]
+            == "body"
+        )
+        assert "GenerationRequest" in client.get("/openapi.json").json()["components"]["schemas"]
+    finally:
+        running.stop()

@@ -17,6 +17,7 @@ Jobs queued or running when the server stopped (a crash, kill -9) run again when
 from __future__ import annotations
 
 import hmac
+import io
 import os
 import struct
 import threading
@@ -25,13 +26,17 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
+import soundfile
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from ..processing.audio_io import WRITE_FORMATS, write_audio
+from ..files import write_atomic
+from ..processing.audio_io import WRITE_FORMATS, read_audio, write_audio
 from ..processing.loudness import DEFAULT_NORMALIZE, TARGET_DB
 from .engine import Engine, Job
 from .store import JobStore
@@ -39,6 +44,7 @@ from .store import JobStore
 STATIC = Path(__file__).with_name("static")
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
 MAX_SEED = 2**63 - 1
+UPLOADS = ("audio_prompt", "melody")
 
 
 class GenerationRequest(BaseModel):
@@ -69,8 +75,10 @@ class Service:
         max_queue: int = 64,
         max_per_client: int = 8,
         model_name: str = "model",
+        max_upload: int = 32 << 20,
     ):
         self.model, self.processor, self.model_name = model, processor, model_name
+        self.max_upload = max_upload  # bytes of an audio_prompt or melody file
         self.folder = Path(data_dir)
         (self.folder / "audio").mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.folder)
@@ -89,7 +97,10 @@ class Service:
 
     # ---- jobs ----
 
-    def create(self, request: GenerationRequest, client: str) -> dict[str, Any]:
+    def create(
+        self, request: GenerationRequest, client: str, uploads: dict[str, bytes] | None = None
+    ) -> dict[str, Any]:
+        """A new job; `uploads`: the bytes of an audio_prompt and/or a melody file."""
         if request.prompt is not None and not request.prompt.strip():
             raise FieldError("prompt", 'is empty: give a description, or "prompt": null for music from nothing')
         if request.duration > self.max_duration:
@@ -110,6 +121,7 @@ class Service:
         seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
         data = request.model_dump()
         id = uuid.uuid4().hex[:12]
+        data.update(self._keep_uploads(id, uploads or {}))
         job = self._submit(data, seed)  # raises ValueError for what the library refuses
         self.store.add(id, data, seed, job.frames_total)
         self._follow(id, job, client)
@@ -124,18 +136,72 @@ class Service:
         self.store.update(id, status="queued", frames_done=0)
         self._follow(id, job, client)
 
+    def _keep_uploads(self, id: str, uploads: dict[str, bytes]) -> dict[str, str]:
+        """Checked uploads, kept in the data folder under names the server chooses (a restart needs them)."""
+        kept = {}
+        melodic = hasattr(self.model.config, "chroma_length")
+        for field, content in uploads.items():
+            if field == "melody" and not melodic:
+                raise FieldError(
+                    "melody",
+                    f"needs a melody model such as facebook/musicgen-melody: '{self.model_name}' has no melody input",
+                )
+            if field == "audio_prompt" and melodic:
+                raise FieldError("audio_prompt", "melody models continue no audio prompt: send the tune as melody")
+            if len(content) > self.max_upload:
+                raise HTTPException(
+                    413,
+                    detail={
+                        "field": field,
+                        "message": f"{field} is {len(content)} bytes, more than this server takes ({self.max_upload})",
+                    },
+                )
+            try:
+                soundfile.info(io.BytesIO(content))
+            except Exception:
+                raise FieldError(field, "is not an audio file soundfile reads (WAV, FLAC, OGG, MP3)") from None
+            path = self.folder / "uploads" / f"{id}-{field}"
+            path.parent.mkdir(exist_ok=True)
+            write_atomic(path, lambda temporary: Path(temporary).write_bytes(content))
+            kept[field] = str(path.relative_to(self.folder))
+        return kept
+
     def _submit(self, data: dict, seed: int) -> Job:
+        rate = self.model.config.audio_encoder.sampling_rate
+        audio = None
+        if data.get("audio_prompt"):
+            audio = [read_audio(self.folder / data["audio_prompt"], rate, self.model.config.decoder.audio_channels)]
         if data["prompt"] is None:
+            if audio is not None:
+                raise FieldError("audio_prompt", 'needs a prompt to go with it (it may be short, e.g. "music")')
             inputs = dict(self.model.get_unconditional_inputs(1))
             inputs.pop("guidance_scale")  # the request's own goes along (it guides nothing without text)
         else:
-            inputs = dict(self.processor(text=[data["prompt"]], return_tensors="pt"))
+            inputs = dict(
+                self.processor(
+                    text=[data["prompt"]], audio=audio, sampling_rate=rate if audio else None, return_tensors="pt"
+                )
+            )
             most = getattr(self.processor.tokenizer, "model_max_length", None)
             if most is not None and inputs["input_ids"].shape[-1] > most:
                 raise FieldError(
                     "prompt",
                     f"has {inputs['input_ids'].shape[-1]} tokens, more than the model reads ({most}): shorten it",
                 )
+        if data.get("melody"):  # the tune's chroma, as the CLI's --melody makes it
+            extractor = self.processor.feature_extractor
+            melody = read_audio(self.folder / data["melody"], extractor.sampling_rate, 1)[0]
+            inputs["input_features"] = extractor([melody], sampling_rate=extractor.sampling_rate, return_tensors="pt")[
+                "input_features"
+            ]
+        try:
+            return self._submit_inputs(inputs, data, seed)
+        except ValueError as error:
+            if "audio prompt" in str(error):
+                raise FieldError("audio_prompt", str(error)) from None
+            raise
+
+    def _submit_inputs(self, inputs: dict, data: dict, seed: int) -> Job:
         return self.engine.submit(
             **inputs,
             duration=data["duration"],
@@ -358,9 +424,51 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     def healthz() -> dict:
         return {"status": "ok", "queued": service.engine.queued, "active": service.engine.active}
 
-    @app.post("/v1/generations", status_code=201, dependencies=guard)
-    def create(body: GenerationRequest, request: Request) -> dict:
-        return service.create(body, request.client.host if request.client else "unknown")
+    @app.post(
+        "/v1/generations",
+        status_code=201,
+        dependencies=guard,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/GenerationRequest"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "description": "the same fields, plus files "
+                            "audio_prompt (to continue) and/or melody (melody models)",
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def create(request: Request) -> dict:
+        """A job from JSON, or from multipart/form-data with the same fields and the files audio_prompt, melody."""
+        uploads = {}
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            fields = {}
+            for name, value in form.multi_items():
+                if name in UPLOADS and hasattr(value, "read"):
+                    uploads[name] = await value.read()
+                else:
+                    fields[name] = None if name == "prompt" and value == "null" else value
+            fields = {k: v for k, v in fields.items() if v != "" or k == "prompt"}
+        else:
+            try:
+                fields = await request.json()
+            except ValueError:
+                raise FieldError("body", "is not JSON: send a JSON object (or multipart/form-data)") from None
+        if not isinstance(fields, dict):
+            raise FieldError("body", "must be a JSON object of the request's fields")
+        try:
+            body = GenerationRequest.model_validate(fields)
+        except ValidationError as error:
+            raise RequestValidationError(error.errors()) from None
+        client = request.client.host if request.client else "unknown"
+        return await run_in_threadpool(service.create, body, client, uploads)
 
     @app.get("/v1/generations", dependencies=guard)
     def listing(offset: int = 0, limit: int = 20) -> dict:
@@ -424,5 +532,15 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
     def page() -> str:
         return (STATIC / "index.html").read_text(encoding="utf-8")
 
+    def openapi() -> dict:  # the request's schema, which the endpoint reads itself (JSON or multipart)
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {})["GenerationRequest"] = (
+                GenerationRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     assert set(MEDIA_TYPES) <= set(WRITE_FORMATS)
     return app
