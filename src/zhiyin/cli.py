@@ -690,8 +690,15 @@ def serve(args) -> int:
         flush=True,
     )
     try:
-        server.run()  # until SIGTERM or Ctrl-C: then no new connections
+        server.run()  # until SIGTERM or Ctrl-C: then no new connections (uvicorn raises the signal again at its end)
+    except KeyboardInterrupt:
+        pass
     finally:
+        print(
+            f"zhiyin: stopping: running jobs get {args.grace:g} s to finish; queued ones wait for the next start",
+            file=sys.stderr,
+            flush=True,
+        )
         service.drain(args.grace)
     return 0
 
@@ -713,8 +720,6 @@ def main(argv: list[str] | None = None) -> int:
 
             hub_logging.set_verbosity_error()  # no retry chatter: a failure is reported in one line below
         commands = {"generate": generate, "info": info, "random-checkpoint": random_checkpoint, "serve": serve}
-        if args.command == "serve":
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn's own handlers shut the server down
         return commands[args.command](args)
     except UsageError as error:
         print(f"zhiyin: error: {error}", file=sys.stderr)

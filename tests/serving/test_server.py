@@ -228,7 +228,7 @@ def test_a_bounded_load_loses_nothing(model, processor, tmp_path):
         running.stop()
 
 
-def serve_process(folder, data, port):
+def serve_process(folder, data, port, *more):
     return subprocess.Popen(
         [
             sys.executable,
@@ -241,8 +241,7 @@ def serve_process(folder, data, port):
             str(data),
             "--port",
             str(port),
-            "--max-batch",
-            "2",
+            *(more or ("--max-batch", "2")),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -356,3 +355,29 @@ def test_uploads_an_audio_prompt_as_the_cli_reads_it(model, processor, tiny_chec
         assert "GenerationRequest" in client.get("/openapi.json").json()["components"]["schemas"]
     finally:
         running.stop()
+
+
+def test_sigterm_lets_running_jobs_finish_and_keeps_the_queue(tiny_checkpoint, tmp_path):
+    folder, data, port = tiny_checkpoint[0], tmp_path / "data", free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = serve_process(folder, data, port, "--max-batch", "1")
+    try:
+        wait_up(url, process)
+        running = httpx.post(url + "/v1/generations", json={"prompt": "a", "duration": 3, "seed": 1}).json()
+        waiting = httpx.post(url + "/v1/generations", json={"prompt": "b", "duration": 0.4, "seed": 2}).json()
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/v1/generations/{running['id']}").json()["progress"]["frames_done"] < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        process = serve_process(folder, data, port, "--max-batch", "1")
+        wait_up(url, process)
+        client = httpx.Client(base_url=url, timeout=120)
+        first = client.get(f"/v1/generations/{running['id']}").json()
+        assert first["status"] == "succeeded"  # finished in its grace period, before the server stopped
+        assert wait_done(client, waiting["id"])["status"] == "succeeded"  # still queued at the stop: run now
+        client.close()
+    finally:
+        process.kill()
+        process.wait(30)
