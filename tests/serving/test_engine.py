@@ -133,3 +133,18 @@ def test_bad_submissions_raise_at_once(model, processor):
         engine.close()
     with pytest.raises(RuntimeError, match="closed"):
         engine.submit(**inputs, duration=1.0)
+
+
+def test_stereo_jobs_are_generate_longs(tiny_stereo_checkpoint):
+    folder = tiny_stereo_checkpoint[0]
+    model = MusicgenForConditionalGeneration.from_pretrained(folder)
+    inputs = MusicgenProcessor.from_pretrained(folder)(text=["strings"], return_tensors="pt")
+    options = dict(duration=1.4, guidance_scale=3.0, top_k=10, **WINDOW)
+    want = model.generate_long(**inputs, **options, return_codes=True, generator=torch.Generator().manual_seed(4))
+    engine = Engine(model, max_batch=2)
+    try:
+        job = engine.submit(**inputs, **options, seed=4)
+        assert torch.equal(job.codes(timeout=120), want)
+        assert job.audio().shape == (1, 2, 70 * 640)
+    finally:
+        engine.close()

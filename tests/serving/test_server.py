@@ -381,3 +381,22 @@ def test_sigterm_lets_running_jobs_finish_and_keeps_the_queue(tiny_checkpoint, t
     finally:
         process.kill()
         process.wait(30)
+
+
+def test_serve_refuses_other_addresses_without_a_token(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ZHIYIN_TOKEN", raising=False)
+    status = main(["serve", "--model", str(tiny_checkpoint[0]), "--host", "0.0.0.0", "--data-dir", str(tmp_path)])
+    assert status == 2 and "--token" in capsys.readouterr().err
+    status = main(["serve", "--model", str(tiny_checkpoint[0]), "--max-batch", "0", "--data-dir", str(tmp_path)])
+    assert status == 2 and "--max-batch" in capsys.readouterr().err
+
+
+def test_one_client_gets_only_its_share(model, processor, tmp_path):
+    running = Running(Service(model, processor, tmp_path / "data", max_batch=1, max_per_client=2))
+    try:
+        bodies = [{"prompt": "a", "duration": 20}, {"prompt": "b", "duration": 20}, {"prompt": "c", "duration": 1}]
+        answers = [running.client.post("/v1/generations", json=body) for body in bodies]
+        assert [a.status_code for a in answers] == [201, 201, 429]
+        assert "per client" in answers[2].json()["error"]["message"]
+    finally:
+        running.stop()

@@ -39,15 +39,22 @@ class GraphStep:
 
     def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
         # (the tokens' values are not checked: that would wait for the GPU; the positions are on the CPU)
-        if tokens.shape != self.tokens.shape or positions.shape != self.positions.shape:
+        n = tokens.shape[0]
+        if tokens.shape[1:] != self.tokens.shape[1:] or not 0 < n <= self.tokens.shape[0] or positions.shape != (n,):
             raise IndexError(
                 f"tokens {tuple(tokens.shape)} and positions {tuple(positions.shape)} must be "
-                f"{list(self.tokens.shape)} and {list(self.positions.shape)}"
+                f"{list(self.tokens.shape)} and {list(self.positions.shape)} (or fewer rows: the first ones)"
             )
         if int(positions.min()) < 0 or int(positions.max()) >= self.max_len:
             raise IndexError(f"positions {positions.tolist()} are outside the KV cache (0..{self.max_len - 1})")
-        self.tokens.copy_(tokens)
-        self.positions.copy_(positions)
+        # the graph steps every row: rows past n get the pad token at position 0 (the caller leaves them free)
+        self.tokens[n:] = self.decoder.config.pad_token_id
+        self.positions[n:] = 0
+        self.tokens[:n].copy_(tokens)
+        self.positions[:n].copy_(positions)
+        return self._replay()[:n]
+
+    def _replay(self) -> Tensor:
         if not self.capture:
             return self._step()
         if self.graph is None:

@@ -74,9 +74,9 @@ def _float(t: Tensor) -> Tensor:
 
 
 class FusedStep:
-    """A decoder step (select.py's protocol): (tokens [rows, K], positions [rows]) -> logits [rows, K, V] float32, one
-    new position per row. Valid while the decoder's caches (set up before) and `cross` live; holds every tensor the
-    C++ side points at."""
+    """A decoder step (select.py's protocol): (tokens [n, K], positions [n]) -> logits [n, K, V] float32 for the first
+    n rows, one new position per row. Valid while the decoder's caches (set up before) and `cross` live; holds every
+    tensor the C++ side points at."""
 
     def __init__(self, decoder: MusicgenDecoder, cross: CrossKV | None, library: ctypes.CDLL):
         for mirror, which in ((_Layer, 1), (_Step, 2)):
@@ -169,19 +169,27 @@ class FusedStep:
         return logits
 
     def _run(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        tokens = tokens.to(torch.int64).contiguous()  # [rows, K]
-        positions = positions.to(torch.int64).contiguous()  # [rows]
+        tokens = tokens.to(torch.int64).contiguous()  # [n, K]: the first n rows
+        positions = positions.to(torch.int64).contiguous()  # [n]
         rows, K, V = self.shape
+        n = tokens.shape[0]
         # the C++ side trusts its indices: check them here (reductions of a few values)
-        if tokens.shape != (rows, K) or int(tokens.min()) < 0 or int(tokens.max()) > V:
+        if (
+            tokens.dim() != 2
+            or not 0 < n <= rows
+            or tokens.shape[1] != K
+            or not 0 <= int(tokens.min()) <= int(tokens.max()) <= V
+        ):
             raise IndexError(
-                f"tokens {tuple(tokens.shape)} must be [{rows}, {K}] with values in 0..{V} (the pad token)"
+                f"tokens {tuple(tokens.shape)} must be [{rows}, {K}] (or fewer rows: the first ones) with values in "
+                f"0..{V} (the pad token)"
             )
-        if positions.shape != (rows,):
-            raise IndexError(f"positions {tuple(positions.shape)} must be [{rows}]: one per row")
+        if positions.shape != (n,):
+            raise IndexError(f"positions {tuple(positions.shape)} must be [{n}]: one per row")
         if int(positions.min()) < 0 or int(positions.max()) >= self.max_len:
             raise IndexError(f"positions {positions.tolist()} are outside the KV cache (0..{self.max_len - 1})")
-        logits = torch.empty(self.shape, dtype=torch.float32)
+        logits = torch.empty(n, K, V, dtype=torch.float32)
+        self.step.rows = n
         self.library.zhiyin_decoder_step(self.step_pointer, tokens.data_ptr(), positions.data_ptr(), logits.data_ptr())
         return logits
 

@@ -112,7 +112,8 @@ class Service:
                 raise HTTPException(
                     429, detail={"message": "the queue is full: try again shortly"}, headers={"Retry-After": "5"}
                 )
-            if sum(c == client for c in self.clients.values()) >= self.max_per_client:
+            mine = [id for id, c in self.clients.items() if c == client and not self.live[id].finished]
+            if len(mine) >= self.max_per_client:
                 raise HTTPException(
                     429,
                     detail={"message": f"at most {self.max_per_client} jobs per client at once"},

@@ -109,10 +109,9 @@ class Job:
 
     def audio_chunks(self, chunk_seconds: float = 1.0) -> Iterator[Tensor]:
         """Audio [1, channels, samples] of chunk_seconds each as the codes come (generate_stream's chunks)."""
-        model = self.engine.model
-        codec = model.config.audio_encoder
+        codec = self.engine.model.config.audio_encoder
         chunk = max(1, round(chunk_seconds * codec.frame_rate))
-        return decode_stream(model.decode_audio, self.code_blocks(), chunk, codec.hop_length)
+        return decode_stream(self.engine.decode, self.code_blocks(), chunk, codec.hop_length)
 
     def codes(self, timeout: float | None = None) -> Tensor:
         """Wait for the job; its codes [1, K, P + frames] (generate_long(..., return_codes=True)'s)."""
@@ -122,7 +121,7 @@ class Job:
         """Wait for the job; its audio [1, channels, samples], decoded as generate_long decodes."""
         model, codes = self.engine.model, self.codes(timeout)
         window = round(self.options.window * model.config.audio_encoder.frame_rate)
-        pieces = decode_stream(model.decode_audio, [codes], window, model.config.audio_encoder.hop_length)
+        pieces = decode_stream(self.engine.decode, [codes], window, model.config.audio_encoder.hop_length)
         return torch.cat(list(pieces), dim=-1)
 
 
@@ -182,6 +181,10 @@ class Engine:
         self._ids = itertools.count(1)
         self._closed = False
         self._admitting = True
+        # every computation on the model runs in the engine's thread, between steps: the encoding and decoding that
+        # callers ask for too (call()). Two at once would run two thread teams on the same cores, each waiting on
+        # the other (BENCHMARKS.md, "zhiyin serve under load")
+        self._calls: deque[tuple] = deque()
         self._capacity = 0  # positions of the KV cache set up so far
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="zhiyin-engine", daemon=True)
@@ -201,7 +204,7 @@ class Engine:
         if arguments.pop("return_codes", None):
             raise ValueError("submit() makes audio and codes both: use job.codes() or job.audio()")
         inputs, options = model._arguments("generate_long", input_ids, arguments)
-        condition, prompt = model._condition(*inputs)
+        condition, prompt = self.call(model._condition, *inputs)
         if condition.rows != 1:
             raise ValueError(f"submit() takes one item per job, got {condition.rows}: submit each prompt on its own")
         options.check_prompt_frames(prompt.shape[-1])
@@ -216,6 +219,37 @@ class Engine:
             self._waiting.append(job)
             self._lock.notify_all()
         return job
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """The model's decode_audio, between steps."""
+        return self.call(self.model.decode_audio, codes)
+
+    def call(self, function, *args):
+        """function(*args) in the engine's thread, between two steps; its result (or its exception) here."""
+        if threading.current_thread() is self._thread:
+            return function(*args)
+        done, box = threading.Event(), {}
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._calls.append((function, args, done, box))
+            self._lock.notify_all()
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._lock:
+                if not self._calls:
+                    return
+                function, args, done, box = self._calls.popleft()
+            try:
+                box["value"] = function(*args)
+            except BaseException as error:  # it belongs to the caller
+                box["error"] = error
+            done.set()
 
     @property
     def queued(self) -> int:
@@ -254,6 +288,11 @@ class Engine:
                         self._slots[index] = None
                 raise
             finally:
+                with self._lock:
+                    calls, self._calls = list(self._calls), deque()
+                for _, _, done, box in calls:
+                    box["error"] = RuntimeError("the engine is closed")
+                    done.set()
                 for job in self._waiting:
                     job._end("cancelled")
                 for slot in self._slots:
@@ -262,38 +301,66 @@ class Engine:
                 self.decoder.free_caches()
 
     def _loop(self) -> None:
-        step, changed = None, False
+        self._step, changed = None, False
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._closed or (self._waiting and self._admitting) or self.active)
+                self._lock.wait_for(
+                    lambda: self._closed or self._calls or (self._waiting and self._admitting) or self.active
+                )
                 if self._closed:
                     return
                 admitted = self._admit() if self._admitting else []
-            changed |= bool(admitted)
-            for index in admitted:
-                changed |= self._start(index)
-            for index, slot in enumerate(self._slots):
-                if slot is not None and slot.job._cancel.is_set():
-                    slot.job._end("cancelled")
-                    self._slots[index], changed = None, True
-            if not self.active:
+            self._run_calls()
+            changed = self._work(admitted, changed)
+
+    def _work(self, admitted: list[int], changed: bool) -> bool:
+        """One round of the loop: start the admitted jobs, drop the cancelled ones, step the rest."""
+        changed |= bool(admitted)
+        for index in admitted:
+            changed |= self._start(index)
+        for index, slot in enumerate(self._slots):
+            if slot is not None and slot.job._cancel.is_set():
+                slot.job._end("cancelled")
+                self._slots[index], changed = None, True
+        changed |= self._compact()
+        if not self.active:
+            return changed
+        if changed or self._step is None:
+            self._step, changed = decoder_step(self.decoder, self._cross()), False
+        rows = self.ROWS_PER_SLOT * self.active  # the active slots are the first ones (_compact)
+        K = self.model.config.decoder.num_codebooks
+        tokens = torch.full((rows, K), self.pad, dtype=torch.long, device=self.model.device)
+        positions = torch.zeros(rows, dtype=torch.long)  # unused rows: position 0 of their own cache rows
+        for slot in filter(None, self._slots):
+            slot_tokens, slot_positions = slot.rows.step_inputs()
+            tokens[slot.rows.rows], positions[slot.rows.rows] = slot_tokens, slot_positions
+        logits = self._step(tokens, positions)
+        self.steps += 1
+        for index, slot in enumerate(self._slots):
+            if slot is None:
                 continue
-            if changed or step is None:
-                step, changed = decoder_step(self.decoder, self._cross()), False
-            rows = self.ROWS_PER_SLOT * self.max_batch
-            K = self.model.config.decoder.num_codebooks
-            tokens = torch.full((rows, K), self.pad, dtype=torch.long, device=self.model.device)
-            positions = torch.zeros(rows, dtype=torch.long)  # free rows: position 0 of their own cache rows
-            for slot in filter(None, self._slots):
-                slot_tokens, slot_positions = slot.rows.step_inputs()
-                tokens[slot.rows.rows], positions[slot.rows.rows] = slot_tokens, slot_positions
-            logits = step(tokens, positions)
-            self.steps += 1
-            for index, slot in enumerate(self._slots):
-                if slot is None:
-                    continue
-                slot.logits = logits[slot.rows.rows]
-                changed |= self._advance(index)
+            slot.logits = logits[slot.rows.rows]
+            changed |= self._advance(index)
+        return changed
+
+    def _compact(self) -> bool:
+        """Keep the running jobs in the first slots, so that a step runs only their rows: a job in a later slot moves
+        into a free earlier one, its cache rows with it. True where something moved."""
+        moved = False
+        while True:
+            free = next((i for i, slot in enumerate(self._slots) if slot is None), None)
+            last = max((i for i, slot in enumerate(self._slots) if slot is not None), default=None)
+            if free is None or last is None or last < free:
+                return moved
+            slot, rows = self._slots[last], self.ROWS_PER_SLOT
+            source, target = slice(slot.first_row, slot.first_row + rows), slice(free * rows, free * rows + rows)
+            for cache in self.decoder.caches:
+                for buffer in cache.buffers():
+                    buffer[target] = buffer[source]
+            shift = target.start - source.start
+            slot.first_row = target.start
+            slot.rows.rows = slice(slot.rows.rows.start + shift, slot.rows.rows.stop + shift)
+            self._slots[free], self._slots[last], moved = slot, None, True
 
     def _admit(self) -> list[int]:
         """Move waiting jobs into free slots (under the lock); cancelled ones end here."""
@@ -356,7 +423,8 @@ class Engine:
         self._capacity = needed
 
     def _cross(self) -> CrossKV | None:
-        """Every row's cross-attention inputs: each job's own (guided where it guides), a null text for free rows."""
+        """Every cache row's cross-attention inputs: each job's own (guided where it guides), a null text for the rows
+        no job uses."""
         if self.decoder.layers[0].cross_attn is None:
             return None
         dtype, device = self.decoder.final_norm.weight.dtype, self.model.device

@@ -1,0 +1,168 @@
+"""`zhiyin serve` under load: N clients at once against the same requests one at a time, on one running server.
+
+    python bench/serve.py [--checkpoint DIR | --shape small] [--quantize int8] [--clients 8] [--seconds 10 ...]
+
+Starts `zhiyin serve` on a random-weight checkpoint of a published shape (made once, as bench/benchmark.py makes
+it), then sends the same requests twice: first from `--clients` threads at once (their starts spread over the first
+two seconds, durations cycling through `--seconds`), then one at a time. Each request is followed as a listener
+would: its audio streamed from the moment it is accepted, so "first audio" is when its first samples arrive.
+Prints requests per minute, seconds of music per second of wall time, and p50/p95 of first audio and completion
+for both, side by side, with the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one(url: str, body: dict, delay: float) -> dict:
+    """Send one request after `delay` s and stream its audio: (accepted, first audio, done) times from its send."""
+    time.sleep(delay)
+    with httpx.Client(base_url=url, timeout=None) as client:
+        sent = time.perf_counter()
+        job = client.post("/v1/generations", json=body)
+        job.raise_for_status()
+        first, size = None, 0
+        with client.stream("GET", job.json()["audio_url"]) as audio:
+            for piece in audio.iter_bytes():
+                size += len(piece)
+                if first is None and size > 44:
+                    first = time.perf_counter() - sent
+        done = time.perf_counter() - sent
+    return {"first": first, "done": done, "seconds": body["duration"], "bytes": size}
+
+
+def run(url: str, bodies: list[dict], clients: int) -> dict:
+    started = time.perf_counter()
+    results: list[dict] = [None] * len(bodies)
+    if clients == 1:
+        for i, body in enumerate(bodies):
+            results[i] = one(url, body, 0.0)
+    else:
+
+        def work(i: int) -> None:
+            results[i] = one(url, bodies[i], 2.0 * i / len(bodies))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(bodies))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    wall = time.perf_counter() - started
+    return {"wall": wall, "results": results}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="small", choices=["small", "medium", "large"])
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default bench/checkpoints/<shape>")
+    parser.add_argument("--quantize", choices=["int8", "none"], default="int8")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0], help="durations, cycled over requests")
+    args = parser.parse_args()
+    folder = args.checkpoint or HERE / "checkpoints" / args.shape
+    if not (folder / "config.json").exists():
+        from zhiyin.random_checkpoint import write_random_checkpoint
+
+        write_random_checkpoint(folder, args.shape)
+
+    port, data = free_port(), tempfile.mkdtemp(prefix="zhiyin-serve-bench-")
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "zhiyin.cli",
+        "serve",
+        "--model",
+        str(folder),
+        "--port",
+        str(port),
+        "--data-dir",
+        data,
+        "--max-batch",
+        str(args.clients),
+        "--dtype",
+        args.dtype,
+        "--device",
+        args.device,
+    ]
+    if args.quantize != "none":
+        command += ["--quantize", args.quantize]
+    server = subprocess.Popen(command, env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        bodies = [
+            {
+                "prompt": f"request {i}: lofi hip hop with a warm piano",
+                "duration": args.seconds[i % len(args.seconds)],
+                "seed": i,
+            }
+            for i in range(args.clients)
+        ]
+        one(url, {"prompt": "warm-up", "duration": 1.0, "seed": 0}, 0.0)  # kernels built, caches touched
+        together = run(url, bodies, args.clients)
+        alone = run(url, bodies, 1)
+    finally:
+        server.terminate()
+        server.wait(120)
+
+    def row(result: dict) -> dict:
+        rs = result["results"]
+        audio = sum(r["seconds"] for r in rs)
+        return {
+            "requests per minute": 60 * len(rs) / result["wall"],
+            "music s per wall s": audio / result["wall"],
+            "first audio p50 (s)": percentile([r["first"] for r in rs], 0.5),
+            "first audio p95 (s)": percentile([r["first"] for r in rs], 0.95),
+            "completion p50 (s)": percentile([r["done"] for r in rs], 0.5),
+            "completion p95 (s)": percentile([r["done"] for r in rs], 0.95),
+            "wall (s)": result["wall"],
+        }
+
+    a, b = row(together), row(alone)
+    print(
+        f"\n{args.clients} requests of {'/'.join(f'{s:g}' for s in args.seconds)} s, musicgen-{args.shape} shapes, "
+        f"{args.quantize if args.quantize != 'none' else args.dtype}, {args.device}, "
+        f"{statistics.mean(r['bytes'] for r in together['results']) / 1e6:.1f} MB of audio each\n"
+    )
+    print(f"{'':26s}{'together':>12s}{'one at a time':>15s}{'ratio':>8s}")
+    for key in a:
+        print(f"{key:26s}{a[key]:>12.2f}{b[key]:>15.2f}{a[key] / b[key]:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
