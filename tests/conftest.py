@@ -28,6 +28,21 @@ def tiny_checkpoint(tmp_path_factory):
     return folder, make_checkpoint(folder, "tiny", "safetensors")
 
 
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    """Ours, loaded from the tiny checkpoint (once per test module)."""
+    from zhiyin import MusicgenForConditionalGeneration
+
+    return MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_checkpoint):
+    from zhiyin import MusicgenProcessor
+
+    return MusicgenProcessor.from_pretrained(tiny_checkpoint[0])
+
+
 @pytest.fixture(scope="session")
 def tiny_stereo_checkpoint(tmp_path_factory):
     """(folder, transformers model) for the tiny stereo shape (8 codebooks, L1 R1 L2 R2 ...)."""

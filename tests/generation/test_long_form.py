@@ -7,7 +7,6 @@ import soundfile
 import torch
 
 import zhiyin.generation.long_form as long_form
-from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
 from zhiyin.cli import main
 from zhiyin.processing.audio_io import read_audio
 
@@ -15,16 +14,6 @@ from conftest import TEXTS
 
 HOP, RATE = 640, 50  # samples per frame, frames per second
 WINDOW, STRIDE, CONTEXT = 50, 30, 20  # frames: window=1.0 s, extend_stride=0.6 s
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_checkpoint):
-    return MusicgenProcessor.from_pretrained(tiny_checkpoint[0])
 
 
 @pytest.fixture

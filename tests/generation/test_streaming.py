@@ -26,11 +26,6 @@ HOP = 640
 
 
 @pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
-
-
-@pytest.fixture(scope="module")
 def inputs(tiny_checkpoint):
     return MusicgenProcessor.from_pretrained(tiny_checkpoint[0])(text=TEXTS, padding=True, return_tensors="pt")
 

@@ -15,16 +15,6 @@ from conftest import trumpet
 WINDOW = dict(window=1.0, extend_stride=0.6)  # small windows keep long music fast on the tiny checkpoint
 
 
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_checkpoint):
-    return MusicgenProcessor.from_pretrained(tiny_checkpoint[0])
-
-
 def asks(model, processor):
     """(inputs, options, seed) of four jobs: guided top-k past one window, unguided top-p, greedy continuing an
     audio prompt, unconditional sampling."""

@@ -18,7 +18,6 @@ import pytest
 import soundfile
 import uvicorn
 
-from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
 from zhiyin.cli import main
 from zhiyin.serving.app import Service, create_app
 
@@ -50,16 +49,6 @@ class Running:
         self.server.should_exit = True
         self.thread.join(30)
         self.service.close()
-
-
-@pytest.fixture(scope="module")
-def model(tiny_checkpoint):
-    return MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_checkpoint):
-    return MusicgenProcessor.from_pretrained(tiny_checkpoint[0])
 
 
 @pytest.fixture
