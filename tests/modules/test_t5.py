@@ -7,6 +7,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from zhiyin import random_checkpoint  # noqa: E402
 from zhiyin.config import T5Config  # noqa: E402
 from zhiyin.modules.t5 import T5Encoder, relative_position_bucket  # noqa: E402
 
@@ -20,16 +21,7 @@ TINY = dict(
     relative_attention_num_buckets=32,
     relative_attention_max_distance=128,
 )
-T5_BASE = dict(
-    vocab_size=32128,
-    d_model=768,
-    d_kv=64,
-    d_ff=3072,
-    num_layers=12,
-    num_heads=12,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-)
+T5_BASE = random_checkpoint.T5_BASE  # t5-base, as the published checkpoints have it
 
 
 def _pair(fields: dict, attn_implementation: str = "eager"):

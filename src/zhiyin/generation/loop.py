@@ -41,7 +41,7 @@ class Request:
     generator: torch.Generator | None = None
 
 
-class _Rows:
+class RequestRows:
     """A request's rows in the batch and its place in its sequence."""
 
     def __init__(self, request: Request, pattern: DelayPattern, pad: int, first_row: int):
@@ -102,7 +102,7 @@ def generate_together(
     pattern = DelayPattern.for_decoder(decoder.config)
     groups, row = [], 0
     for request in requests:
-        groups.append(_Rows(request, pattern, decoder.config.pad_token_id, row))
+        groups.append(RequestRows(request, pattern, decoder.config.pad_token_id, row))
         row = groups[-1].rows.stop
     decoder.setup_caches(row, max(g.offset + g.length for g in groups))
     try:

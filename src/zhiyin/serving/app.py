@@ -291,10 +291,7 @@ class Service:
         if job is not None and not job.finished:
             status = "cancelled" if row["id"] in self.cancelled else job.status
         done = job.frames_done if job is not None else row["frames_done"]
-        queue_position = None
-        if status == "queued":
-            waiting = [j for j in list(self.engine._waiting)]
-            queue_position = next((i + 1 for i, j in enumerate(waiting) if j is job), None)
+        queue_position = self.engine.queue_position(job) if job is not None and status == "queued" else None
         return dict(
             id=row["id"],
             status=status,

@@ -32,7 +32,7 @@ from torch import Tensor
 from ..backends.select import decoder_step
 from ..generation.conditioning import Condition, TextCondition
 from ..generation.delay_pattern import DelayPattern
-from ..generation.loop import Request, _Rows
+from ..generation.loop import Request, RequestRows
 from ..generation.options import GenerationOptions
 from ..generation.streaming import decode_stream
 from ..modules.decoder import CrossKV
@@ -133,7 +133,7 @@ class _Slot:
         self.job, self.first_row, self.pattern, self.pad = job, first_row, pattern, pad
         self.context, self.made = job.prompt, 0
         self.window, self.stride = job.options.window_frames
-        self.rows: _Rows | None = None
+        self.rows: RequestRows | None = None
         self.logits: Tensor | None = None
         self.new: list[Tensor] = []
 
@@ -145,7 +145,7 @@ class _Slot:
         request = Request(
             job.condition.at_frame(start), self.context, n + self.pattern.max_delay, job.options.sampling, job.generator
         )
-        self.rows, self.new, self.n = _Rows(request, self.pattern, self.pad, self.first_row), [], n
+        self.rows, self.new, self.n = RequestRows(request, self.pattern, self.pad, self.first_row), [], n
         self.logits = self.rows.prefill(decoder)
 
     def advance(self, decoder) -> bool:
@@ -250,6 +250,11 @@ class Engine:
             except BaseException as error:  # it belongs to the caller
                 box["error"] = error
             done.set()
+
+    def queue_position(self, job: Job) -> int | None:
+        """1 for the next job to be admitted; None for a job not waiting."""
+        with self._lock:
+            return next((i + 1 for i, waiting in enumerate(self._waiting) if waiting is job), None)
 
     @property
     def queued(self) -> int:
