@@ -35,6 +35,49 @@ from .loop import Request, generate_frames
 from .options import SamplingSettings
 
 
+class Windows:
+    """The windows of one piece of long music: prompt [B, K, P] (P < window; may be 0), then `new_frames` new frames,
+    in windows of at most `window` frames, each later one continuing the last (window - stride) frames made.
+    `request()` gives the next window's request; `finish(new)` takes that window's new frames [B, K, 1] each."""
+
+    def __init__(
+        self,
+        condition: Condition,
+        prompt: Tensor,
+        new_frames: int,
+        window: int,
+        stride: int,
+        settings: SamplingSettings,
+        generator: torch.Generator | None,
+        max_delay: int,
+    ):
+        self.condition, self.prompt, self.new_frames = condition, prompt, new_frames
+        self.window, self.stride, self.settings, self.generator, self.max_delay = (
+            window,
+            stride,
+            settings,
+            generator,
+            max_delay,
+        )
+        self.context, self.made, self.n = prompt, 0, 0  # context [B, K, c]: the next window's prompt
+
+    @property
+    def done(self) -> bool:
+        return self.made >= self.new_frames
+
+    def request(self) -> Request:
+        """The next window: conditioned from the frame of the music its context begins at."""
+        self.n = min(self.window - self.context.shape[-1], self.new_frames - self.made)
+        start = self.prompt.shape[-1] + self.made - self.context.shape[-1]
+        return Request(
+            self.condition.at_frame(start), self.context, self.n + self.max_delay, self.settings, self.generator
+        )
+
+    def finish(self, new: list[Tensor]) -> None:
+        self.context = torch.cat([self.context, *new], dim=-1)[..., -(self.window - self.stride) :]
+        self.made += self.n
+
+
 @torch.inference_mode()
 def long_frames(
     decoder: MusicgenDecoder,
@@ -48,21 +91,17 @@ def long_frames(
     generator: torch.Generator | None = None,
 ) -> Iterator[Tensor]:
     """Yields the codes [B, K, n] of prompt [B, K, P] (P < window; may be 0) and then of `new_frames` new frames,
-    one at a time as the windows make them, in windows of `window` frames that each make `stride` new frames after
-    the first. Music that fits one window is exactly one `generate_codes` pass."""
+    one at a time as the windows make them (Windows). Music that fits one window is exactly one `generate_codes`
+    pass."""
     delay = DelayPattern.for_decoder(decoder.config).max_delay
+    windows = Windows(condition, prompt, new_frames, window, stride, settings, generator, delay)
     if prompt.shape[-1]:
         yield prompt
-    context, made = prompt, 0  # context [B, K, c]: the next window's prompt
     with tqdm(total=new_frames, disable=not progress, desc="generating", unit="frame") as bar:
-        while made < new_frames:
-            n = min(window - context.shape[-1], new_frames - made)
-            start = prompt.shape[-1] + made - context.shape[-1]
-            request = Request(condition.at_frame(start), context, n + delay, settings, generator)
+        while not windows.done:
             new = []
-            for frame in generate_frames(decoder, request):
+            for frame in generate_frames(decoder, windows.request()):
                 new.append(frame)  # [B, K, 1]
                 bar.update(1)
                 yield frame
-            context = torch.cat([context, *new], dim=-1)[..., -(window - stride) :]
-            made += n
+            windows.finish(new)

@@ -32,7 +32,8 @@ from torch import Tensor
 from ..backends.select import decoder_step
 from ..generation.conditioning import Condition, TextCondition
 from ..generation.delay_pattern import DelayPattern
-from ..generation.loop import Request, RequestRows
+from ..generation.long_form import Windows
+from ..generation.loop import RequestRows
 from ..generation.options import GenerationOptions
 from ..generation.streaming import decode_stream
 from ..modules.decoder import CrossKV
@@ -126,26 +127,28 @@ class Job:
 
 
 class _Slot:
-    """A running job in its two cache rows: the window being made, and the long-form bookkeeping of
-    generation/long_form.py (context, frames made)."""
+    """A running job in its two cache rows: the window being made (generation/long_form.py's Windows)."""
 
     def __init__(self, job: Job, first_row: int, pattern: DelayPattern, pad: int):
         self.job, self.first_row, self.pattern, self.pad = job, first_row, pattern, pad
-        self.context, self.made = job.prompt, 0
-        self.window, self.stride = job.options.window_frames
+        window, stride = job.options.window_frames
+        self.windows = Windows(
+            job.condition,
+            job.prompt,
+            job.options.new_frames,
+            window,
+            stride,
+            job.options.sampling,
+            job.generator,
+            pattern.max_delay,
+        )
         self.rows: RequestRows | None = None
         self.logits: Tensor | None = None
         self.new: list[Tensor] = []
 
     def start_window(self, decoder) -> None:
         """The next window: its request on this slot's rows, prefilled; its first logits pending."""
-        job = self.job
-        n = min(self.window - self.context.shape[-1], job.options.new_frames - self.made)
-        start = job.prompt.shape[-1] + self.made - self.context.shape[-1]
-        request = Request(
-            job.condition.at_frame(start), self.context, n + self.pattern.max_delay, job.options.sampling, job.generator
-        )
-        self.rows, self.new, self.n = RequestRows(request, self.pattern, self.pad, self.first_row), [], n
+        self.rows, self.new = RequestRows(self.windows.request(), self.pattern, self.pad, self.first_row), []
         self.logits = self.rows.prefill(decoder)
 
     def advance(self, decoder) -> bool:
@@ -157,9 +160,8 @@ class _Slot:
                 self.job._push(frame)
             if not self.rows.done:
                 return True
-            self.context = torch.cat([self.context, *self.new], dim=-1)[..., -(self.window - self.stride) :]
-            self.made += self.n
-            if self.made >= self.job.options.new_frames:
+            self.windows.finish(self.new)
+            if self.windows.done:
                 return False
             self.start_window(decoder)
 
