@@ -245,10 +245,17 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def pcm16(audio: Any) -> bytes:
+    """Audio [channels, samples] (numpy or torch) as interleaved little-endian 16-bit PCM, converted as
+    `write_audio` (libsndfile) converts it: clipped, floor(x * 32768)."""
+    samples = _as_samples_by_channels(audio)  # [samples, channels] float32 in [-1, 1]
+    return np.clip(np.floor(samples * 32768), -32768, 32767).astype("<i2").tobytes()
+
+
 class WavWriter:
     """A 16-bit PCM WAV file that grows chunk by chunk and is a valid WAV after every chunk: the header's sizes
     are rewritten and the file flushed each time, so a run killed at any point leaves a playable, shorter file.
-    Samples are converted as `write_audio` (libsndfile) converts them: clipped, floor(x * 32768)."""
+    Samples are converted by `pcm16`, as `write_audio` converts them."""
 
     def __init__(self, path: str, sampling_rate: int, channels: int):
         self.file = open(path, "wb")
@@ -258,9 +265,7 @@ class WavWriter:
         self.wav.setframerate(sampling_rate)
 
     def write(self, audio: Any) -> None:  # [channels, samples], numpy or torch
-        samples = _as_samples_by_channels(audio)  # [samples, channels] float32 in [-1, 1]
-        pcm = np.clip(np.floor(samples * 32768), -32768, 32767).astype("<i2")
-        self.wav.writeframes(pcm.tobytes())  # and patches the header's sizes
+        self.wav.writeframes(pcm16(audio))  # and patches the header's sizes
         self.file.flush()
 
     def close(self) -> None:

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import soundfile
-import torch
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -36,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..files import write_atomic
-from ..processing.audio_io import WRITE_FORMATS, read_audio, write_audio
+from ..processing.audio_io import WRITE_FORMATS, pcm16, read_audio, write_audio
 from ..processing.loudness import DEFAULT_NORMALIZE, TARGET_DB
 from .engine import Engine, Job
 from .store import JobStore
@@ -499,8 +498,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
             yield wav_header(rate, channels)
             try:
                 for chunk in job.audio_chunks(chunk_seconds=0.5):
-                    samples = chunk[0].clamp(-1, 1).mul(32767).round().to(torch.int16).T.contiguous()
-                    yield samples.numpy().tobytes()
+                    yield pcm16(chunk[0].cpu())  # as the finished file's writer converts samples
             except RuntimeError:  # failed or cancelled while streaming: the audio ends there
                 return
 
