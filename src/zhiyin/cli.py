@@ -384,6 +384,20 @@ def _settings(args) -> dict:
     )
 
 
+def _load_model(args, config):
+    """The model --model names, of the class its config asks for, as --dtype, --device and --quantize say."""
+    from .model import model_class_for
+
+    return model_class_for(config).from_pretrained(
+        args.model, dtype=args.dtype, device=args.device, quantize=args.quantize
+    )
+
+
+def _model_name(model: str) -> str:
+    """How a file or a job records the model: a folder as its absolute path (to be found from anywhere)."""
+    return os.path.abspath(model) if os.path.isdir(model) else model
+
+
 def _absolute(path: str | None) -> str | None:
     return None if path is None else os.path.abspath(path)
 
@@ -433,22 +447,18 @@ def generate(args) -> int:
     _check_for_model(args, config)
     import torch
 
-    from .config import MusicgenMelodyConfig
-    from .model import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
     from .processing.audio_io import read_audio
     from .processing.processor import AutoProcessor
 
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     rate, channels = config.audio_encoder.sampling_rate, config.decoder.audio_channels
-    melodic = isinstance(config, MusicgenMelodyConfig)
     count = len(paths)
     prompt_audio = None
     if args.audio_prompt is not None:
         prompt_audio = read_audio(args.audio_prompt, rate, channels, last_seconds=args.prompt_seconds)
 
     started = time.perf_counter()
-    model_class = MusicgenMelodyForConditionalGeneration if melodic else MusicgenForConditionalGeneration
-    model = model_class.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    model = _load_model(args, config)
     inputs, sampling = {}, _sampling(args)
     if args.unconditional:
         inputs = dict(model.get_unconditional_inputs(count))
@@ -483,7 +493,7 @@ def generate(args) -> int:
     )
 
     settings = _settings(args)
-    model_name = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model  # a folder, from anywhere
+    model_name = _model_name(args.model)
     command = remake_command(
         None if args.unconditional else list(args.prompts), count, model_name, seed, settings, args.output
     )
@@ -659,19 +669,12 @@ def serve(args) -> int:
     config = read_config(args.model)
     import uvicorn
 
-    from .config import MusicgenMelodyConfig
-    from .model import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
     from .processing.processor import AutoProcessor
     from .serving.app import Service, create_app
 
-    model_class = (
-        MusicgenMelodyForConditionalGeneration
-        if isinstance(config, MusicgenMelodyConfig)
-        else (MusicgenForConditionalGeneration)
-    )
-    model = model_class.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    model = _load_model(args, config)
     processor = AutoProcessor.from_pretrained(args.model)
-    name = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model
+    name = _model_name(args.model)
     service = Service(
         model,
         processor,

@@ -443,3 +443,10 @@ class MusicgenMelodyForConditionalGeneration(MusicgenForConditionalGeneration):
             chroma_rate=codec.sampling_rate / CHROMA_HOP,
         )
         return condition, torch.zeros(B, self.config.decoder.num_codebooks, 0, dtype=torch.long, device=self.device)
+
+
+def model_class_for(config: MusicgenConfig) -> type[MusicgenForConditionalGeneration]:
+    """The class that loads a checkpoint with this config: the melody one for melody checkpoints."""
+    if isinstance(config, MusicgenMelodyConfig):
+        return MusicgenMelodyForConditionalGeneration
+    return MusicgenForConditionalGeneration
