@@ -240,6 +240,8 @@ class Service:
                     id, status=job.status, error=job.error, finished_at=job.finished_at, frames_done=job.frames_done
                 )
         except Exception as error:  # never lose a job silently
+            if self.stopping:
+                return  # the shutdown took the engine away: it stays unfinished, to run again at the next start
             self.store.update(id, status="failed", error=f"{type(error).__name__}: {error}", finished_at=time.time())
         finally:
             with self._lock:
@@ -338,6 +340,10 @@ class Service:
 
     def close(self) -> None:
         self.stopping = True
+        for id, job in list(self.live.items()):  # finished jobs still being written need the engine to decode
+            watcher = self._watchers.get(id)
+            if job.status == "succeeded" and watcher is not None:
+                watcher.join(timeout=60)
         self.engine.close()
         for thread in list(self._watchers.values()):
             thread.join(timeout=10)
