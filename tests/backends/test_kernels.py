@@ -53,6 +53,17 @@ def test_int8_kernel_matches_dequantized_weights(rows):
     assert ((got - F.linear(x, dequantized)).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("N", [301, 1024])  # an odd count leaves a weight row outside the row-pair blocks
+def test_int8_rows_do_not_depend_on_the_rows_beside_them(N):
+    """A row's product is the same exact sum however many rows pass over the weights with it (the step's rows of
+    several requests: continuous batching relies on it)."""
+    weight, x = torch.randn(N, 384), torch.randn(21, 384)
+    layer = KernelLinear(*quantize_int8(weight))
+    alone = torch.cat([layer(row[None]) for row in x])
+    for rows in (2, 5, 6, 8, 13, 21):
+        assert torch.equal(layer(x[:rows]), alone[:rows]), rows
+
+
 def test_more_rows_than_the_kernel_takes_fall_back_to_pytorch():
     weight, x = torch.randn(64, 32), torch.randn(3, 7, 32)  # 21 rows
     assert torch.allclose(KernelLinear(weight)(x), F.linear(x, weight), atol=1e-5)

@@ -33,7 +33,7 @@ from .precision import Precision, place, plan
 SOURCES = Path(__file__).with_name("csrc")
 SOURCE = SOURCES / "kernels.cpp"
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]  # and -fopenmp, -march=<target> (_compile)
-MAX_STEP_ROWS = 64  # rows of one fused step (it runs them MAX_ROWS at a time)
+MAX_STEP_ROWS = 64  # rows of one fused step
 MAX_ROWS = 8  # rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but for int8 weights
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # csrc/matvec.h's WeightType
 # Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each

@@ -145,6 +145,16 @@ class _Slot:
         self.rows: RequestRows | None = None
         self.logits: Tensor | None = None
         self.new: list[Tensor] = []
+        self._cross: tuple[Condition, list] | None = None  # the window's condition and its rows' cross-attention
+
+    def cross(self, decoder, null: list) -> list:
+        """The cross-attention inputs of this slot's rows (projected once a window): its condition's rows, then
+        `null`'s for the rows it leaves free."""
+        condition = self.rows.condition
+        if self._cross is None or self._cross[0] is not condition:
+            parts = [condition.cross(decoder)] + null[condition.rows :]
+            self._cross = (condition, parts)
+        return self._cross[1]
 
     def start_window(self, decoder) -> None:
         """The next window: its request on this slot's rows, prefilled; its first logits pending."""
@@ -188,6 +198,7 @@ class Engine:
         # the other (BENCHMARKS.md, "zhiyin serve under load")
         self._calls: deque[tuple] = deque()
         self._capacity = 0  # positions of the KV cache set up so far
+        self._null_cross: list | None = None  # a slot's rows' cross-attention inputs where no job uses them
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="zhiyin-engine", daemon=True)
         self._thread.start()
@@ -434,14 +445,15 @@ class Engine:
         no job uses."""
         if self.decoder.layers[0].cross_attn is None:
             return None
-        dtype, device = self.decoder.final_norm.weight.dtype, self.model.device
-        width = self.model.config.decoder.hidden_size
-        null = TextCondition(
-            torch.zeros(1, 1, width, dtype=dtype, device=device), torch.zeros(1, 1, dtype=torch.long, device=device)
-        )
+        if self._null_cross is None:
+            dtype, device = self.decoder.final_norm.weight.dtype, self.model.device
+            width = self.model.config.decoder.hidden_size
+            null = TextCondition(
+                torch.zeros(1, 1, width, dtype=dtype, device=device),
+                torch.zeros(1, 1, dtype=torch.long, device=device),
+            )
+            self._null_cross = [null.cross(self.decoder)] * self.ROWS_PER_SLOT
         parts = []
         for slot in self._slots:
-            condition = slot.rows.condition if slot is not None else null
-            rows = [condition] + [null] * (self.ROWS_PER_SLOT - condition.rows)
-            parts += [c.cross(self.decoder) for c in rows]
+            parts += slot.cross(self.decoder, self._null_cross) if slot is not None else self._null_cross
         return CrossKV.concat(parts)

@@ -216,7 +216,7 @@ int zhiyin_openmp() { return 0; }
 #endif
 
 // y [m, n] = x [m, k] . W^T. Up to MAX_ROWS rows the threads split W's rows; more rows (a prefill) go over W in
-// chunks of CHUNK_ROWS rows, each kept in cache while every block of MAX_ROWS activation rows passes over it.
+// chunks of CHUNK_ROWS rows, each kept in cache while every activation row passes over it.
 void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int threads) {
     Activations input;
     const Rows all = input.rows(x, m, w->k, *w);
@@ -229,14 +229,8 @@ void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int thr
         } else {
             const int64_t chunks = (w->n + CHUNK_ROWS - 1) / CHUNK_ROWS;
             #pragma omp for schedule(static)
-            for (int64_t c = 0; c < chunks; c++) {
-                const int64_t n0 = c * CHUNK_ROWS, n1 = std::min(w->n, n0 + CHUNK_ROWS);
-                for (int64_t r = 0; r < m; r += MAX_ROWS) {
-                    const Rows block{all.x + r * w->k, all.xq ? all.xq + r * w->k : nullptr,
-                                     all.xscale ? all.xscale + r : nullptr, std::min<int64_t>(MAX_ROWS, m - r)};
-                    matvec(*w, block, y + r * w->n, w->n, false, n0, n1);
-                }
-            }
+            for (int64_t c = 0; c < chunks; c++)
+                matvec(*w, all, y, w->n, false, c * CHUNK_ROWS, std::min(w->n, (c + 1) * CHUNK_ROWS));
         }
     }
 }
@@ -273,16 +267,12 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *po
             team->wait();
             rows = Rows{dst, int16 ? input.q.data() : nullptr, int16 ? input.scale.data() : nullptr, M};
         };
-        // y (+)= rows . W^T on this thread's share of W's rows, MAX_ROWS activation rows at a time (each row's
-        // numbers do not depend on the rows beside it)
+        // y (+)= rows . W^T on this thread's share of W's rows (each row's numbers do not depend on the rows
+        // beside it)
         auto product = [&](const Linear &w, float *y, int64_t ldy, bool add) {
             int64_t n0, n1;
             share(w.n, thread, threads, n0, n1);
-            for (int64_t r = 0; r < M; r += MAX_ROWS) {
-                const Rows block{rows.x + r * w.k, rows.xq ? rows.xq + r * w.k : nullptr,
-                                 rows.xscale ? rows.xscale + r : nullptr, std::min<int64_t>(MAX_ROWS, M - r)};
-                matvec(w, block, y + r * ldy, ldy, add, n0, n1);
-            }
+            matvec(w, rows, y, ldy, add, n0, n1);
         };
 
         #pragma omp for schedule(static) nowait

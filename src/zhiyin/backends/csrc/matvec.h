@@ -1,5 +1,5 @@
-// Weight-streaming products for decoding: y[m, n] = x[m, :] . W[n, :] (* scale[n]) for a few rows m (M <= 8) and
-// a range of output rows n, so that threads can split one product by n inside a parallel region.
+// Weight-streaming products for decoding: y[m, n] = x[m, :] . W[n, :] (* scale[n]) for the few rows m of a decoder
+// step and a range of output rows n, so that threads can split one product by n inside a parallel region.
 //
 // A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so its speed is
 // how fast the weights stream from memory: each weight element is loaded once and used for all M rows. W is float32,
@@ -135,6 +135,8 @@ inline int64_t int16_tail(const int8_t *row, const int16_t *x, int64_t k, int64_
 }
 #endif
 
+// int16_dots<NB, M>: weight rows row[0..NB) (K apart) against M rows of xq, NB x M accumulators in registers ->
+// the exact integer sums, sums[b * M + m]. Each int32 lane sums k/16 products on every CPU (quantize_rows' bound).
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 inline int64_t reduce_exact(__m512i v) {  // 16 int32 lanes summed in int64
     __m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
@@ -142,17 +144,22 @@ inline int64_t reduce_exact(__m512i v) {  // 16 int32 lanes summed in int64
     return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
 }
 
-// Weight row n against M rows of x, M accumulators in registers: the exact integer sums
-template <int M>
+template <int NB, int M>
 inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t *sums) {
-    __m512i acc[M];
-    for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_si512();
+    __m512i acc[NB][M];
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++) acc[b][m] = _mm512_setzero_si512();
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
-        const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(row + k)));
-        for (int m = 0; m < M; m++) acc[m] = _mm512_dpwssd_epi32(acc[m], wv, _mm512_loadu_si512(xq + m * K + k));
+        __m512i wv[NB];
+        for (int b = 0; b < NB; b++) wv[b] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(row + b * K + k)));
+        for (int m = 0; m < M; m++) {
+            const __m512i xv = _mm512_loadu_si512(xq + m * K + k);
+            for (int b = 0; b < NB; b++) acc[b][m] = _mm512_dpwssd_epi32(acc[b][m], wv[b], xv);
+        }
     }
-    for (int m = 0; m < M; m++) sums[m] = reduce_exact(acc[m]) + int16_tail(row, xq + m * K, k, K);
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++) sums[b * M + m] = reduce_exact(acc[b][m]) + int16_tail(row + b * K, xq + m * K, k, K);
 }
 #elif defined(__AVX2__)
 inline int64_t reduce_exact(__m256i v) {  // 8 int32 lanes summed in int64
@@ -162,108 +169,139 @@ inline int64_t reduce_exact(__m256i v) {  // 8 int32 lanes summed in int64
     return _mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1);
 }
 
-// As above with vpmaddwd: two accumulators per row (even and odd 16 columns of each 32), so that each int32 lane
-// sums k/16 products, as one lane of vpdpwssd's does
-template <int M>
+// vpmaddwd: two accumulators per pair (even and odd 16 columns of each 32), so that each int32 lane sums k/16
+// products, as one lane of vpdpwssd's does
+template <int NB, int M>
 inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t *sums) {
-    __m256i even[M], odd[M];
-    for (int m = 0; m < M; m++) even[m] = odd[m] = _mm256_setzero_si256();
+    __m256i even[NB][M], odd[NB][M];
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++) even[b][m] = odd[b][m] = _mm256_setzero_si256();
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
-        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + k)));
-        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + k + 16)));
-        for (int m = 0; m < M; m++) {
-            const int16_t *x = xq + m * K + k;
-            even[m] = _mm256_add_epi32(even[m], _mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)x)));
-            odd[m] = _mm256_add_epi32(odd[m], _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(x + 16))));
+        __m256i w0[NB], w1[NB];
+        for (int b = 0; b < NB; b++) {
+            w0[b] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + b * K + k)));
+            w1[b] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + b * K + k + 16)));
         }
-    }
-    for (int m = 0; m < M; m++)
-        sums[m] = reduce_exact(even[m]) + reduce_exact(odd[m]) + int16_tail(row, xq + m * K, k, K);
-}
-#elif defined(__aarch64__)
-// As above with NEON's widening multiply-adds (smlal, 4 int32 lanes): four accumulators per row, one per 8 of each
-// 32 columns, so that each lane sums k/16 products, as one lane of vpdpwssd's does
-template <int M>
-inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t *sums) {
-    int32x4_t acc[4][M];
-    for (int a = 0; a < 4; a++)
-        for (int m = 0; m < M; m++) acc[a][m] = vdupq_n_s32(0);
-    int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
-        for (int half = 0; half < 2; half++) {
-            const int8x16_t w = vld1q_s8(row + k + 16 * half);
-            const int16x8_t w0 = vmovl_s8(vget_low_s8(w)), w1 = vmovl_high_s8(w);
-            for (int m = 0; m < M; m++) {
-                const int16_t *x = xq + m * K + k + 16 * half;
-                const int16x8_t x0 = vld1q_s16(x), x1 = vld1q_s16(x + 8);
-                int32x4_t &a0 = acc[2 * half][m], &a1 = acc[2 * half + 1][m];
-                a0 = vmlal_high_s16(vmlal_s16(a0, vget_low_s16(w0), vget_low_s16(x0)), w0, x0);
-                a1 = vmlal_high_s16(vmlal_s16(a1, vget_low_s16(w1), vget_low_s16(x1)), w1, x1);
+        for (int m = 0; m < M; m++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + m * K + k));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + m * K + k + 16));
+            for (int b = 0; b < NB; b++) {
+                even[b][m] = _mm256_add_epi32(even[b][m], _mm256_madd_epi16(w0[b], x0));
+                odd[b][m] = _mm256_add_epi32(odd[b][m], _mm256_madd_epi16(w1[b], x1));
             }
         }
     }
-    for (int m = 0; m < M; m++) {
-        int64_t s = int16_tail(row, xq + m * K, k, K);
-        for (int a = 0; a < 4; a++) s += vaddlvq_s32(acc[a][m]);  // 4 int32 lanes summed in int64
-        sums[m] = s;
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++)
+            sums[b * M + m] = reduce_exact(even[b][m]) + reduce_exact(odd[b][m]) +
+                              int16_tail(row + b * K, xq + m * K, k, K);
+}
+#elif defined(__aarch64__)
+// NEON's widening multiply-adds (smlal, 4 int32 lanes): four accumulators per pair, one per 8 of each 32 columns,
+// so that each lane sums k/16 products, as one lane of vpdpwssd's does
+template <int NB, int M>
+inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t *sums) {
+    int32x4_t acc[NB][4][M];
+    for (int b = 0; b < NB; b++)
+        for (int a = 0; a < 4; a++)
+            for (int m = 0; m < M; m++) acc[b][a][m] = vdupq_n_s32(0);
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        for (int half = 0; half < 2; half++) {
+            int16x8_t w0[NB], w1[NB];
+            for (int b = 0; b < NB; b++) {
+                const int8x16_t w = vld1q_s8(row + b * K + k + 16 * half);
+                w0[b] = vmovl_s8(vget_low_s8(w)), w1[b] = vmovl_high_s8(w);
+            }
+            for (int m = 0; m < M; m++) {
+                const int16_t *x = xq + m * K + k + 16 * half;
+                const int16x8_t x0 = vld1q_s16(x), x1 = vld1q_s16(x + 8);
+                for (int b = 0; b < NB; b++) {
+                    int32x4_t &a0 = acc[b][2 * half][m], &a1 = acc[b][2 * half + 1][m];
+                    a0 = vmlal_high_s16(vmlal_s16(a0, vget_low_s16(w0[b]), vget_low_s16(x0)), w0[b], x0);
+                    a1 = vmlal_high_s16(vmlal_s16(a1, vget_low_s16(w1[b]), vget_low_s16(x1)), w1[b], x1);
+                }
+            }
+        }
     }
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++) {
+            int64_t s = int16_tail(row + b * K, xq + m * K, k, K);
+            for (int a = 0; a < 4; a++) s += vaddlvq_s32(acc[b][a][m]);  // 4 int32 lanes summed in int64
+            sums[b * M + m] = s;
+        }
 }
 #endif
 
 #if ZHIYIN_INT16
-// Weight row n against M rows of x: exact integer sums, scaled
-template <int M>
-inline void int16_row(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K,
-                      int64_t n, float *y, int64_t ldy, bool add) {
-    int64_t sums[M];
-    int16_dots<M>(xq, w + n * K, K, sums);
-    for (int m = 0; m < M; m++) put(y + m * ldy + n, float(sums[m]) * (scale[n] * xscale[m]), add);
-}
+// Block sizes of int8 products (BENCHMARKS.md, "Kernel block sizes"). Up to STREAMED_ROWS activation rows the
+// product is bandwidth-bound: one weight row at a time against all of them. More rows are compute-bound: the
+// weights go by in chunks of 32 rows, read from memory once, and the activation rows pass over each chunk (still in
+// cache) PASS_ROWS at a time, PASS_WEIGHT_ROWS weight rows at a time (registers: NB x M accumulators).
+constexpr int STREAMED_ROWS = 5;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && !defined(__znver4__)
+constexpr int PASS_ROWS = 8, PASS_WEIGHT_ROWS = 2;
+#else
+constexpr int PASS_ROWS = 4, PASS_WEIGHT_ROWS = 1;
+#endif
 
-template <int M>
+// Weight rows [n0, n1) against M rows of x, NB weight rows at a time: exact integer sums, scaled
+template <int NB, int M>
 void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K, float *y,
                  int64_t ldy, bool add, int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n++) int16_row<M>(xq, xscale, w, scale, K, n, y, ldy, add);
+    int64_t n = n0, sums[NB * M];
+    for (; n + NB <= n1; n += NB) {
+        int16_dots<NB, M>(xq, w + n * K, K, sums);
+        for (int b = 0; b < NB; b++)
+            for (int m = 0; m < M; m++) put(y + m * ldy + n + b, float(sums[b * M + m]) * (scale[n + b] * xscale[m]), add);
+    }
+    if (NB > 1 && n < n1) int16_range<1, M>(xq, xscale, w, scale, K, y, ldy, add, n, n1);
 }
 
-// m <= 5 activation rows against weight rows [n0, n1), one weight row at a time (faster than two at a time for 3-5
-// rows: BENCHMARKS.md, "Kernel block sizes")
-inline void int16_rows(const int16_t *x, const float *xs, int64_t m, const int8_t *w, const float *scale, int64_t K,
-                       float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
+// m <= 8 activation rows against weight rows [n0, n1), NB weight rows at a time
+template <int NB>
+void int16_rows(const int16_t *x, const float *xs, int64_t m, const int8_t *w, const float *scale, int64_t K,
+                float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
     switch (m) {
-    case 1: return int16_range<1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 2: return int16_range<2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 3: return int16_range<3>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 4: return int16_range<4>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    default: return int16_range<5>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 1: return int16_range<NB, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 2: return int16_range<NB, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 3: return int16_range<NB, 3>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 4: return int16_range<NB, 4>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 5: return int16_range<NB, 5>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 6: return int16_range<NB, 6>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 7: return int16_range<NB, 7>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    default: return int16_range<NB, 8>(x, xs, w, scale, K, y, ldy, add, n0, n1);
     }
 }
 
-// More rows (6-8) are compute-bound: two passes of at most 4 rows over each 32-row chunk of weights, the second
-// reading the chunk from cache (faster than all rows at once: BENCHMARKS.md, "Kernel block sizes").
+// Any number of activation rows. Every output is the same exact sum, scaled the same way, whatever the blocking:
+// a row's numbers do not depend on how many rows are beside it.
 inline void int16_matvec(const Rows &r, const int8_t *w, const float *scale, int64_t K, float *y, int64_t ldy,
                          bool add, int64_t n0, int64_t n1) {
-    if (r.m <= 5) return int16_rows(r.xq, r.xscale, r.m, w, scale, K, y, ldy, add, n0, n1);
+    if (r.m <= STREAMED_ROWS) return int16_rows<1>(r.xq, r.xscale, r.m, w, scale, K, y, ldy, add, n0, n1);
     for (int64_t c0 = n0; c0 < n1; c0 += 32) {
         const int64_t c1 = std::min(n1, c0 + 32);
-        int16_rows(r.xq, r.xscale, 4, w, scale, K, y, ldy, add, c0, c1);
-        int16_rows(r.xq + 4 * K, r.xscale + 4, r.m - 4, w, scale, K, y + 4 * ldy, ldy, add, c0, c1);
+        for (int64_t i = 0; i < r.m; i += PASS_ROWS)
+            int16_rows<PASS_WEIGHT_ROWS>(r.xq + i * K, r.xscale + i, std::min<int64_t>(PASS_ROWS, r.m - i), w, scale,
+                                         K, y + i * ldy, ldy, add, c0, c1);
     }
 }
 #endif
 
-// y[m * ldy + n] (+)= rows . W[n] for n in [n0, n1)
+// y[m * ldy + n] (+)= rows . W[n] for n in [n0, n1), any number of rows (float weights MAX_ROWS at a time)
 inline void matvec(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
-    switch (w.type) {
-    case F32: return float_matvec(r, (const float *)w.weight, nullptr, w.k, y, ldy, add, n0, n1);
-    case BF16: return float_matvec(r, (const uint16_t *)w.weight, nullptr, w.k, y, ldy, add, n0, n1);
-    default:
 #if ZHIYIN_INT16
-        return int16_matvec(r, (const int8_t *)w.weight, w.scale, w.k, y, ldy, add, n0, n1);
-#else
-        return float_matvec(r, (const int8_t *)w.weight, w.scale, w.k, y, ldy, add, n0, n1);
+    if (w.type == I8) return int16_matvec(r, (const int8_t *)w.weight, w.scale, w.k, y, ldy, add, n0, n1);
 #endif
+    for (int64_t i = 0; i < r.m; i += MAX_ROWS) {
+        const Rows block{r.x + i * w.k, nullptr, nullptr, std::min<int64_t>(MAX_ROWS, r.m - i)};
+        float *out = y + i * ldy;
+        switch (w.type) {
+        case F32: float_matvec(block, (const float *)w.weight, nullptr, w.k, out, ldy, add, n0, n1); break;
+        case BF16: float_matvec(block, (const uint16_t *)w.weight, nullptr, w.k, out, ldy, add, n0, n1); break;
+        default: float_matvec(block, (const int8_t *)w.weight, w.scale, w.k, out, ldy, add, n0, n1);
+        }
     }
 }
 
