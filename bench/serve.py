@@ -1,19 +1,23 @@
-"""`zhiyin serve` under load: N clients at once against the same requests one at a time, on one running server.
+"""`zhiyin serve` under load: N clients at once, served together (continuous batching) and one at a time.
 
     python bench/serve.py [--checkpoint DIR | --shape small] [--quantize int8] [--clients 8] [--seconds 10 ...]
 
 Starts `zhiyin serve` on a random-weight checkpoint of a published shape (made once, as bench/benchmark.py makes
-it), then sends the same requests twice: first from `--clients` threads at once (their starts spread over the first
-two seconds, durations cycling through `--seconds`), then one at a time. Each request is followed as a listener
-would: its audio streamed from the moment it is accepted, so "first audio" is when its first samples arrive.
-Prints requests per minute, seconds of music per second of wall time, and p50/p95 of first audio and completion
-for both, side by side, with the ratio.
+it) and sends it `--clients` requests from as many threads, their starts spread over the first two seconds,
+durations cycling through `--seconds`: first to a server with `--max-batch N` (every request served at once), then
+the same requests, arriving the same way, to a server with `--max-batch 1`, which serves them one at a time in
+their order of arrival, as the demo apps that exist do. Each request is followed as a listener would: its audio
+streamed from the moment it is accepted, so "first audio" is when its first samples arrive. Prints requests per
+minute, seconds of music per second of wall time, and p50/p95 of first audio and completion for both, side by
+side, with the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -51,24 +55,49 @@ def one(url: str, body: dict, delay: float) -> dict:
     return {"first": first, "done": done, "seconds": body["duration"], "bytes": size}
 
 
-def run(url: str, bodies: list[dict], clients: int) -> dict:
+def run(url: str, bodies: list[dict]) -> dict:
+    """The requests from one thread each, their starts spread over two seconds."""
     started = time.perf_counter()
     results: list[dict] = [None] * len(bodies)
-    if clients == 1:
-        for i, body in enumerate(bodies):
-            results[i] = one(url, body, 0.0)
-    else:
 
-        def work(i: int) -> None:
-            results[i] = one(url, bodies[i], 2.0 * i / len(bodies))
+    def work(i: int) -> None:
+        results[i] = one(url, bodies[i], 2.0 * i / len(bodies))
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(bodies))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     wall = time.perf_counter() - started
     return {"wall": wall, "results": results}
+
+
+@contextlib.contextmanager
+def server(args: argparse.Namespace, folder: Path, max_batch: int):
+    """A running `zhiyin serve` on a fresh data dir, warmed up (kernels built, caches touched): its URL."""
+    port, data = free_port(), tempfile.mkdtemp(prefix="zhiyin-serve-bench-")
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "zhiyin.cli", "serve", "--model", str(folder), "--port", str(port)]
+    command += ["--data-dir", data, "--max-batch", str(max_batch), "--dtype", args.dtype, "--device", args.device]
+    if args.quantize != "none":
+        command += ["--quantize", args.quantize]
+    process = subprocess.Popen(command, env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        one(url, {"prompt": "warm-up", "duration": 1.0, "seed": 0}, 0.0)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(120)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -92,53 +121,18 @@ def main() -> None:
 
         write_random_checkpoint(folder, args.shape)
 
-    port, data = free_port(), tempfile.mkdtemp(prefix="zhiyin-serve-bench-")
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "zhiyin.cli",
-        "serve",
-        "--model",
-        str(folder),
-        "--port",
-        str(port),
-        "--data-dir",
-        data,
-        "--max-batch",
-        str(args.clients),
-        "--dtype",
-        args.dtype,
-        "--device",
-        args.device,
+    bodies = [
+        {
+            "prompt": f"request {i}: lofi hip hop with a warm piano",
+            "duration": args.seconds[i % len(args.seconds)],
+            "seed": i,
+        }
+        for i in range(args.clients)
     ]
-    if args.quantize != "none":
-        command += ["--quantize", args.quantize]
-    server = subprocess.Popen(command, env={**os.environ, "TQDM_DISABLE": "1"})
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
-        bodies = [
-            {
-                "prompt": f"request {i}: lofi hip hop with a warm piano",
-                "duration": args.seconds[i % len(args.seconds)],
-                "seed": i,
-            }
-            for i in range(args.clients)
-        ]
-        one(url, {"prompt": "warm-up", "duration": 1.0, "seed": 0}, 0.0)  # kernels built, caches touched
-        together = run(url, bodies, args.clients)
-        alone = run(url, bodies, 1)
-    finally:
-        server.terminate()
-        server.wait(120)
+    with server(args, folder, args.clients) as url:
+        together = run(url, bodies)
+    with server(args, folder, 1) as url:
+        alone = run(url, bodies)
 
     def row(result: dict) -> dict:
         rs = result["results"]

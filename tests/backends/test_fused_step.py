@@ -137,3 +137,27 @@ def test_thread_count_follows_the_fastest_recent_steps():
     assert chosen[probe : probe + 3] == [4, 2, 1]
     assert set(chosen[probe + 3 :]) == {4}  # once 4 threads are fast again, after one probe in the new regime
     assert ThreadCount(1).counts == [1] and ThreadCount(2).counts == [2, 1]
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_step_of_some_rows_from_first_row(quantize):
+    """step(tokens, positions, first_row): rows first_row.. alone (a request's first position, admitted beside
+    others), as the plain forward makes them; the other rows' caches untouched."""
+    decoder = make_decoder(seed=5)
+    kernels.accelerate_decoder(decoder, quantize)
+    rows, K = 6, decoder.config.num_codebooks
+    cross = text_condition(decoder, rows)
+    tokens = torch.randint(0, decoder.config.vocab_size, (2, K))
+    with torch.inference_mode():
+        decoder.setup_caches(rows, 8)
+        fused = FusedStep.build(decoder, cross)
+        got = fused(tokens, torch.tensor([0, 0]), first_row=3)
+        caches = [(c.k.clone(), c.v.clone()) for c in decoder.caches]
+        decoder.setup_caches(rows, 8)
+        want = PlainStep(decoder, cross)(tokens, torch.tensor([0, 0]), first_row=3)
+        for (k, v), cache in zip(caches, decoder.caches):
+            assert torch.equal(k[:3], cache.k[:3]) and torch.equal(k[5:], cache.k[5:])  # untouched: zeros
+            assert (k[3:5] != 0).any() and torch.allclose(k[3:5].float(), cache.k[3:5].float(), atol=1e-2)
+        with pytest.raises(IndexError, match="from row 5"):
+            fused(tokens, torch.tensor([0, 0]), first_row=5)  # past the cache's rows
+    assert (got - want).abs().max() <= 1e-3 * want.abs().max()

@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 
 class GraphStep:
-    """A decoder step (select.py's protocol): (tokens [rows, K], positions [rows]) -> logits [rows, K, V], one new
-    position per row. Valid while the decoder's caches (set up before) and `cross` live. The logits are a fresh
-    tensor each call."""
+    """A decoder step (select.py's protocol): (tokens [n, K], positions [n], first_row) -> logits [n, K, V], one new
+    position per row. The graph steps the first rows; rows from first_row > 0 (a request's first position, alone)
+    go through the decoder's forward. Valid while the decoder's caches (set up before) and `cross` live. The logits
+    are a fresh tensor each call."""
 
     def __init__(self, decoder: nn.Module, cross, capture: bool = True):
         cache = decoder.caches[0].k  # [rows, H, max_len, Dh]
@@ -37,7 +38,9 @@ class GraphStep:
     def _step(self) -> Tensor:
         return self.decoder(self.tokens[:, :, None], self.cross, self.positions[:, None])[:, :, -1]  # [rows, K, V]
 
-    def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
+    def __call__(self, tokens: Tensor, positions: Tensor, first_row: int = 0) -> Tensor:
+        if first_row:
+            return self.decoder.step(tokens, self.cross, positions, first_row)
         # (the tokens' values are not checked: that would wait for the GPU; the positions are on the CPU)
         n = tokens.shape[0]
         if tokens.shape[1:] != self.tokens.shape[1:] or not 0 < n <= self.tokens.shape[0] or positions.shape != (n,):

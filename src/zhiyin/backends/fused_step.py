@@ -54,7 +54,7 @@ class _Step(ctypes.Structure):  # csrc/kernels.cpp's Step
         (name, ctypes.c_int64)
         for name in ("rows", "dim", "heads", "ffn_dim", "codebooks", "vocab", "max_len", "text_len", "layers")
     ]
-    _fields_ += [(name, ctypes.c_int32) for name in ("cache_type", "gelu", "threads", "unused")]
+    _fields_ += [(name, ctypes.c_int32) for name in ("cache_type", "gelu", "threads", "first_row")]
     _fields_ += [
         ("eps", ctypes.c_float),
         ("embed_scale", ctypes.c_float),
@@ -74,9 +74,9 @@ def _float(t: Tensor) -> Tensor:
 
 
 class FusedStep:
-    """A decoder step (select.py's protocol): (tokens [n, K], positions [n]) -> logits [n, K, V] float32 for the first
-    n rows, one new position per row. Valid while the decoder's caches (set up before) and `cross` live; holds every
-    tensor the C++ side points at."""
+    """A decoder step (select.py's protocol): (tokens [n, K], positions [n], first_row) -> logits [n, K, V] float32
+    for the rows first_row..first_row + n - 1, one new position per row. Valid while the decoder's caches (set up
+    before) and `cross` live; holds every tensor the C++ side points at."""
 
     def __init__(self, decoder: MusicgenDecoder, cross: CrossKV | None, library: ctypes.CDLL):
         for mirror, which in ((_Layer, 1), (_Step, 2)):
@@ -160,15 +160,15 @@ class FusedStep:
             return None
         return cls(decoder, cross, library)
 
-    def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
+    def __call__(self, tokens: Tensor, positions: Tensor, first_row: int = 0) -> Tensor:
         threads = self.threads.next()
         self.step.threads = threads
         started = time.perf_counter()
-        logits = self._run(tokens, positions)
+        logits = self._run(tokens, positions, first_row)
         self.threads.record(threads, time.perf_counter() - started)
         return logits
 
-    def _run(self, tokens: Tensor, positions: Tensor) -> Tensor:
+    def _run(self, tokens: Tensor, positions: Tensor, first_row: int) -> Tensor:
         tokens = tokens.to(torch.int64).contiguous()  # [n, K]: the first n rows
         positions = positions.to(torch.int64).contiguous()  # [n]
         rows, K, V = self.shape
@@ -176,20 +176,21 @@ class FusedStep:
         # the C++ side trusts its indices: check them here (reductions of a few values)
         if (
             tokens.dim() != 2
-            or not 0 < n <= rows
+            or not 0 < n <= rows - first_row
+            or first_row < 0
             or tokens.shape[1] != K
             or not 0 <= int(tokens.min()) <= int(tokens.max()) <= V
         ):
             raise IndexError(
-                f"tokens {tuple(tokens.shape)} must be [{rows}, {K}] (or fewer rows: the first ones) with values in "
-                f"0..{V} (the pad token)"
+                f"tokens {tuple(tokens.shape)} from row {first_row} must be [{rows}, {K}] (or fewer rows, within the "
+                f"{rows}) with values in 0..{V} (the pad token)"
             )
         if positions.shape != (n,):
             raise IndexError(f"positions {tuple(positions.shape)} must be [{n}]: one per row")
         if int(positions.min()) < 0 or int(positions.max()) >= self.max_len:
             raise IndexError(f"positions {positions.tolist()} are outside the KV cache (0..{self.max_len - 1})")
         logits = torch.empty(n, K, V, dtype=torch.float32)
-        self.step.rows = n
+        self.step.rows, self.step.first_row = n, first_row
         self.library.zhiyin_decoder_step(self.step_pointer, tokens.data_ptr(), positions.data_ptr(), logits.data_ptr())
         return logits
 

@@ -1,9 +1,9 @@
 """How a decoder step runs, decided once per generation, in this one place.
 
-Every step follows one protocol: step(tokens [n, K], positions [n]) -> logits [n, K, V] for the first n rows of the
-KV cache (all of them, or fewer: rows past n are left as they are), one new position per row (each row its own
-sequence; tokens on the decoder's device, positions on the CPU, so that a step can check
-them without waiting for a GPU), valid while the decoder's KV cache (set up before the call) and the generation's
+Every step follows one protocol: step(tokens [n, K], positions [n], first_row=0) -> logits [n, K, V] for the rows
+first_row..first_row + n - 1 of the KV cache (all of them, or fewer: the other rows are left as they are), one new
+position per row (each row its own sequence; tokens on the decoder's device, positions on the CPU, so that a step can
+check them without waiting for a GPU), valid while the decoder's KV cache (set up before the call) and the generation's
 cross-attention inputs live. The choice, in order:
 
     FusedStep   zhiyin's C++ step, one call per step (fused_step.py): on the CPU, kernels on (ZHIYIN_KERNELS not 0),
@@ -53,12 +53,8 @@ class PlainStep:
     def __init__(self, decoder: MusicgenDecoder, cross: CrossKV | None):
         self.decoder, self.cross = decoder, cross
 
-    def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        n, positions = tokens.shape[0], positions.to(tokens.device)
-        cross = self.cross
-        if cross is not None and n < cross.mask.shape[0]:
-            cross = CrossKV([k[:n] for k in cross.keys], [v[:n] for v in cross.values], cross.mask[:n])
-        return self.decoder(tokens[:, :, None], cross, positions[:, None], rows=slice(0, n))[:, :, -1]
+    def __call__(self, tokens: Tensor, positions: Tensor, first_row: int = 0) -> Tensor:
+        return self.decoder.step(tokens, self.cross, positions, first_row)
 
 
 def decoder_step(decoder: MusicgenDecoder, cross: CrossKV | None) -> Step:

@@ -63,8 +63,12 @@ class RequestRows:
     def done(self) -> bool:
         return self.position >= self.length
 
-    def prefill(self, decoder: MusicgenDecoder) -> Tensor:
-        """Its known positions into its cache rows -> the logits of its first position to choose [rows, K, V]."""
+    def prefill(self, decoder: MusicgenDecoder, step) -> Tensor:
+        """Its known positions into its cache rows -> the logits of its first position to choose [rows, K, V]. The
+        start token alone (no audio prompt, no prefix) is one step of its rows; more go through the decoder's
+        forward, all at once."""
+        if self.offset + self.position == 1:
+            return step(*self.step_inputs(), first_row=self.rows.start)
         tokens = self.inputs(self.sequence[:, :, : self.position])
         prefix = self.condition.prefix()
         total = self.offset + self.position
@@ -106,8 +110,8 @@ def generate_together(
         row = groups[-1].rows.stop
     decoder.setup_caches(row, max(g.offset + g.length for g in groups))
     try:
-        logits = [g.prefill(decoder) for g in groups]
         step = decoder_step(decoder, _cross(decoder, [g.condition for g in groups]))
+        logits = [g.prefill(decoder, step) for g in groups]
         total = max(g.length - g.position for g in groups)
         for _ in tqdm(range(total), disable=not progress, desc="generating", unit="step"):
             yield [g.choose(out) if not g.done else None for g, out in zip(groups, logits)]

@@ -11,6 +11,10 @@ The context and lookahead are measured (BENCHMARKS.md, "Audio as it is made"): t
 ahead, the LSTM forgets within 10-25 frames, and 50 frames (1 s) of context leave a margin; joined, the chunks match
 one decode to float32 rounding on the test checkpoint. The lookahead delays each chunk by 0.1 s. The same decoder,
 with 30 s chunks, decodes long music in bounded memory.
+
+Chunks may start small and grow (`first_frames`, doubling up to `chunk_frames`): the first sound comes after a few
+frames, and later chunks, each decoded with its context, cost little more than their own frames (a listener of a
+busy server, whose music comes slower than it plays).
 """
 
 from __future__ import annotations
@@ -31,12 +35,15 @@ def decode_stream(
     hop: int,
     context: int = CONTEXT_FRAMES,
     lookahead: int = LOOKAHEAD_FRAMES,
+    first_frames: int | None = None,
 ) -> Iterator[Tensor]:
-    """Codes arriving in blocks [B, K, n] (any n) -> audio chunks [B, channels, chunk_frames * hop], the last one
-    shorter; each chunk as soon as its frames and `lookahead` more are in. decode: codes -> audio, hop: samples
-    per frame. Keeps only the frames it still needs (memory does not grow with the music). A sequence of at most
-    chunk_frames frames is decoded in one piece, exactly as `decode` would."""
+    """Codes arriving in blocks [B, K, n] (any n) -> audio chunks [B, channels, samples]: chunks of chunk_frames
+    frames (from first_frames, doubling, when given), the last one shorter; each chunk as soon as its frames and
+    `lookahead` more are in. decode: codes -> audio, hop: samples per frame. Keeps only the frames it still needs
+    (memory does not grow with the music). A sequence of at most chunk_frames frames (first_frames, when given) is
+    decoded in one piece, exactly as `decode` would."""
     codes, base, done = None, 0, 0  # codes [B, K, n] holds frames base..base+n-1; frames before `done` are out
+    size = min(first_frames or chunk_frames, chunk_frames)  # the next chunk's frames
 
     def chunk(end: int) -> Tensor:  # audio of frames done..end-1
         lo, hi = max(done - context, base), min(end + lookahead, base + codes.shape[-1])
@@ -45,12 +52,12 @@ def decode_stream(
 
     for block in blocks:
         codes = block if codes is None else torch.cat([codes, block], dim=-1)
-        while base + codes.shape[-1] >= done + chunk_frames + lookahead:
-            yield chunk(done + chunk_frames)
-            done += chunk_frames
+        while base + codes.shape[-1] >= done + size + lookahead:
+            yield chunk(done + size)
+            done, size = done + size, min(2 * size, chunk_frames)
             keep = max(done - context, base)
             codes, base = codes[..., keep - base :], keep
     end = base + codes.shape[-1] if codes is not None else 0
     while done < end:
-        yield chunk(min(done + chunk_frames, end))
-        done = min(done + chunk_frames, end)
+        yield chunk(min(done + size, end))
+        done, size = min(done + size, end), min(2 * size, chunk_frames)

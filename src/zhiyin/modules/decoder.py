@@ -74,20 +74,30 @@ class CrossKV:
     values: list[Tensor]  # per layer [B, H, S, Dh]
     mask: Tensor  # [B, 1, 1, S], 0 where the text is valid, a large negative number where it is padding
 
+    def rows(self, rows: slice) -> CrossKV:
+        return CrossKV([k[rows] for k in self.keys], [v[rows] for v in self.values], self.mask[rows])
+
+    def padded(self, length: int) -> CrossKV:
+        """Its texts padded (zeros, masked) to `length` positions: each row's numbers stay its own."""
+        pad = length - self.mask.shape[-1]
+        if pad == 0:
+            return self
+        neg = torch.finfo(self.mask.dtype).min
+        return CrossKV(
+            keys=[F.pad(k, (0, 0, 0, pad)) for k in self.keys],
+            values=[F.pad(v, (0, 0, 0, pad)) for v in self.values],
+            mask=F.pad(self.mask, (0, pad), value=neg),
+        )
+
     @staticmethod
     def concat(parts: list[CrossKV]) -> CrossKV:
         """The rows of several, their texts padded (masked) to the longest: each row's numbers stay its own."""
         S = max(part.mask.shape[-1] for part in parts)
-
-        def rows(tensors: list[Tensor]) -> Tensor:  # [B, H, S_i, Dh] each -> [sum B, H, S, Dh]
-            return torch.cat([F.pad(t, (0, 0, 0, S - t.shape[2])) for t in tensors])
-
-        layers = range(len(parts[0].keys))
-        neg = torch.finfo(parts[0].mask.dtype).min
+        parts = [part.padded(S) for part in parts]
         return CrossKV(
-            keys=[rows([part.keys[i] for part in parts]) for i in layers],
-            values=[rows([part.values[i] for part in parts]) for i in layers],
-            mask=torch.cat([F.pad(part.mask, (0, S - part.mask.shape[-1]), value=neg) for part in parts]),
+            keys=[torch.cat([part.keys[i] for part in parts]) for i in range(len(parts[0].keys))],
+            values=[torch.cat([part.values[i] for part in parts]) for i in range(len(parts[0].values))],
+            mask=torch.cat([part.mask for part in parts]),
         )
 
 
@@ -238,3 +248,10 @@ class MusicgenDecoder(nn.Module):
             x = layer(x, mask, cache, positions, rows, length, *text)
         x = self.final_norm(x)
         return torch.stack([head(x) for head in self.lm_heads], dim=1)  # [B, K, T, V]
+
+    def step(self, tokens: Tensor, cross: CrossKV | None, positions: Tensor, first_row: int = 0) -> Tensor:
+        """One new position of the cache rows first_row..first_row + n - 1 (the caches set up): tokens [n, K] at
+        positions [n] -> logits [n, K, V]. cross: every cache row's (these rows' are taken)."""
+        rows = slice(first_row, first_row + tokens.shape[0])
+        cross = cross.rows(rows) if cross is not None else None
+        return self(tokens[:, :, None], cross, positions.to(tokens.device)[:, None], rows=rows)[:, :, -1]

@@ -135,6 +135,7 @@ class EncodecConvTranspose1d(nn.Module):
         else:
             self.trim_right = padding_total // 2
         self.trim_left = padding_total - self.trim_right
+        self._polyphase_weights: tuple | None = None  # (what the weight was, taps, bias): _polyphase's
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C_in, T] -> [B, C_out, T * stride]
         conv = self.conv
@@ -147,15 +148,24 @@ class EncodecConvTranspose1d(nn.Module):
         return x[..., self.trim_left : x.shape[-1] - self.trim_right]
 
     def _polyphase(self, x: Tensor) -> Tensor:
-        """The transposed convolution with kernel 2s and stride s as a plain convolution (faster on the CPU):
+        """The transposed convolution with kernel 2s and stride s as one matrix product (faster on the CPU):
         output sample t*s + r is W[:, :, r]^T x[t] + W[:, :, s + r]^T x[t - 1], i.e. a kernel-2 convolution with
-        C_out * s output channels, interleaved. [B, C_in, T] -> [B, C_out, (T + 1) * s], untrimmed."""
+        C_out * s output channels, interleaved; both taps' products in one matmul over x, then added at their shift
+        (a convolution would copy the weights into its own layout at every call: 32 MB for the largest).
+        [B, C_in, T] -> [B, C_out, (T + 1) * s], untrimmed."""
         weight, s = self.conv.weight, self.conv.stride[0]  # [C_in, C_out, 2s]
         (B, C_in, T), C_out = x.shape, weight.shape[1]
-        kernel = torch.stack([weight[:, :, s:], weight[:, :, :s]], dim=-1)  # [C_in, C_out, s, 2]: taps t-1, t
-        kernel = kernel.permute(1, 2, 0, 3).reshape(C_out * s, C_in, 2)
-        bias = self.conv.bias.repeat_interleave(s) if self.conv.bias is not None else None
-        y = F.conv1d(F.pad(x, (1, 1)), kernel, bias)  # [B, C_out * s, T + 1]
+        key = (weight.data_ptr(), weight.dtype, weight.device, None if weight.is_inference() else weight._version)
+        made = self._polyphase_weights
+        if made is None or made[0] != key:  # the taps made once per weight (again if it changed: .to(), a load)
+            taps = torch.stack([weight[:, :, s:], weight[:, :, :s]])  # [2, C_in, C_out, s]: taps t-1, t
+            taps = taps.permute(0, 2, 3, 1).reshape(2 * C_out * s, C_in)
+            bias = self.conv.bias.repeat_interleave(s)[:, None] if self.conv.bias is not None else None
+            made = self._polyphase_weights = (key, taps, bias)
+        products = torch.matmul(made[1], F.pad(x, (1, 1))).view(B, 2, C_out * s, T + 2)
+        y = products[:, 0, :, : T + 1] + products[:, 1, :, 1:]  # [B, C_out * s, T + 1]
+        if made[2] is not None:
+            y += made[2]
         return y.view(B, C_out, s, T + 1).transpose(2, 3).reshape(B, C_out, (T + 1) * s)
 
 

@@ -108,11 +108,13 @@ class Job:
                     raise RuntimeError(f"job {self.id} {self.status}" + (f": {self.error}" if self.error else ""))
             yield block
 
-    def audio_chunks(self, chunk_seconds: float = 1.0) -> Iterator[Tensor]:
-        """Audio [1, channels, samples] of chunk_seconds each as the codes come (generate_stream's chunks)."""
+    def audio_chunks(self, chunk_seconds: float = 1.0, first_seconds: float | None = None) -> Iterator[Tensor]:
+        """Audio [1, channels, samples] as the codes come: chunks of chunk_seconds (generate_stream's chunks), or
+        from first_seconds doubling up to chunk_seconds (streaming.decode_stream)."""
         codec = self.engine.model.config.audio_encoder
         chunk = max(1, round(chunk_seconds * codec.frame_rate))
-        return decode_stream(self.engine.decode, self.code_blocks(), chunk, codec.hop_length)
+        first = None if first_seconds is None else max(1, round(first_seconds * codec.frame_rate))
+        return decode_stream(self.engine.decode, self.code_blocks(), chunk, codec.hop_length, first_frames=first)
 
     def codes(self, timeout: float | None = None) -> Tensor:
         """Wait for the job; its codes [1, K, P + frames] (generate_long(..., return_codes=True)'s)."""
@@ -145,23 +147,26 @@ class _Slot:
         self.rows: RequestRows | None = None
         self.logits: Tensor | None = None
         self.new: list[Tensor] = []
-        self._cross: tuple[Condition, list] | None = None  # the window's condition and its rows' cross-attention
 
     def cross(self, decoder, null: list) -> list:
-        """The cross-attention inputs of this slot's rows (projected once a window): its condition's rows, then
-        `null`'s for the rows it leaves free."""
+        """The cross-attention inputs of this slot's rows: its window's condition's rows, then `null`'s for the rows
+        it leaves free."""
         condition = self.rows.condition
-        if self._cross is None or self._cross[0] is not condition:
-            parts = [condition.cross(decoder)] + null[condition.rows :]
-            self._cross = (condition, parts)
-        return self._cross[1]
+        return [condition.cross(decoder)] + null[condition.rows :]
 
-    def start_window(self, decoder) -> None:
-        """The next window: its request on this slot's rows, prefilled; its first logits pending."""
-        self.rows, self.new = RequestRows(self.windows.request(), self.pattern, self.pad, self.first_row), []
-        self.logits = self.rows.prefill(decoder)
+    def open_window(self) -> None:
+        """The next window: its request on this slot's rows (to be prefilled)."""
+        self.rows, self.new, self.logits = (
+            RequestRows(self.windows.request(), self.pattern, self.pad, self.first_row),
+            [],
+            None,
+        )
 
-    def advance(self, decoder) -> bool:
+    def prefill(self, decoder, step) -> None:
+        """The window's known positions into the slot's rows; its first logits pending."""
+        self.logits = self.rows.prefill(decoder, step)
+
+    def advance(self, decoder, step) -> bool:
         """Choose tokens from the pending logits until a step is needed (True), or the job is done (False)."""
         while True:
             frame = self.rows.choose(self.logits)
@@ -173,7 +178,8 @@ class _Slot:
             self.windows.finish(self.new)
             if self.windows.done:
                 return False
-            self.start_window(decoder)
+            self.open_window()
+            self.prefill(decoder, step)
 
 
 class Engine:
@@ -199,6 +205,7 @@ class Engine:
         self._calls: deque[tuple] = deque()
         self._capacity = 0  # positions of the KV cache set up so far
         self._null_cross: list | None = None  # a slot's rows' cross-attention inputs where no job uses them
+        self._table: CrossKV | None = None  # every cache row's cross-attention inputs, each slot's written in place
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="zhiyin-engine", daemon=True)
         self._thread.start()
@@ -333,9 +340,8 @@ class Engine:
 
     def _work(self, admitted: list[int], changed: bool) -> bool:
         """One round of the loop: start the admitted jobs, drop the cancelled ones, step the rest."""
+        starting = [self._slots[index] for index in admitted if self._open(index)]
         changed |= bool(admitted)
-        for index in admitted:
-            changed |= self._start(index)
         for index, slot in enumerate(self._slots):
             if slot is not None and slot.job._cancel.is_set():
                 slot.job._end("cancelled")
@@ -344,7 +350,13 @@ class Engine:
         if not self.active:
             return changed
         if changed or self._step is None:
-            self._step, changed = decoder_step(self.decoder, self._cross()), False
+            self._step, changed = decoder_step(self.decoder, self._table), False
+        ended = False
+        for slot in starting:  # their first positions, with the step that knows their rows (compaction moved them)
+            if slot in self._slots:
+                ended |= self._start(self._slots.index(slot))
+        if ended:  # a slot was freed: compact before the next step
+            return True
         rows = self.ROWS_PER_SLOT * self.active  # the active slots are the first ones (_compact)
         K = self.model.config.decoder.num_codebooks
         tokens = torch.full((rows, K), self.pad, dtype=torch.long, device=self.model.device)
@@ -375,6 +387,9 @@ class Engine:
             for cache in self.decoder.caches:
                 for buffer in cache.buffers():
                     buffer[target] = buffer[source]
+            if self._table is not None:
+                for buffer in [*self._table.keys, *self._table.values, self._table.mask]:
+                    buffer[target] = buffer[source]
             shift = target.start - source.start
             slot.first_row = target.start
             slot.rows.rows = slice(slot.rows.rows.start + shift, slot.rows.rows.stop + shift)
@@ -393,28 +408,40 @@ class Engine:
                 admitted.append(index)
         return admitted
 
-    def _start(self, index: int) -> bool:
-        """Prefill a newly admitted job's first window and choose its first tokens."""
+    def _open(self, index: int) -> bool:
+        """A newly admitted job: running, its cache room made, its first window's rows set; False where it failed."""
         slot = self._slots[index]
         slot.job.status, slot.job.started_at = "running", time.time()
         try:
             self._ensure_capacity(slot)
+            slot.open_window()
+            self._write_cross(slot)
+        except Exception as error:
+            slot.job._end("failed", f"{type(error).__name__}: {error}")
+            self._slots[index] = None
+            return False
+        return True
+
+    def _start(self, index: int) -> bool:
+        """Prefill an opened job's first window and choose its first tokens; True where it ended (failed, or done)."""
+        slot = self._slots[index]
+        try:
             if slot.job.prompt.shape[-1]:
                 slot.job._push(slot.job.prompt)
-            slot.start_window(self.decoder)
+            slot.prefill(self.decoder, self._step)
         except Exception as error:
             slot.job._end("failed", f"{type(error).__name__}: {error}")
             self._slots[index] = None
             return True
         self._advance(index)
-        return True
+        return self._slots[index] is None
 
     def _advance(self, index: int) -> bool:
         """After its logits came: the slot's next tokens; True where the rows' conditions changed."""
         slot = self._slots[index]
         window = slot.rows
         try:
-            needs_step = slot.advance(self.decoder)
+            needs_step = slot.advance(self.decoder, self._step)
         except Exception as error:
             slot.job._end("failed", f"{type(error).__name__}: {error}")
             self._slots[index] = None
@@ -423,7 +450,10 @@ class Engine:
             slot.job._end("succeeded")
             self._slots[index] = None
             return True
-        return slot.rows is not window  # a new window: its condition may differ (a melody's chroma moves on)
+        if slot.rows is window:
+            return False
+        self._write_cross(slot)  # a new window: its condition may differ (a melody's chroma moves on)
+        return True
 
     def _ensure_capacity(self, slot: _Slot) -> None:
         """A KV cache that holds the job's longest window (prefix included); grown, its contents kept, if not."""
@@ -440,11 +470,11 @@ class Engine:
                     getattr(new, name)[:, :, : buffer.shape[2]] = buffer
         self._capacity = needed
 
-    def _cross(self) -> CrossKV | None:
-        """Every cache row's cross-attention inputs: each job's own (guided where it guides), a null text for the rows
-        no job uses."""
+    def _write_cross(self, slot: _Slot) -> None:
+        """The slot's rows of the cross-attention table: its condition's (guided where it guides), a null text for a
+        row it leaves free; the table widened where the text is longer than any before (all rows padded, masked)."""
         if self.decoder.layers[0].cross_attn is None:
-            return None
+            return
         if self._null_cross is None:
             dtype, device = self.decoder.final_norm.weight.dtype, self.model.device
             width = self.model.config.decoder.hidden_size
@@ -453,7 +483,11 @@ class Engine:
                 torch.zeros(1, 1, dtype=torch.long, device=device),
             )
             self._null_cross = [null.cross(self.decoder)] * self.ROWS_PER_SLOT
-        parts = []
-        for slot in self._slots:
-            parts += slot.cross(self.decoder, self._null_cross) if slot is not None else self._null_cross
-        return CrossKV.concat(parts)
+            self._table = CrossKV.concat(self._null_cross * self.max_batch)
+        part = CrossKV.concat(slot.cross(self.decoder, self._null_cross))
+        if part.mask.shape[-1] > self._table.mask.shape[-1]:
+            self._table = self._table.padded(part.mask.shape[-1])
+        part, rows = part.padded(self._table.mask.shape[-1]), slice(slot.first_row, slot.first_row + self.ROWS_PER_SLOT)
+        for table, written in zip([*self._table.keys, *self._table.values], [*part.keys, *part.values]):
+            table[rows] = written
+        self._table.mask[rows] = part.mask

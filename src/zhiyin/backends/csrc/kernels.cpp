@@ -175,7 +175,7 @@ struct Layer {
 
 struct Step {
     int64_t rows, dim, heads, ffn_dim, codebooks, vocab, max_len, text_len, layers;
-    int32_t cache_type, gelu, threads, unused;  // cache_type: a WeightType
+    int32_t cache_type, gelu, threads, first_row;  // cache_type: a WeightType; the rows stepped: first_row..+rows
     float eps, embed_scale;
     const Layer *layer;
     const float *const *embeddings;  // codebooks tables [vocab + 1, dim]
@@ -236,7 +236,8 @@ void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int thr
 }
 
 // tokens [rows, codebooks], row m at positions[m] (0-based; its KV cache holds the positions before it) -> logits
-// [rows, codebooks, vocab]; writes each row's keys/values at its position into the cache.
+// [rows, codebooks, vocab]; writes each row's keys/values at its position into the cache. Row m is the cache's (and
+// the text's) row first_row + m.
 void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *positions, float *logits) {
     const int64_t M = s->rows, D = s->dim, H = s->heads, dh = D / H, F = s->ffn_dim, V = s->vocab;
     const int64_t longest = std::max(s->max_len, s->text_len);
@@ -296,7 +297,7 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *po
             for (int64_t task = 0; task < M * H; task++) {
                 const int64_t m = task / H, head = task % H;
                 const float *qh = qkv.data() + m * 3 * D + head * dh, *kh = qh + D, *vh = qh + 2 * D;
-                self_attend(L, s->max_len, m * H + head, positions[m], dh, qh, kh, vh, my_scores,
+                self_attend(L, s->max_len, (s->first_row + m) * H + head, positions[m], dh, qh, kh, vh, my_scores,
                             attention.data() + m * D + head * dh);
             }
             team->wait();
@@ -309,10 +310,10 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *po
                 team->wait();
                 #pragma omp for schedule(static) nowait
                 for (int64_t task = 0; task < M * H; task++) {
-                    const int64_t m = task / H, head = task % H;
-                    const int64_t base = (m * H + head) * s->text_len * dh;
+                    const int64_t m = task / H, head = task % H, row = s->first_row + m;
+                    const int64_t base = (row * H + head) * s->text_len * dh;
                     attend(q.data() + m * D + head * dh, L.text_k + base, nullptr, L.text_v + base, nullptr,
-                           s->text_lengths[m], dh, s->text_mask + m * s->text_len, my_scores,
+                           s->text_lengths[row], dh, s->text_mask + row * s->text_len, my_scores,
                            attention.data() + m * D + head * dh);
                 }
                 team->wait();
