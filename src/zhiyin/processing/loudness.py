@@ -26,6 +26,12 @@ KNEE_DB = 6.0  # the compressor bends peaks from this far under the ceiling
 _BLOCK_SECONDS = 0.4  # BS.1770's gating block
 
 
+def load_meter() -> None:
+    """Import the loudness meter (scipy: about a second, holding Python's lock), which measure_loudness otherwise
+    does on its first call: a server does it before its first job, not while other jobs' threads run."""
+    import pyloudnorm  # noqa: F401
+
+
 def measure_loudness(audio: np.ndarray, rate: int) -> float:
     """Integrated loudness in LUFS of float audio [channels, samples]; -inf for silence. Clips shorter than one
     400 ms block are measured as one block of their own length."""

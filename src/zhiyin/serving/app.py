@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..files import write_atomic
 from ..processing.audio_io import WRITE_FORMATS, pcm16, read_audio, write_audio
-from ..processing.loudness import DEFAULT_NORMALIZE, TARGET_DB
+from ..processing.loudness import DEFAULT_NORMALIZE, TARGET_DB, load_meter
 from .engine import Engine, Job
 from .store import JobStore
 
@@ -84,6 +84,7 @@ class Service:
         self.folder = Path(data_dir)
         (self.folder / "audio").mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.folder)
+        load_meter()
         self.engine = Engine(model, max_batch)
         self.max_duration, self.max_queue, self.max_per_client = max_duration, max_queue, max_per_client
         self.live: dict[str, Job] = {}
