@@ -518,7 +518,7 @@ def test_int8_melody_model_quantized_while_reading(melody, music):
 def test_engine_melody_jobs_are_generate_longs(melody, music):
     """Melody jobs in the continuous-batching engine: each window's prefix (the melody from its time on) goes into
     its own slot's rows; the music is generate_long's for the same seed."""
-    from zhiyin.serving.engine import Engine
+    from zhiyin.engine import Engine
 
     folder, _, ours, _ = melody
     both = short_melody_inputs(folder, music)

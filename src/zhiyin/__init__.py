@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {  # public name -> the module that defines it
     "AutoProcessor": "processing.processor",
-    "Engine": "serving.engine",
+    "Engine": "engine",
     "GenerationConfig": "config",
     "ModelNotFoundError": "loading.hub",
     "MusicgenConfig": "config",

@@ -1,5 +1,5 @@
-"""`zhiyin serve`: the HTTP API and the web page over one continuous-batching engine (engine.py), with its jobs in
-SQLite and their audio files in the data folder (store.py).
+"""`zhiyin serve`: the HTTP API and the web page over one continuous-batching engine (zhiyin/engine.py), with its
+jobs in SQLite and their audio files in the data folder (store.py).
 
     POST   /v1/generations            a job from JSON {"prompt": str | null, "duration": s, "seed", "guidance_scale",
                                       "top_k", "top_p", "temperature", "format"} (defaults: the CLI's) -> 201 job
@@ -24,44 +24,29 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import soundfile
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from ..engine import Engine, Job
 from ..files import write_atomic
-from ..processing.audio_io import WRITE_FORMATS, pcm16, read_audio, write_audio
-from ..processing.loudness import DEFAULT_NORMALIZE, TARGET_DB, load_meter
-from .engine import Engine, Job
+from ..processing.audio_io import WRITE_FORMATS, pcm16
+from ..processing.loudness import load_meter
+from ..requests import FieldError, GenerationRequest, check, new_seed, submit, write_music
 from .store import JobStore
 
 STATIC = Path(__file__).with_name("static")
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
-MAX_SEED = 2**63 - 1
 UPLOADS = ("audio_prompt", "melody")
 # a listener's audio: the first 0.1 s as soon as it is made, then chunks doubling up to 4 s (each decoded with its
 # second of context: 1.3x the EnCodec time of the music at 4 s, against 3.2x for chunks of 0.5 s)
 STREAM_FIRST_SECONDS, STREAM_CHUNK_SECONDS = 0.1, 4.0
-
-
-class GenerationRequest(BaseModel):
-    """A job's request; every field checked (unknown fields refused). The defaults are the CLI's."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str | None = Field(description="what the music should be; null for music from nothing")
-    duration: float = Field(10.0, gt=0, description="seconds of music")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the same seed makes the same music")
-    guidance_scale: float = Field(3.0, ge=1, description="classifier-free guidance (1: off)")
-    top_k: int | None = Field(250, ge=1)
-    top_p: float | None = Field(None, gt=0, le=1)
-    temperature: float = Field(1.0, gt=0)
-    format: Literal["wav", "flac", "ogg", "mp3"] = "wav"
 
 
 class Service:
@@ -104,12 +89,7 @@ class Service:
         self, request: GenerationRequest, client: str, uploads: dict[str, bytes] | None = None
     ) -> dict[str, Any]:
         """A new job; `uploads`: the bytes of an audio_prompt and/or a melody file."""
-        if request.prompt is not None and not request.prompt.strip():
-            raise FieldError("prompt", 'is empty: give a description, or "prompt": null for music from nothing')
-        if request.duration > self.max_duration:
-            raise FieldError(
-                "duration", f"is {request.duration:g} s, more than this server makes ({self.max_duration:g} s)"
-            )
+        check(request, self.max_duration)
         with self._lock:
             if self.engine.queued >= self.max_queue:
                 raise HTTPException(
@@ -122,11 +102,17 @@ class Service:
                     detail={"message": f"at most {self.max_per_client} jobs per client at once"},
                     headers={"Retry-After": "5"},
                 )
-        seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
+        seed = request.seed if request.seed is not None else new_seed()
         data = request.model_dump()
         id = uuid.uuid4().hex[:12]
         data.update(self._keep_uploads(id, uploads or {}))
-        job = self._submit(data, seed)  # raises ValueError for what the library refuses
+        try:
+            job = self._submit(data, seed)  # raises ValueError for what the library refuses
+        except ValueError:
+            for field in UPLOADS:  # nothing kept of a request refused
+                if data.get(field):
+                    (self.folder / data[field]).unlink(missing_ok=True)
+            raise
         self.store.add(id, data, seed, job.frames_total)
         self._follow(id, job, client)
         return self.describe(self.store.get(id))
@@ -143,15 +129,7 @@ class Service:
     def _keep_uploads(self, id: str, uploads: dict[str, bytes]) -> dict[str, str]:
         """Checked uploads, kept in the data folder under names the server chooses (a restart needs them)."""
         kept = {}
-        melodic = hasattr(self.model.config, "chroma_length")
         for field, content in uploads.items():
-            if field == "melody" and not melodic:
-                raise FieldError(
-                    "melody",
-                    f"needs a melody model such as facebook/musicgen-melody: '{self.model_name}' has no melody input",
-                )
-            if field == "audio_prompt" and melodic:
-                raise FieldError("audio_prompt", "melody models continue no audio prompt: send the tune as melody")
             if len(content) > self.max_upload:
                 raise HTTPException(
                     413,
@@ -171,51 +149,8 @@ class Service:
         return kept
 
     def _submit(self, data: dict, seed: int) -> Job:
-        rate = self.model.config.audio_encoder.sampling_rate
-        audio = None
-        if data.get("audio_prompt"):
-            audio = [read_audio(self.folder / data["audio_prompt"], rate, self.model.config.decoder.audio_channels)]
-        if data["prompt"] is None:
-            if audio is not None:
-                raise FieldError("audio_prompt", 'needs a prompt to go with it (it may be short, e.g. "music")')
-            inputs = dict(self.model.get_unconditional_inputs(1))
-            inputs.pop("guidance_scale")  # the request's own goes along (it guides nothing without text)
-        else:
-            inputs = dict(
-                self.processor(
-                    text=[data["prompt"]], audio=audio, sampling_rate=rate if audio else None, return_tensors="pt"
-                )
-            )
-            most = getattr(self.processor.tokenizer, "model_max_length", None)
-            if most is not None and inputs["input_ids"].shape[-1] > most:
-                raise FieldError(
-                    "prompt",
-                    f"has {inputs['input_ids'].shape[-1]} tokens, more than the model reads ({most}): shorten it",
-                )
-        if data.get("melody"):  # the tune's chroma, as the CLI's --melody makes it
-            extractor = self.processor.feature_extractor
-            melody = read_audio(self.folder / data["melody"], extractor.sampling_rate, 1)[0]
-            inputs["input_features"] = extractor([melody], sampling_rate=extractor.sampling_rate, return_tensors="pt")[
-                "input_features"
-            ]
-        try:
-            return self._submit_inputs(inputs, data, seed)
-        except ValueError as error:
-            if "audio prompt" in str(error):
-                raise FieldError("audio_prompt", str(error)) from None
-            raise
-
-    def _submit_inputs(self, inputs: dict, data: dict, seed: int) -> Job:
-        return self.engine.submit(
-            **inputs,
-            duration=data["duration"],
-            seed=seed,
-            do_sample=True,
-            guidance_scale=data["guidance_scale"],
-            top_k=data["top_k"],
-            top_p=data["top_p"],
-            temperature=data["temperature"],
-        )
+        uploads = {field: self.folder / data[field] if data.get(field) else None for field in UPLOADS}
+        return submit(self.engine, self.processor, data, seed, **uploads)
 
     def _follow(self, id: str, job: Job, client: str) -> None:
         with self._lock:
@@ -258,15 +193,7 @@ class Service:
         audio = job.audio()[0].cpu().numpy()
         name = f"audio/{id}.{data['format']}"
         metadata = dict(prompt=data["prompt"], model=self.model_name, seed=row["seed"], settings=data)
-        write_audio(
-            self.folder / name,
-            audio,
-            rate,
-            data["format"],
-            normalize=DEFAULT_NORMALIZE,
-            loudness_db=TARGET_DB,
-            metadata=metadata,
-        )
+        write_music(self.folder / name, audio, rate, data["format"], metadata)
         self.audio_seconds += audio.shape[-1] / rate
         self.store.update(id, status="succeeded", file=name, frames_done=job.frames_done, finished_at=job.finished_at)
 
@@ -352,12 +279,6 @@ class Service:
         for thread in list(self._watchers.values()):
             thread.join(timeout=10)
         self.store.close()
-
-
-class FieldError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field} {message}")
-        self.field, self.message = field, message
 
 
 def _error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:

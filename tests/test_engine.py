@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
-from zhiyin.serving.engine import Engine
+from zhiyin.engine import Engine
 
 from conftest import trumpet
 

@@ -14,7 +14,7 @@ each row at its own position (generation/loop.py's rows, select.py's step). When
 needs more music, its slot is prefilled again with the window's context (generation/long_form.py's windows) while
 the others keep their places. Each request samples with its own settings and its own seeded generator, and its
 rows' numbers do not depend on the rows beside them, so a request's tokens are the ones generate_long makes for it
-alone with the same seed (float32: bitwise; tests/serving/test_engine.py).
+alone with the same seed (float32: bitwise; tests/test_engine.py).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from ..backends.select import decoder_step
-from ..generation.conditioning import Condition, TextCondition
-from ..generation.delay_pattern import DelayPattern
-from ..generation.long_form import Windows
-from ..generation.loop import RequestRows
-from ..generation.options import GenerationOptions
-from ..generation.streaming import decode_stream
-from ..modules.decoder import CrossKV
+from .backends.select import decoder_step
+from .generation.conditioning import Condition, TextCondition
+from .generation.delay_pattern import DelayPattern
+from .generation.long_form import Windows
+from .generation.loop import RequestRows
+from .generation.options import GenerationOptions
+from .generation.streaming import decode_stream
+from .modules.decoder import CrossKV
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
