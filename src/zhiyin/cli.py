@@ -211,6 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     s.add_argument("--quantize", choices=["int8"], default=None)
     s.add_argument("--device", default="cpu")
+
+    b = commands.add_parser(
+        "batch", help="make every piece a jobs file lists (JSON Lines or CSV): resumable, here or on a Ray cluster"
+    )
+    b.add_argument(
+        "jobs",
+        help="JOBS.jsonl (a JSON object a line) or JOBS.csv (a header row): id, prompt (null: none), duration, seed, "
+        "guidance_scale, top_k, top_p, temperature, audio_prompt, melody (paths relative to the file), format",
+    )
+    b.add_argument("-o", "--output", required=True, help="folder of the files and their manifest.jsonl")
+    b.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
+    b.add_argument("--max-batch", type=int, default=8, help="pieces made together (default 8)")
+    b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    b.add_argument("--quantize", choices=["int8"], default=None)
+    b.add_argument("--device", default="cpu")
+    b.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray (pip install 'zhiyin[ray]'): 'auto' joins this machine's cluster, an address another; "
+        "alone, a Ray of this machine. -o must be a folder every node sees",
+    )
+    b.add_argument("--ray-actors", type=int, default=1, help="Ray actors, each with the model loaded (default 1)")
+    b.add_argument("--ray-num-cpus", type=float, default=None, help="CPUs each actor takes")
+    b.add_argument("--ray-num-gpus", type=float, default=None, help="GPUs each actor takes")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -706,6 +734,130 @@ def serve(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- batch
+
+
+def batch(args) -> int:
+    """0: every item made (or made before); 1: some failed (the others made); 2: a bad invocation."""
+    from pathlib import Path
+
+    jobs, folder = Path(args.jobs), Path(args.output)
+    if not jobs.is_file():
+        raise UsageError(f"jobs file '{jobs}' not found")
+    for flag, value in (("--max-batch", args.max_batch), ("--ray-actors", args.ray_actors)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"output folder '{folder}' cannot be made ({error.strerror}): choose another -o") from None
+    _check_writable(str(folder))
+    from .loading.hub import read_config
+
+    config = read_config(args.model)
+    from .batch.jobs import Item, Problem, read_jobs
+    from .batch.manifest import Manifest
+    from .batch.run import entry, make_items, make_items_on_ray
+
+    name = _model_name(args.model)
+    try:
+        items = read_jobs(jobs, run=dict(model=name, dtype=args.dtype, quantize=args.quantize))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"jobs file '{jobs}' cannot be read: {error}") from None
+    manifest = Manifest(folder)
+    before = manifest.read()
+
+    def done(item: Item) -> bool:
+        last = before.get(item.id)
+        ok = last is not None and last.get("status") == "ok" and last.get("settings") == item.settings
+        return ok and (folder / item.file).is_file()
+
+    todo = [item for item in items if isinstance(item, Item) and not done(item)]
+    skipped = [item for item in items if isinstance(item, Item) and done(item)]
+    listed = {item.id for item in items}
+    manifest.keep([before[item.id] for item in skipped] + [e for id, e in before.items() if id not in listed])
+    failures: list[dict] = []
+    made = {"ok": 0, "seconds": 0.0}
+
+    def report(result: dict) -> None:
+        manifest.append(result)
+        if result["status"] == "ok":
+            made["ok"] += 1
+            made["seconds"] += result["seconds"] or 0.0
+        else:
+            failures.append(result)
+
+    for problem in (item for item in items if isinstance(item, Problem)):
+        report(entry(problem, "failed", error=problem.error))
+    started = time.perf_counter()
+    if todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), unit="piece", desc="making", disable=args.quiet)
+        seen = len(failures)
+
+        def progress(result: dict) -> None:
+            nonlocal seen
+            report(result)
+            bar.update(1)
+            bar.set_postfix_str(f"{made['seconds']:.0f} s of music, {len(failures) - seen} failed")
+
+        try:
+            if args.ray is not None:
+                _ray_init(args.ray)
+                make_items_on_ray(
+                    todo,
+                    folder,
+                    progress,
+                    model=args.model,
+                    dtype=args.dtype,
+                    quantize=args.quantize,
+                    device=args.device,
+                    max_batch=args.max_batch,
+                    actors=args.ray_actors,
+                    cpus=args.ray_num_cpus,
+                    gpus=args.ray_num_gpus,
+                )
+            else:
+                from .engine import Engine
+                from .processing.loudness import load_meter
+                from .processing.processor import AutoProcessor
+
+                engine = Engine(_load_model(args, config), args.max_batch)
+                load_meter()
+                try:
+                    make_items(engine, AutoProcessor.from_pretrained(args.model), todo, folder, name, progress)
+                finally:
+                    engine.close()
+        except KeyboardInterrupt:
+            bar.close()
+            print(
+                f"zhiyin: interrupted: {made['ok']} of {len(todo)} made; manifest.jsonl says which; the same command "
+                "finishes the rest",
+                file=sys.stderr,
+            )
+            return 130
+        bar.close()
+    wall = time.perf_counter() - started
+    print(
+        f"{made['ok']} made ({made['seconds']:.1f} s of music in {wall:.1f} s), {len(skipped)} done before, "
+        f"{len(failures)} failed; manifest: {manifest.path}",
+        file=sys.stderr,
+    )
+    for failure in failures:
+        print(f"  line {failure['line']} ({failure['id']}): {failure['error']}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _ray_init(address: str) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'zhiyin[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, log_to_driver=False)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -722,7 +874,13 @@ def main(argv: list[str] | None = None) -> int:
             from huggingface_hub.utils import logging as hub_logging
 
             hub_logging.set_verbosity_error()  # no retry chatter: a failure is reported in one line below
-        commands = {"generate": generate, "info": info, "random-checkpoint": random_checkpoint, "serve": serve}
+        commands = {
+            "generate": generate,
+            "info": info,
+            "random-checkpoint": random_checkpoint,
+            "serve": serve,
+            "batch": batch,
+        }
         return commands[args.command](args)
     except UsageError as error:
         print(f"zhiyin: error: {error}", file=sys.stderr)
