@@ -174,16 +174,24 @@ def test_each_file_is_what_zhiyin_generate_makes(first_run, model, tmp_path, cap
     assert np.array_equal(samples(tmp_path / "u.wav"), samples(out / "00002.wav"))
 
 
-def test_a_killed_run_is_finished_by_the_next(model, tmp_path, capsys):
-    """kill -9 in the middle: no half file, and the next run finishes the rest, each item once in the manifest."""
-    jobs = write_jobs(tmp_path, [{"id": f"p{i}", "prompt": f"piece {i}", "duration": 1.5, "seed": i} for i in range(8)])
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "zhiyin", "batch", str(jobs), "-o", str(out), "--model", model, "--quiet"]
-    process = subprocess.Popen(command + ["--max-batch", "1"], stderr=subprocess.DEVNULL)
+def start_after_first_item(model: str, folder: Path, count: int) -> subprocess.Popen:
+    """`zhiyin batch` of `count` pieces of 1.5 s one at a time into folder/out, as a process of its own, once its
+    first piece is in the manifest."""
+    jobs = [{"id": f"p{i}", "prompt": f"piece {i}", "duration": 1.5, "seed": i} for i in range(count)]
+    path, out = write_jobs(folder, jobs), folder / "out"
+    command = [sys.executable, "-m", "zhiyin", "batch", str(path), "-o", str(out), "--model", model, "--quiet"]
+    process = subprocess.Popen(command + ["--max-batch", "1"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "manifest.jsonl").exists() or not (out / "manifest.jsonl").read_text().strip():
         assert process.poll() is None and time.monotonic() < deadline, "the first item never finished"
         time.sleep(0.05)
+    return process
+
+
+def test_a_killed_run_is_finished_by_the_next(model, tmp_path, capsys):
+    """kill -9 in the middle: no half file, and the next run finishes the rest, each item once in the manifest."""
+    jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
+    process = start_after_first_item(model, tmp_path, 8)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = manifest(out)
@@ -208,3 +216,16 @@ def test_bad_invocations_exit_2(model, tmp_path, capsys):
     assert status == 2 and "no-model" in err
     status, _, err = batch(capsys, model, jobs, tmp_path / "out", "--max-batch", 0)
     assert status == 2 and "--max-batch" in err
+
+
+def test_ctrl_c_leaves_whole_files_and_a_manifest_of_them(model, tmp_path):
+    out = tmp_path / "out"
+    process = start_after_first_item(model, tmp_path, 6)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "the same command finishes the rest" in err
+    entries = manifest(out)
+    assert all(e["status"] == "ok" for e in entries) and len(entries) < 6
+    files = sorted(name for name in os.listdir(out) if name != "manifest.jsonl")
+    assert files == sorted(e["file"] for e in entries)  # every file whole and in the manifest, nothing else
