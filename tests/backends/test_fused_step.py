@@ -7,6 +7,7 @@ import torch
 from zhiyin.backends import kernels
 from zhiyin.backends.fused_step import FusedStep
 from zhiyin.backends.select import PlainStep, decoder_step, set_kernels_enabled
+from zhiyin.modules.decoder import CrossKV
 
 from decoder_steps import compare_steps, make_decoder, text_condition
 
@@ -161,3 +162,23 @@ def test_a_step_of_some_rows_from_first_row(quantize):
         with pytest.raises(IndexError, match="from row 5"):
             fused(tokens, torch.tensor([0, 0]), first_row=5)  # past the cache's rows
     assert (got - want).abs().max() <= 1e-3 * want.abs().max()
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_rows_numbers_do_not_depend_on_its_place_in_the_step(quantize):
+    """Two requests with the same tokens and text, stepped together, get the same bits, and the same as one alone:
+    a request's music does not depend on who else is served (the int8 products' scaling was once contracted into
+    a fused multiply-add for some rows and not others)."""
+    decoder = make_decoder(seed=1, hidden_size=256, ffn_dim=1024, num_hidden_layers=2)
+    kernels.accelerate_decoder(decoder, quantize)
+    cross, K = text_condition(decoder, 2), decoder.config.num_codebooks
+    tokens = torch.randint(0, decoder.config.vocab_size, (2, K, 4), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        decoder.setup_caches(2, 8)
+        step = FusedStep.build(decoder, cross)
+        alone = [step(tokens[:, :, p], torch.full((2,), p)) for p in range(4)]
+        decoder.setup_caches(6, 8)
+        step = FusedStep.build(decoder, CrossKV.concat([cross] * 3))
+        for p in range(4):
+            out = step(tokens[:, :, p].repeat(3, 1), torch.full((6,), p))
+            assert all(torch.equal(out[2 * i : 2 * i + 2], alone[p]) for i in range(3)), p

@@ -254,7 +254,11 @@ void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const 
     for (; n + NB <= n1; n += NB) {
         int16_dots<NB, M>(xq, w + n * K, K, sums);
         for (int b = 0; b < NB; b++)
-            for (int m = 0; m < M; m++) put(y + m * ldy + n + b, float(sums[b * M + m]) * (scale[n + b] * xscale[m]), add);
+            for (int m = 0; m < M; m++) {  // an explicit fma: contracted or not, row by row, as the compiler chose,
+                float *out = y + m * ldy + n + b;  // a row's sum depended on its place among the M (1 ulp)
+                const float sum = float(sums[b * M + m]), factor = scale[n + b] * xscale[m];
+                *out = add ? std::fma(sum, factor, *out) : sum * factor;
+            }
     }
     if (NB > 1 && n < n1) int16_range<1, M>(xq, xscale, w, scale, K, y, ldy, add, n, n1);
 }
