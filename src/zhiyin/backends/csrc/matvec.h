@@ -71,6 +71,14 @@ inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, flo
 
 inline void put(float *y, float v, bool add) { *y = add ? *y + v : v; }
 
+// v rounded to a float here: the compiler may not fuse the product that made it with an add that follows. Left to
+// itself GCC fused `y += sum * scale` for some rows of a block and not for others, so that a row's numbers
+// depended on its place among the rows (BENCHMARKS.md, "zhiyin batch").
+inline float rounded(float v) {
+    volatile float kept = v;
+    return kept;
+}
+
 // Weight rows n .. n+NB-1 against all M rows of x, NB x M accumulators in registers.
 template <int M, int NB, typename W>
 inline void float_block(const float *x, const W *w, const float *scale, int64_t K, int64_t n, float *y, int64_t ldy,
@@ -254,10 +262,10 @@ void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const 
     for (; n + NB <= n1; n += NB) {
         int16_dots<NB, M>(xq, w + n * K, K, sums);
         for (int b = 0; b < NB; b++)
-            for (int m = 0; m < M; m++) {  // an explicit fma: contracted or not, row by row, as the compiler chose,
-                float *out = y + m * ldy + n + b;  // a row's sum depended on its place among the M (1 ulp)
-                const float sum = float(sums[b * M + m]), factor = scale[n + b] * xscale[m];
-                *out = add ? std::fma(sum, factor, *out) : sum * factor;
+            for (int m = 0; m < M; m++) {
+                float *out = y + m * ldy + n + b;
+                const float value = rounded(float(sums[b * M + m]) * (scale[n + b] * xscale[m]));
+                *out = add ? *out + value : value;
             }
     }
     if (NB > 1 && n < n1) int16_range<1, M>(xq, xscale, w, scale, K, y, ldy, add, n, n1);
