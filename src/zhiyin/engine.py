@@ -8,11 +8,12 @@ when done or cancelled, and each one's music streams out while it is made.
     audio = job.audio()                # or wait for the whole: generate_long()'s audio for the same seed
 
 The engine owns the decoder's KV cache: `max_batch` slots of two rows each (a request's row and its guidance row).
-A request is checked and encoded when submitted (T5, an audio prompt's codes: in the caller's thread), admitted into
-a free slot at a step boundary (its window's prefill written into its own cache rows), and stepped with all others,
-each row at its own position (generation/loop.py's rows, select.py's step). When a request's window is done and it
-needs more music, its slot is prefilled again with the window's context (generation/long_form.py's windows) while
-the others keep their places. Each request samples with its own settings and its own seeded generator, and its
+A request is checked when submitted and encoded then (T5, an audio prompt's codes: in the engine's thread, between
+steps), admitted into a free slot at a step boundary (its rows of the cross-attention table written, its window's
+prefill into its own cache rows: a text request's start token is one step of its own rows), and stepped with all
+others, each row at its own position (generation/loop.py's rows, select.py's step). When a request's window is done
+and it needs more music, its slot is prefilled again with the window's context (generation/long_form.py's windows)
+while the others keep their places. Each request samples with its own settings and its own seeded generator, and its
 rows' numbers do not depend on the rows beside them, so a request's tokens are the ones generate_long makes for it
 alone with the same seed (float32: bitwise; tests/test_engine.py).
 """
