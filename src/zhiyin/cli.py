@@ -805,11 +805,11 @@ def batch(args) -> int:
         try:
             if args.ray is not None:
                 _ray_init(args.ray)
-                make_items_on_ray(
+                make_items_on_ray(  # paths absolute: an actor may run in another folder, or on another machine
                     todo,
-                    folder,
+                    folder.resolve(),
                     progress,
-                    model=args.model,
+                    model=name,
                     dtype=args.dtype,
                     quantize=args.quantize,
                     device=args.device,
