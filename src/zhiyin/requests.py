@@ -18,7 +18,6 @@ from .processing.audio_io import read_audio, write_audio
 from .processing.loudness import DEFAULT_NORMALIZE, TARGET_DB
 
 MAX_SEED = 2**63 - 1
-FORMATS = ("wav", "flac", "ogg", "mp3")
 
 
 class GenerationRequest(BaseModel):
