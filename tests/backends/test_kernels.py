@@ -245,3 +245,10 @@ def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypat
     compare_steps(
         decoder, text_condition(decoder, 2), 2, build=lambda decoder, cross: FusedStep(decoder, cross, single)
     )
+
+
+def test_a_kernel_linear_takes_no_rows():
+    """A product of no rows (the text projection of a batch of null texts only) is empty, not a crash."""
+    weight = torch.randn(8, 16)
+    for layer in (KernelLinear(weight), KernelLinear.from_linear(KernelLinear(weight), "int8")):
+        assert layer(torch.randn(0, 3, 16)).shape == (0, 3, 8)

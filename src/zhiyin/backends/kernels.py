@@ -180,6 +180,8 @@ class KernelLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         K, N = self.in_features, self.out_features
         rows = x.numel() // K
+        if rows == 0:  # (the kernel takes at least one row)
+            return x.new_empty(*x.shape[:-1], N)
         # int8 weights take any number of rows here: PyTorch would need them dequantized to float first
         lib = library() if x.device.type == "cpu" and (rows <= MAX_ROWS or self.scale is not None) else None
         weights = self.weights() if lib is not None else None

@@ -201,10 +201,16 @@ class MusicgenDecoder(nn.Module):
         self.caches = None
 
     def project_text(self, text: Tensor, text_mask: Tensor) -> CrossKV:
-        """text [B, S, D] (already in decoder width, zeroed where masked), text_mask [B, S] -> cross-attention K/V."""
+        """text [B, S, D] (already in decoder width, zeroed where masked), text_mask [B, S] -> cross-attention K/V.
+        A row without text (the null text of guidance and of unconditional music) has zero states, so its keys and
+        values are zeros: only the rows with text are projected."""
+        with_text = text_mask.bool().any(dim=1)  # [B]
+        every_row = bool(with_text.all())
         keys, values = [], []
         for layer in self.layers:
-            k, v = layer.cross_attn.project_text(text)
+            k, v = layer.cross_attn.project_text(text if every_row else text[with_text])
+            if not every_row:
+                k, v = (t.new_zeros((text.shape[0], *t.shape[1:])).index_put_((with_text,), t) for t in (k, v))
             keys.append(k)
             values.append(v)
         neg = torch.finfo(text.dtype).min
