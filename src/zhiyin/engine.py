@@ -10,12 +10,12 @@ when done or cancelled, and each one's music streams out while it is made.
 The engine owns the decoder's KV cache: `max_batch` slots of two rows each (a request's row and its guidance row).
 A request is checked when submitted and encoded then (T5, an audio prompt's codes: in the engine's thread, between
 steps), admitted into a free slot at a step boundary (its rows of the cross-attention table written, its window's
-prefill into its own cache rows: a text request's start token is one step of its own rows), and stepped with all
-others, each row at its own position (generation/loop.py's rows, select.py's step). When a request's window is done
-and it needs more music, its slot is prefilled again with the window's context (generation/long_form.py's windows)
-while the others keep their places. Each request samples with its own settings and its own seeded generator, and its
-rows' numbers do not depend on the rows beside them, so a request's tokens are the ones generate_long makes for it
-alone with the same seed (float32: bitwise; tests/test_engine.py).
+prefill into its own cache rows: a text request's start token is simply its rows' part of the next step), and
+stepped with all others, each row at its own position (generation/loop.py's rows, select.py's step). When a
+request's window is done and it needs more music, its slot is prefilled again with the window's context
+(generation/long_form.py's windows) while the others keep their places. Each request samples with its own settings
+and its own seeded generator, and its rows' numbers do not depend on the rows beside them, so a request's tokens are
+the ones generate_long makes for it alone with the same seed (float32: bitwise; tests/test_engine.py).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class Job:
 
     def audio_chunks(self, chunk_seconds: float = 1.0, first_seconds: float | None = None) -> Iterator[Tensor]:
         """Audio [1, channels, samples] as the codes come: chunks of chunk_seconds (generate_stream's chunks), or
-        from first_seconds doubling up to chunk_seconds (streaming.decode_stream)."""
+        from first_seconds growing up to chunk_seconds (streaming.decode_stream)."""
         codec = self.engine.model.config.audio_encoder
         chunk = max(1, round(chunk_seconds * codec.frame_rate))
         first = None if first_seconds is None else max(1, round(first_seconds * codec.frame_rate))
@@ -225,21 +225,22 @@ class Engine:
         if arguments.pop("return_codes", None):
             raise ValueError("submit() makes audio and codes both: use job.codes() or job.audio()")
         inputs, options = model._arguments("generate_long", input_ids, arguments)
-        condition, prompt = self.call(model._condition, *inputs)
-        if condition.rows != 1:
-            raise ValueError(f"submit() takes one item per job, got {condition.rows}: submit each prompt on its own")
-        options.check_prompt_frames(prompt.shape[-1])
         if generator is None:
             if seed is None:
                 seed = int.from_bytes(os.urandom(4), "little")
             generator = torch.Generator(model.device).manual_seed(seed)
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the engine is closed")
+
+        def encode_and_queue() -> Job:  # in the engine's thread, which admits the job right after (_loop)
+            condition, prompt = model._condition(*inputs)
+            if condition.rows != 1:
+                raise ValueError(f"submit() takes one item per job, got {condition.rows}: submit each on its own")
+            options.check_prompt_frames(prompt.shape[-1])
             job = Job(self, next(self._ids), condition, prompt, options, generator, seed)
-            self._waiting.append(job)
-            self._lock.notify_all()
-        return job
+            with self._lock:
+                self._waiting.append(job)
+            return job
+
+        return self.call(encode_and_queue)
 
     def decode(self, codes: Tensor) -> Tensor:
         """The model's decode_audio, between steps."""
@@ -335,8 +336,9 @@ class Engine:
                 )
                 if self._closed:
                     return
+            self._run_calls()  # a job submitted meanwhile is encoded and queued here, to be admitted at once
+            with self._lock:
                 admitted = self._admit() if self._admitting else []
-            self._run_calls()
             changed = self._work(admitted, changed)
 
     def _work(self, admitted: list[int], changed: bool) -> bool:
@@ -353,8 +355,8 @@ class Engine:
         if changed or self._step is None:
             self._step, changed = decoder_step(self.decoder, self._table), False
         ended = False
-        for slot in starting:  # their first positions, with the step that knows their rows (compaction moved them)
-            if slot in self._slots:
+        for slot in starting:  # their known positions, with the step that knows their rows (compaction moved them)
+            if slot in self._slots and not slot.rows.starts_with_a_step:
                 ended |= self._start(self._slots.index(slot))
         if ended:  # a slot was freed: compact before the next step
             return True

@@ -63,11 +63,17 @@ class RequestRows:
     def done(self) -> bool:
         return self.position >= self.length
 
+    @property
+    def starts_with_a_step(self) -> bool:
+        """Its only known position is the start token (no audio prompt, no prefix): a step of its rows is its
+        prefill."""
+        return self.offset + self.position == 1
+
     def prefill(self, decoder: MusicgenDecoder, step) -> Tensor:
         """Its known positions into its cache rows -> the logits of its first position to choose [rows, K, V]. The
         start token alone (no audio prompt, no prefix) is one step of its rows; more go through the decoder's
         forward, all at once."""
-        if self.offset + self.position == 1:
+        if self.starts_with_a_step:
             return step(*self.step_inputs(), first_row=self.rows.start)
         tokens = self.inputs(self.sequence[:, :, : self.position])
         prefix = self.condition.prefix()
