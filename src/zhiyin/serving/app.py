@@ -44,9 +44,9 @@ from .store import JobStore
 STATIC = Path(__file__).with_name("static")
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
 UPLOADS = ("audio_prompt", "melody")
-# a listener's audio: the first 0.1 s as soon as it is made, then chunks doubling up to 4 s (each decoded with its
+# a listener's audio: its first frame as soon as it is made, then chunks growing up to 4 s (each decoded with its
 # second of context: 1.3x the EnCodec time of the music at 4 s, against 3.2x for chunks of 0.5 s)
-STREAM_FIRST_SECONDS, STREAM_CHUNK_SECONDS = 0.1, 4.0
+STREAM_FIRST_SECONDS, STREAM_CHUNK_SECONDS = 0.02, 4.0
 
 
 class Service:
