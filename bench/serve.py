@@ -93,6 +93,8 @@ def server(args: argparse.Namespace, folder: Path, max_batch: int):
             assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
         one(url, {"prompt": "warm-up", "duration": 1.0, "seed": 0}, 0.0)
+        while any(job["status"] != "succeeded" for job in httpx.get(url + "/v1/generations").json()["generations"]):
+            time.sleep(0.1)  # the warm-up's file written: the server is idle when the run starts
         yield url
     finally:
         process.terminate()
