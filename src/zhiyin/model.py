@@ -128,11 +128,13 @@ class MusicgenForConditionalGeneration(nn.Module):
         token: str | bool | None = None,
         local_files_only: bool = False,
         quantize: str | None = None,
+        adapter: str | os.PathLike | None = None,
     ):
         """Load a checkpoint from a local folder or a hub id (e.g. 'facebook/musicgen-small').
 
         dtype: float32 (default), bfloat16, float16, or 'auto' for the dtype the weights are stored in.
         quantize: 'int8' stores the decoder's linear weights as int8 with a scale per output row (weight-only).
+        adapter: a LoRA adapter folder in PEFT's format (what `zhiyin train` makes), merged into the weights.
         On the CPU the decoder's linear layers run in zhiyin's kernels (backends/kernels.py).
         """
         return load_pretrained(
@@ -141,6 +143,7 @@ class MusicgenForConditionalGeneration(nn.Module):
             dtype if dtype is not None else torch_dtype,
             device,
             quantize,
+            adapter,
             revision=revision,
             cache_dir=cache_dir,
             token=token,

@@ -3,7 +3,7 @@
 config    config.json (the kind of model it names must be the kind asked for) and generation_config.json
 files     the weight files: one safetensors or pickle file, or the shards an index names
 read      every tensor in the dtype the precision plan gives its part (int8 weights quantized as they are read,
-          so the float file is never held whole)
+          so the float file is never held whole), a LoRA adapter's updates merged in first (adapters.py)
 convert   the checkpoint's names and layouts to zhiyin's (weights.py)
 place     the model built on the meta device, its tensors assigned, moved to its device; on the CPU (or
           quantized) the decoder's linear layers on zhiyin's kernels, every part in the plan's dtypes
@@ -22,7 +22,7 @@ from ..backends.precision import place, plan
 from ..config import GenerationConfig, MusicgenConfig, MusicgenMelodyConfig
 from ..files import write_atomic, write_json
 from ..modules.encodec import IGNORED_CHECKPOINT_SUFFIXES
-from . import hub, weights
+from . import adapters, hub, weights
 from .devices import parse_device, parse_dtype
 
 
@@ -32,10 +32,11 @@ def load_pretrained(
     dtype=None,
     device=None,
     quantize: str | None = None,
+    adapter: str | os.PathLike | None = None,
     **hub_kwargs,
 ) -> nn.Module:
-    """A model_class (MusicgenForConditionalGeneration or its melody kind) with a checkpoint's weights; the
-    arguments as from_pretrained takes them."""
+    """A model_class (MusicgenForConditionalGeneration or its melody kind) with a checkpoint's weights (and a LoRA
+    adapter's updates merged into them); the arguments as from_pretrained takes them."""
     dtype = parse_dtype(dtype)
     device = parse_device(device) if device is not None else None
     kernels.check_quantize(quantize)
@@ -48,14 +49,17 @@ def load_pretrained(
 
     # files
     files = _weight_files(name_or_path, hub_kwargs)
+    lora = adapters.read_adapter(adapter) if adapter is not None else None
 
     # read and convert
     wanted = None if dtype == "auto" else dtype or torch.float32
     precision = plan(device, wanted, quantize) if wanted is not None else None  # which part in which dtype
     quantized = weights.is_decoder_linear if quantize == "int8" else None
     with heap.large_tensors_mapped():
-        state = weights.read_state_dict(files, precision.of if precision else None, quantized)
+        state = weights.read_state_dict(files, precision.of if precision else None, quantized, lora and lora.merge)
         state = weights.from_checkpoint(state)
+    if lora is not None:
+        lora.check_all_merged()
     floats = [k for k, v in state.items() if v.is_floating_point() and not weights.is_int8_scale(k, state)]
     if precision is None:  # dtype 'auto': the stored one (the first, if they are mixed)
         precision = plan(device, state[floats[0]].dtype, quantize)

@@ -55,6 +55,7 @@ def read_state_dict(
     paths: list[str],
     dtype: torch.dtype | Callable[[str], torch.dtype] | None = None,
     quantized: Callable[[str], bool] | None = None,
+    adapted: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read weight files (all safetensors or all .bin) into one state dict.
 
@@ -64,7 +65,8 @@ def read_state_dict(
     quantize to int8 as they are read
     (quantization.py: a scale per output row, stored under `scale_key(key)`): a safetensors file is never held
     whole (a memory mapping would keep its pages resident as long as any tensor of it lives, as happens with .bin
-    files, which torch.load maps).
+    files, which torch.load maps). `adapted(key, tensor)` gives each tensor as it is to be kept, before it is
+    converted or quantized (adapters.py's merge of a LoRA adapter).
     """
     state: dict[str, torch.Tensor] = {}
     dtype_of = dtype if callable(dtype) else (lambda key: dtype)  # a dtype for every float tensor, or one per key
@@ -76,6 +78,8 @@ def read_state_dict(
         )
 
     def put(key: str, tensor: torch.Tensor, scratch: bool = False) -> None:  # scratch: a buffer reused after this
+        if adapted is not None:
+            tensor = adapted(key, tensor)
         if quantized is not None and quantized(key):
             state[key], state[scale_key(key)] = quantize_int8(tensor, overwrite=scratch)
         else:
@@ -89,7 +93,7 @@ def read_state_dict(
             if quantized is None and all(not converted(key, kind) for key, kind in stored.items()):
                 from safetensors.torch import load_file
 
-                state.update(load_file(path))
+                state.update((key, adapted(key, t) if adapted else t) for key, t in load_file(path).items())
             else:
                 for key, tensor, scratch in _read_safetensors(path, converted):
                     put(key, tensor, scratch)
@@ -244,6 +248,21 @@ def is_decoder_linear(key: str) -> bool:
     if key.startswith("decoder.lm_heads."):
         return key.endswith(".weight")
     return key.startswith(_DECODER + "layers.") and key.endswith(("_proj.weight", ".fc1.weight", ".fc2.weight"))
+
+
+def checkpoint_pieces(ours: str) -> tuple[str, ...] | None:
+    """The checkpoint's weight keys of one of zhiyin's fused decoder weights ('decoder.layers.3.self_attn.qkv.weight'
+    -> the q_proj, k_proj, v_proj weights, concatenated along dim 0 in this order); None for a weight not fused."""
+    if not ours.startswith("decoder.layers."):
+        return None
+    index, rest = ours[len("decoder.layers.") :].split(".", 1)
+    return tuple(f"{_DECODER}layers.{index}.{piece}" for piece in _FUSED[rest]) if rest in _FUSED else None
+
+
+def checkpoint_key(ours: str) -> str:
+    """The checkpoint's key of one of zhiyin's weights that is not fused (to_checkpoint's naming)."""
+    (key,) = to_checkpoint({ours: torch.empty(0)}, set())
+    return key
 
 
 def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
