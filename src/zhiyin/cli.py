@@ -61,6 +61,9 @@ def _seed(text: str) -> int:
     return value
 
 
+ADAPTER_HELP = "a LoRA adapter folder (PEFT's format: what zhiyin train makes), merged into the weights at load"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .processing.audio_io import DEFAULT_MP3_BITRATE, MP3_BITRATES
@@ -176,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8: decoder weights as int8 (weight-only; fastest on CPU, output differs slightly)",
     )
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
     g.add_argument(
         "--picture", action="store_true", help="also write NAME.png beside each file: its waveform over its spectrogram"
     )
@@ -211,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     s.add_argument("--quantize", choices=["int8"], default=None)
     s.add_argument("--device", default="cpu")
+    s.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
 
     b = commands.add_parser(
         "batch", help="make every piece a jobs file lists (JSON Lines or CSV): resumable, here or on a Ray cluster"
@@ -226,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     b.add_argument("--quantize", choices=["int8"], default=None)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
     b.add_argument(
         "--ray",
         nargs="?",
@@ -239,6 +245,46 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-num-cpus", type=float, default=None, help="CPUs each actor takes")
     b.add_argument("--ray-num-gpus", type=float, default=None, help="GPUs each actor takes")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    t = commands.add_parser(
+        "train",
+        help="teach a model your music: a LoRA adapter from a folder of captioned audio (pip install 'zhiyin[train]')",
+    )
+    t.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
+    t.add_argument(
+        "--data", required=True, help="folder of audio files, each with a caption: NAME.txt beside it or metadata.jsonl"
+    )
+    t.add_argument("-o", "--output", required=True, help="the adapter's folder (also its checkpoints and code cache)")
+    length = t.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="optimizer steps")
+    length.add_argument("--epochs", type=_finite, help="passes over the training files (a random crop of each)")
+    t.add_argument("--lr", type=_finite, default=1e-4, help="peak learning rate (default 1e-4)")
+    t.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    t.add_argument(
+        "--alpha", type=_finite, default=32.0, help="LoRA alpha: updates scaled by alpha / rank (default 32)"
+    )
+    t.add_argument("--lora-dropout", type=_finite, default=0.0, help="dropout on the adapters' input (default 0)")
+    t.add_argument("--text-projection", action="store_true", help="an adapter on the text projection too")
+    t.add_argument("--lm-heads", action="store_true", help="adapters on the LM heads too")
+    t.add_argument("--batch-size", type=int, default=1, help="segments per micro-batch (default 1)")
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    t.add_argument("--segment-seconds", type=_finite, default=30.0, help="length of the random crops (default 30)")
+    t.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of the steps, at most 100)")
+    t.add_argument("--weight-decay", type=_finite, default=0.0)
+    t.add_argument("--cond-dropout", type=_finite, default=0.1, help="how often the text is dropped (default 0.1)")
+    t.add_argument("--val-fraction", type=_finite, default=0.1, help="files held out for validation (default 0.1)")
+    t.add_argument("--val-every", type=int, default=50, help="steps between validation losses (default 50)")
+    t.add_argument("--save-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    t.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="autocast (default: bfloat16 on GPUs)"
+    )
+    t.add_argument("--seed", type=_seed, default=0, help="seed of the adapters, crops and dropout (default 0)")
+    again = t.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in -o from its last checkpoint")
+    again.add_argument("--overwrite", action="store_true", help="start again in an -o that holds another run")
+    t.add_argument("--strict", action="store_true", help="stop at unreadable audio instead of skipping it")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -404,6 +450,7 @@ def _settings(args) -> dict:
         melody=_absolute(args.melody),
         dtype=args.dtype,
         quantize=args.quantize,
+        adapter=_absolute(args.adapter),
         device=args.device,
         normalize=args.normalize,
         loudness=args.loudness,
@@ -417,7 +464,7 @@ def _load_model(args, config):
     from .model import model_class_for
 
     return model_class_for(config).from_pretrained(
-        args.model, dtype=args.dtype, device=args.device, quantize=args.quantize
+        args.model, dtype=args.dtype, device=args.device, quantize=args.quantize, adapter=args.adapter
     )
 
 
@@ -456,9 +503,10 @@ def remake_command(
         ("--audio-prompt", "audio_prompt"),
         ("--melody", "melody"),
         ("--quantize", "quantize"),
+        ("--adapter", "adapter"),
         ("--bitrate", "bitrate"),
     ):
-        if s[key] is not None:
+        if s.get(key) is not None:
             argv += [flag, str(s[key])]
     if s["prompt_seconds"] is not None:
         argv += ["--prompt-seconds", f"{s['prompt_seconds']:g}"]
@@ -711,6 +759,7 @@ def serve(args) -> int:
         max_duration=args.max_duration,
         max_queue=args.max_queue,
         model_name=name,
+        adapter=_absolute(args.adapter),
     )
     server = uvicorn.Server(
         uvicorn.Config(create_app(service, token), host=args.host, port=args.port, log_level="warning")
@@ -760,8 +809,17 @@ def batch(args) -> int:
     from .batch.run import entry, make_items, make_items_on_ray
 
     name = _model_name(args.model)
+    adapter = {}
+    if args.adapter is not None:  # its weights decide the music too: a new adapter makes the items again
+        from .batch.jobs import file_key
+        from .loading.adapters import WEIGHTS_FILE
+
+        weights = Path(args.adapter) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise UsageError(f"--adapter '{args.adapter}' is not an adapter folder: it has no {WEIGHTS_FILE}")
+        adapter = {"adapter": file_key(weights.resolve())}
     try:
-        items = read_jobs(jobs, run=dict(model=name, dtype=args.dtype, quantize=args.quantize))
+        items = read_jobs(jobs, run=dict(model=name, dtype=args.dtype, quantize=args.quantize, **adapter))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise UsageError(f"jobs file '{jobs}' cannot be read: {error}") from None
     manifest = Manifest(folder)
@@ -812,6 +870,7 @@ def batch(args) -> int:
                     model=name,
                     dtype=args.dtype,
                     quantize=args.quantize,
+                    adapter=_absolute(args.adapter),
                     device=args.device,
                     max_batch=args.max_batch,
                     actors=args.ray_actors,
@@ -849,6 +908,22 @@ def batch(args) -> int:
     return 1 if failures else 0
 
 
+def train(args) -> int:
+    try:
+        from .training.trainer import TrainOptions
+        from .training.trainer import train as run_training
+    except ImportError as error:
+        raise UsageError(f"zhiyin train needs {error.name}: pip install 'zhiyin[train]'") from None
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
+    options = TrainOptions(**fields)
+    try:
+        folder = run_training(options, progress=not args.quiet)
+    except KeyboardInterrupt:
+        return 130
+    print(f"zhiyin: adapter written to {folder} (use it: zhiyin generate --adapter {folder} ...)", file=sys.stderr)
+    return 0
+
+
 def _ray_init(address: str) -> None:
     try:
         import ray
@@ -880,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
             "random-checkpoint": random_checkpoint,
             "serve": serve,
             "batch": batch,
+            "train": train,
         }
         return commands[args.command](args)
     except UsageError as error:

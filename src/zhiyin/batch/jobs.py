@@ -125,7 +125,7 @@ def _item(folder: Path, line: int, id: str, fields: dict, run: dict) -> Item | P
         return Problem(line, id, str(error))
     if request.seed is None:
         request = request.model_copy(update={"seed": seed_of(id)})
-    decided = {**request.model_dump(), **{k: _file_key(v) for k, v in files.items()}, **run}
+    decided = {**request.model_dump(), **{k: file_key(v) for k, v in files.items()}, **run}
     settings = hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:16]
     return Item(line, id, request, files["audio_prompt"], files["melody"], settings)
 
@@ -135,7 +135,7 @@ def seed_of(id: str) -> int:
     return int.from_bytes(hashlib.sha256(id.encode()).digest()[:8], "little") % (MAX_SEED + 1)
 
 
-def _file_key(path: Path | None) -> list | None:
+def file_key(path: Path | None) -> list | None:
     if path is None:
         return None
     stat = path.stat()

@@ -78,7 +78,15 @@ class BatchWorker:
     batch again after an actor died)."""
 
     def __init__(
-        self, model: str, dtype: str, quantize: str | None, device: str, max_batch: int, folder: str, fault: str | None
+        self,
+        model: str,
+        dtype: str,
+        quantize: str | None,
+        adapter: str | None,
+        device: str,
+        max_batch: int,
+        folder: str,
+        fault: str | None,
     ):
         import ray
         import torch
@@ -91,7 +99,9 @@ class BatchWorker:
         if cpus:
             torch.set_num_threads(max(1, int(cpus)))
         config = read_config(model)
-        loaded = model_class_for(config).from_pretrained(model, dtype=dtype, device=device, quantize=quantize)
+        loaded = model_class_for(config).from_pretrained(
+            model, dtype=dtype, device=device, quantize=quantize, adapter=adapter
+        )
         self.engine = Engine(loaded, max_batch)
         self.processor = AutoProcessor.from_pretrained(model)
         self.model, self.folder = model, Path(folder)
@@ -141,6 +151,7 @@ def make_items_on_ray(
     model: str,
     dtype: str,
     quantize: str | None,
+    adapter: str | None,
     device: str,
     max_batch: int,
     actors: int,
@@ -166,6 +177,7 @@ def make_items_on_ray(
             model=model,
             dtype=dtype,
             quantize=quantize,
+            adapter=adapter,
             device=device,
             max_batch=max_batch,
             folder=str(folder),

@@ -63,8 +63,9 @@ class Service:
         max_per_client: int = 8,
         model_name: str = "model",
         max_upload: int = 32 << 20,
+        adapter: str | None = None,
     ):
-        self.model, self.processor, self.model_name = model, processor, model_name
+        self.model, self.processor, self.model_name, self.adapter = model, processor, model_name, adapter
         self.max_upload = max_upload  # bytes of an audio_prompt or melody file
         self.folder = Path(data_dir)
         (self.folder / "audio").mkdir(parents=True, exist_ok=True)
@@ -193,6 +194,8 @@ class Service:
         audio = job.audio()[0].cpu().numpy()
         name = f"audio/{id}.{data['format']}"
         metadata = dict(prompt=data["prompt"], model=self.model_name, seed=row["seed"], settings=data)
+        if self.adapter is not None:
+            metadata["adapter"] = self.adapter
         write_music(self.folder / name, audio, rate, data["format"], metadata)
         self.audio_seconds += audio.shape[-1] / rate
         self.store.update(id, status="succeeded", file=name, frames_done=job.frames_done, finished_at=job.finished_at)
@@ -442,6 +445,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
             "models": [
                 {
                     "id": service.model_name,
+                    "adapter": service.adapter,
                     "sampling_rate": config.audio_encoder.sampling_rate,
                     "channels": config.decoder.audio_channels,
                     "melody": hasattr(config, "chroma_length"),
