@@ -459,13 +459,16 @@ def _settings(args) -> dict:
     )
 
 
-def _load_model(args, config):
-    """The model --model names, of the class its config asks for, as --dtype, --device and --quantize say."""
-    from .model import model_class_for
+def _loading(args) -> dict:
+    """How the model is loaded: from_pretrained's options as --dtype, --device, --quantize and --adapter say."""
+    return dict(dtype=args.dtype, device=args.device, quantize=args.quantize, adapter=args.adapter)
 
-    return model_class_for(config).from_pretrained(
-        args.model, dtype=args.dtype, device=args.device, quantize=args.quantize, adapter=args.adapter
-    )
+
+def _load_model(args):
+    """The model --model names, of the class its config asks for, loaded as _loading says."""
+    from .model import load_model
+
+    return load_model(args.model, **_loading(args))
 
 
 def _model_name(model: str) -> str:
@@ -534,7 +537,7 @@ def generate(args) -> int:
         prompt_audio = read_audio(args.audio_prompt, rate, channels, last_seconds=args.prompt_seconds)
 
     started = time.perf_counter()
-    model = _load_model(args, config)
+    model = _load_model(args)
     inputs, sampling = {}, _sampling(args)
     if args.unconditional:
         inputs = dict(model.get_unconditional_inputs(count))
@@ -742,13 +745,13 @@ def serve(args) -> int:
     _check_writable(args.data_dir)
     from .loading.hub import read_config
 
-    config = read_config(args.model)
+    read_config(args.model)  # a missing or wrong model is said before anything starts
     import uvicorn
 
     from .processing.processor import AutoProcessor
     from .serving.app import Service, create_app
 
-    model = _load_model(args, config)
+    model = _load_model(args)
     processor = AutoProcessor.from_pretrained(args.model)
     name = _model_name(args.model)
     service = Service(
@@ -803,7 +806,7 @@ def batch(args) -> int:
     _check_writable(str(folder))
     from .loading.hub import read_config
 
-    config = read_config(args.model)
+    read_config(args.model)  # a missing or wrong model is said before anything starts
     from .batch.jobs import Item, Problem, read_jobs
     from .batch.manifest import Manifest
     from .batch.run import entry, make_items, make_items_on_ray
@@ -868,10 +871,7 @@ def batch(args) -> int:
                     folder.resolve(),
                     progress,
                     model=name,
-                    dtype=args.dtype,
-                    quantize=args.quantize,
-                    adapter=_absolute(args.adapter),
-                    device=args.device,
+                    loading={**_loading(args), "adapter": _absolute(args.adapter)},
                     max_batch=args.max_batch,
                     actors=args.ray_actors,
                     cpus=args.ray_num_cpus,
@@ -882,7 +882,7 @@ def batch(args) -> int:
                 from .processing.loudness import load_meter
                 from .processing.processor import AutoProcessor
 
-                engine = Engine(_load_model(args, config), args.max_batch)
+                engine = Engine(_load_model(args), args.max_batch)
                 load_meter()
                 try:
                     make_items(engine, AutoProcessor.from_pretrained(args.model), todo, folder, name, progress)

@@ -453,3 +453,11 @@ def model_class_for(config: MusicgenConfig) -> type[MusicgenForConditionalGenera
     if isinstance(config, MusicgenMelodyConfig):
         return MusicgenMelodyForConditionalGeneration
     return MusicgenForConditionalGeneration
+
+
+def load_model(name_or_path: str | os.PathLike, **options) -> MusicgenForConditionalGeneration:
+    """The checkpoint `name_or_path` names, loaded by the class its config asks for (model_class_for) with
+    from_pretrained's `options` (dtype, device, quantize, adapter, ...)."""
+    from .loading.hub import read_config
+
+    return model_class_for(read_config(name_or_path)).from_pretrained(name_or_path, **options)

@@ -77,31 +77,17 @@ class BatchWorker:
     returns their manifest entries (the driver writes the manifest, so each item has one line even when Ray runs a
     batch again after an actor died)."""
 
-    def __init__(
-        self,
-        model: str,
-        dtype: str,
-        quantize: str | None,
-        adapter: str | None,
-        device: str,
-        max_batch: int,
-        folder: str,
-        fault: str | None,
-    ):
+    def __init__(self, model: str, loading: dict, max_batch: int, folder: str, fault: str | None):
         import ray
         import torch
 
-        from ..loading.hub import read_config
-        from ..model import model_class_for
+        from ..model import load_model
         from ..processing.processor import AutoProcessor
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         if cpus:
             torch.set_num_threads(max(1, int(cpus)))
-        config = read_config(model)
-        loaded = model_class_for(config).from_pretrained(
-            model, dtype=dtype, device=device, quantize=quantize, adapter=adapter
-        )
+        loaded = load_model(model, **loading)  # loading: from_pretrained's dtype, device, quantize, adapter
         self.engine = Engine(loaded, max_batch)
         self.processor = AutoProcessor.from_pretrained(model)
         self.model, self.folder = model, Path(folder)
@@ -149,10 +135,7 @@ def make_items_on_ray(
     report: Report,
     *,
     model: str,
-    dtype: str,
-    quantize: str | None,
-    adapter: str | None,
-    device: str,
+    loading: dict,
     max_batch: int,
     actors: int,
     cpus: float | None,
@@ -175,10 +158,7 @@ def make_items_on_ray(
         BatchWorker,
         fn_constructor_kwargs=dict(
             model=model,
-            dtype=dtype,
-            quantize=quantize,
-            adapter=adapter,
-            device=device,
+            loading=loading,
             max_batch=max_batch,
             folder=str(folder),
             fault=os.environ.get("ZHIYIN_BATCH_FAULT"),
