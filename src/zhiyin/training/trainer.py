@@ -17,12 +17,15 @@ usable adapter), training.json (the options), checkpoint.pt, losses.jsonl, loss.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +188,7 @@ def train(options: TrainOptions, progress: bool = True, after_step=None) -> Path
         return sum(losses) / len(losses)
 
     def save(step: int) -> None:
+        write_json(output / OPTIONS_FILE, _recorded(options))
         lora.save_adapter(output, model, targets, options.rank, options.alpha, options.lora_dropout, options.model)
         state = dict(
             step=step,
@@ -200,40 +204,70 @@ def train(options: TrainOptions, progress: bool = True, after_step=None) -> Path
 
     model.train()
     bar = tqdm(total=steps, initial=done, unit="step", desc="training", disable=not progress)
-    started, step = time.perf_counter(), done
+    started, finished, whole = time.perf_counter(), done, True  # finished: the last step done; whole: no step begun
     try:
-        for step in range(done + 1, steps + 1):
-            total = 0.0
-            for index in range((step - 1) * options.grad_accum, step * options.grad_accum):
-                pieces, null = micro_batch(index)
-                loss = loss_of(pieces, null, training) / options.grad_accum
-                loss.backward()
-                total += loss.item()
-            norm = torch.nn.utils.clip_grad_norm_(parameters, options.clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            entry = {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0], "grad_norm": float(norm)}
-            if step % options.val_every == 0 or step == steps:
-                entry["val_loss"] = validate()
-            history.append(entry)
-            rate = (step - done) / (time.perf_counter() - started)
-            bar.set_postfix_str(f"loss {total:.3f}, {rate:.2f} steps/s")
-            bar.update(1)
-            if step % options.save_every == 0 or step == steps:
-                save(step)
-            if after_step is not None:
-                after_step(step)
+        with _stop_between_steps() as stop:
+            for step in range(done + 1, steps + 1):
+                whole, total = False, 0.0
+                for index in range((step - 1) * options.grad_accum, step * options.grad_accum):
+                    pieces, null = micro_batch(index)
+                    loss = loss_of(pieces, null, training) / options.grad_accum
+                    loss.backward()
+                    total += loss.item()
+                norm = torch.nn.utils.clip_grad_norm_(parameters, options.clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                entry = {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0], "grad_norm": float(norm)}
+                if step % options.val_every == 0 or step == steps:
+                    entry["val_loss"] = validate()
+                history.append(entry)
+                finished, whole = step, True
+                rate = (step - done) / (time.perf_counter() - started)
+                bar.set_postfix_str(f"loss {total:.3f}, {rate:.2f} steps/s")
+                bar.update(1)
+                if step % options.save_every == 0 or step == steps:
+                    save(step)
+                if after_step is not None:
+                    after_step(step)
+                if stop.requested:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
-        finished = history[-1]["step"] if history else done
-        if finished > done:
+        if whole and finished > done:  # (a second Ctrl-C stops in the middle of a step: the last checkpoint stands)
             save(finished)
         print(f"zhiyin: stopped at step {finished} of {steps}; --resume continues from there", file=sys.stderr)
         raise
     bar.close()
     plot_losses(history, output / PLOT_FILE)
     return output
+
+
+class _Stop:
+    requested = False
+
+
+@contextlib.contextmanager
+def _stop_between_steps():
+    """While training: Ctrl-C or SIGTERM lets the step in progress finish, then the run stops with a checkpoint; a
+    second one stops it at once."""
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        print("\nzhiyin: stopping after this step (again to stop at once)", file=sys.stderr)
+
+    before = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for number, old in before.items():
+            signal.signal(number, old)
 
 
 def _schedule(step: int, warmup: int, steps: int) -> float:
@@ -254,14 +288,12 @@ def _autocast_dtype(dtype: str | None, device: torch.device) -> torch.dtype | No
 
 
 def _claim(output: Path, options: TrainOptions) -> None:
-    """The output folder: new or empty; or another run's, refused unless --resume (with the same settings) or
-    --overwrite."""
+    """The output folder: new or empty (the code cache aside: a run that failed before its first checkpoint leaves
+    only that); or another run's, refused unless --resume (with the same settings) or --overwrite."""
     ours = {f.name for f in output.iterdir()} - {"cache"} if output.is_dir() else set()
     if output.exists() and not output.is_dir():
         raise ValueError(f"-o '{output}' is a file: give a folder for the adapter")
-    recorded = {k: v for k, v in dataclasses.asdict(options).items() if k in SAME_RUN}
-    recorded["data"] = os.path.abspath(options.data)
-    recorded["model"] = os.path.abspath(options.model) if os.path.isdir(options.model) else options.model
+    recorded = _recorded(options)
     if options.resume:
         if not (output / STATE_FILE).is_file():
             raise ValueError(f"--resume: '{output}' holds no checkpoint of a run to continue")
@@ -282,7 +314,14 @@ def _claim(output: Path, options: TrainOptions) -> None:
             path = output / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     output.mkdir(parents=True, exist_ok=True)
-    write_json(output / OPTIONS_FILE, recorded)
+
+
+def _recorded(options: TrainOptions) -> dict:
+    """What training.json records of a run: the options a resumed run must share with it."""
+    recorded = {k: v for k, v in dataclasses.asdict(options).items() if k in SAME_RUN}
+    recorded["data"] = os.path.abspath(options.data)
+    recorded["model"] = os.path.abspath(options.model) if os.path.isdir(options.model) else options.model
+    return recorded
 
 
 def _restore(output: Path, model, targets, optimizer, scheduler) -> tuple[int, list]:
