@@ -1,8 +1,10 @@
 """zhiyin train end to end on the tiny checkpoint: it learns a clip, its adapter loads in transformers with peft and
 in zhiyin (generate, batch, serve), a resumed run is the uninterrupted one, and bad input gets one clear error."""
 
+import io
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -129,6 +131,9 @@ def test_the_adapter_works_in_generate_and_batch(tiny_checkpoint, trained, tmp_p
     assert main(["generate", CAPTION, *common, "-o", str(tmp_path / "plain.wav")]) == 0
     adapted, plain = soundfile.read(tmp_path / "a.wav")[0], soundfile.read(tmp_path / "plain.wav")[0]
     assert not np.array_equal(adapted, plain)
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "a.wav")]) == 0
+    assert f"--adapter {folder.resolve()}" in capsys.readouterr().out  # the command that makes it again
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"id": "one", "prompt": CAPTION, "duration": 0.5, "seed": 4}) + "\n")
     out = tmp_path / "batch"
@@ -200,3 +205,48 @@ def test_an_adapter_for_another_shape_is_refused(trained, tmp_path):
     make_checkpoint(tmp_path, "tiny-noproj")  # a decoder 32 wide, where the adapter's is 48
     with pytest.raises(AdapterError, match="made for another model"):
         MusicgenForConditionalGeneration.from_pretrained(tmp_path, adapter=trained[0])
+
+
+def test_the_adapter_works_in_serve(tiny_checkpoint, trained, tmp_path):
+    """zhiyin serve --adapter makes the music zhiyin generate --adapter makes with the same seed."""
+    import httpx
+
+    from serving.test_server import free_port, serve_process, wait_up
+
+    folder, port = trained[0], free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = serve_process(tiny_checkpoint[0], tmp_path / "data", port, "--adapter", str(folder))
+    try:
+        wait_up(url, process)
+        assert httpx.get(url + "/v1/models").json()["models"][0]["adapter"] == str(folder.resolve())
+        job = httpx.post(url + "/v1/generations", json={"prompt": CAPTION, "duration": 0.5, "seed": 4}).json()
+        for _ in range(600):
+            if httpx.get(f"{url}/v1/generations/{job['id']}").json()["status"] == "succeeded":
+                break
+            time.sleep(0.1)
+        served = soundfile.read(io.BytesIO(httpx.get(f"{url}/v1/generations/{job['id']}/audio").content))[0]
+    finally:
+        process.terminate()
+        process.wait(60)
+    argv = ["generate", CAPTION, "--model", str(tiny_checkpoint[0]), "--duration", "0.5", "--seed", "4", "--quiet"]
+    assert main([*argv, "--adapter", str(folder), "-o", str(tmp_path / "cli.wav")]) == 0
+    assert np.array_equal(served, soundfile.read(tmp_path / "cli.wav")[0])
+
+
+def test_captions_from_metadata_and_a_validation_loss(tiny_checkpoint, clip_folder, tmp_path):
+    """Captions from metadata.jsonl; a held-out file gives a validation loss every --val-every steps."""
+    import soundfile as sf
+
+    data = tmp_path / "music"
+    data.mkdir()
+    audio, rate = sf.read(clip_folder / "trumpet.wav")
+    sf.write(data / "first.flac", audio[: 2 * rate], rate)
+    sf.write(data / "second.ogg", audio[2 * rate :], rate)
+    lines = [{"file": "first.flac", "text": "trumpet, the start"}, {"file": "second.ogg", "text": "trumpet, the end"}]
+    (data / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    output = tmp_path / "adapter"
+    train(options(tiny_checkpoint[0], data, output, steps=4, val_fraction=0.5, val_every=2), progress=False)
+    history = [json.loads(line) for line in (output / "losses.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in history if e.get("val_loss") is not None] == [2, 4]
+    assert all(np.isfinite(e["val_loss"]) for e in history if "val_loss" in e)
+    assert len(list((output / "cache").glob("*.pt"))) == 2
