@@ -137,6 +137,10 @@ def test_thread_count_follows_the_fastest_recent_steps():
     probe = ThreadCount.PROBE_EVERY
     assert chosen[probe : probe + 3] == [4, 2, 1]
     assert set(chosen[probe + 3 :]) == {4}  # once 4 threads are fast again, after one probe in the new regime
+    for _ in range(3):  # (the next probe)
+        count = chooser.next()
+        chooser.record(count, {4: 0.5, 2: 0.8, 1: 1.0}[count])
+    assert chooser.next(rows=6) == 4 and chooser.next(rows=8) == 4  # other rows: the choice stands, no probe
     assert ThreadCount(1).counts == [1] and ThreadCount(2).counts == [2, 1]
 
 

@@ -139,7 +139,7 @@ class FusedStep:
         )
         keep += [layers, embeddings, heads_weights, step]
         self.step_pointer = ctypes.addressof(step)
-        self.threads = ThreadCount(usable_threads())
+        self.threads = thread_count()
 
     @classmethod
     def build(cls, decoder: MusicgenDecoder, cross: CrossKV | None) -> "FusedStep | None":
@@ -161,7 +161,7 @@ class FusedStep:
         return cls(decoder, cross, library)
 
     def __call__(self, tokens: Tensor, positions: Tensor, first_row: int = 0) -> Tensor:
-        threads = self.threads.next()
+        threads = self.threads.next(tokens.shape[0])
         self.step.threads = threads
         started = time.perf_counter()
         logits = self._run(tokens, positions, first_row)
@@ -212,6 +212,18 @@ def usable_threads() -> int:
         return torch.get_num_threads()
 
 
+_THREAD_COUNT: ThreadCount | None = None
+
+
+def thread_count() -> ThreadCount:
+    """The process's ThreadCount, shared by every fused step: what it learned of the machine outlives a step (the
+    engine builds a new one whenever its batch changes, and each fresh count would probe one thread again)."""
+    global _THREAD_COUNT
+    if _THREAD_COUNT is None:
+        _THREAD_COUNT = ThreadCount(usable_threads())
+    return _THREAD_COUNT
+
+
 class ThreadCount:
     """How many threads the next decoder step runs on: of the usable count, half of it and one, the one whose recent
     steps were fastest. On a machine of our own that is all of them; with another busy process, a team whose members
@@ -223,17 +235,22 @@ class ThreadCount:
 
     def __init__(self, most: int):
         self.counts = sorted({most, max(1, most // 2), 1}, reverse=True)
-        self.seconds: dict[int, float] = {}  # each count's recent step time
-        self.steps, self.probing = 0, False
+        self.seconds: dict[int, float] = {}  # each count's recent step time, at `rows` rows
+        self.steps, self.probing, self.rows, self.choice = 0, False, None, most
 
-    def next(self) -> int:
+    def next(self, rows: int = 0) -> int:
+        """The count for a step of `rows` rows. Times of steps of other row counts do not compare: when the rows
+        change they are forgotten, and the last choice stands until the next probe."""
+        if rows != self.rows:
+            self.rows, self.seconds = rows, {}
         probe = self.steps % self.PROBE_EVERY
         self.steps += 1
-        untimed = [count for count in self.counts if count not in self.seconds]  # (a step that raised left none)
         self.probing = probe < len(self.counts)
         if self.probing:
             return self.counts[probe]
-        return untimed[0] if untimed else min(self.seconds, key=self.seconds.get)
+        if self.seconds:
+            self.choice = min(self.seconds, key=self.seconds.get)
+        return self.choice
 
     def record(self, count: int, seconds: float) -> None:
         """A probe's time replaces the count's; the chosen count's steps keep a running average."""
