@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -161,11 +162,15 @@ def train(options: TrainOptions, progress: bool = True, after_step=None) -> Path
 
     pad = model.config.decoder.pad_token_id
 
-    def micro_batch(index: int):  # the index-th micro-batch of the run: a function of the seed and index alone
-        epoch, place = divmod(index, per_epoch)
+    @functools.lru_cache(maxsize=1)
+    def epoch_plan(epoch: int):  # the epoch's order of the files and its crop of each
         epoch_random = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch)
         chosen = torch.randperm(len(training), generator=epoch_random).tolist()
-        crops = datasets.random_segments(training, segment, epoch_random)
+        return chosen, datasets.random_segments(training, segment, epoch_random)
+
+    def micro_batch(index: int):  # the index-th micro-batch of the run: a function of the seed and index alone
+        epoch, place = divmod(index, per_epoch)
+        chosen, crops = epoch_plan(epoch)
         picked = [crops[i] for i in chosen[place * options.batch_size : (place + 1) * options.batch_size]]
         dropped = torch.rand(len(picked), generator=torch.Generator().manual_seed(options.seed * 7919 + index))
         return picked, dropped < options.cond_dropout
