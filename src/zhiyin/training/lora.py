@@ -47,14 +47,16 @@ def _linear(weight: Tensor, bias: Tensor | None = None) -> nn.Linear:
 def trainable_layers(model: nn.Module, text_projection: bool = False, lm_heads: bool = False) -> dict[str, str]:
     """Swap the decoder's linear layers for nn.Linear ones (fused ones split), in place, every parameter frozen.
     Returns {module path in `model`: the checkpoint's module name} of the layers LoRA is to adapt."""
+    if text_projection and getattr(model, "enc_to_dec_proj", None) is None:
+        raise ValueError("this model has no text projection (its text and decoder widths are the same)")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     targets = {}
     wanted = [ATTENTION_AND_FFN] + [LM_HEADS] * lm_heads
     for path, layer in list(model.named_modules()):
-        if not path.startswith("decoder.") or not hasattr(layer, "weight") or layer.weight.dim() != 2:
+        if not path.startswith("decoder.") or isinstance(layer, nn.Embedding) or getattr(layer, "weight", None) is None:
             continue
-        if isinstance(layer, nn.Embedding):
+        if layer.weight.dim() != 2:  # (norms)
             continue
         pieces = weights.checkpoint_pieces(path + ".weight")
         if pieces is not None:
@@ -69,8 +71,6 @@ def trainable_layers(model: nn.Module, text_projection: bool = False, lm_heads: 
         if any(pattern.fullmatch(path) for pattern in wanted):
             targets.update(module_names)
     if text_projection:
-        if getattr(model, "enc_to_dec_proj", None) is None:
-            raise ValueError("this model has no text projection (its text and decoder widths are the same)")
         targets["enc_to_dec_proj"] = "enc_to_dec_proj"
     return targets
 
