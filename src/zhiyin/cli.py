@@ -909,11 +909,14 @@ def batch(args) -> int:
 
 
 def train(args) -> int:
-    try:
-        from .training.trainer import TrainOptions
-        from .training.trainer import train as run_training
-    except ImportError as error:
-        raise UsageError(f"zhiyin train needs {error.name}: pip install 'zhiyin[train]'") from None
+    import importlib.util
+
+    missing = [name for name in ("peft", "matplotlib") if importlib.util.find_spec(name) is None]
+    if missing:  # (imported only where used: checked here, before any work)
+        raise UsageError(f"zhiyin train needs {' and '.join(missing)}: pip install 'zhiyin[train]'")
+    from .training.trainer import TrainOptions
+    from .training.trainer import train as run_training
+
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "quiet")}
     options = TrainOptions(**fields)
     try:

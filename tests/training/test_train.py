@@ -250,3 +250,13 @@ def test_captions_from_metadata_and_a_validation_loss(tiny_checkpoint, clip_fold
     assert [e["step"] for e in history if e.get("val_loss") is not None] == [2, 4]
     assert all(np.isfinite(e["val_loss"]) for e in history if "val_loss" in e)
     assert len(list((output / "cache").glob("*.pt"))) == 2
+
+
+def test_without_the_train_extra_the_command_says_what_to_install(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    assert main(["train", "--data", str(tmp_path), "-o", str(tmp_path / "a"), "--steps", "1"]) == 2
+    assert "needs peft: pip install 'zhiyin[train]'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
