@@ -476,7 +476,9 @@ def test_levels_loudness_by_default_and_none_keeps_the_models_samples(capsys, mo
     assert np.abs(loud).max() <= 10 ** (-1 / 20) + 1 / 32768 and measure_loudness(loud[None], RATE) < -14
 
 
-@pytest.mark.parametrize("quantize", [[], ["--quantize", "int8"]], ids=["float32", "int8"])
+@pytest.mark.parametrize(
+    "quantize", [[], ["--quantize", "int8"], ["--quantize", "int4"]], ids=["float32", "int8", "int4"]
+)
 def test_same_seed_same_samples_at_one_and_two_threads(capsys, model, tmp_path, quantize):
     threads = torch.get_num_threads()
     try:

@@ -66,6 +66,7 @@ ADAPTER_HELP = "a LoRA adapter folder (PEFT's format: what zhiyin train makes), 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .config import QUANTIZE
     from .processing.audio_io import DEFAULT_MP3_BITRATE, MP3_BITRATES
     from .processing.loudness import DEFAULT_NORMALIZE, STRATEGIES, TARGET_DB
 
@@ -174,9 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weights dtype")
     g.add_argument(
         "--quantize",
-        choices=["int8"],
+        choices=QUANTIZE,
         default=None,
-        help="int8: decoder weights as int8 (weight-only; fastest on CPU, output differs slightly)",
+        help="decoder weights as int8 (weight-only; fast on CPU, output differs slightly) or int4 (the fastest; "
+        "output differs more: BENCHMARKS.md's precision table)",
     )
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     g.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN (or set ZHIYIN_TOKEN)")
     s.add_argument("--grace", type=_finite, default=30.0, help="on SIGTERM, seconds running jobs get to finish")
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    s.add_argument("--quantize", choices=["int8"], default=None)
+    s.add_argument("--quantize", choices=QUANTIZE, default=None)
     s.add_argument("--device", default="cpu")
     s.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
 
@@ -229,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
     b.add_argument("--max-batch", type=int, default=8, help="pieces made together (default 8)")
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    b.add_argument("--quantize", choices=["int8"], default=None)
+    b.add_argument("--quantize", choices=QUANTIZE, default=None)
     b.add_argument("--device", default="cpu")
     b.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
     b.add_argument(

@@ -14,6 +14,8 @@ from typing import Any
 
 from .files import read_json
 
+QUANTIZE = ("int8", "int4")  # the weight-only quantizations of the decoder's linear layers (--quantize)
+
 
 class _SubConfig:
     """Shared behaviour: build from a dict (unknown keys kept aside), write back to a dict."""

@@ -133,7 +133,8 @@ class MusicgenForConditionalGeneration(nn.Module):
         """Load a checkpoint from a local folder or a hub id (e.g. 'facebook/musicgen-small').
 
         dtype: float32 (default), bfloat16, float16, or 'auto' for the dtype the weights are stored in.
-        quantize: 'int8' stores the decoder's linear weights as int8 with a scale per output row (weight-only).
+        quantize: 'int8' stores the decoder's linear weights as int8 with a scale per output row (weight-only);
+            'int4' as 4-bit values with a scale per row and one per 32 columns (the fastest, and the least exact).
         adapter: a LoRA adapter folder in PEFT's format (what `zhiyin train` makes), merged into the weights.
         On the CPU the decoder's linear layers run in zhiyin's kernels (backends/kernels.py).
         """

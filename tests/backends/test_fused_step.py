@@ -25,7 +25,8 @@ def test_float32_step_matches_pytorch(rows):
 
 
 @pytest.mark.parametrize(
-    "quantize, dtype, cache", [("int8", torch.float32, torch.int8), (None, torch.bfloat16, torch.bfloat16)]
+    "quantize, dtype, cache",
+    [("int8", torch.float32, torch.int8), ("int4", torch.float32, torch.int8), (None, torch.bfloat16, torch.bfloat16)],
 )
 @pytest.mark.parametrize("rows", [2, 13])
 def test_reduced_precision_steps_match_pytorch_on_the_same_weights(quantize, dtype, cache, rows):
@@ -33,7 +34,7 @@ def test_reduced_precision_steps_match_pytorch_on_the_same_weights(quantize, dty
     kernels.accelerate_decoder(decoder, quantize)
     assert decoder.cache_dtype == cache  # the fused step writes its keys/values as the plain one does
     assert decoder.final_norm.weight.dtype == torch.float32  # bfloat16 weights, float32 activations
-    # int8: activations go in as int16 (a scale per row) on AVX512-VNNI machines, the plain step does the same
+    # int8/int4: activations go in as int16 (a scale per row) in the kernels; the plain step multiplies floats
     compare_steps(decoder, text_condition(decoder, rows), rows, tolerance=1e-3)
 
 
@@ -50,7 +51,7 @@ def test_melody_decoder_without_cross_attention_and_with_a_prefix():
     compare_steps(decoder, None, 2, prefix=prefix)
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
 def test_long_cache_and_text(quantize):
     decoder = make_decoder(seed=6)
     kernels.accelerate_decoder(decoder, quantize)
@@ -93,7 +94,7 @@ def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
 
 
 @pytest.mark.parametrize("width, heads, ffn", [(1536, 24, 6144), (2048, 32, 8192)])  # musicgen-medium, -large
-@pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
 def test_published_widths(width, heads, ffn, quantize):
     """Two layers of the medium and large decoders' widths (large: the longest rows the int16 products take)."""
     decoder = make_decoder(
@@ -144,7 +145,7 @@ def test_thread_count_follows_the_fastest_recent_steps():
     assert ThreadCount(1).counts == [1] and ThreadCount(2).counts == [2, 1]
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
 def test_a_step_of_some_rows_from_first_row(quantize):
     """step(tokens, positions, first_row): rows first_row.. alone (a request's first position, admitted beside
     others), as the plain forward makes them; the other rows' caches untouched."""
@@ -168,7 +169,7 @@ def test_a_step_of_some_rows_from_first_row(quantize):
     assert (got - want).abs().max() <= 1e-3 * want.abs().max()
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
 def test_a_rows_numbers_do_not_depend_on_its_place_in_the_step(quantize):
     """Two requests with the same tokens and text, stepped together, get the same bits, and the same as one alone:
     a request's music does not depend on who else is served (the int8 products' scaling was once contracted into

@@ -14,7 +14,7 @@ from zhiyin.backends.fused_step import FusedStep
 from zhiyin.backends.kernels import KernelLinear
 from zhiyin.backends.precision import plan
 from zhiyin.backends.select import set_kernels_enabled
-from zhiyin.modules.quantization import quantize_int8
+from zhiyin.modules.quantization import dequantize_int4, quantize_int4, quantize_int8
 
 from checkpoints import make_checkpoint
 from decoder_steps import compare_steps, make_decoder, text_condition
@@ -64,6 +64,67 @@ def test_int8_rows_do_not_depend_on_the_rows_beside_them(N):
         assert torch.equal(layer(x[:rows]), alone[:rows]), rows
 
 
+def _int4_product(layer: KernelLinear, x: Tensor) -> Tensor:
+    """What the int4 kernels compute on every CPU, in PyTorch: each activation row scaled to the largest integer
+    that keeps the int32 lanes from overflowing (k/16 products of |value x group scale| <= 504 each), its float32
+    products rounded to integers, exact integer sums against value x group scale, then float(sum) * (row scale x
+    activation scale)."""
+    K = layer.in_features
+    integers = dequantize_int4(layer.weight, torch.ones_like(layer.scale), layer.groups, K).long()
+    limit = min(32767, (2**31 - 1) // (504 * ((K + 15) // 16)))
+    top = x.abs().amax(dim=1, keepdim=True)
+    row_scale = torch.where(top > 0, top / limit, torch.ones_like(top))
+    xq = torch.round(x * (1.0 / row_scale))
+    return (xq.long() @ integers.T).float() * (layer.scale[None, :] * row_scale)
+
+
+def test_int4_quantization():
+    """Values -8..7 in whole units of a step per 32 columns: each group's value of largest magnitude becomes -8
+    exactly, the others round to the nearest step; the steps are whole multiples (-63..63) of the row's scale."""
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(50, 200, generator=g) * torch.rand(50, 1, generator=g)
+    weight[3] = 0  # a row of zeros
+    weight[4, 64:96] = 1e-9  # a group far smaller than its row's largest
+    packed, scale, groups = quantize_int4(weight)
+    assert packed.dtype == torch.uint8 and packed.shape == (50, 128)  # 200 columns padded to 256, two per byte
+    assert scale.shape == (50,) and groups.shape == (50, 8) and groups.dtype == torch.int8
+    assert groups.abs().max() <= 63 and (groups != 0).all()
+    dequantized = dequantize_int4(packed, scale, groups, 200)
+    assert dequantized.shape == (50, 200) and not dequantized[3].any()
+    steps = (groups.float() * scale[:, None]).repeat_interleave(32, dim=1)[:, :200]
+    values = dequantize_int4(packed, torch.ones(50), torch.ones_like(groups), 200)
+    assert torch.equal(values * steps, dequantized) and values.min() >= -8 and values.max() <= 7
+    unclamped = values < 7
+    assert ((dequantized - weight).abs()[unclamped] <= steps.abs()[unclamped] * 0.5001 + 1e-12).all()
+    assert (dequantized - weight).norm() < 0.1 * weight.norm()  # 4 bits: about 8 % of a Gaussian's norm
+    extreme = weight[:, :192].reshape(50, 6, 32).abs().argmax(dim=-1)  # each full group's largest becomes -8
+    assert (values[:, :192].reshape(50, 6, 32).gather(-1, extreme[..., None]).abs()[[0, 1, 2, 5]] == 8).all()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 6, 8, 21])
+@pytest.mark.parametrize("shape", [(100, 48), (64, 96), (301, 1000), (40, 4096), (17, 8192)])
+def test_int4_kernel_is_the_exact_integer_product(rows, shape):
+    """int4 weights against int16 activations: exact integer sums (any row count, any column count: 48 and 1000
+    leave a tail outside the 64-column blocks), the same bits as the PyTorch reference."""
+    N, K = shape
+    g = torch.Generator().manual_seed(rows + N)
+    weight, x = torch.randn(N, K, generator=g), torch.randn(rows, K, generator=g)
+    layer = KernelLinear(*quantize_int4(weight), in_features=K)
+    got = layer(x)
+    assert torch.equal(got, _int4_product(layer, x))
+    want = F.linear(x, layer.dequantized(torch.float32))
+    assert ((got - want).abs() <= 1e-3 * F.linear(x.abs(), layer.dequantized(torch.float32).abs())).all()
+
+
+@pytest.mark.parametrize("N", [301, 1024])
+def test_int4_rows_do_not_depend_on_the_rows_beside_them(N):
+    weight, x = torch.randn(N, 384), torch.randn(21, 384)
+    layer = KernelLinear(*quantize_int4(weight), in_features=384)
+    alone = torch.cat([layer(row[None]) for row in x])
+    for rows in (2, 5, 6, 8, 13, 21):
+        assert torch.equal(layer(x[:rows]), alone[:rows]), rows
+
+
 def test_more_rows_than_the_kernel_takes_fall_back_to_pytorch():
     weight, x = torch.randn(64, 32), torch.randn(3, 7, 32)  # 21 rows
     assert torch.allclose(KernelLinear(weight)(x), F.linear(x, weight), atol=1e-5)
@@ -91,28 +152,34 @@ def test_int8_and_bfloat16_models_stay_close_to_float32(tiny_checkpoint):
     inputs = dict(input_ids=torch.tensor([[5, 9, 3, 1]]))
     tokens = torch.randint(0, 64, (1, 4, 1))  # one row: the kernels' path
     want = reference(**inputs, decoder_input_ids=tokens)
-    for options, tolerance in [(dict(quantize="int8"), 0.05), (dict(dtype="bfloat16"), 0.05)]:
+    for options, tolerance in [
+        (dict(quantize="int8"), 0.05),
+        (dict(quantize="int4"), 0.2),
+        (dict(dtype="bfloat16"), 0.05),
+    ]:
         model = MusicgenForConditionalGeneration.from_pretrained(folder, **options)
         got = model(**inputs, decoder_input_ids=tokens).float()
         assert (got - want).abs().max() / want.abs().max() < tolerance, options
-    quantized = MusicgenForConditionalGeneration.from_pretrained(folder, quantize="int8")
-    with pytest.raises(ValueError, match="int8"):
-        quantized.save_pretrained(folder / "never")
-    with pytest.raises(ValueError, match="int8"):
-        MusicgenForConditionalGeneration.from_pretrained(folder, quantize="int4")
+    for options in (dict(quantize="int8"), dict(quantize="int4")):
+        with pytest.raises(ValueError, match="cannot save a quantized model"):
+            MusicgenForConditionalGeneration.from_pretrained(folder, **options).save_pretrained(folder / "never")
+    with pytest.raises(ValueError, match="the choices are int8, int4"):
+        MusicgenForConditionalGeneration.from_pretrained(folder, quantize="int3")
 
 
 @pytest.mark.parametrize("layout", ["safetensors", "bin-2023", "sharded", "sharded-bin"])
-def test_int8_quantized_while_reading_equals_quantizing_the_loaded_model(layout, tmp_path):
-    """from_pretrained(quantize='int8') quantizes each decoder weight as it is read (the float32 file is never held
-    whole): the same int8 weights and scales as loading in float32 and quantizing the model afterwards."""
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_quantized_while_reading_equals_quantizing_the_loaded_model(layout, quantize, tmp_path):
+    """from_pretrained(quantize=...) quantizes each decoder weight as it is read (the float32 file is never held
+    whole): the same weights, scales (and int4's group scales) as loading in float32 and quantizing afterwards."""
     make_checkpoint(tmp_path, "tiny", layout)
-    quantized = MusicgenForConditionalGeneration.from_pretrained(tmp_path, quantize="int8")
+    quantized = MusicgenForConditionalGeneration.from_pretrained(tmp_path, quantize=quantize)
     model = MusicgenForConditionalGeneration.from_pretrained(tmp_path)
-    kernels.accelerate_decoder(model.decoder, "int8")
+    kernels.accelerate_decoder(model.decoder, quantize)
     want, got = model.state_dict(), quantized.state_dict()
     assert set(got) == set(want)
-    assert sum(v.dtype == torch.int8 for v in got.values()) == 2 * 7 + 4  # 2 layers x 7 linears + 4 LM heads
+    stored = torch.int8 if quantize == "int8" else torch.uint8
+    assert sum(v.dtype == stored for v in got.values()) == 2 * 7 + 4  # 2 layers x 7 linears + 4 LM heads
     for key in want:
         assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
 
@@ -207,13 +274,18 @@ def test_kernels_built_for_older_x86_levels(march, flag):
             got = _product(older, int8, x)
             if flag == "avx2":
                 assert torch.equal(got, _product(native, int8, x)), (N, K, rows)
+            int4 = KernelLinear(*quantize_int4(weight), in_features=K)  # exact integer sums on every build
+            assert torch.equal(_product(older, int4, x), _product(native, int4, x)), (N, K, rows)
             want = F.linear(x, int8.dequantized(torch.float32))
             assert ((got - want).abs() <= 1e-3 * F.linear(x.abs(), int8.dequantized(torch.float32).abs())).all()
     # the int16 products' worst case: every weight and activation at its largest, int32 lanes at their fullest
     extreme = KernelLinear(*quantize_int8(torch.ones(8, 8192)))
     x = torch.ones(2, 8192)
     assert torch.equal(_product(older, extreme, x), torch.full((2, 8), 8192.0))
-    for quantize in (None, "int8"):
+    extreme = KernelLinear(*quantize_int4(-torch.ones(8, 8192)), in_features=8192)  # every weight -8 x 63
+    assert torch.equal(_product(older, extreme, x), _int4_product(extreme, x))
+    assert torch.allclose(_product(older, extreme, x), torch.full((2, 8), -8192.0))
+    for quantize in (None, "int8", "int4"):
         decoder = make_decoder(seed=11)
         kernels.accelerate_decoder(decoder, quantize)
         compare_steps(
@@ -250,5 +322,6 @@ def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypat
 def test_a_kernel_linear_takes_no_rows():
     """A product of no rows (the text projection of a batch of null texts only) is empty, not a crash."""
     weight = torch.randn(8, 16)
-    for layer in (KernelLinear(weight), KernelLinear.from_linear(KernelLinear(weight), "int8")):
+    for quantize in (None, "int8", "int4"):
+        layer = KernelLinear.from_linear(KernelLinear(weight), quantize)
         assert layer(torch.randn(0, 3, 16)).shape == (0, 3, 8)

@@ -22,6 +22,7 @@ def test_the_plan(monkeypatch, native):
     narrow = BF16 if native else F32
     assert plan(CPU, F32, None) == Precision(weights=F32, activations=F32, cache=F32, conditioning=F32)
     assert plan(None, F32, "int8") == Precision(weights=F32, activations=F32, cache=I8, conditioning=F32)
+    assert plan(None, F32, "int4") == Precision(weights=F32, activations=F32, cache=I8, conditioning=F32)
     assert plan(CPU, BF16, None) == Precision(weights=BF16, activations=F32, cache=BF16, conditioning=narrow)
     assert plan(CPU, BF16, "int8") == Precision(weights=BF16, activations=F32, cache=I8, conditioning=narrow)
     assert plan(CUDA, BF16, "int8") == Precision(weights=BF16, activations=BF16, cache=BF16, conditioning=BF16)

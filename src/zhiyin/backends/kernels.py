@@ -2,7 +2,8 @@
 
 A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so it is bound by
 how fast the weights are read from memory. `csrc/matvec.h` reads each weight once for all rows, for float32,
-bfloat16 and int8 (weight-only, one scale per output row) weights (BENCHMARKS.md compares it with PyTorch's BLAS).
+bfloat16, int8 (weight-only, one scale per output row) and int4 (a scale per row and one per 32 columns) weights
+(BENCHMARKS.md compares it with PyTorch's BLAS).
 `csrc/kernels.cpp` runs one such product on its own (KernelLinear, here) or a whole decoder step in one call
 (fused_step.py). The sources are compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`;
 a compiler without OpenMP builds them for one thread) into ~/.cache/zhiyin (or $ZHIYIN_CACHE) and called through
@@ -26,16 +27,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import heap
+from ..config import QUANTIZE
 from ..files import write_atomic
-from ..modules.quantization import dequantize_int8, quantize_int8
+from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 from .precision import Precision, place, plan
 
 SOURCES = Path(__file__).with_name("csrc")
 SOURCE = SOURCES / "kernels.cpp"
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]  # and -fopenmp, -march=<target> (_compile)
 MAX_STEP_ROWS = 64  # rows of one fused step
-MAX_ROWS = 8  # rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but for int8 weights
-WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # csrc/matvec.h's WeightType
+MAX_ROWS = 8  # rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but for int8/int4 weights
+WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8: 3}  # csrc/matvec.h's WeightType
 # Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each
 # parallel region can wait a whole scheduler slice for a descheduled team member.
 PARALLEL_MIN_WEIGHTS = 1 << 20
@@ -137,11 +139,13 @@ def library() -> ctypes.CDLL | None:
 
 
 class LinearWeights(ctypes.Structure):
-    """csrc/matvec.h's Linear: a weight [n, k] (float32, bfloat16 or int8) and, for int8, its scale [n]."""
+    """csrc/matvec.h's Linear: a weight [n, k] (float32, bfloat16, int8, or int4 packed in uint8), for int8 and int4
+    its scale [n], for int4 its group scales."""
 
     _fields_ = [
         ("weight", ctypes.c_void_p),
         ("scale", ctypes.c_void_p),
+        ("groups", ctypes.c_void_p),
         ("n", ctypes.c_int64),
         ("k", ctypes.c_int64),
         ("type", ctypes.c_int32),
@@ -152,21 +156,27 @@ class LinearWeights(ctypes.Structure):
 class KernelLinear(nn.Module):
     """A bias-free linear layer (y = x W^T) whose products run in zhiyin's kernel (csrc/matvec.h).
 
-    weight is float32, bfloat16 or int8 ([N, K], same key as nn.Linear's); int8 carries `scale` [N].
+    weight is float32, bfloat16 or int8 ([N, K], same key as nn.Linear's); int8 carries `scale` [N]; int4 is packed
+    in uint8 [N, K' / 2] with `scale` [N] and `groups` [N, K' / 32] (quantization.py's quantize_int4; K' is K
+    rounded up to 64, so in_features is given).
     """
 
-    def __init__(self, weight: Tensor, scale: Tensor | None = None):
+    def __init__(self, weight: Tensor, scale: Tensor | None = None, groups: Tensor | None = None, in_features=None):
         super().__init__()
         self.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
         self.scale = None if scale is None else nn.Parameter(scale.float().contiguous(), requires_grad=False)
-        self.out_features, self.in_features = weight.shape
+        self.groups = None if groups is None else nn.Parameter(groups.contiguous(), requires_grad=False)
+        self.out_features, self.in_features = weight.shape[0], in_features or weight.shape[1]
 
     @classmethod
     def from_linear(cls, linear: nn.Linear | KernelLinear, quantize: str | None = None) -> KernelLinear:
         if getattr(linear, "bias", None) is not None:
             raise ValueError("KernelLinear has no bias")
+        weight = linear.dequantized(torch.float32) if isinstance(linear, KernelLinear) else linear.weight.data
         if quantize == "int8":
-            return cls(*quantize_int8(linear.weight.data))
+            return cls(*quantize_int8(weight))
+        if quantize == "int4":
+            return cls(*quantize_int4(weight), in_features=linear.in_features)
         return cls(linear.weight.data)
 
     def weights(self) -> LinearWeights | None:
@@ -175,14 +185,15 @@ class KernelLinear(nn.Module):
         if w.device.type != "cpu" or w.dtype not in WEIGHT_TYPES:
             return None
         scale = self.scale.data_ptr() if self.scale is not None else None
-        return LinearWeights(w.data_ptr(), scale, self.out_features, self.in_features, WEIGHT_TYPES[w.dtype])
+        groups = self.groups.data_ptr() if self.groups is not None else None
+        return LinearWeights(w.data_ptr(), scale, groups, self.out_features, self.in_features, WEIGHT_TYPES[w.dtype])
 
     def forward(self, x: Tensor) -> Tensor:
         K, N = self.in_features, self.out_features
         rows = x.numel() // K
         if rows == 0:  # (the kernel takes at least one row)
             return x.new_empty(*x.shape[:-1], N)
-        # int8 weights take any number of rows here: PyTorch would need them dequantized to float first
+        # int8/int4 weights take any number of rows here: PyTorch would need them dequantized to float first
         lib = library() if x.device.type == "cpu" and (rows <= MAX_ROWS or self.scale is not None) else None
         weights = self.weights() if lib is not None else None
         if weights is None:
@@ -194,26 +205,33 @@ class KernelLinear(nn.Module):
         return out.view(*x.shape[:-1], N).to(x.dtype)
 
     def dequantized(self, dtype: torch.dtype) -> Tensor:
-        if self.scale is None:
-            return self.weight.to(dtype)
-        return dequantize_int8(self.weight, self.scale).to(dtype)
+        if self.groups is not None:
+            return dequantize_int4(self.weight, self.scale, self.groups, self.in_features).to(dtype)
+        if self.scale is not None:
+            return dequantize_int8(self.weight, self.scale).to(dtype)
+        return self.weight.to(dtype)
+
+    @property
+    def quantized(self) -> str | None:
+        """'int8', 'int4', or None for float weights"""
+        return "int4" if self.groups is not None else "int8" if self.scale is not None else None
 
 
 def check_quantize(quantize: str | None) -> None:
-    if quantize not in (None, "int8"):
-        raise ValueError(f"unknown quantization '{quantize}': the choice is int8")
+    if quantize not in (None, *QUANTIZE):
+        raise ValueError(f"unknown quantization '{quantize}': the choices are {', '.join(QUANTIZE)}")
 
 
 def use_kernel_linears(decoder: nn.Module, quantize: str | None = None) -> None:
     """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for KernelLinear, in place
-    (quantizing their weights with quantize='int8'). On a meta-device decoder this makes the layers that
-    int8 weights read by weights.read_state_dict(quantized=...) load into."""
+    (quantizing their weights with quantize='int8' or 'int4'). On a meta-device decoder this makes the layers that
+    quantized weights read by weights.read_state_dict(quantize=...) load into."""
     check_quantize(quantize)
 
     def swapped(layer: nn.Module) -> bool:  # float KernelLinear layers are quantized too
         if isinstance(layer, nn.Linear):
             return layer.bias is None
-        return isinstance(layer, KernelLinear) and quantize == "int8" and layer.scale is None
+        return isinstance(layer, KernelLinear) and quantize is not None and layer.quantized is None
 
     # hold no reference to a replaced layer, so that each one's weights are freed as soon as it is swapped
     parents = [m for m in decoder.modules() if any(swapped(c) for c in m.children())]

@@ -1,7 +1,8 @@
 """Which dtype each part of a model holds and computes in, decided once per load: the precision plan.
 
-    part                         float32     bfloat16 / float16                     int8 (quantize)
-    decoder linear weights       float32     the dtype                              int8, a scale per output row
+    part                         float32     bfloat16 / float16                     int8 / int4 (quantize)
+    decoder linear weights       float32     the dtype                              int8, a scale per output row;
+                                                                                    int4, and one per 32 columns
     decoder activations, norms   float32     float32 on the CPU (the kernels widen  float32
                                              the weights), else the dtype
     KV cache                     float32     bfloat16 on the CPU, else the dtype    int8 on the CPU
@@ -34,7 +35,7 @@ _NATIVE_FLAGS = {
 
 @dataclass(frozen=True)
 class Precision:
-    weights: torch.dtype  # what the decoder's float weights are read as (int8 ones come on top, per quantize)
+    weights: torch.dtype  # what the decoder's float weights are read as (int8/int4 ones come on top, per quantize)
     activations: torch.dtype  # the decoder's activations, norms and embeddings
     cache: torch.dtype  # the decoder's KV cache
     conditioning: torch.dtype  # T5, enc_to_dec_proj (and melody's chroma projection), EnCodec
@@ -48,17 +49,17 @@ def plan(device: torch.device | None, dtype: torch.dtype, quantize: str | None) 
     """The precision plan for a model loaded in `dtype` onto `device` (None: the CPU), quantized or not."""
     on_cpu = device is None or device.type == "cpu"
     if dtype == torch.float32:
-        return Precision(dtype, dtype, torch.int8 if on_cpu and quantize == "int8" else dtype, dtype)
+        return Precision(dtype, dtype, torch.int8 if on_cpu and quantize is not None else dtype, dtype)
     if not on_cpu:
         return Precision(dtype, dtype, dtype, dtype)
     conditioning = dtype if native_on_cpu(dtype) else torch.float32
     activations = torch.float32 if dtype == torch.bfloat16 else dtype  # the kernels widen bfloat16 weights
-    cache = torch.int8 if quantize == "int8" else torch.bfloat16 if dtype == torch.bfloat16 else dtype
+    cache = torch.int8 if quantize is not None else torch.bfloat16 if dtype == torch.bfloat16 else dtype
     return Precision(dtype, activations, cache, conditioning)
 
 
 def place(decoder: nn.Module, precision: Precision) -> None:
-    """Put a decoder whose linear weights are already in place (float or int8) in the plan's dtypes: its other
+    """Put a decoder whose linear weights are already in place (float, int8 or int4) in the plan's dtypes: its other
     parameters (norms, embeddings) in the activations' dtype, and its KV cache in the plan's."""
     for module in decoder.modules():
         if not hasattr(module, "in_features"):  # linear layers (nn.Linear, KernelLinear) keep their weights' dtype

@@ -2,7 +2,7 @@
 
 config    config.json (the kind of model it names must be the kind asked for) and generation_config.json
 files     the weight files: one safetensors or pickle file, or the shards an index names
-read      every tensor in the dtype the precision plan gives its part (int8 weights quantized as they are read,
+read      every tensor in the dtype the precision plan gives its part (int8/int4 weights quantized as they are read,
           so the float file is never held whole), a LoRA adapter's updates merged in first (adapters.py)
 convert   the checkpoint's names and layouts to zhiyin's (weights.py)
 place     the model built on the meta device, its tensors assigned, moved to its device; on the CPU (or
@@ -54,13 +54,13 @@ def load_pretrained(
     # read and convert
     wanted = None if dtype == "auto" else dtype or torch.float32
     precision = plan(device, wanted, quantize) if wanted is not None else None  # which part in which dtype
-    quantized = weights.is_decoder_linear if quantize == "int8" else None
+    quantized = (lambda key: quantize if weights.is_decoder_linear(key) else None) if quantize else None
     with heap.large_tensors_mapped():
         state = weights.read_state_dict(files, precision.of if precision else None, quantized, lora and lora.merge)
         state = weights.from_checkpoint(state)
     if lora is not None:
         lora.check_all_merged()
-    floats = [k for k, v in state.items() if v.is_floating_point() and not weights.is_int8_scale(k, state)]
+    floats = [k for k, v in state.items() if v.is_floating_point() and not weights.is_quantization_scale(k, state)]
     if precision is None:  # dtype 'auto': the stored one (the first, if they are mixed)
         precision = plan(device, state[floats[0]].dtype, quantize)
     for key in floats:
@@ -121,8 +121,8 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
     state = model.state_dict()
-    if any(v.dtype == torch.int8 for v in state.values()):
-        raise ValueError("cannot save an int8-quantized model: save the float checkpoint (load it without quantize)")
+    if any(v.dtype in (torch.int8, torch.uint8) for v in state.values()):
+        raise ValueError("cannot save a quantized model: save the float checkpoint (load it without quantize)")
     os.makedirs(folder, exist_ok=True)
     normed = set()
     if model.config.audio_encoder.norm_type == "weight_norm":

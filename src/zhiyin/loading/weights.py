@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ..files import DamagedFileError, read_json
-from ..modules.quantization import quantize_int8
+from ..modules.quantization import QUANTIZED_PARTS, quantize_weight
 
 _G_SUFFIXES = (".weight_g", ".parametrizations.weight.original0")
 _V_SUFFIXES = (".weight_v", ".parametrizations.weight.original1")
@@ -54,7 +54,7 @@ WEIGHT_FILES = (
 def read_state_dict(
     paths: list[str],
     dtype: torch.dtype | Callable[[str], torch.dtype] | None = None,
-    quantized: Callable[[str], bool] | None = None,
+    quantized: Callable[[str], str | None] | None = None,
     adapted: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read weight files (all safetensors or all .bin) into one state dict.
@@ -62,8 +62,8 @@ def read_state_dict(
     Safetensors files are memory-mapped: no copy is made until a tensor is used. With `dtype` (floating-point
     tensors converted to it; a function of the key gives each its own) or `quantized`, they are read tensor by
     tensor instead, so that loading never holds two copies of the weights. `quantized(key)` names the weights to
-    quantize to int8 as they are read
-    (quantization.py: a scale per output row, stored under `scale_key(key)`): a safetensors file is never held
+    quantize as they are read, and how ('int8', 'int4' or None; quantization.py's quantize_weight: the weight's
+    scales and groups are stored under `part_key(key, 'scale')` and so on): a safetensors file is never held
     whole (a memory mapping would keep its pages resident as long as any tensor of it lives, as happens with .bin
     files, which torch.load maps). `adapted(key, tensor)` gives each tensor as it is to be kept, before it is
     converted or quantized (adapters.py's merge of a LoRA adapter).
@@ -73,15 +73,16 @@ def read_state_dict(
 
     def converted(key: str, stored: torch.dtype) -> bool:  # read only to be quantized or converted
         wanted = dtype_of(key)
-        return (quantized is not None and quantized(key)) or (
+        return (quantized is not None and quantized(key) is not None) or (
             wanted is not None and stored.is_floating_point and stored != wanted
         )
 
     def put(key: str, tensor: torch.Tensor, scratch: bool = False) -> None:  # scratch: a buffer reused after this
         if adapted is not None:
             tensor = adapted(key, tensor)
-        if quantized is not None and quantized(key):
-            state[key], state[scale_key(key)] = quantize_int8(tensor, overwrite=scratch)
+        how = quantized(key) if quantized is not None else None
+        if how is not None:
+            state.update((part_key(key, part), t) for part, t in quantize_weight(tensor, how, scratch).items())
         else:
             wanted = dtype_of(key)
             state[key] = tensor.to(wanted) if wanted is not None and tensor.is_floating_point() else tensor
@@ -132,19 +133,23 @@ def _load_pickle(path: str) -> dict[str, torch.Tensor]:
     return part
 
 
-def scale_key(key: str) -> str:
-    """The key of an int8 weight's scales: '<linear>.weight' -> '<linear>.scale' (kernels.StreamingLinear's)."""
-    return key.removesuffix("weight") + "scale"
+def part_key(key: str, part: str) -> str:
+    """The key of a part of a linear layer: part_key('<linear>.weight', 'scale') -> '<linear>.scale' (a quantized
+    weight's scales; kernels.KernelLinear's names)."""
+    return key.rsplit(".", 1)[0] + "." + part
 
 
-def _weight_key(key: str) -> str:  # the inverse of scale_key
-    return key.removesuffix("scale") + "weight"
+def _quantized_part(key: str) -> tuple[str, str] | None:
+    """(the weight's key, the part) for the key of a quantized weight's scales or groups, else None"""
+    base, _, part = key.rpartition(".")
+    return (base + ".weight", part) if part in QUANTIZED_PARTS else None
 
 
-def is_int8_scale(key: str, state: dict[str, torch.Tensor]) -> bool:
-    """Whether `key` holds the scales of an int8 weight of `state` (they stay float32 whatever the model's dtype)."""
-    weight = state.get(_weight_key(key))
-    return key.endswith(".scale") and weight is not None and weight.dtype == torch.int8
+def is_quantization_scale(key: str, state: dict[str, torch.Tensor]) -> bool:
+    """Whether `key` holds the scales of a quantized (int8 or int4) weight of `state` (they stay float32 whatever the
+    model's dtype)."""
+    weight = state.get(part_key(key, "weight"))
+    return key.endswith(".scale") and weight is not None and weight.dtype in (torch.int8, torch.uint8)
 
 
 _SAFETENSORS_DTYPES = {
@@ -244,7 +249,7 @@ _FUSED = {  # ours -> the checkpoint's pieces, concatenated along dim 0
 
 
 def is_decoder_linear(key: str) -> bool:
-    """Checkpoint keys of the decoder's linear weights (projections, FFN, LM heads): what int8 quantizes."""
+    """Checkpoint keys of the decoder's linear weights (projections, FFN, LM heads): what int8 and int4 quantize."""
     if key.startswith("decoder.lm_heads."):
         return key.endswith(".weight")
     return key.startswith(_DECODER + "layers.") and key.endswith(("_proj.weight", ".fc1.weight", ".fc2.weight"))
@@ -267,7 +272,7 @@ def checkpoint_key(ours: str) -> str:
 
 def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Checkpoint keys (either weight-norm spelling) -> the keys of zhiyin's MusicgenForConditionalGeneration.
-    int8 weights read by read_state_dict(quantized=is_decoder_linear) bring their scales along.
+    Quantized weights read by read_state_dict(quantized=...) bring their scales (and groups) along.
 
     Empties `state`: the tensors move to the result, so that the pieces of each fused projection are freed as soon
     as it is made (loading never holds the decoder's attention weights twice)."""
@@ -305,12 +310,13 @@ def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if missing:
                 raise ValueError(f"checkpoint lacks decoder layer {index} weights {missing}")
             out[prefix + ours] = torch.cat([parts.pop(p) for p in pieces], dim=0)
-            if scale_key(pieces[0]) in parts:  # int8 pieces: their scales (one per output row) concatenate as well
-                out[prefix + scale_key(ours)] = torch.cat([parts.pop(scale_key(p)) for p in pieces], dim=0)
+            for part in QUANTIZED_PARTS:  # quantized pieces: their scales and groups (per output row) as well
+                if part_key(pieces[0], part) in parts:
+                    out[prefix + part_key(ours, part)] = torch.cat([parts.pop(part_key(p, part)) for p in pieces])
         for theirs, value in parts.items():
-            weight = _weight_key(theirs)  # an int8 weight's scales follow the weight's name
-            if theirs.endswith(".scale") and weight in _RENAMES:
-                out[prefix + scale_key(_RENAMES[weight])] = value
+            quantized = _quantized_part(theirs)  # a quantized weight's scales and groups follow the weight's name
+            if quantized is not None and quantized[0] in _RENAMES:
+                out[prefix + part_key(_RENAMES[quantized[0]], quantized[1])] = value
             elif theirs in _RENAMES:
                 out[prefix + _RENAMES[theirs]] = value
             else:

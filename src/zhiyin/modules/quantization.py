@@ -23,3 +23,48 @@ def quantize_int8(x: Tensor, overwrite: bool = False) -> tuple[Tensor, Tensor]:
 def dequantize_int8(q: Tensor, scale: Tensor) -> Tensor:
     """q [..., n], scale [...] -> float32 [..., n]"""
     return q.float() * scale[..., None]
+
+
+INT4_GROUP, INT4_BLOCK, GROUP_SCALE_MAX = 32, 64, 63  # csrc/matvec.h's
+
+
+def quantize_int4(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """x [n, k] ~= value * groups * scale: value -8..7 per weight, groups [n, kp / 32] int8 (-63..63) per 32 columns,
+    scale [n] float32 per row; kp is k rounded up to 64, the padding zeros. Each group's step is its value of largest
+    magnitude over -8 (that value becomes -8 exactly, as in GGML's Q4_0), in whole units of the row's scale (its
+    largest step / 63). Returns (packed [n, kp / 2] uint8, scale, groups), packed as csrc/matvec.h's Linear says: in
+    each 64 columns, byte b holds column b (low nibble) and column 32 + b (high), each as value + 8."""
+    n, k = x.shape
+    padded = -(-k // INT4_BLOCK) * INT4_BLOCK
+    grouped = torch.nn.functional.pad(x.float(), (0, padded - k)).view(n, padded // INT4_GROUP, INT4_GROUP)
+    extreme = grouped.gather(-1, grouped.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)  # [n, G], signed
+    steps = extreme / -8
+    scale = (steps.abs().amax(dim=-1) / GROUP_SCALE_MAX).clamp(min=1e-12)
+    groups = torch.round(steps / scale[:, None]).clamp_(-GROUP_SCALE_MAX, GROUP_SCALE_MAX)
+    groups = torch.where(groups == 0, torch.ones_like(groups), groups)  # a group of (near) zeros: any step
+    values = torch.round(grouped / (groups * scale[:, None])[..., None]).clamp_(-8, 7).add_(8).to(torch.uint8)
+    halves = values.view(n, padded // INT4_BLOCK, 2, INT4_BLOCK // 2)
+    packed = halves[:, :, 0] | (halves[:, :, 1] << 4)
+    return packed.reshape(n, padded // 2), scale, groups.to(torch.int8)
+
+
+def dequantize_int4(packed: Tensor, scale: Tensor, groups: Tensor, k: int) -> Tensor:
+    """quantize_int4's (packed [n, kp / 2], scale [n], groups [n, kp / 32]) -> float32 [n, k]"""
+    n = packed.shape[0]
+    blocks = packed.view(n, -1, INT4_BLOCK // 2)
+    values = torch.stack([blocks & 15, blocks >> 4], dim=2).view(n, -1, INT4_GROUP).float() - 8
+    steps = groups.float() * scale.float()[:, None]
+    return (values * steps[..., None]).view(n, -1)[:, :k]
+
+
+QUANTIZED_PARTS = ("scale", "groups")  # what a quantized linear weight brings along, beside the layer's 'weight'
+
+
+def quantize_weight(weight: Tensor, quantize: str, overwrite: bool = False) -> dict[str, Tensor]:
+    """A linear layer's weight [n, k] quantized as `quantize` ('int8' or 'int4') says: its tensors by their names in
+    the layer ('weight', 'scale', and for int4 'groups'; kernels.KernelLinear's). overwrite: as quantize_int8's."""
+    if quantize == "int8":
+        q, scale = quantize_int8(weight, overwrite)
+        return {"weight": q, "scale": scale}
+    packed, scale, groups = quantize_int4(weight)
+    return {"weight": packed, "scale": scale, "groups": groups}

@@ -72,7 +72,7 @@ struct Activations {
     Rows rows(const float *x, int64_t m, int64_t k, const Linear &w) {  // all rows at once (zhiyin_linear)
         if (!needs_int16(w)) return Rows{x, nullptr, nullptr, m};
         q.resize(m * k), scale.resize(m);
-        quantize_rows(x, m, k, q.data(), scale.data());
+        quantize_rows(x, m, k, largest_weight(w), q.data(), scale.data());
         return Rows{x, q.data(), scale.data(), m};
     }
 };
@@ -207,7 +207,7 @@ int64_t zhiyin_struct_size(int which) {
     return which == 0 ? sizeof(Linear) : which == 1 ? sizeof(Layer) : which == 2 ? sizeof(Step) : -1;
 }
 
-int zhiyin_int16() { return INT16_ACTIVATIONS; }  // 1: int8 products take the activations as int16
+int zhiyin_int16() { return INT16_ACTIVATIONS; }  // 1: int8 products take the activations as int16 (int4 always do)
 
 #ifdef _OPENMP
 int zhiyin_openmp() { return 1; }
@@ -260,10 +260,11 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *po
         auto prepare = [&](const float *src, int64_t k, const Linear &w, const float *norm_weight,
                            const float *norm_bias, float *dst) {
             const bool int16 = needs_int16(w);
+            const int largest = largest_weight(w);
             #pragma omp for schedule(static) nowait
             for (int64_t m = 0; m < M; m++) {
                 if (norm_weight) layer_norm(src + m * k, norm_weight, norm_bias, s->eps, k, dst + m * k);
-                if (int16) quantize_rows(dst + m * k, 1, k, input.q.data() + m * k, input.scale.data() + m);
+                if (int16) quantize_rows(dst + m * k, 1, k, largest, input.q.data() + m * k, input.scale.data() + m);
             }
             team->wait();
             rows = Rows{dst, int16 ? input.q.data() : nullptr, int16 ? input.scale.data() : nullptr, M};

@@ -3,24 +3,33 @@
 //
 // A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so its speed is
 // how fast the weights stream from memory: each weight element is loaded once and used for all M rows. W is float32,
-// bfloat16 (raw uint16) or int8 with a float32 scale per output row. Int8 weights on x86 CPUs with AVX2 or
-// AVX512-VNNI and on 64-bit ARM multiply int16 activations (x quantized per row, `quantize_rows`) with vpmaddwd /
-// vpdpwssd / smlal: exact integer sums, so all give the same numbers; elsewhere (SSE) int8 converts to float.
+// bfloat16 (raw uint16), int8 with a float32 scale per output row, or int4 with a float32 scale per output row and
+// an int8 scale per group of 32 columns. Int8 and int4 weights on x86 CPUs with AVX2 or AVX512-VNNI and on 64-bit
+// ARM multiply int16 activations (x quantized per row, `quantize_rows`) with vpmaddwd / vpdpwssd / smlal: exact
+// integer sums, so all give the same numbers. Elsewhere (SSE) int8 converts to float, and int4 sums exactly in
+// plain C++ (the same numbers again, slowly).
 #pragma once
 #include <algorithm>
 #include "vector_math.h"
 
 namespace zhiyin {
 
-enum WeightType : int32_t { F32 = 0, BF16 = 1, I8 = 2 };
+enum WeightType : int32_t { F32 = 0, BF16 = 1, I8 = 2, I4 = 3 };
 
-// A bias-free linear layer: weight [n, k] row-major (float32, bfloat16 or int8); scale [n] for int8, else null.
+// A bias-free linear layer: weight [n, k] row-major (float32, bfloat16 or int8); scale [n] for int8 and int4, else
+// null. int4 (modules/quantization.py's quantize_int4): weight is [n, kp / 2] bytes, kp = k rounded up to 64 (the
+// padding holds zeros); in each 64 columns c..c+63 of a row, byte b holds column c + b in its low nibble and
+// c + 32 + b in its high one, each as value + 8 (value -8..7); groups [n, kp / 32] is each 32 columns' scale in
+// units of the row's (-63..63). Weight (row, j) = scale[row] * groups[row, j / 32] * value.
 struct Linear {
     const void *weight;
     const float *scale;
+    const int8_t *groups;
     int64_t n, k;
     int32_t type, unused;
 };
+
+constexpr int INT4_BLOCK = 64, INT4_GROUP = 32, GROUP_SCALE_MAX = 63;
 
 // The activation rows a product reads: x [m, k] float32, and for int8 weights (with VNNI) the same rows as
 // int16 with a scale per row (xq [m, k], xscale [m]).
@@ -40,12 +49,17 @@ constexpr bool INT16_ACTIVATIONS = true;
 constexpr bool INT16_ACTIVATIONS = false;
 #endif
 
-inline bool needs_int16(const Linear &w) { return INT16_ACTIVATIONS && w.type == I8; }
+// int4 weights always take int16 activations (there is no float path for them)
+inline bool needs_int16(const Linear &w) { return w.type == I4 || (INT16_ACTIVATIONS && w.type == I8); }
+
+// The largest integer weight of a product: |int8| <= 127, |int4 value x group scale| <= 8 x 63
+inline int largest_weight(const Linear &w) { return w.type == I4 ? 8 * GROUP_SCALE_MAX : 127; }
 
 // x [m, k] -> xq [m, k] int16, xscale [m]: x ~= xq * xscale. Each int32 lane of a product's accumulators sums k/16
-// products of |w| <= 127 and |xq| <= limit, so limit keeps them from overflowing (32767 up to k = 8256).
-inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, float *xscale) {
-    const double lanes_sum = 127.0 * double((k + 15) / 16);
+// products of |w| <= largest and |xq| <= limit, so limit keeps them from overflowing (int8: 32767 up to k = 8256;
+// int4: 16644 at k = 4096).
+inline void quantize_rows(const float *x, int64_t m, int64_t k, int largest, int16_t *xq, float *xscale) {
+    const double lanes_sum = double(largest) * double((k + 15) / 16);
     const float limit = float(std::min(32767.0, std::floor(2147483647.0 / lanes_sum)));
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
@@ -152,22 +166,45 @@ inline int64_t reduce_exact(__m512i v) {  // 16 int32 lanes summed in int64
     return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
 }
 
+// Each 64 columns go to two accumulators per pair (the first and the second 32) where registers allow: two
+// dependency chains of vpdpwssd instead of one (BENCHMARKS.md, "Kernel block sizes")
+template <int NB, int M>
+constexpr int chains() { return NB * M <= 8 ? 2 : 1; }
+
 template <int NB, int M>
 inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t *sums) {
-    __m512i acc[NB][M];
-    for (int b = 0; b < NB; b++)
-        for (int m = 0; m < M; m++) acc[b][m] = _mm512_setzero_si512();
+    constexpr int C = chains<NB, M>();
+    __m512i acc[C][NB][M];
+    for (int c = 0; c < C; c++)
+        for (int b = 0; b < NB; b++)
+            for (int m = 0; m < M; m++) acc[c][b][m] = _mm512_setzero_si512();
     int64_t k = 0;
-    for (; k + 32 <= K; k += 32) {
-        __m512i wv[NB];
-        for (int b = 0; b < NB; b++) wv[b] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(row + b * K + k)));
+    for (; k + 64 <= K; k += 64) {
+        __m512i w0[NB], w1[NB];
+        for (int b = 0; b < NB; b++) {
+            w0[b] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(row + b * K + k)));
+            w1[b] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(row + b * K + k + 32)));
+        }
         for (int m = 0; m < M; m++) {
-            const __m512i xv = _mm512_loadu_si512(xq + m * K + k);
-            for (int b = 0; b < NB; b++) acc[b][m] = _mm512_dpwssd_epi32(acc[b][m], wv[b], xv);
+            const __m512i x0 = _mm512_loadu_si512(xq + m * K + k), x1 = _mm512_loadu_si512(xq + m * K + k + 32);
+            for (int b = 0; b < NB; b++) {
+                acc[0][b][m] = _mm512_dpwssd_epi32(acc[0][b][m], w0[b], x0);
+                acc[C - 1][b][m] = _mm512_dpwssd_epi32(acc[C - 1][b][m], w1[b], x1);
+            }
         }
     }
+    for (; k + 32 <= K; k += 32)
+        for (int b = 0; b < NB; b++) {
+            const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(row + b * K + k)));
+            for (int m = 0; m < M; m++)
+                acc[0][b][m] = _mm512_dpwssd_epi32(acc[0][b][m], wv, _mm512_loadu_si512(xq + m * K + k));
+        }
     for (int b = 0; b < NB; b++)
-        for (int m = 0; m < M; m++) sums[b * M + m] = reduce_exact(acc[b][m]) + int16_tail(row + b * K, xq + m * K, k, K);
+        for (int m = 0; m < M; m++) {
+            int64_t sum = int16_tail(row + b * K, xq + m * K, k, K);
+            for (int c = 0; c < C; c++) sum += reduce_exact(acc[c][b][m]);
+            sums[b * M + m] = sum;
+        }
 }
 #elif defined(__AVX2__)
 inline int64_t reduce_exact(__m256i v) {  // 8 int32 lanes summed in int64
@@ -242,8 +279,177 @@ inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t 
 }
 #endif
 
+// int4 weights: the value at column j of a packed row (value x its group's scale), and the exact sum of columns
+// k..K-1 against x, for the columns the vector loops leave
+inline int32_t int4_weight(const uint8_t *row, const int8_t *groups, int64_t j) {
+    const uint8_t byte = row[j / INT4_BLOCK * (INT4_BLOCK / 2) + j % (INT4_BLOCK / 2)];
+    const int value = (j % INT4_BLOCK < INT4_BLOCK / 2 ? byte & 15 : byte >> 4) - 8;
+    return value * groups[j / INT4_GROUP];
+}
+
+inline int64_t int4_tail(const uint8_t *row, const int8_t *groups, const int16_t *x, int64_t k, int64_t K) {
+    int64_t s = 0;
+    for (; k < K; k++) s += int64_t(int4_weight(row, groups, k)) * x[k];
+    return s;
+}
+
+// int4_dots<NB, M>: as int16_dots, for int4 weight rows (bytes `stride` apart, their group scales `group_stride`
+// apart). Each 64 columns unpack into two vectors of int16 weights (value x group scale, |w| <= 504), then go the
+// int8 way: every int32 lane sums k/16 products on every CPU.
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+template <int NB, int M>
+inline void int4_dots(const int16_t *xq, const uint8_t *row, const int8_t *groups, int64_t K, int64_t stride,
+                      int64_t group_stride, int64_t *sums) {
+    constexpr int C = chains<NB, M>();
+    __m512i acc[C][NB][M];
+    for (int c = 0; c < C; c++)
+        for (int b = 0; b < NB; b++)
+            for (int m = 0; m < M; m++) acc[c][b][m] = _mm512_setzero_si512();
+    const __m512i nibble = _mm512_set1_epi16(15), eight = _mm512_set1_epi16(8);
+    int64_t k = 0;
+    for (; k + INT4_BLOCK <= K; k += INT4_BLOCK) {
+        __m512i w0[NB], w1[NB];
+        for (int b = 0; b < NB; b++) {
+            const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(row + b * stride + k / 2)));
+            const int8_t *g = groups + b * group_stride + k / INT4_GROUP;
+            w0[b] = _mm512_mullo_epi16(_mm512_sub_epi16(_mm512_and_si512(v, nibble), eight), _mm512_set1_epi16(g[0]));
+            w1[b] = _mm512_mullo_epi16(_mm512_sub_epi16(_mm512_srli_epi16(v, 4), eight), _mm512_set1_epi16(g[1]));
+        }
+        for (int m = 0; m < M; m++) {
+            const __m512i x0 = _mm512_loadu_si512(xq + m * K + k), x1 = _mm512_loadu_si512(xq + m * K + k + 32);
+            for (int b = 0; b < NB; b++) {
+                acc[0][b][m] = _mm512_dpwssd_epi32(acc[0][b][m], w0[b], x0);
+                acc[C - 1][b][m] = _mm512_dpwssd_epi32(acc[C - 1][b][m], w1[b], x1);
+            }
+        }
+    }
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++) {
+            int64_t sum = int4_tail(row + b * stride, groups + b * group_stride, xq + m * K, k, K);
+            for (int c = 0; c < C; c++) sum += reduce_exact(acc[c][b][m]);
+            sums[b * M + m] = sum;
+        }
+}
+#elif defined(__AVX2__)
+template <int NB, int M>
+inline void int4_dots(const int16_t *xq, const uint8_t *row, const int8_t *groups, int64_t K, int64_t stride,
+                      int64_t group_stride, int64_t *sums) {
+    __m256i even[NB][M], odd[NB][M];
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++) even[b][m] = odd[b][m] = _mm256_setzero_si256();
+    const __m256i nibble = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+    int64_t k = 0;
+    for (; k + INT4_BLOCK <= K; k += INT4_BLOCK) {
+        __m256i w[NB][4];  // columns k.., k+16.., k+32.., k+48..
+        for (int b = 0; b < NB; b++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(row + b * stride + k / 2));
+            const __m256i low = _mm256_sub_epi8(_mm256_and_si256(v, nibble), eight);
+            const __m256i high = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), nibble), eight);
+            const int8_t *g = groups + b * group_stride + k / INT4_GROUP;
+            const __m256i g0 = _mm256_set1_epi16(g[0]), g1 = _mm256_set1_epi16(g[1]);
+            w[b][0] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(low)), g0);
+            w[b][1] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(low, 1)), g0);
+            w[b][2] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(high)), g1);
+            w[b][3] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(high, 1)), g1);
+        }
+        for (int m = 0; m < M; m++) {
+            const int16_t *x = xq + m * K + k;
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 16));
+            const __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 32)), x3 = _mm256_loadu_si256((const __m256i *)(x + 48));
+            for (int b = 0; b < NB; b++) {
+                even[b][m] = _mm256_add_epi32(even[b][m], _mm256_add_epi32(_mm256_madd_epi16(w[b][0], x0),
+                                                                           _mm256_madd_epi16(w[b][2], x2)));
+                odd[b][m] = _mm256_add_epi32(odd[b][m], _mm256_add_epi32(_mm256_madd_epi16(w[b][1], x1),
+                                                                         _mm256_madd_epi16(w[b][3], x3)));
+            }
+        }
+    }
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++)
+            sums[b * M + m] = reduce_exact(even[b][m]) + reduce_exact(odd[b][m]) +
+                              int4_tail(row + b * stride, groups + b * group_stride, xq + m * K, k, K);
+}
+#elif defined(__aarch64__)
+template <int NB, int M>
+inline void int4_dots(const int16_t *xq, const uint8_t *row, const int8_t *groups, int64_t K, int64_t stride,
+                      int64_t group_stride, int64_t *sums) {
+    int32x4_t acc[NB][4][M];
+    for (int b = 0; b < NB; b++)
+        for (int a = 0; a < 4; a++)
+            for (int m = 0; m < M; m++) acc[b][a][m] = vdupq_n_s32(0);
+    const uint8x16_t nibble = vdupq_n_u8(15);
+    const int8x16_t eight = vdupq_n_s8(8);
+    int64_t k = 0;
+    for (; k + INT4_BLOCK <= K; k += INT4_BLOCK) {
+        int16x8_t w[NB][8];  // columns k + 8i ..
+        for (int b = 0; b < NB; b++) {
+            const uint8_t *bytes = row + b * stride + k / 2;
+            const int8_t *g = groups + b * group_stride + k / INT4_GROUP;
+            const int16x8_t g0 = vdupq_n_s16(g[0]), g1 = vdupq_n_s16(g[1]);
+            for (int half = 0; half < 2; half++) {
+                const uint8x16_t v = vld1q_u8(bytes + 16 * half);
+                const int8x16_t low = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, nibble)), eight);
+                const int8x16_t high = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), eight);
+                w[b][2 * half] = vmulq_s16(vmovl_s8(vget_low_s8(low)), g0);
+                w[b][2 * half + 1] = vmulq_s16(vmovl_high_s8(low), g0);
+                w[b][4 + 2 * half] = vmulq_s16(vmovl_s8(vget_low_s8(high)), g1);
+                w[b][4 + 2 * half + 1] = vmulq_s16(vmovl_high_s8(high), g1);
+            }
+        }
+        for (int m = 0; m < M; m++) {
+            for (int i = 0; i < 8; i++) {
+                const int16x8_t x = vld1q_s16(xq + m * K + k + 8 * i);
+                for (int b = 0; b < NB; b++) {
+                    int32x4_t &a = acc[b][i % 4][m];
+                    a = vmlal_high_s16(vmlal_s16(a, vget_low_s16(w[b][i]), vget_low_s16(x)), w[b][i], x);
+                }
+            }
+        }
+    }
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++) {
+            int64_t s = int4_tail(row + b * stride, groups + b * group_stride, xq + m * K, k, K);
+            for (int a = 0; a < 4; a++) s += vaddlvq_s32(acc[b][a][m]);
+            sums[b * M + m] = s;
+        }
+}
+#else
+template <int NB, int M>
+inline void int4_dots(const int16_t *xq, const uint8_t *row, const int8_t *groups, int64_t K, int64_t stride,
+                      int64_t group_stride, int64_t *sums) {
+    for (int b = 0; b < NB; b++)
+        for (int m = 0; m < M; m++)
+            sums[b * M + m] = int4_tail(row + b * stride, groups + b * group_stride, xq + m * K, 0, K);
+}
+#endif
+
+// Integer weight rows as the int16 products read them: dots<NB, M>(xq, n, sums) -> the exact sums of weight rows
+// n..n+NB-1 against M rows of xq
 #if ZHIYIN_INT16
-// Block sizes of int8 products (BENCHMARKS.md, "Kernel block sizes"). Up to STREAMED_ROWS activation rows the
+struct Int8Weights {
+    const int8_t *w;
+    int64_t K;
+    template <int NB, int M>
+    void dots(const int16_t *xq, int64_t n, int64_t *sums) const {
+        int16_dots<NB, M>(xq, w + n * K, K, sums);
+    }
+};
+#endif
+
+struct Int4Weights {
+    const uint8_t *w;
+    const int8_t *groups;
+    int64_t K, stride, group_stride;
+    explicit Int4Weights(const Linear &l)
+        : w((const uint8_t *)l.weight), groups(l.groups), K(l.k),
+          stride((l.k + INT4_BLOCK - 1) / INT4_BLOCK * (INT4_BLOCK / 2)), group_stride(2 * stride / INT4_GROUP) {}
+    template <int NB, int M>
+    void dots(const int16_t *xq, int64_t n, int64_t *sums) const {
+        int4_dots<NB, M>(xq, w + n * stride, groups + n * group_stride, K, stride, group_stride, sums);
+    }
+};
+
+// Block sizes of integer products (BENCHMARKS.md, "Kernel block sizes"). Up to STREAMED_ROWS activation rows the
 // product is bandwidth-bound: one weight row at a time against all of them. More rows are compute-bound: the
 // weights go by in chunks of 32 rows, read from memory once, and the activation rows pass over each chunk (still in
 // cache) PASS_ROWS at a time, PASS_WEIGHT_ROWS weight rows at a time (registers: NB x M accumulators).
@@ -255,12 +461,12 @@ constexpr int PASS_ROWS = 4, PASS_WEIGHT_ROWS = 1;
 #endif
 
 // Weight rows [n0, n1) against M rows of x, NB weight rows at a time: exact integer sums, scaled
-template <int NB, int M>
-void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const float *scale, int64_t K, float *y,
-                 int64_t ldy, bool add, int64_t n0, int64_t n1) {
+template <int NB, int M, typename W>
+void int16_range(const W &w, const int16_t *xq, const float *xscale, const float *scale, float *y, int64_t ldy,
+                 bool add, int64_t n0, int64_t n1) {
     int64_t n = n0, sums[NB * M];
     for (; n + NB <= n1; n += NB) {
-        int16_dots<NB, M>(xq, w + n * K, K, sums);
+        w.template dots<NB, M>(xq, n, sums);
         for (int b = 0; b < NB; b++)
             for (int m = 0; m < M; m++) {
                 float *out = y + m * ldy + n + b;
@@ -268,43 +474,45 @@ void int16_range(const int16_t *xq, const float *xscale, const int8_t *w, const 
                 *out = add ? *out + value : value;
             }
     }
-    if (NB > 1 && n < n1) int16_range<1, M>(xq, xscale, w, scale, K, y, ldy, add, n, n1);
+    if (NB > 1 && n < n1) int16_range<1, M>(w, xq, xscale, scale, y, ldy, add, n, n1);
 }
 
 // m <= 8 activation rows against weight rows [n0, n1), NB weight rows at a time
-template <int NB>
-void int16_rows(const int16_t *x, const float *xs, int64_t m, const int8_t *w, const float *scale, int64_t K,
-                float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
+template <int NB, typename W>
+void int16_rows(const W &w, const int16_t *x, const float *xs, int64_t m, const float *scale, float *y, int64_t ldy,
+                bool add, int64_t n0, int64_t n1) {
     switch (m) {
-    case 1: return int16_range<NB, 1>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 2: return int16_range<NB, 2>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 3: return int16_range<NB, 3>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 4: return int16_range<NB, 4>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 5: return int16_range<NB, 5>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 6: return int16_range<NB, 6>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    case 7: return int16_range<NB, 7>(x, xs, w, scale, K, y, ldy, add, n0, n1);
-    default: return int16_range<NB, 8>(x, xs, w, scale, K, y, ldy, add, n0, n1);
+    case 1: return int16_range<NB, 1>(w, x, xs, scale, y, ldy, add, n0, n1);
+    case 2: return int16_range<NB, 2>(w, x, xs, scale, y, ldy, add, n0, n1);
+    case 3: return int16_range<NB, 3>(w, x, xs, scale, y, ldy, add, n0, n1);
+    case 4: return int16_range<NB, 4>(w, x, xs, scale, y, ldy, add, n0, n1);
+    case 5: return int16_range<NB, 5>(w, x, xs, scale, y, ldy, add, n0, n1);
+    case 6: return int16_range<NB, 6>(w, x, xs, scale, y, ldy, add, n0, n1);
+    case 7: return int16_range<NB, 7>(w, x, xs, scale, y, ldy, add, n0, n1);
+    default: return int16_range<NB, 8>(w, x, xs, scale, y, ldy, add, n0, n1);
     }
 }
 
 // Any number of activation rows. Every output is the same exact sum, scaled the same way, whatever the blocking:
 // a row's numbers do not depend on how many rows are beside it.
-inline void int16_matvec(const Rows &r, const int8_t *w, const float *scale, int64_t K, float *y, int64_t ldy,
-                         bool add, int64_t n0, int64_t n1) {
-    if (r.m <= STREAMED_ROWS) return int16_rows<1>(r.xq, r.xscale, r.m, w, scale, K, y, ldy, add, n0, n1);
+template <typename W>
+void int16_matvec(const W &w, const Rows &r, const float *scale, int64_t K, float *y, int64_t ldy, bool add,
+                  int64_t n0, int64_t n1) {
+    if (r.m <= STREAMED_ROWS) return int16_rows<1>(w, r.xq, r.xscale, r.m, scale, y, ldy, add, n0, n1);
     for (int64_t c0 = n0; c0 < n1; c0 += 32) {
         const int64_t c1 = std::min(n1, c0 + 32);
         for (int64_t i = 0; i < r.m; i += PASS_ROWS)
-            int16_rows<PASS_WEIGHT_ROWS>(r.xq + i * K, r.xscale + i, std::min<int64_t>(PASS_ROWS, r.m - i), w, scale,
-                                         K, y + i * ldy, ldy, add, c0, c1);
+            int16_rows<PASS_WEIGHT_ROWS>(w, r.xq + i * K, r.xscale + i, std::min<int64_t>(PASS_ROWS, r.m - i), scale,
+                                         y + i * ldy, ldy, add, c0, c1);
     }
 }
-#endif
 
 // y[m * ldy + n] (+)= rows . W[n] for n in [n0, n1), any number of rows (float weights MAX_ROWS at a time)
 inline void matvec(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
+    if (w.type == I4) return int16_matvec(Int4Weights(w), r, w.scale, w.k, y, ldy, add, n0, n1);
 #if ZHIYIN_INT16
-    if (w.type == I8) return int16_matvec(r, (const int8_t *)w.weight, w.scale, w.k, y, ldy, add, n0, n1);
+    if (w.type == I8)
+        return int16_matvec(Int8Weights{(const int8_t *)w.weight, w.k}, r, w.scale, w.k, y, ldy, add, n0, n1);
 #endif
     for (int64_t i = 0; i < r.m; i += MAX_ROWS) {
         const Rows block{r.x + i * w.k, nullptr, nullptr, std::min<int64_t>(MAX_ROWS, r.m - i)};
