@@ -28,7 +28,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODES = ["zhiyin-float32", "zhiyin-bfloat16", "zhiyin-int8", "transformers-float32", "transformers-bfloat16"]
+MODES = [
+    "zhiyin-float32",
+    "zhiyin-bfloat16",
+    "zhiyin-int8",
+    "zhiyin-int4",
+    "transformers-float32",
+    "transformers-bfloat16",
+]
 # on a GPU: no int8 (its weights have a CPU kernel only); zhiyin with its CUDA graphs and without them (-eager)
 CUDA_MODES = [
     "zhiyin-float32",
@@ -98,12 +105,13 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
     library, dtype = mode.split("-")[:2]
     if mode.endswith("-eager"):
         os.environ["ZHIYIN_CUDA_GRAPHS"] = "0"
-    quantize = "int8" if dtype == "int8" else None
+    quantize = dtype if dtype in ("int8", "int4") else None
     weights_dtype = {
         "float32": torch.float32,
         "bfloat16": torch.bfloat16,
         "float16": torch.float16,
         "int8": torch.float32,
+        "int4": torch.float32,
     }[dtype]
     result: dict = {"mode": mode, "device": device}
     if device == "cuda":

@@ -2,7 +2,7 @@
 
     python bench/precision.py [--shape small] [--steps 200]
 
-For bfloat16, float16 and int8 it reports the decoder logits' relative error against float32 (max |diff| / max
+For bfloat16, float16, int8 and int4 it reports the decoder logits' relative error against float32 (max |diff| / max
 |fp32| and the median over positions of the per-position relative L2 error), teacher-forced on float32's own greedy
 continuation of a text prompt with guidance 3, and the share of those positions where the mode's greedy choice
 (argmax of the guided logits) equals float32's. The logits come step by step through the KV cache, as in generation
@@ -25,10 +25,10 @@ def guided_logits(model, ids, codes) -> torch.Tensor:
     """Teacher-forced guided logits [K, T, V] for the delayed token sequence `codes` [1, K, T]."""
     from zhiyin.backends.select import decoder_step
 
-    condition, _ = model._condition(input_ids=ids)
-    cross = condition.guided().cross(model.decoder)  # rows: the text, then the null text
     decoder, rows, T = model.decoder, codes.repeat(2, 1, 1), codes.shape[-1]
     with torch.inference_mode():
+        condition, _ = model._condition(input_ids=ids)
+        cross = condition.guided().cross(model.decoder)  # rows: the text, then the null text
         decoder.setup_caches(2, T)
         try:
             steps = [decoder(rows[:, :, :1], cross, torch.zeros(2, 1, dtype=torch.long))[:, :, -1].float()]
@@ -73,6 +73,7 @@ def main() -> None:
         ("bfloat16", dict(dtype="bfloat16")),
         ("float16", dict(dtype="float16")),
         ("int8", dict(quantize="int8")),
+        ("int4", dict(quantize="int4")),
     ]:
         model = MusicgenForConditionalGeneration.from_pretrained(folder, **options)
         got = guided_logits(model, ids, sequence)

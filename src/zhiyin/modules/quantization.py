@@ -36,8 +36,12 @@ def quantize_int4(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     each 64 columns, byte b holds column b (low nibble) and column 32 + b (high), each as value + 8."""
     n, k = x.shape
     padded = -(-k // INT4_BLOCK) * INT4_BLOCK
-    grouped = torch.nn.functional.pad(x.float(), (0, padded - k)).view(n, padded // INT4_GROUP, INT4_GROUP)
-    extreme = grouped.gather(-1, grouped.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)  # [n, G], signed
+    if x.is_meta:  # (the layers a checkpoint's quantized weights load into)
+        return int4_shapes(n, k, x.device)
+    x = torch.nn.functional.pad(x.float(), (0, padded - k)) if padded != k else x.float()
+    grouped = x.view(n, padded // INT4_GROUP, INT4_GROUP)
+    top, bottom = grouped.amax(dim=-1), grouped.amin(dim=-1)
+    extreme = torch.where(top >= -bottom, top, bottom)  # [n, G]: each group's value of largest magnitude
     steps = extreme / -8
     scale = (steps.abs().amax(dim=-1) / GROUP_SCALE_MAX).clamp(min=1e-12)
     groups = torch.round(steps / scale[:, None]).clamp_(-GROUP_SCALE_MAX, GROUP_SCALE_MAX)
@@ -46,6 +50,16 @@ def quantize_int4(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     halves = values.view(n, padded // INT4_BLOCK, 2, INT4_BLOCK // 2)
     packed = halves[:, :, 0] | (halves[:, :, 1] << 4)
     return packed.reshape(n, padded // 2), scale, groups.to(torch.int8)
+
+
+def int4_shapes(n: int, k: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Empty (packed, scale, groups) of quantize_int4's shapes for a weight [n, k]"""
+    padded = -(-k // INT4_BLOCK) * INT4_BLOCK
+    return (
+        torch.empty(n, padded // 2, dtype=torch.uint8, device=device),
+        torch.empty(n, device=device),
+        torch.empty(n, padded // INT4_GROUP, dtype=torch.int8, device=device),
+    )
 
 
 def dequantize_int4(packed: Tensor, scale: Tensor, groups: Tensor, k: int) -> Tensor:
