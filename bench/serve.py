@@ -1,6 +1,7 @@
 """`zhiyin serve` under load: N clients at once, served together (continuous batching) and one at a time.
 
-    python bench/serve.py [--checkpoint DIR | --shape small] [--quantize int8] [--clients 8] [--seconds 10 ...]
+    python bench/serve.py [--checkpoint DIR | --shape small] [--quantize int8|int4|none] [--clients 8]
+                           [--seconds 10 ...]
 
 Starts `zhiyin serve` on a random-weight checkpoint of a published shape (made once, as bench/benchmark.py makes
 it) and sends it `--clients` requests from as many threads, their starts spread over the first two seconds,
@@ -111,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="small", choices=["small", "medium", "large"])
     parser.add_argument("--checkpoint", type=Path, default=None, help="default bench/checkpoints/<shape>")
-    parser.add_argument("--quantize", choices=["int8", "none"], default="int8")
+    parser.add_argument("--quantize", choices=["int8", "int4", "none"], default="int8")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clients", type=int, default=8)

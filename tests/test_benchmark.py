@@ -42,7 +42,8 @@ def test_benchmark_runs_zhiyin_and_transformers_side_by_side(tiny_checkpoint, tm
             assert math.isfinite(r[key]), (mode, key)
         assert r["e2e_audio_s"] == pytest.approx(0.5, abs=0.02), mode  # music of the length asked for
         assert r["bandwidth"] > 1e8 and r["decoder_weight_bytes"] > 0, mode
-    # the floor counts what a step reads: int8 weights are a quarter of float32's, int4 about half of int8's (less at the tiny widths, padded to 64 columns)
+    # the floor counts what a step reads: int8 weights are a quarter of float32's, int4 about half of int8's (less
+    # at the tiny widths, padded to 64 columns)
     assert results["zhiyin-int8"]["decoder_weight_bytes"] < results["zhiyin-float32"]["decoder_weight_bytes"] / 3
     assert results["zhiyin-int4"]["decoder_weight_bytes"] < results["zhiyin-int8"]["decoder_weight_bytes"] * 0.8
     table = done.stdout
