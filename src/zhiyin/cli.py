@@ -764,7 +764,7 @@ def serve(args) -> int:
         max_duration=args.max_duration,
         max_queue=args.max_queue,
         model_name=name,
-        adapter=_absolute(args.adapter),
+        loading={**_loading(args), "adapter": _absolute(args.adapter)},
     )
     server = uvicorn.Server(
         uvicorn.Config(create_app(service, token), host=args.host, port=args.port, log_level="warning")

@@ -95,7 +95,7 @@ class MusicgenForConditionalGeneration(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the model was loaded in: its decoder's weights' (int8 ones aside). Its other parts may compute
+        """The dtype the model was loaded in: its decoder's weights' (int8/int4 ones aside). Its other parts may compute
         wider (backends/precision.py: on the CPU a bfloat16 decoder's activations are float32, and T5 and EnCodec
         stay float32 where the CPU has no native bfloat16)."""
         return self.precision.weights if self.precision is not None else self.conditioning_dtype

@@ -372,6 +372,34 @@ def test_sigterm_lets_running_jobs_finish_and_keeps_the_queue(tiny_checkpoint, t
         process.wait(30)
 
 
+def test_an_int4_server_makes_what_zhiyin_generate_int4_makes(tiny_checkpoint, tmp_path, capsys):
+    """zhiyin serve --quantize int4: the same samples as zhiyin generate --quantize int4 with the same seed (two
+    requests stepped together), /v1/models says how the model was loaded, and so does the file (zhiyin info)."""
+    folder, port = tiny_checkpoint[0], free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = serve_process(folder, tmp_path / "data", port, "--quantize", "int4", "--max-batch", "2")
+    try:
+        wait_up(url, process)
+        client = httpx.Client(base_url=url, timeout=120)
+        model = client.get("/v1/models").json()["models"][0]
+        assert (model["dtype"], model["quantize"], model["adapter"]) == ("float32", "int4", None)
+        jobs = [client.post("/v1/generations", json={"prompt": p, "duration": 1.0, "seed": 7}).json() for p in "ab"]
+        assert all(wait_done(client, job["id"])["status"] == "succeeded" for job in jobs)
+        served = tmp_path / "served.wav"
+        served.write_bytes(client.get(f"/v1/generations/{jobs[0]['id']}/audio").content)
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(60)
+    argv = ["generate", "a", "--model", str(folder), "--duration", "1", "--seed", "7", "--quantize", "int4", "--quiet"]
+    assert main([*argv, "-o", str(tmp_path / "cli.wav")]) == 0
+    assert np.array_equal(soundfile.read(served)[0], soundfile.read(tmp_path / "cli.wav")[0])
+    capsys.readouterr()
+    assert main(["info", str(served)]) == 0
+    settings = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("settings"))
+    assert "quantize int4" in settings and "dtype float32" in settings, settings
+
+
 def test_serve_refuses_other_addresses_without_a_token(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ZHIYIN_TOKEN", raising=False)
     status = main(["serve", "--model", str(tiny_checkpoint[0]), "--host", "0.0.0.0", "--data-dir", str(tmp_path)])

@@ -63,9 +63,12 @@ class Service:
         max_per_client: int = 8,
         model_name: str = "model",
         max_upload: int = 32 << 20,
-        adapter: str | None = None,
+        loading: dict[str, str | None] | None = None,
     ):
-        self.model, self.processor, self.model_name, self.adapter = model, processor, model_name, adapter
+        self.model, self.processor, self.model_name = model, processor, model_name
+        # how the model was loaded (from_pretrained's dtype, quantize, device, adapter): shown at /v1/models and
+        # recorded in each file's settings, so that `zhiyin info` says what made it
+        self.loading = {key: value for key, value in (loading or {}).items() if value is not None}
         self.max_upload = max_upload  # bytes of an audio_prompt or melody file
         self.folder = Path(data_dir)
         (self.folder / "audio").mkdir(parents=True, exist_ok=True)
@@ -193,9 +196,8 @@ class Service:
         data, rate = row["request"], self.model.config.audio_encoder.sampling_rate
         audio = job.audio()[0].cpu().numpy()
         name = f"audio/{id}.{data['format']}"
-        metadata = dict(prompt=data["prompt"], model=self.model_name, seed=row["seed"], settings=data)
-        if self.adapter is not None:
-            metadata["adapter"] = self.adapter
+        settings = {**data, **self.loading}
+        metadata = dict(prompt=data["prompt"], model=self.model_name, seed=row["seed"], settings=settings)
         write_music(self.folder / name, audio, rate, data["format"], metadata)
         self.audio_seconds += audio.shape[-1] / rate
         self.store.update(id, status="succeeded", file=name, frames_done=job.frames_done, finished_at=job.finished_at)
@@ -445,7 +447,9 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
             "models": [
                 {
                     "id": service.model_name,
-                    "adapter": service.adapter,
+                    "dtype": str(service.model.dtype).removeprefix("torch."),
+                    "quantize": service.loading.get("quantize"),
+                    "adapter": service.loading.get("adapter"),
                     "sampling_rate": config.audio_encoder.sampling_rate,
                     "channels": config.decoder.audio_channels,
                     "melody": hasattr(config, "chroma_length"),
