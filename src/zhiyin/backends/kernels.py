@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .. import heap
 from ..config import QUANTIZE
 from ..files import write_atomic
-from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_weight
 from .precision import Precision, place, plan
 
 SOURCES = Path(__file__).with_name("csrc")
@@ -172,12 +172,10 @@ class KernelLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear | KernelLinear, quantize: str | None = None) -> KernelLinear:
         if getattr(linear, "bias", None) is not None:
             raise ValueError("KernelLinear has no bias")
+        if quantize is None:
+            return cls(linear.weight.data)
         weight = linear.dequantized(torch.float32) if isinstance(linear, KernelLinear) else linear.weight.data
-        if quantize == "int8":
-            return cls(*quantize_int8(weight))
-        if quantize == "int4":
-            return cls(*quantize_int4(weight), in_features=linear.in_features)
-        return cls(linear.weight.data)
+        return cls(**quantize_weight(weight, quantize), in_features=linear.in_features)
 
     def weights(self) -> LinearWeights | None:
         """This layer's weights as the kernels take them (None where they have no kernel: float16, not on the CPU)."""
@@ -225,7 +223,7 @@ def check_quantize(quantize: str | None) -> None:
 def use_kernel_linears(decoder: nn.Module, quantize: str | None = None) -> None:
     """Swap the decoder's bias-free linear layers (projections, FFN, LM heads) for KernelLinear, in place
     (quantizing their weights with quantize='int8' or 'int4'). On a meta-device decoder this makes the layers that
-    quantized weights read by weights.read_state_dict(quantize=...) load into."""
+    quantized weights read by weights.read_state_dict(quantized=...) load into."""
     check_quantize(quantize)
 
     def swapped(layer: nn.Module) -> bool:  # float KernelLinear layers are quantized too
