@@ -71,16 +71,23 @@ def test_jobs_joining_at_different_steps_make_what_they_make_alone(model, proces
         engine.close()
 
 
-def test_streamed_chunks_are_generate_streams(model, processor):
-    inputs, options, seed = asks(model, processor)[0]
-    want = list(
-        model.generate_stream(**inputs, **options, chunk_seconds=0.5, generator=torch.Generator().manual_seed(seed))
-    )
+def test_streamed_chunks_are_the_music_as_it_is_made(model, processor):
+    """Each job decoded once, in streaming.py's chunks (1, 4, 16, 64, 100 frames): what a listener gets while the
+    job runs, and, joined, generate_long's audio bit for bit."""
+    inputs, options, seed = asks(model, processor)[0]  # 2.2 s: 110 frames
+    want = alone(model, inputs, options, seed)
     engine = Engine(model, max_batch=2)
     try:
         job = engine.submit(**inputs, **options, seed=seed)
-        got = list(job.audio_chunks(chunk_seconds=0.5))
-        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+        got = list(job.audio_chunks(timeout=120))
+        assert [chunk.shape[-1] // 640 for chunk in got] == [1, 4, 16, 64, 25]
+        assert torch.equal(torch.cat(got, dim=-1), want) and torch.equal(job.audio(), want)
+        long = engine.submit(**inputs, duration=60.0, seed=1, **WINDOW)
+        first = next(long.audio_chunks(timeout=120))
+        assert first.shape == (1, 1, 640) and not long.finished  # heard long before the end
+        long.cancel()
+        with pytest.raises(RuntimeError, match="cancelled"):
+            long.audio()
     finally:
         engine.close()
 

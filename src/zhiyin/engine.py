@@ -7,6 +7,9 @@ when done or cancelled, and each one's music streams out while it is made.
         ...
     audio = job.audio()                # or wait for the whole: generate_long()'s audio for the same seed
 
+Each job's audio is decoded once, in the engine's thread, as its frames come (generation/streaming.py's chunks):
+what every listener hears while it is made, and, joined, the whole.
+
 The engine owns the decoder's KV cache: `max_batch` slots of two rows each (a request's row and its guidance row).
 A request is checked when submitted and encoded then (T5, an audio prompt's codes: in the engine's thread, between
 steps), admitted into a free slot at a step boundary (its rows of the cross-attention table written, its window's
@@ -36,15 +39,15 @@ from .generation.delay_pattern import DelayPattern
 from .generation.long_form import Windows
 from .generation.loop import RequestRows
 from .generation.options import GenerationOptions
-from .generation.streaming import decode_stream
+from .generation.streaming import AudioStream
 from .modules.decoder import CrossKV
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 class Job:
-    """One submitted request: its status, its progress and its codes as they are made. Any number of readers may
-    follow it (codes_so_far, code_blocks, audio_chunks) from any thread."""
+    """One submitted request: its status, its progress, its codes and audio as they are made. Any number of readers
+    may follow it (code_blocks, audio_chunks) from any thread."""
 
     def __init__(
         self,
@@ -63,6 +66,9 @@ class Job:
         self.created_at, self.started_at, self.finished_at = time.time(), None, None
         self._blocks: list[Tensor] = []  # codes [1, K, n] in order: the prompt's, then each new frame
         self._frames = 0
+        model = engine.model
+        self._stream = AudioStream(model.audio_encoder, model.config.decoder.audio_channels)
+        self._audio: list[Tensor] = []  # audio [1, channels, samples] in order: _stream's chunks
         self._changed = threading.Condition()
         self._cancel = threading.Event()
 
@@ -82,10 +88,27 @@ class Job:
     # -- written by the engine's thread --
 
     def _push(self, block: Tensor) -> None:
+        """New codes, and the audio that can be decoded now."""
         with self._changed:
             self._blocks.append(block)
             self._frames += block.shape[-1]
             self._changed.notify_all()
+        self._add_audio(self._stream.add(block))
+
+    def _succeed(self) -> None:
+        """The last frame is out: the rest of the audio, then done."""
+        try:
+            self._add_audio(self._stream.finish())
+        except Exception as error:
+            self._end("failed", f"{type(error).__name__}: {error}")
+        else:
+            self._end("succeeded")
+
+    def _add_audio(self, chunks: list[Tensor]) -> None:
+        if chunks:
+            with self._changed:
+                self._audio += chunks
+                self._changed.notify_all()
 
     def _end(self, status: str, error: str | None = None) -> None:
         with self._changed:
@@ -97,36 +120,33 @@ class Job:
     def code_blocks(self, timeout: float | None = None) -> Iterator[Tensor]:
         """The codes [1, K, n] as they are made, from the first; ends when the job ends (raises if it failed or was
         cancelled before the end)."""
+        return self._follow(self._blocks, "frame", timeout)
+
+    def audio_chunks(self, timeout: float | None = None) -> Iterator[Tensor]:
+        """The audio [1, channels, samples] as it is decoded, from the first chunk (streaming.py's chunks: the first
+        frame's, then growing up to 2 s); ends when the job ends (raises if it failed or was cancelled before)."""
+        return self._follow(self._audio, "audio", timeout)
+
+    def _follow(self, items: list[Tensor], what: str, timeout: float | None) -> Iterator[Tensor]:
         for index in itertools.count():
             with self._changed:
-                if not self._changed.wait_for(lambda: index < len(self._blocks) or self.finished, timeout):
-                    raise TimeoutError(f"job {self.id}: no new frame within {timeout} s")
-                if index < len(self._blocks):
-                    block = self._blocks[index]
+                if not self._changed.wait_for(lambda: index < len(items) or self.finished, timeout):
+                    raise TimeoutError(f"job {self.id}: no new {what} within {timeout} s")
+                if index < len(items):
+                    item = items[index]
                 elif self.status == "succeeded":
                     return
                 else:
                     raise RuntimeError(f"job {self.id} {self.status}" + (f": {self.error}" if self.error else ""))
-            yield block
-
-    def audio_chunks(self, chunk_seconds: float = 1.0, first_seconds: float | None = None) -> Iterator[Tensor]:
-        """Audio [1, channels, samples] as the codes come: chunks of chunk_seconds (generate_stream's chunks), or
-        from first_seconds growing up to chunk_seconds (streaming.decode_stream)."""
-        codec = self.engine.model.config.audio_encoder
-        chunk = max(1, round(chunk_seconds * codec.frame_rate))
-        first = None if first_seconds is None else max(1, round(first_seconds * codec.frame_rate))
-        return decode_stream(self.engine.decode, self.code_blocks(), chunk, codec.hop_length, first_frames=first)
+            yield item
 
     def codes(self, timeout: float | None = None) -> Tensor:
         """Wait for the job; its codes [1, K, P + frames] (generate_long(..., return_codes=True)'s)."""
         return torch.cat(list(self.code_blocks(timeout)), dim=-1)
 
     def audio(self, timeout: float | None = None) -> Tensor:
-        """Wait for the job; its audio [1, channels, samples], decoded as generate_long decodes."""
-        model, codes = self.engine.model, self.codes(timeout)
-        window = round(self.options.window * model.config.audio_encoder.frame_rate)
-        pieces = decode_stream(self.engine.decode, [codes], window, model.config.audio_encoder.hop_length)
-        return torch.cat(list(pieces), dim=-1)
+        """Wait for the job; its audio [1, channels, samples]: generate_long's for the same seed."""
+        return torch.cat(list(self.audio_chunks(timeout)), dim=-1)
 
 
 class _Slot:
@@ -241,10 +261,6 @@ class Engine:
             return job
 
         return self.call(encode_and_queue)
-
-    def decode(self, codes: Tensor) -> Tensor:
-        """The model's decode_audio, between steps."""
-        return self.call(self.model.decode_audio, codes)
 
     def call(self, function, *args):
         """function(*args) in the engine's thread, between two steps; its result (or its exception) here."""
@@ -450,7 +466,7 @@ class Engine:
             self._slots[index] = None
             return True
         if not needs_step:
-            slot.job._end("succeeded")
+            slot.job._succeed()
             self._slots[index] = None
             return True
         if slot.rows is window:

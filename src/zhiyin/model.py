@@ -206,12 +206,13 @@ class MusicgenForConditionalGeneration(nn.Module):
 
     @torch.inference_mode()
     def decode_audio(self, codes: Tensor) -> Tensor:
-        """Codes [B, K, frames] -> audio [B, channels, samples] float32."""
-        if self.config.decoder.audio_channels == 1:
-            return self.audio_encoder.decode(codes).float()
-        left = self.audio_encoder.decode(codes[:, 0::2])
-        right = self.audio_encoder.decode(codes[:, 1::2])
-        return torch.cat([left, right], dim=1).float()
+        """Codes [B, K, frames] -> audio [B, channels, frames * hop] float32: decoded in chunks (generation/
+        streaming.py), as every piece of music zhiyin makes, so that a piece decoded while it was made is the same."""
+        channels = self.config.decoder.audio_channels
+        chunks = list(decode_stream(self.audio_encoder, channels, [codes]))
+        if not chunks:
+            return torch.zeros(codes.shape[0], channels, 0)
+        return torch.cat(chunks, dim=-1)
 
     def _text_states(self, input_ids, attention_mask, encoder_outputs) -> tuple[Tensor, Tensor]:
         """Text hidden states [B, S, text_hidden] and mask [B, S] from token ids or given encoder outputs."""
@@ -343,9 +344,7 @@ class MusicgenForConditionalGeneration(nn.Module):
         codes = torch.cat(list(self._long_frames(inputs, resolved, generator)), dim=-1)  # [B, K, P + new frames]
         if resolved.return_codes:
             return codes
-        window = round(resolved.window * self.config.audio_encoder.frame_rate)
-        pieces = decode_stream(self.decode_audio, [codes], window, self.config.audio_encoder.hop_length)
-        return torch.cat(list(pieces), dim=-1)  # decoded in window-long pieces: bounded memory
+        return self.decode_audio(codes)
 
     @torch.inference_mode()
     def generate_stream(
@@ -353,13 +352,14 @@ class MusicgenForConditionalGeneration(nn.Module):
     ) -> Iterator[Tensor]:
         """generate_long() as it happens: yields audio chunks [B, channels, samples] of chunk_seconds each (default
         1; the last shorter; an audio prompt comes first, re-decoded) while the codes are still being made, each
-        chunk once its frames and 0.1 s more are out. Joined, the chunks are generate_long()'s audio up to the
-        overlapping chunked decoding (generation/streaming.py). Bad arguments raise here; the music is made as the
-        iterator is consumed (one generation at a time per model).
+        chunk once its frames and 0.1 s more are out. Joined, the chunks are generate_long()'s audio up to float
+        rounding (the same chunked decoding with other chunk sizes: generation/streaming.py). Bad arguments raise
+        here; the music is made as the iterator is consumed (one generation at a time per model).
         """
         inputs, resolved = self._arguments("generate_stream", input_ids, arguments)
         frames = self._long_frames(inputs, resolved, generator)
-        return decode_stream(self.decode_audio, frames, resolved.chunk_frames, self.config.audio_encoder.hop_length)
+        chunk, channels = resolved.chunk_frames, self.config.decoder.audio_channels
+        return decode_stream(self.audio_encoder, channels, frames, chunk_frames=chunk, first_frames=chunk)
 
     def _long_frames(self, inputs: tuple, options: GenerationOptions, generator) -> Iterator[Tensor]:
         """Encodes the prompts (now) and returns long_form.long_frames' iterator of codes."""

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from zhiyin.config import EncodecConfig  # noqa: E402
 from zhiyin.loading.weights import fold_weight_norm  # noqa: E402
-from zhiyin.modules.encodec import IGNORED_CHECKPOINT_SUFFIXES, EncodecModel  # noqa: E402
+from zhiyin.modules.encodec import IGNORED_CHECKPOINT_SUFFIXES, ChunkedDecode, EncodecModel, reach  # noqa: E402
 from zhiyin.random_checkpoint import ENCODEC_32KHZ  # noqa: E402
 
 from checkpoints import SHARED_AUDIO as AUDIO_DIR  # noqa: E402
@@ -206,6 +206,70 @@ def test_musicgen_32k_on_real_music(music_2s):
     expected_audio = ref_decode(ref, expected)
     assert audio.shape == expected_audio.shape == (1, 1, 64_000)
     assert rel_err(audio, expected_audio) < 1e-4
+
+
+def decode_in_chunks(codec: EncodecModel, blocks, ends: list[int]) -> list[torch.Tensor]:
+    """ChunkedDecode fed `blocks` one by one, each chunk (up to each of `ends`) decoded as soon as it is ready."""
+    decode, ends, chunks = ChunkedDecode(codec), list(ends), []
+    for block in blocks:
+        decode.add(block)
+        while ends and decode.ready(ends[0], final=False):
+            chunks.append(decode.decode(ends.pop(0)))
+    chunks += [decode.decode(end) for end in ends]  # the codes are complete
+    return chunks
+
+
+@pytest.mark.parametrize("kwargs", [MUSICGEN_32K, CAUSAL_24K], ids=["musicgen_32k", "causal_24k"])
+@torch.inference_mode()
+def test_chunked_decode_is_the_one_piece_decode(kwargs):
+    """Chunks of any size, the LSTM's state carried between them: joined, the one-piece decode up to float rounding
+    (and the reference's); the same chunk ends give the same bits however the codes arrived."""
+    cfg = transformers.EncodecConfig(**kwargs)
+    ref, ours = build_pair(kwargs, 0.3 * torch.randn(cfg.sampling_rate // 2))
+    codes = torch.randint(0, cfg.codebook_size, (1, 4, 240), generator=torch.Generator().manual_seed(3))
+    whole, hop = ours.decode(codes), cfg.hop_length
+    assert rel_err(whole, ref_decode(ref, codes)) < 1e-4
+    blocks = torch.split(codes, [1, 6, 50, 2, 100, 1, 80], dim=-1)
+    for ends in ([1, 5, 21, 85, 185, 240], [7, 8, 9, 60, 239, 240], [240]):
+        chunks = decode_in_chunks(ours, [codes], ends)
+        assert [c.shape[-1] // hop for c in chunks] == [b - a for a, b in zip([0, *ends], ends)]
+        assert rel_err(torch.cat(chunks, dim=-1), whole) < 1e-5
+        arriving = decode_in_chunks(ours, blocks, ends)
+        assert all(torch.equal(a, b) for a, b in zip(chunks, arriving))
+    decode = ChunkedDecode(ours)
+    decode.add(codes[..., :30])
+    assert (decode.head, decode.body) == (((3, 3), (1, 1)) if kwargs is MUSICGEN_32K else ((6, 6), (2, 1)))
+    assert decode.lookahead == decode.head[1] + decode.body[1]
+    assert decode.ready(30 - decode.lookahead, final=False) and not decode.ready(31 - decode.lookahead, final=False)
+    assert decode.ready(30, final=True) and not decode.ready(31, final=True)
+    decode.decode(20)
+    with pytest.raises(ValueError, match="cannot decode frames 20..30 of 30"):
+        decode.decode(31)
+    assert decode.codes.shape[-1] < 30  # the frames no later chunk reads are gone
+
+
+@torch.inference_mode()
+def test_reach_is_what_the_layers_read():
+    """reach() by interval arithmetic == the samples a change in one frame of the LSTM's output moves."""
+    _, ours = build_pair(MUSICGEN_32K, 0.3 * torch.randn(16000))
+    body, hop = ours.decoder.layers[2:], 640
+    x = torch.randn(1, body[1].conv.in_channels, 12)
+
+    def run(x):
+        for layer in body:
+            x = layer(x)
+        return x
+
+    moved = (run(x.clone()) - run(x.clone().index_add_(2, torch.tensor([6]), torch.ones(1, x.shape[1], 1)))).abs()
+    samples = moved[0, 0].nonzero().flatten()
+    before, after = 6 * hop - int(samples.min()), int(samples.max()) - (7 * hop - 1)
+    assert 0 < before < hop and 0 < after < hop  # 482 and 466 samples: under a frame either way
+    assert reach(body, hop) == (1, 1)
+
+
+def test_chunked_decode_refuses_a_codec_normalized_over_time():
+    with pytest.raises(NotImplementedError, match="time_group_norm"):
+        ChunkedDecode(EncodecModel(EncodecConfig.from_dict(VARIANTS)))
 
 
 @torch.inference_mode()

@@ -11,8 +11,8 @@ second stay flat however long the music):
 
 Each later window is prompted with the last (window - stride) frames of TOKENS made so far (12 s with the defaults
 30 s / 18 s), so it continues the music rather than starting over. The music is the prompt followed by every
-window's new frames, decoded as one code sequence (in 30 s pieces that overlap, streaming.decode_stream: the same
-audio as one decode up to float rounding on the test checkpoint), so there are no seams between windows.
+window's new frames, decoded as one code sequence (in chunks that carry the codec's state, streaming.py: the same
+audio as one decode up to float rounding), so there are no seams between windows.
 
 What conditions a window may depend on where it starts: each window is conditioned on `condition.at_frame(start)`,
 with `start` the frame of the music its context begins at (0 for the first). A text condition is the same for every

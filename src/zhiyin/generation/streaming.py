@@ -1,65 +1,80 @@
-"""Audio while the codes are still being made: chunked EnCodec decoding.
+"""Codes to audio, in chunks, while the codes are still being made.
 
-EnCodec's decoder is not causal: its convolutions look a few frames both ways and its LSTM carries state from
-the start. So each chunk of frames is decoded together with up to CONTEXT_FRAMES frames before it (to warm up
-the LSTM) and LOOKAHEAD_FRAMES after it (for the convolutions), and only the chunk's own samples are kept:
+Every decode goes through here (modules/encodec.py's ChunkedDecode: the LSTM's state carried from chunk to chunk,
+each chunk's audio the one-piece decode's up to float rounding), and with one chunk schedule for the music that is
+kept: a first chunk of FIRST_FRAMES, each next one CHUNK_GROWTH times longer, up to CHUNK_FRAMES. So the same codes
+give the same samples whether they were decoded at once (decode_audio, generate, generate_long) or while they were
+made (the engine's jobs: what a listener hears as it comes is the file written after). A chunk is decoded once its
+frames and ChunkedDecode's lookahead (4 frames, 0.08 s) are out: the first sound comes a few frames after the first
+frame. generate_stream decodes in chunks of its own chunk_seconds instead.
 
-    codes  ... | context | chunk | lookahead | ...      decode all three, keep the chunk's samples
-                         ^ previous chunks end here
-
-The context and lookahead are measured (BENCHMARKS.md, "Audio as it is made"): a frame's codes change samples up to
-3.75 frames before it (the convolutions), the LSTM forgets within 10-25 frames, and 50 frames (1 s) of context leave
-a margin; joined, the chunks match one decode to float32 rounding on the test checkpoint. The lookahead delays each
-chunk by 0.08 s. The same decoder, with 30 s chunks, decodes long music in bounded memory.
-
-Chunks may start small and grow (`first_frames`, each CHUNK_GROWTH times the one before, up to `chunk_frames`): the
-first sound comes after a frame or two, and later chunks, each decoded with its context, cost little more than their
-own frames (a listener of a busy server, whose music comes slower than it plays, and whose every decode call
-delays everyone's next step).
+    codes   | chunk | chunk ... | chunk |  decoded in turn: each chunk's own frames once, with a frame more either side
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-CONTEXT_FRAMES = 50  # 1 s of codes before each chunk, decoded and dropped
-LOOKAHEAD_FRAMES = 4  # 0.08 s after it: a frame reaches 3.75 frames back (measured, 32 kHz EnCodec)
-CHUNK_GROWTH = 4  # growing chunks: each this many times the one before
+from ..modules.encodec import ChunkedDecode, EncodecModel
+
+FIRST_FRAMES = 1  # a listener hears the first frame as soon as it is out
+CHUNK_GROWTH = 4  # each chunk this many times the one before: 1, 4, 16, 64, 100, 100, ...
+CHUNK_FRAMES = 100  # 2 s: the cheapest size per frame (BENCHMARKS.md, "One decode per job")
+
+
+class AudioStream:
+    """Codes [B, K * channels, n] added in blocks (any n) -> audio chunks [B, channels, samples] float32, each
+    chunk as soon as it can be decoded; finish() decodes the rest. Channels are MusicGen's stereo interleaving
+    (codebooks L1, R1, L2, R2, ...), each channel decoded on its own. Memory does not grow with the music."""
+
+    def __init__(
+        self,
+        codec: EncodecModel,
+        channels: int = 1,
+        chunk_frames: int = CHUNK_FRAMES,
+        first_frames: int = FIRST_FRAMES,
+    ):
+        if chunk_frames < 1 or first_frames < 1:
+            raise ValueError(f"chunks must be at least one frame, got {first_frames} growing to {chunk_frames}")
+        self.parts = [ChunkedDecode(codec) for _ in range(channels)]
+        self.chunk_frames = chunk_frames
+        self.size = min(first_frames, chunk_frames)  # the next chunk's frames
+
+    def add(self, codes: Tensor) -> list[Tensor]:
+        """Appends frames; the chunks that can be decoded now."""
+        channels = len(self.parts)
+        for channel, part in enumerate(self.parts):
+            part.add(codes[:, channel::channels])
+        return self._chunks(final=False)
+
+    def finish(self) -> list[Tensor]:
+        """No more frames: the chunks left."""
+        return self._chunks(final=True)
+
+    def _chunks(self, final: bool) -> list[Tensor]:
+        chunks, first = [], self.parts[0]
+        while first.done < first.frames:
+            end = min(first.done + self.size, first.frames) if final else first.done + self.size
+            if not first.ready(end, final):
+                break
+            with torch.inference_mode():
+                chunks.append(torch.cat([part.decode(end) for part in self.parts], dim=1).float())
+            self.size = min(CHUNK_GROWTH * self.size, self.chunk_frames)
+        return chunks
 
 
 def decode_stream(
-    decode: Callable[[Tensor], Tensor],
+    codec: EncodecModel,
+    channels: int,
     blocks: Iterable[Tensor],
-    chunk_frames: int,
-    hop: int,
-    context: int = CONTEXT_FRAMES,
-    lookahead: int = LOOKAHEAD_FRAMES,
-    first_frames: int | None = None,
+    chunk_frames: int = CHUNK_FRAMES,
+    first_frames: int = FIRST_FRAMES,
 ) -> Iterator[Tensor]:
-    """Codes arriving in blocks [B, K, n] (any n) -> audio chunks [B, channels, samples]: chunks of chunk_frames
-    frames (from first_frames, growing CHUNK_GROWTH-fold, when given), the last one shorter; each chunk as soon as
-    its frames and `lookahead` more are in. decode: codes -> audio, hop: samples per frame. Keeps only the frames it
-    still needs (memory does not grow with the music). A sequence of at most chunk_frames frames (first_frames, when
-    given) is decoded in one piece, exactly as `decode` would."""
-    codes, base, done = None, 0, 0  # codes [B, K, n] holds frames base..base+n-1; frames before `done` are out
-    size = min(first_frames or chunk_frames, chunk_frames)  # the next chunk's frames
-
-    def chunk(end: int) -> Tensor:  # audio of frames done..end-1
-        lo, hi = max(done - context, base), min(end + lookahead, base + codes.shape[-1])
-        audio = decode(codes[..., lo - base : hi - base])  # [B, C, (hi - lo) * hop]
-        return audio[..., (done - lo) * hop : (end - lo) * hop]
-
+    """Codes arriving in blocks [B, K * channels, n] -> audio chunks [B, channels, samples] (AudioStream's)."""
+    stream = AudioStream(codec, channels, chunk_frames, first_frames)
     for block in blocks:
-        codes = block if codes is None else torch.cat([codes, block], dim=-1)
-        while base + codes.shape[-1] >= done + size + lookahead:
-            yield chunk(done + size)
-            done, size = done + size, min(CHUNK_GROWTH * size, chunk_frames)
-            keep = max(done - context, base)
-            codes, base = codes[..., keep - base :], keep
-    end = base + codes.shape[-1] if codes is not None else 0
-    while done < end:
-        yield chunk(min(done + size, end))
-        done, size = min(done + size, end), min(CHUNK_GROWTH * size, chunk_frames)
+        yield from stream.add(block)
+    yield from stream.finish()

@@ -176,10 +176,14 @@ class EncodecLSTM(nn.Module):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, config.num_lstm_layers)
 
-    def forward(self, x: Tensor) -> Tensor:  # [B, C, T]
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> Tensor:  # [B, C, T]
+        return self.carry(x, state)[0]
+
+    def carry(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """forward() from the state (h, c) an earlier call ended in (None: zeros); also returns its own last."""
         x = x.permute(2, 0, 1)  # [T, B, C]
-        x = self.lstm(x)[0] + x
-        return x.permute(1, 2, 0)  # [B, C, T]
+        y, state = self.lstm(x, state)
+        return (y + x).permute(1, 2, 0), state  # [B, C, T]
 
 
 class EncodecResnetBlock(nn.Module):
@@ -354,3 +358,110 @@ class EncodecModel(nn.Module):
         """Codes [B, K, frames] -> audio [B, C, frames * hop_length]."""
         with large_tensors_from_heap():
             return self.decoder(self.quantizer.decode(codes))
+
+
+def reach(layers, scale: int) -> tuple[int, int]:
+    """The inputs that one output frame of `layers` (stride-1 convolutions, residual blocks, transposed
+    convolutions, ELUs; `scale` output samples per input frame) depends on: (frames before it, frames after it)."""
+
+    def inputs(layer, a: int, b: int) -> tuple[int, int]:  # output samples a..b -> the input samples they read
+        if isinstance(layer, EncodecConv1d):
+            assert layer.stride == 1
+            k, d = layer.conv.kernel_size[0], layer.conv.dilation[0]
+            left = layer.padding_total if layer.causal else layer.padding_total - layer.padding_total // 2
+            # at the start, reflect padding reads the first `left` samples after it: later ones, for a causal conv
+            return a - left, max(b - left + (k - 1) * d, b + left if layer.pad_mode == "reflect" else b)
+        if isinstance(layer, EncodecConvTranspose1d):  # untrimmed output u = t * s + j, 0 <= j < k
+            k, s = layer.conv.kernel_size[0], layer.conv.stride[0]
+            return -((-(a + layer.trim_left - k + 1)) // s), (b + layer.trim_left) // s
+        if isinstance(layer, EncodecResnetBlock):
+            lo, hi = a, b  # the shortcut
+            for inner in reversed(layer.block):
+                a, b = inputs(inner, a, b)
+            return min(a, lo), max(b, hi)
+        if isinstance(layer, (nn.ELU, nn.Identity)):
+            return a, b
+        raise TypeError(f"no reach known for {type(layer).__name__}")
+
+    frame = 1000  # any frame: the layers do the same everywhere
+    a, b = frame * scale, frame * scale + scale - 1
+    for layer in reversed(list(layers)):
+        a, b = inputs(layer, a, b)
+    return frame - a, b - frame
+
+
+class ChunkedDecode:
+    """One code sequence [B, K, frames] decoded chunk by chunk as its frames come, in memory that does not grow
+    with its length. Each chunk's audio is the one-piece decode's (EncodecModel.decode) up to float rounding:
+
+        codes -> first convolution -> LSTM, its state carried from chunk to chunk
+        LSTM outputs -> the upsampling layers -> the chunk's samples
+
+    Each layer sees only a few frames (reach(): MusicGen's 32 kHz codec's first convolution 3 frames either way, the
+    layers after the LSTM one), so each chunk runs the LSTM over its new frames once, with the codes the convolution
+    before it reads, then the layers after it over its own frames and those they read, and keeps its own samples. A
+    chunk ending at frame `end` can be decoded once the codes reach end + lookahead (or the sequence has ended). The
+    same sequence of chunk ends gives the same bits whichever way the codes arrived."""
+
+    def __init__(self, codec: EncodecModel):
+        if codec.config.norm_type != "weight_norm":
+            raise NotImplementedError(
+                f"decoding in chunks needs a codec whose layers see a few frames, not norm_type "
+                f"{codec.config.norm_type!r} (normalized over the whole sequence); MusicGen's codecs use weight_norm"
+            )
+        self.codec = codec
+        layers = codec.decoder.layers
+        self.head = reach(layers[:1], 1)  # frames (before, after) the LSTM's input at a frame reads
+        self.body = reach(layers[2:], codec.config.hop_length)  # LSTM outputs a frame's samples read
+        self.lookahead = self.body[1] + self.head[1]
+        self.codes: Tensor | None = None  # [B, K, n]: frames codes_base.. (those still needed)
+        self.codes_base = 0
+        self.hidden: Tensor | None = None  # LSTM outputs [B, C, m]: frames hidden_base..hidden_end - 1
+        self.hidden_base = self.hidden_end = 0
+        self.state: tuple[Tensor, Tensor] | None = None  # the LSTM's (h, c) after frame hidden_end - 1
+        self.done = 0  # frames decoded
+
+    @property
+    def frames(self) -> int:
+        """Frames added so far."""
+        return self.codes_base + (0 if self.codes is None else self.codes.shape[-1])
+
+    def add(self, codes: Tensor) -> None:
+        """Appends frames [B, K, n]."""
+        self.codes = codes if self.codes is None else torch.cat([self.codes, codes], dim=-1)
+
+    def ready(self, end: int, final: bool) -> bool:
+        """Whether decode(end) can run now: the codes reach end + lookahead, or they are complete (final)."""
+        return end <= self.frames and (final or self.frames >= end + self.lookahead)
+
+    def decode(self, end: int) -> Tensor:
+        """Audio [B, C, (end - done) * hop] of frames done..end-1; uses the codes up to end + lookahead only."""
+        if not self.ready(end, final=True) or end <= self.done:
+            raise ValueError(f"cannot decode frames {self.done}..{end - 1} of {self.frames}")
+        decoder, hop = self.codec.decoder, self.codec.config.hop_length
+        last = min(end + self.lookahead, self.frames)  # the codes this chunk may read: frames ..last - 1
+        needed = min(end + self.body[1], last)  # LSTM outputs up to here
+        with large_tensors_from_heap():
+            if needed > self.hidden_end:  # the LSTM over its new frames, with the codes the conv before it reads
+                lo = max(self.hidden_end - self.head[0], 0)
+                hi = min(needed + self.head[1], last)
+                x = self.codec.quantizer.decode(self.codes[..., lo - self.codes_base : hi - self.codes_base])
+                x = decoder.layers[0](x)[..., self.hidden_end - lo : needed - lo]
+                x, self.state = decoder.layers[1].carry(x, self.state)
+                self.hidden = x if self.hidden is None else torch.cat([self.hidden, x], dim=-1)
+                self.hidden_end = needed
+            lo = max(self.done - self.body[0], 0)
+            x = self.hidden[..., lo - self.hidden_base : needed - self.hidden_base].clone()  # the layers write in x
+            for layer in decoder.layers[2:]:
+                x = layer(x)
+        audio = x[..., (self.done - lo) * hop : (end - lo) * hop]
+        self.done = end
+        self._forget()
+        return audio
+
+    def _forget(self) -> None:
+        """Drops the codes and LSTM outputs no later chunk reads."""
+        keep = max(self.hidden_end - self.head[0], 0)
+        self.codes, self.codes_base = self.codes[..., keep - self.codes_base :], keep
+        keep = max(self.done - self.body[0], 0)
+        self.hidden, self.hidden_base = self.hidden[..., keep - self.hidden_base :], keep

@@ -44,9 +44,6 @@ from .store import JobStore
 STATIC = Path(__file__).with_name("static")
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
 UPLOADS = ("audio_prompt", "melody")
-# a listener's audio: its first frame as soon as it is made, then chunks growing up to 4 s (each decoded with its
-# second of context: 1.3x the EnCodec time of the music at 4 s, against 3.2x for chunks of 0.5 s)
-STREAM_FIRST_SECONDS, STREAM_CHUNK_SECONDS = 0.02, 4.0
 
 
 class Service:
@@ -433,7 +430,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         def chunks():
             yield wav_header(rate, channels)
             try:
-                for chunk in job.audio_chunks(STREAM_CHUNK_SECONDS, STREAM_FIRST_SECONDS):
+                for chunk in job.audio_chunks():
                     yield pcm16(chunk[0].cpu())  # as the finished file's writer converts samples
             except RuntimeError:  # failed or cancelled while streaming: the audio ends there
                 return
