@@ -9,6 +9,7 @@ import torch
 
 from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
 from zhiyin.engine import Engine
+from zhiyin.generation.streaming import AudioStream
 
 from conftest import trumpet
 
@@ -90,6 +91,30 @@ def test_streamed_chunks_are_the_music_as_it_is_made(model, processor):
             long.audio()
     finally:
         engine.close()
+
+
+def test_a_new_job_steps_alone_until_it_is_heard(model, processor, monkeypatch):
+    """A new job's rows step alone until its first chunk of audio is out; then it steps with the others."""
+    events = []  # (stream, "codes" | "audio") in the engine's order
+    add, chunks = AudioStream.add, AudioStream.chunks
+    monkeypatch.setattr(AudioStream, "add", lambda self, codes: events.append((self, "codes")) or add(self, codes))
+    monkeypatch.setattr(
+        AudioStream, "chunks", lambda *a, **k: [events.append((a[0], "audio")) or c for c in chunks(*a, **k)]
+    )
+    engine = Engine(model, max_batch=2)
+    try:
+        inputs = processor(text=["drums"], return_tensors="pt")
+        playing = engine.submit(**inputs, duration=20.0, seed=1, **WINDOW)
+        wait_for(lambda: len(playing._audio) >= 2)
+        new = engine.submit(**inputs, duration=1.0, seed=2)
+        new.audio(timeout=120)
+        playing.cancel()
+    finally:
+        engine.close()
+    start, heard = events.index((new._stream, "codes")), events.index((new._stream, "audio"))
+    assert events[start:heard] == [(new._stream, "codes")] * 5  # frames 0..4 (the chunk's 1 + lookahead), alone
+    after = [stream for stream, what in events[heard + 1 :] if what == "codes"]
+    assert after[:2] == [playing._stream, new._stream]  # then together
 
 
 def test_a_cancelled_job_frees_its_slot(model, processor):

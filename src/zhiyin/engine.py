@@ -8,7 +8,8 @@ when done or cancelled, and each one's music streams out while it is made.
     audio = job.audio()                # or wait for the whole: generate_long()'s audio for the same seed
 
 Each job's audio is decoded once, in the engine's thread, as its frames come (generation/streaming.py's chunks):
-what every listener hears while it is made, and, joined, the whole.
+what every listener hears while it is made, and, joined, the whole. New jobs are heard soon: while they are at most
+half of the running ones, their rows step on their own until each has its first chunk (_sound), then with everyone's.
 
 The engine owns the decoder's KV cache: `max_batch` slots of two rows each (a request's row and its guidance row).
 A request is checked when submitted and encoded then (T5, an audio prompt's codes: in the engine's thread, between
@@ -88,27 +89,29 @@ class Job:
     # -- written by the engine's thread --
 
     def _push(self, block: Tensor) -> None:
-        """New codes, and the audio that can be decoded now."""
+        """New codes (their audio is decoded by _decode)."""
         with self._changed:
             self._blocks.append(block)
             self._frames += block.shape[-1]
             self._changed.notify_all()
-        self._add_audio(self._stream.add(block))
+        self._stream.add(block)
 
-    def _succeed(self) -> None:
-        """The last frame is out: the rest of the audio, then done."""
-        try:
-            self._add_audio(self._stream.finish())
-        except Exception as error:
-            self._end("failed", f"{type(error).__name__}: {error}")
-        else:
-            self._end("succeeded")
-
-    def _add_audio(self, chunks: list[Tensor]) -> None:
+    def _decode(self, final: bool = False) -> None:
+        """The audio that can be decoded now (final: all of it)."""
+        chunks = self._stream.chunks(final)
         if chunks:
             with self._changed:
                 self._audio += chunks
                 self._changed.notify_all()
+
+    def _succeed(self) -> None:
+        """The last frame is out: the rest of the audio, then done."""
+        try:
+            self._decode(final=True)
+        except Exception as error:
+            self._end("failed", f"{type(error).__name__}: {error}")
+        else:
+            self._end("succeeded")
 
     def _end(self, status: str, error: str | None = None) -> None:
         with self._changed:
@@ -374,23 +377,61 @@ class Engine:
         for slot in starting:  # their known positions, with the step that knows their rows (compaction moved them)
             if slot in self._slots and not slot.rows.starts_with_a_step:
                 ended |= self._start(self._slots.index(slot))
-        if ended:  # a slot was freed: compact before the next step
+        if ended or self._sound():  # a slot was freed, or a window changed: compact, and a new step, first
             return True
-        rows = self.ROWS_PER_SLOT * self.active  # the active slots are the first ones (_compact)
+        return self._step_slots([index for index, slot in enumerate(self._slots) if slot is not None])
+
+    def _sound(self) -> bool:
+        """New jobs heard soon: while the jobs not heard yet are at most half of those running, their rows step on
+        their own until each has its first chunk of audio (about 8 steps of their rows, where 8 steps of everyone's
+        would take several times as long; with more of them, everyone's step costs little more than theirs). The
+        encoding of requests that come meanwhile waits until then. True where a job ended, or a window changed."""
+        while True:
+            running = [index for index, slot in enumerate(self._slots) if slot is not None]
+            quiet = [index for index in running if not self._slots[index].job._audio]
+            if any(self._decode(index) for index in quiet):
+                return True
+            quiet = [index for index in quiet if not self._slots[index].job._audio]
+            if not quiet or 2 * len(quiet) > len(running):
+                return False
+            if self._step_slots(quiet, decode=False):
+                return True
+
+    def _step_slots(self, indices: list[int], decode: bool = True) -> bool:
+        """One step of the rows from the first of these slots' to the last's (any slot between them steps too; free
+        rows between step at position 0 of their own cache rows, unused), each slot's next tokens chosen, and (decode)
+        the audio that can be decoded then. A row's numbers do not depend on the rows stepped with it. True where a
+        job ended, or a window changed."""
+        first = min(self._slots[index].first_row for index in indices)
+        end = max(self._slots[index].first_row for index in indices) + self.ROWS_PER_SLOT
+        slots = [(i, slot) for i, slot in enumerate(self._slots) if slot is not None and first <= slot.first_row < end]
         K = self.model.config.decoder.num_codebooks
-        tokens = torch.full((rows, K), self.pad, dtype=torch.long, device=self.model.device)
-        positions = torch.zeros(rows, dtype=torch.long)  # unused rows: position 0 of their own cache rows
-        for slot in filter(None, self._slots):
-            slot_tokens, slot_positions = slot.rows.step_inputs()
-            tokens[slot.rows.rows], positions[slot.rows.rows] = slot_tokens, slot_positions
-        logits = self._step(tokens, positions)
+        tokens = torch.full((end - first, K), self.pad, dtype=torch.long, device=self.model.device)
+        positions = torch.zeros(end - first, dtype=torch.long)
+        for _, slot in slots:
+            rows = slice(slot.rows.rows.start - first, slot.rows.rows.stop - first)
+            tokens[rows], positions[rows] = slot.rows.step_inputs()
+        logits = self._step(tokens, positions, first)
         self.steps += 1
-        for index, slot in enumerate(self._slots):
-            if slot is None:
-                continue
-            slot.logits = logits[slot.rows.rows]
+        changed = False
+        for index, slot in slots:
+            slot.logits = logits[slot.rows.rows.start - first : slot.rows.rows.stop - first]
             changed |= self._advance(index)
+        if decode:
+            for index, _ in slots:
+                changed |= self._slots[index] is not None and self._decode(index)
         return changed
+
+    def _decode(self, index: int) -> bool:
+        """The slot's audio that can be decoded now; True where that failed (the slot freed)."""
+        job = self._slots[index].job
+        try:
+            job._decode()
+        except Exception as error:
+            job._end("failed", f"{type(error).__name__}: {error}")
+            self._slots[index] = None
+            return True
+        return False
 
     def _compact(self) -> bool:
         """Keep the running jobs in the first slots, so that a step runs only their rows: a job in a later slot moves

@@ -26,9 +26,9 @@ CHUNK_FRAMES = 100  # 2 s: the cheapest size per frame (BENCHMARKS.md, "One deco
 
 
 class AudioStream:
-    """Codes [B, K * channels, n] added in blocks (any n) -> audio chunks [B, channels, samples] float32, each
-    chunk as soon as it can be decoded; finish() decodes the rest. Channels are MusicGen's stereo interleaving
-    (codebooks L1, R1, L2, R2, ...), each channel decoded on its own. Memory does not grow with the music."""
+    """Codes [B, K * channels, n] added in blocks (any n) -> audio chunks [B, channels, samples] float32: chunks()
+    decodes those that can be decoded, finish() the rest. Channels are MusicGen's stereo interleaving (codebooks
+    L1, R1, L2, R2, ...), each channel decoded on its own. Memory does not grow with the music."""
 
     def __init__(
         self,
@@ -43,18 +43,18 @@ class AudioStream:
         self.chunk_frames = chunk_frames
         self.size = min(first_frames, chunk_frames)  # the next chunk's frames
 
-    def add(self, codes: Tensor) -> list[Tensor]:
-        """Appends frames; the chunks that can be decoded now."""
+    def add(self, codes: Tensor) -> None:
+        """Appends frames."""
         channels = len(self.parts)
         for channel, part in enumerate(self.parts):
             part.add(codes[:, channel::channels])
-        return self._chunks(final=False)
 
     def finish(self) -> list[Tensor]:
         """No more frames: the chunks left."""
-        return self._chunks(final=True)
+        return self.chunks(final=True)
 
-    def _chunks(self, final: bool) -> list[Tensor]:
+    def chunks(self, final: bool = False) -> list[Tensor]:
+        """The chunks that can be decoded now (final: no more frames will come)."""
         chunks, first = [], self.parts[0]
         while first.done < first.frames:
             end = min(first.done + self.size, first.frames) if final else first.done + self.size
@@ -76,5 +76,6 @@ def decode_stream(
     """Codes arriving in blocks [B, K * channels, n] -> audio chunks [B, channels, samples] (AudioStream's)."""
     stream = AudioStream(codec, channels, chunk_frames, first_frames)
     for block in blocks:
-        yield from stream.add(block)
+        stream.add(block)
+        yield from stream.chunks()
     yield from stream.finish()

@@ -170,20 +170,40 @@ class EncodecConvTranspose1d(nn.Module):
 
 
 class EncodecLSTM(nn.Module):
-    """Multi-layer LSTM over time with a skip connection, on channel-first tensors."""
+    """Multi-layer LSTM over time with a skip connection, on channel-first tensors.
+
+    The recurrence is written out (nn.LSTM holds the weights, under the checkpoint's keys): each layer's input
+    products for all frames in one matrix product, then per frame the recurrent product and the gates. nn.LSTM's
+    own CPU path costs ~30 ms a call before its first frame, which chunked decoding (ChunkedDecode) pays per chunk.
+    """
 
     def __init__(self, config: EncodecConfig, dim: int):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, config.num_lstm_layers)
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> Tensor:  # [B, C, T]
-        return self.carry(x, state)[0]
+    def forward(self, x: Tensor) -> Tensor:  # [B, C, T]
+        return self.carry(x, None)[0]
 
     def carry(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """forward() from the state (h, c) an earlier call ended in (None: zeros); also returns its own last."""
+        """forward() from the state (h, c) [layers, B, C] an earlier call ended in (None: zeros); also returns the
+        state after its own last frame."""
         x = x.permute(2, 0, 1)  # [T, B, C]
-        y, state = self.lstm(x, state)
-        return (y + x).permute(1, 2, 0), state  # [B, C, T]
+        (T, B, C), lstm, last = x.shape, self.lstm, ([], [])
+        y = x
+        for layer in range(lstm.num_layers):
+            w_hh = getattr(lstm, f"weight_hh_l{layer}").t()
+            bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+            inputs = F.linear(y, getattr(lstm, f"weight_ih_l{layer}"), bias)  # [T, B, 4C]: gates i, f, g, o
+            h, c = (y.new_zeros(B, C), y.new_zeros(B, C)) if state is None else (state[0][layer], state[1][layer])
+            y = y.new_empty(T, B, C)
+            for t in range(T):
+                gates = torch.addmm(inputs[t], h, w_hh)
+                sig = gates.sigmoid()
+                c = torch.addcmul(sig[:, C : 2 * C] * c, sig[:, :C], gates[:, 2 * C : 3 * C].tanh())
+                h = y[t] = sig[:, 3 * C :] * c.tanh()
+            last[0].append(h)
+            last[1].append(c)
+        return (y + x).permute(1, 2, 0), (torch.stack(last[0]), torch.stack(last[1]))  # [B, C, T]
 
 
 class EncodecResnetBlock(nn.Module):
