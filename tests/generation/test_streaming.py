@@ -198,3 +198,16 @@ def test_terminated_stream_puts_its_file_in_place(tiny_checkpoint, tmp_path):
     seconds = _whole_seconds(path)
     assert f"wrote {path} ({seconds}.00 s" in out.decode()
     assert read_metadata(path)["seed"] == 1  # tagged like any finished file
+
+
+@torch.inference_mode()
+def test_the_chunked_decode_is_the_same_at_any_thread_count(model):
+    codes = torch.randint(0, 64, (1, 4, 160), generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = model.decode_audio(codes)
+        torch.set_num_threads(2)
+        assert torch.equal(model.decode_audio(codes), one)
+    finally:
+        torch.set_num_threads(threads)

@@ -187,7 +187,7 @@ class EncodecLSTM(nn.Module):
     def carry(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """forward() from the state (h, c) [layers, B, C] an earlier call ended in (None: zeros); also returns the
         state after its own last frame."""
-        x = x.permute(2, 0, 1)  # [T, B, C]
+        x = x.permute(2, 0, 1).contiguous()  # [T, B, C] (the product of a permuted view sums per thread count)
         (T, B, C), lstm, last = x.shape, self.lstm, ([], [])
         y = x
         for layer in range(lstm.num_layers):
