@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import checkpoint
 
 
 def main() -> None:
@@ -32,11 +32,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    folder = args.checkpoint or HERE / "checkpoints" / args.shape
-    if not (folder / "config.json").exists():
-        from zhiyin.random_checkpoint import write_random_checkpoint
-
-        write_random_checkpoint(folder, args.shape)
+    folder = checkpoint(args.checkpoint, args.shape)
     work = Path(tempfile.mkdtemp(prefix="zhiyin-batch-bench-"))
     jobs = work / "jobs.jsonl"
     lines = [

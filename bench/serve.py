@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-HERE = Path(__file__).resolve().parent
+from common import checkpoint
 
 
 def free_port() -> int:
@@ -118,11 +118,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, nargs="+", default=[10.0], help="durations, cycled over requests")
     args = parser.parse_args()
-    folder = args.checkpoint or HERE / "checkpoints" / args.shape
-    if not (folder / "config.json").exists():
-        from zhiyin.random_checkpoint import write_random_checkpoint
-
-        write_random_checkpoint(folder, args.shape)
+    folder = checkpoint(args.checkpoint, args.shape)
 
     bodies = [
         {

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from common import checkpoint
+
 HERE = Path(__file__).resolve().parent
 CLIPS = {
     "brahms_hungarian_dance_5_strings.ogg": "Brahms, Hungarian Dance no. 5, string orchestra, lively",
@@ -47,11 +49,7 @@ def main() -> None:
         for clip in datasets.find_clips(args.encode[1]):
             datasets.clip_codes(model, clip, Path(args.encode[2]))
         return
-    folder = args.checkpoint or HERE / "checkpoints" / args.shape
-    if not (folder / "config.json").exists():
-        from zhiyin.random_checkpoint import write_random_checkpoint
-
-        write_random_checkpoint(folder, args.shape)
+    folder = checkpoint(args.checkpoint, args.shape)
     from zhiyin.training.trainer import TrainOptions, train
 
     shared = HERE.parent.parent / "shared" / "audio"
