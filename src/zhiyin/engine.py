@@ -389,7 +389,7 @@ class Engine:
         while True:
             running = [index for index, slot in enumerate(self._slots) if slot is not None]
             quiet = [index for index in running if not self._slots[index].job._audio]
-            if any(self._decode(index) for index in quiet):
+            if any(self._decode_slot(index) for index in quiet):
                 return True
             quiet = [index for index in quiet if not self._slots[index].job._audio]
             if not quiet or 2 * len(quiet) > len(running):
@@ -419,10 +419,10 @@ class Engine:
             changed |= self._advance(index)
         if decode:
             for index, _ in slots:
-                changed |= self._slots[index] is not None and self._decode(index)
+                changed |= self._slots[index] is not None and self._decode_slot(index)
         return changed
 
-    def _decode(self, index: int) -> bool:
+    def _decode_slot(self, index: int) -> bool:
         """The slot's audio that can be decoded now; True where that failed (the slot freed)."""
         job = self._slots[index].job
         try:

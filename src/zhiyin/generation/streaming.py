@@ -22,7 +22,7 @@ from ..modules.encodec import ChunkedDecode, EncodecModel
 
 FIRST_FRAMES = 1  # a listener hears the first frame as soon as it is out
 CHUNK_GROWTH = 4  # each chunk this many times the one before: 1, 4, 16, 64, 100, 100, ...
-CHUNK_FRAMES = 100  # 2 s: the cheapest size per frame (BENCHMARKS.md, "One decode per job")
+CHUNK_FRAMES = 100  # 2 s: the cheapest size per frame (BENCHMARKS.md, "One decode per piece")
 
 
 class AudioStream:
