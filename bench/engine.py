@@ -5,7 +5,9 @@ against one such job alone, in one run.
 
 Prints, for both: wall time, decoder steps, the time spent decoding audio (EnCodec, in the engine's thread) and in
 how many chunks, and the latest first chunk; and the ratio of N jobs one after another (N x the one alone) to N
-together. bench/serve.py measures the same through the server.
+together. Then a request joining N - 1 running jobs: its first chunk with its rows stepping on their own until it is
+heard (the engine's way) and with everyone's steps, alternating, 3 times each. bench/serve.py measures the same
+through the server.
 """
 
 from __future__ import annotations
@@ -47,6 +49,33 @@ def run(engine, processor, clients: int, seconds: float, decoding: dict) -> dict
     }
 
 
+def joining(engine, processor, clients: int) -> dict:
+    """First chunk of a 1 s request joining clients - 1 running jobs: stepping alone until heard, or with everyone."""
+    from zhiyin.engine import Engine
+
+    sound, times = Engine._sound, {"stepping alone until heard": [], "with everyone": []}
+    busy = [
+        engine.submit(**processor(text=[f"busy {i}"], return_tensors="pt"), duration=300.0, seed=i)
+        for i in range(clients - 1)
+    ]
+    try:
+        for job in busy:
+            next(job.audio_chunks())
+        for trial in range(3):
+            for way in times:
+                Engine._sound = sound if way == "stepping alone until heard" else (lambda self: False)
+                began = time.perf_counter()
+                job = engine.submit(**processor(text=[f"new {trial}"], return_tensors="pt"), duration=1.0, seed=trial)
+                next(job.audio_chunks())
+                times[way].append(time.perf_counter() - began)
+                job.audio()
+    finally:
+        Engine._sound = sound
+        for job in busy:
+            job.cancel()
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="small", choices=["small", "medium", "large"])
@@ -79,6 +108,7 @@ def main() -> None:
         run(engine, processor, 1, 1.0, decoding)  # warm-up: kernels built, caches touched
         alone = run(engine, processor, 1, args.seconds, decoding)
         together = run(engine, processor, args.clients, args.seconds, decoding)
+        joined = joining(engine, processor, args.clients) if args.clients > 1 else {}
     finally:
         engine.close()
     print(
@@ -90,6 +120,12 @@ def main() -> None:
         print(f"{key:26s}{alone[key]:>12.2f}{together[key]:>12.2f}")
     ratio = args.clients * alone["wall (s)"] / together["wall (s)"]
     print(f"\n{args.clients} one after another / {args.clients} together: {ratio:.2f}x")
+    for way, seconds in joined.items():
+        print(
+            f"a request joining {args.clients - 1} running jobs, {way}: first chunk after "
+            + " / ".join(f"{s:.2f}" for s in seconds)
+            + " s"
+        )
 
 
 if __name__ == "__main__":
