@@ -109,9 +109,12 @@ class Job:
         try:
             self._decode(final=True)
         except Exception as error:
-            self._end("failed", f"{type(error).__name__}: {error}")
+            self._fail(error)
         else:
             self._end("succeeded")
+
+    def _fail(self, error: BaseException) -> None:
+        self._end("failed", f"{type(error).__name__}: {error}")
 
     def _end(self, status: str, error: str | None = None) -> None:
         with self._changed:
@@ -330,8 +333,7 @@ class Engine:
             except BaseException as error:  # a step failed: every job still running fails with it
                 for index, slot in enumerate(self._slots):
                     if slot is not None:
-                        slot.job._end("failed", f"{type(error).__name__}: {error}")
-                        self._slots[index] = None
+                        self._fail(index, error)
                 raise
             finally:
                 with self._lock:
@@ -424,14 +426,17 @@ class Engine:
 
     def _decode_slot(self, index: int) -> bool:
         """The slot's audio that can be decoded now; True where that failed (the slot freed)."""
-        job = self._slots[index].job
         try:
-            job._decode()
+            self._slots[index].job._decode()
         except Exception as error:
-            job._end("failed", f"{type(error).__name__}: {error}")
-            self._slots[index] = None
+            self._fail(index, error)
             return True
         return False
+
+    def _fail(self, index: int, error: BaseException) -> None:
+        """The slot's job failed with `error`: it ends so, and its slot is free."""
+        self._slots[index].job._fail(error)
+        self._slots[index] = None
 
     def _compact(self) -> bool:
         """Keep the running jobs in the first slots, so that a step runs only their rows: a job in a later slot moves
@@ -477,8 +482,7 @@ class Engine:
             slot.open_window()
             self._write_cross(slot)
         except Exception as error:
-            slot.job._end("failed", f"{type(error).__name__}: {error}")
-            self._slots[index] = None
+            self._fail(index, error)
             return False
         return True
 
@@ -490,8 +494,7 @@ class Engine:
                 slot.job._push(slot.job.prompt)
             slot.prefill(self.decoder, self._step)
         except Exception as error:
-            slot.job._end("failed", f"{type(error).__name__}: {error}")
-            self._slots[index] = None
+            self._fail(index, error)
             return True
         self._advance(index)
         return self._slots[index] is None
@@ -503,8 +506,7 @@ class Engine:
         try:
             needs_step = slot.advance(self.decoder, self._step)
         except Exception as error:
-            slot.job._end("failed", f"{type(error).__name__}: {error}")
-            self._slots[index] = None
+            self._fail(index, error)
             return True
         if not needs_step:
             slot.job._succeed()
