@@ -64,6 +64,66 @@ def test_int8_rows_do_not_depend_on_the_rows_beside_them(N):
         assert torch.equal(layer(x[:rows]), alone[:rows]), rows
 
 
+def _on_and_off_amx(monkeypatch, run):
+    """run() with int8 products on AMX tiles, then on the vector units (ZHIYIN_AMX=0)."""
+    if not kernels.amx():
+        pytest.skip("this CPU, or its Linux, has no AMX tiles for the kernels")
+    on = run()
+    monkeypatch.setenv("ZHIYIN_AMX", "0")
+    assert not kernels.amx()
+    off = run()
+    monkeypatch.delenv("ZHIYIN_AMX")
+    return on, off
+
+
+@pytest.mark.parametrize("N, K", [(1024, 1024), (3072, 1024), (1024, 4096), (96, 8192), (1000, 256), (40, 64)])
+def test_int8_products_on_amx_tiles_are_the_same_numbers(monkeypatch, N, K):
+    """Where the CPU has AMX, int8 products of more than 5 rows run on its tiles (each int16 activation as its high
+    and low bytes, two exact int32 products put together): the same numbers to the bit as the vector units', for
+    every row count, output rows outside whole tiles (1000, 40) and the largest weights and activations."""
+    g = torch.Generator().manual_seed(N + K)
+    layer = KernelLinear(*quantize_int8(torch.randn(N, K, generator=g)))
+    xs = [torch.randn(rows, K, generator=g) * torch.rand(rows, 1, generator=g) * 10 for rows in (5, 6, 8, 16, 17, 40)]
+    extreme = KernelLinear(*quantize_int8(torch.cat([torch.ones(N // 2, K), -torch.ones(N - N // 2, K)])))
+    xs.append(torch.cat([torch.ones(8, K), -torch.ones(8, K)]))  # int16 activations +-32767: bytes 127/255, -128/1
+
+    def products():
+        return [layer(x) for x in xs] + [extreme(xs[-1])]
+
+    on, off = _on_and_off_amx(monkeypatch, products)
+    tiled = N % 16 == 0 and K % 64 == 0
+    assert (layer.tiles() is not None) == tiled
+    for a, b in zip(on, off):
+        assert torch.equal(a, b)
+    assert torch.equal(on[-1][:8, 0], torch.full((8,), float(K)))
+    if tiled:  # the tiles follow the weights when they change
+        before = layer.tiles()
+        with torch.no_grad():
+            layer.weight[0, :64].neg_()
+        assert not torch.equal(layer.tiles(), before)
+        assert torch.equal(layer.tiles()[0, 0, :, 0], layer.weight.data[0, :64].view(16, 4))
+
+
+def test_a_decoder_step_on_amx_tiles_is_the_same_step(monkeypatch):
+    """A fused int8 step of 12 rows (6 requests with guidance) gives the same logits with AMX as without."""
+    decoder = make_decoder(seed=5, ffn_dim=128)
+    kernels.accelerate_decoder(decoder, "int8")
+    rows, K = 12, decoder.config.num_codebooks
+    cross = text_condition(decoder, rows)
+    tokens = torch.randint(0, decoder.config.vocab_size, (rows, K))
+
+    def step():
+        with torch.inference_mode():
+            decoder.setup_caches(rows, 8)
+            fused = FusedStep.build(decoder, cross)
+            return [fused(tokens, torch.full((rows,), position)) for position in range(3)]
+
+    on, off = _on_and_off_amx(monkeypatch, step)
+    for a, b in zip(on, off):
+        assert torch.equal(a, b)
+    decoder.free_caches()
+
+
 def _int4_product(layer: KernelLinear, x: Tensor) -> Tensor:
     """What the int4 kernels compute on every CPU, in PyTorch: each activation row scaled to the largest integer
     that keeps the int32 lanes from overflowing (k/16 products of |value x group scale| <= 504 each), its float32

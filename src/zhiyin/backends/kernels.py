@@ -112,6 +112,13 @@ def build(march: str = "native") -> ctypes.CDLL:
     return lib
 
 
+def amx() -> bool:
+    """Whether int8 products of many rows run on AMX tiles: the kernels were built for a CPU with them and Linux lets
+    this process use them (ZHIYIN_AMX=0 turns them off). The numbers are the same either way (csrc/matvec.h)."""
+    lib = library()
+    return lib is not None and os.environ.get("ZHIYIN_AMX", "1") != "0" and bool(lib.zhiyin_amx())
+
+
 def check_mirror(lib: ctypes.CDLL, mirror: type[ctypes.Structure], which: int) -> None:
     """A ctypes mirror of a C++ structure must have its size: else the C++ side would read past or beside it."""
     if ctypes.sizeof(mirror) != lib.zhiyin_struct_size(which):
@@ -140,7 +147,7 @@ def library() -> ctypes.CDLL | None:
 
 class LinearWeights(ctypes.Structure):
     """csrc/matvec.h's Linear: a weight [n, k] (float32, bfloat16, int8, or int4 packed in uint8), for int8 and int4
-    its scale [n], for int4 its group scales."""
+    its scale [n], for int4 its group scales; for int8 on AMX, the same weights as tiles (KernelLinear.tiles)."""
 
     _fields_ = [
         ("weight", ctypes.c_void_p),
@@ -150,6 +157,7 @@ class LinearWeights(ctypes.Structure):
         ("k", ctypes.c_int64),
         ("type", ctypes.c_int32),
         ("unused", ctypes.c_int32),
+        ("tiles", ctypes.c_void_p),
     ]
 
 
@@ -184,7 +192,31 @@ class KernelLinear(nn.Module):
             return None
         scale = self.scale.data_ptr() if self.scale is not None else None
         groups = self.groups.data_ptr() if self.groups is not None else None
-        return LinearWeights(w.data_ptr(), scale, groups, self.out_features, self.in_features, WEIGHT_TYPES[w.dtype])
+        tiles = self.tiles()
+        return LinearWeights(
+            w.data_ptr(),
+            scale,
+            groups,
+            self.out_features,
+            self.in_features,
+            WEIGHT_TYPES[w.dtype],
+            0,
+            None if tiles is None else tiles.data_ptr(),
+        )
+
+    def tiles(self) -> Tensor | None:
+        """int8 weights as AMX tiles (csrc/matvec.h's layout: for each 16 output rows and 64 columns, 1 KiB whose
+        row q holds columns 4q..4q+3 of each of the 16 rows), where amx() and the shape allow; made at first use and
+        again if the weights change. A second copy of the weights: the products of a few rows read the first."""
+        w = self.weight
+        N, K = w.shape
+        if self.quantized != "int8" or N % 16 or K % 64 or w.device.type != "cpu" or not amx():
+            return None
+        key = (w.data_ptr(), w._version)
+        if getattr(self, "_tiles_key", None) != key:
+            self._tiles = w.detach().view(N // 16, 16, K // 64, 16, 4).permute(0, 2, 3, 1, 4).contiguous()
+            self._tiles_key = key
+        return self._tiles
 
     def forward(self, x: Tensor) -> Tensor:
         K, N = self.in_features, self.out_features

@@ -13,6 +13,8 @@ inline int omp_get_num_threads() { return 1; }
 #endif
 
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -209,20 +211,32 @@ int64_t zhiyin_struct_size(int which) {
 
 int zhiyin_int16() { return INT16_ACTIVATIONS; }  // 1: int8 products take the activations as int16 (int4 always do)
 
+// 1: int8 products of many rows may run on AMX tiles (built for a CPU with them, and Linux lets this process use
+// them: the permission is asked for once, for every thread of the process)
+int zhiyin_amx() {
+#if ZHIYIN_AMX && defined(__linux__)
+    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    static const int allowed = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return allowed;
+#else
+    return 0;
+#endif
+}
+
 #ifdef _OPENMP
 int zhiyin_openmp() { return 1; }
 #else
 int zhiyin_openmp() { return 0; }
 #endif
 
-// y [m, n] = x [m, k] . W^T. Up to MAX_ROWS rows the threads split W's rows; more rows (a prefill) go over W in
-// chunks of CHUNK_ROWS rows, each kept in cache while every activation row passes over it.
+// y [m, n] = x [m, k] . W^T. Up to MAX_ROWS rows, or on AMX tiles, the threads split W's rows; more rows (a
+// prefill) go over W in chunks of CHUNK_ROWS rows, each kept in cache while every activation row passes over it.
 void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int threads) {
     Activations input;
     const Rows all = input.rows(x, m, w->k, *w);
     #pragma omp parallel num_threads(threads)
     {
-        if (m <= MAX_ROWS) {
+        if (m <= MAX_ROWS || w->tiles) {
             int64_t n0, n1;
             share(w->n, omp_get_thread_num(), omp_get_num_threads(), n0, n1);
             matvec(*w, all, y, w->n, false, n0, n1);

@@ -10,6 +10,7 @@
 // plain C++ (the same numbers again, slowly).
 #pragma once
 #include <algorithm>
+#include <vector>
 #include "vector_math.h"
 
 namespace zhiyin {
@@ -21,12 +22,14 @@ enum WeightType : int32_t { F32 = 0, BF16 = 1, I8 = 2, I4 = 3 };
 // padding holds zeros); in each 64 columns c..c+63 of a row, byte b holds column c + b in its low nibble and
 // c + 32 + b in its high one, each as value + 8 (value -8..7); groups [n, kp / 32] is each 32 columns' scale in
 // units of the row's (-63..63). Weight (row, j) = scale[row] * groups[row, j / 32] * value.
+// tiles: int8 weights also as AMX tiles (amx_int8_range), or null.
 struct Linear {
     const void *weight;
     const float *scale;
     const int8_t *groups;
     int64_t n, k;
     int32_t type, unused;
+    const int8_t *tiles;
 };
 
 constexpr int INT4_BLOCK = 64, INT4_GROUP = 32, GROUP_SCALE_MAX = 63;
@@ -520,12 +523,109 @@ void int16_matvec(const W &w, const Rows &r, const float *scale, int64_t K, floa
     }
 }
 
+// Intel AMX (Sapphire Rapids and later: -march with amx-tile and amx-int8, and Linux's permission, which
+// zhiyin_amx() asks for): int8 products of many rows on the tile unit, where the vector units are compute-bound.
+// A tile multiplies int8 by int8 into exact int32 sums, so each int16 activation is taken as high * 256 + low (high
+// its signed top byte, low its unsigned bottom one): two tile products, high . W and low . W, whose sums put
+// together are the exact int64 sums int16_dots makes, scaled the same way: the same numbers, bit for bit.
+// The weights as tiles (kernels.py makes them): for each 16 output rows and 64 columns, 1 KiB, row q holding
+// columns 4q..4q+3 of each of the 16 output rows in turn (the pairs' layout that the tile product reads).
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && ZHIYIN_INT16
+#define ZHIYIN_AMX 1
+constexpr int TILE_ROWS = 16, TILE_COLUMNS = 64, TILE_BYTES = TILE_ROWS * TILE_COLUMNS;
+
+struct TileConfig {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t bytes_per_row[16];
+    uint8_t rows[16];
+};
+
+// Tiles 0, 1: 16 activation rows' high and low bytes (64 columns); 2, 3: two weight tiles; 4..7: the 16 x 16 sums
+// of high and low against each weight tile
+inline void configure_tiles() {
+    TileConfig c{};
+    c.palette = 1;
+    for (int t = 0; t < 8; t++) c.rows[t] = TILE_ROWS, c.bytes_per_row[t] = TILE_COLUMNS;
+    _tile_loadconfig(&c);
+}
+
+// Weight rows [n0, n1) (multiples of 16; w.k a multiple of 64) against all rows of r: 32 weight rows at a time,
+// each against the activation rows 16 at a time (a tile product costs the same for fewer: the last 16 are padded
+// with zeros)
+inline void amx_int8_range(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
+    const int64_t K = w.k, blocks = K / TILE_COLUMNS, M = (r.m + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS;
+    thread_local std::vector<int8_t> high_bytes;
+    thread_local std::vector<uint8_t> low_bytes;
+    high_bytes.assign(M * K, 0), low_bytes.assign(M * K, 0);
+    int8_t *high = high_bytes.data();
+    uint8_t *low = low_bytes.data();
+    for (int64_t i = 0; i < r.m; i++)  // as tiles too: 16 rows x 64 columns, 1 KiB each (rows K apart share a cache set)
+        for (int64_t b = 0; b < blocks; b++) {
+            const int16_t *x = r.xq + i * K + b * TILE_COLUMNS;
+            const int64_t at = (i / TILE_ROWS * blocks + b) * TILE_BYTES + i % TILE_ROWS * TILE_COLUMNS;
+            for (int c = 0; c < TILE_COLUMNS; c++) high[at + c] = int8_t(x[c] >> 8), low[at + c] = uint8_t(x[c] & 255);
+        }
+    alignas(64) int32_t sums[4][TILE_ROWS * 16];
+    configure_tiles();
+    for (int64_t n = n0; n < n1; n += 2 * TILE_ROWS) {
+        const bool two = n + 2 * TILE_ROWS <= n1;
+        const int8_t *first = w.tiles + n / TILE_ROWS * blocks * TILE_BYTES, *second = first + blocks * TILE_BYTES;
+        for (int64_t i = 0; i < M; i += TILE_ROWS) {
+            _tile_zero(4);
+            _tile_zero(5);
+            _tile_zero(6);
+            _tile_zero(7);
+            for (int64_t b = 0; b < blocks; b++) {
+                _tile_loadd(0, high + (i / TILE_ROWS * blocks + b) * TILE_BYTES, TILE_COLUMNS);
+                _tile_loadd(1, low + (i / TILE_ROWS * blocks + b) * TILE_BYTES, TILE_COLUMNS);
+                _tile_loadd(2, first + b * TILE_BYTES, TILE_COLUMNS);
+                _tile_dpbssd(4, 0, 2);
+                _tile_dpbusd(5, 1, 2);
+                if (two) {
+                    _tile_loadd(3, second + b * TILE_BYTES, TILE_COLUMNS);
+                    _tile_dpbssd(6, 0, 3);
+                    _tile_dpbusd(7, 1, 3);
+                }
+            }
+            _tile_stored(4, sums[0], 64);
+            _tile_stored(5, sums[1], 64);
+            if (two) {
+                _tile_stored(6, sums[2], 64);
+                _tile_stored(7, sums[3], 64);
+            }
+            const int rows = int(std::min<int64_t>(TILE_ROWS, r.m - i));
+            for (int t = 0; t < (two ? 2 : 1); t++)
+                for (int m = 0; m < rows; m++)
+                    for (int c = 0; c < TILE_ROWS; c++) {
+                        const int64_t column = n + t * TILE_ROWS + c;
+                        const int64_t sum = 256 * int64_t(sums[2 * t][m * 16 + c]) + sums[2 * t + 1][m * 16 + c];
+                        float *out = y + (i + m) * ldy + column;
+                        const float value = rounded(float(sum) * (w.scale[column] * r.xscale[i + m]));
+                        *out = add ? *out + value : value;
+                    }
+        }
+    }
+    _tile_release();
+}
+#endif
+
 // y[m * ldy + n] (+)= rows . W[n] for n in [n0, n1), any number of rows (float weights MAX_ROWS at a time)
 inline void matvec(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
     if (w.type == I4) return int16_matvec(Int4Weights(w), r, w.scale, w.k, y, ldy, add, n0, n1);
 #if ZHIYIN_INT16
-    if (w.type == I8)
-        return int16_matvec(Int8Weights{(const int8_t *)w.weight, w.k}, r, w.scale, w.k, y, ldy, add, n0, n1);
+    if (w.type == I8) {
+        const Int8Weights rows{(const int8_t *)w.weight, w.k};
+#if ZHIYIN_AMX
+        // more rows than the streamed ones on the tile unit, whole tiles of output rows only
+        const int64_t a = std::min(n1, (n0 + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS), b = std::max(a, n1 / TILE_ROWS * TILE_ROWS);
+        if (w.tiles && r.m > STREAMED_ROWS && a < b) {
+            int16_matvec(rows, r, w.scale, w.k, y, ldy, add, n0, a);
+            amx_int8_range(w, r, y, ldy, add, a, b);
+            return int16_matvec(rows, r, w.scale, w.k, y, ldy, add, b, n1);
+        }
+#endif
+        return int16_matvec(rows, r, w.scale, w.k, y, ldy, add, n0, n1);
+    }
 #endif
     for (int64_t i = 0; i < r.m; i += MAX_ROWS) {
         const Rows block{r.x + i * w.k, nullptr, nullptr, std::min<int64_t>(MAX_ROWS, r.m - i)};
