@@ -578,6 +578,10 @@ inline void amx_int8_range(const Linear &w, const Rows &r, float *y, int64_t ldy
             for (int64_t b = 0; b < blocks; b++) {
                 _tile_loadd(0, high + (i / TILE_ROWS * blocks + b) * TILE_BYTES, TILE_COLUMNS);
                 _tile_loadd(1, low + (i / TILE_ROWS * blocks + b) * TILE_BYTES, TILE_COLUMNS);
+                for (int line = 0; line < TILE_BYTES; line += 64) {  // the next weight tiles on their way
+                    _mm_prefetch((const char *)first + (b + 1) * TILE_BYTES + line, _MM_HINT_T0);
+                    if (two) _mm_prefetch((const char *)second + (b + 1) * TILE_BYTES + line, _MM_HINT_T0);
+                }
                 _tile_loadd(2, first + b * TILE_BYTES, TILE_COLUMNS);
                 _tile_dpbssd(4, 0, 2);
                 _tile_dpbusd(5, 1, 2);
