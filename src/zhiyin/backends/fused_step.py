@@ -97,19 +97,19 @@ class FusedStep:
         for i, (layer, cache) in enumerate(zip(decoder.layers, caches)):
             L = layers[i]
             L.self_norm_weight, L.self_norm_bias = ptr(layer.self_attn_norm.weight), ptr(layer.self_attn_norm.bias)
-            L.qkv, L.self_out = layer.self_attn.qkv.weights(), layer.self_attn.out.weights()
+            L.qkv, L.self_out = layer.self_attn.qkv.weights(rows), layer.self_attn.out.weights(rows)
             if layer.cross_attn is not None:
                 L.cross_norm_weight = ptr(layer.cross_attn_norm.weight)
                 L.cross_norm_bias = ptr(layer.cross_attn_norm.bias)
-                L.cross_q, L.cross_out = layer.cross_attn.q.weights(), layer.cross_attn.out.weights()
+                L.cross_q, L.cross_out = layer.cross_attn.q.weights(rows), layer.cross_attn.out.weights(rows)
                 L.text_k, L.text_v = ptr(_float(cross.keys[i])), ptr(_float(cross.values[i]))
             L.ffn_norm_weight, L.ffn_norm_bias = ptr(layer.ffn_norm.weight), ptr(layer.ffn_norm.bias)
-            L.fc1, L.fc2 = layer.fc1.weights(), layer.fc2.weights()
+            L.fc1, L.fc2 = layer.fc1.weights(rows), layer.fc2.weights(rows)
             L.cache_k, L.cache_v = ptr(cache.k), ptr(cache.v)
             if cache.k.dtype == torch.int8:
                 L.cache_k_scale, L.cache_v_scale = ptr(cache.k_scale), ptr(cache.v_scale)
         embeddings = (P * c.num_codebooks)(*[ptr(e.weight) for e in decoder.embed_tokens])
-        heads_weights = (LinearWeights * c.num_codebooks)(*[head.weights() for head in decoder.lm_heads])
+        heads_weights = (LinearWeights * c.num_codebooks)(*[head.weights(rows) for head in decoder.lm_heads])
         text_len = cross.keys[0].shape[2] if cross is not None else 0
         text_mask = _float(cross.mask).view(rows, text_len) if cross is not None else None
         text_lengths = _text_lengths(text_mask) if cross is not None else None

@@ -3,7 +3,9 @@
 A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so it is bound by
 how fast the weights are read from memory. `csrc/matvec.h` reads each weight once for all rows, for float32,
 bfloat16, int8 (weight-only, one scale per output row) and int4 (a scale per row and one per 32 columns) weights
-(BENCHMARKS.md compares it with PyTorch's BLAS).
+(BENCHMARKS.md compares it with PyTorch's BLAS). Many rows (the engine's steps, a prompt's text) make the products
+compute-bound instead: on CPUs with AMX (Intel Xeon since Sapphire Rapids) int8 ones then run on its tiles, the
+weights read from a second copy laid out as tiles, with the same numbers (ZHIYIN_AMX=0 turns that off).
 `csrc/kernels.cpp` runs one such product on its own (KernelLinear, here) or a whole decoder step in one call
 (fused_step.py). The sources are compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`;
 a compiler without OpenMP builds them for one thread) into ~/.cache/zhiyin (or $ZHIYIN_CACHE) and called through
@@ -112,11 +114,13 @@ def build(march: str = "native") -> ctypes.CDLL:
     return lib
 
 
-def amx() -> bool:
-    """Whether int8 products of many rows run on AMX tiles: the kernels were built for a CPU with them and Linux lets
-    this process use them (ZHIYIN_AMX=0 turns them off). The numbers are the same either way (csrc/matvec.h)."""
+def amx_rows() -> int | None:
+    """The fewest rows whose int8 products run on AMX tiles, or None: the kernels were built for a CPU without them,
+    Linux does not let this process use them, or ZHIYIN_AMX=0. The numbers are the same either way (csrc/matvec.h)."""
     lib = library()
-    return lib is not None and os.environ.get("ZHIYIN_AMX", "1") != "0" and bool(lib.zhiyin_amx())
+    if lib is None or os.environ.get("ZHIYIN_AMX", "1") == "0":
+        return None
+    return lib.zhiyin_amx_rows() or None
 
 
 def check_mirror(lib: ctypes.CDLL, mirror: type[ctypes.Structure], which: int) -> None:
@@ -185,14 +189,15 @@ class KernelLinear(nn.Module):
         weight = linear.dequantized(torch.float32) if isinstance(linear, KernelLinear) else linear.weight.data
         return cls(**quantize_weight(weight, quantize), in_features=linear.in_features)
 
-    def weights(self) -> LinearWeights | None:
-        """This layer's weights as the kernels take them (None where they have no kernel: float16, not on the CPU)."""
+    def weights(self, rows: int = 1) -> LinearWeights | None:
+        """This layer's weights as the kernels take them for products of up to `rows` rows (None where they have no
+        kernel: float16, not on the CPU)."""
         w = self.weight
         if w.device.type != "cpu" or w.dtype not in WEIGHT_TYPES:
             return None
         scale = self.scale.data_ptr() if self.scale is not None else None
         groups = self.groups.data_ptr() if self.groups is not None else None
-        tiles = self.tiles()
+        tiles = self.tiles(rows)
         return LinearWeights(
             w.data_ptr(),
             scale,
@@ -204,13 +209,17 @@ class KernelLinear(nn.Module):
             None if tiles is None else tiles.data_ptr(),
         )
 
-    def tiles(self) -> Tensor | None:
+    def tiles(self, rows: int) -> Tensor | None:
         """int8 weights as AMX tiles (csrc/matvec.h's layout: for each 16 output rows and 64 columns, 1 KiB whose
-        row q holds columns 4q..4q+3 of each of the 16 rows), where amx() and the shape allow; made at first use and
-        again if the weights change. A second copy of the weights: the products of a few rows read the first."""
+        row q holds columns 4q..4q+3 of each of the 16 rows), where products of `rows` rows run on them and the shape
+        allows; made at first use and again if the weights change in place. A second copy of the weights (products
+        of fewer rows read the first): made only where it is used."""
         w = self.weight
         N, K = w.shape
-        if self.quantized != "int8" or N % 16 or K % 64 or w.device.type != "cpu" or not amx():
+        if self.quantized != "int8" or N % 16 or K % 64 or w.device.type != "cpu":
+            return None
+        fewest = amx_rows()
+        if fewest is None or rows < fewest:
             return None
         key = (w.data_ptr(), w._version)
         if getattr(self, "_tiles_key", None) != key:
@@ -225,7 +234,7 @@ class KernelLinear(nn.Module):
             return x.new_empty(*x.shape[:-1], N)
         # int8/int4 weights take any number of rows here: PyTorch would need them dequantized to float first
         lib = library() if x.device.type == "cpu" and (rows <= MAX_ROWS or self.scale is not None) else None
-        weights = self.weights() if lib is not None else None
+        weights = self.weights(rows) if lib is not None else None
         if weights is None:
             return F.linear(x, self.dequantized(x.dtype))
         flat = x.reshape(rows, K).float().contiguous()  # [M, K]

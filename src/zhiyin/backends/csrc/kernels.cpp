@@ -211,13 +211,13 @@ int64_t zhiyin_struct_size(int which) {
 
 int zhiyin_int16() { return INT16_ACTIVATIONS; }  // 1: int8 products take the activations as int16 (int4 always do)
 
-// 1: int8 products of many rows may run on AMX tiles (built for a CPU with them, and Linux lets this process use
-// them: the permission is asked for once, for every thread of the process)
-int zhiyin_amx() {
+// The fewest rows whose int8 products run on AMX tiles (given the weights as tiles), or 0: built for a CPU without
+// them, or Linux does not let this process use them (the permission is asked for once, for every thread)
+int zhiyin_amx_rows() {
 #if ZHIYIN_AMX && defined(__linux__)
     constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-    static const int allowed = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-    return allowed;
+    static const bool allowed = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return allowed ? STREAMED_ROWS + 1 : 0;
 #else
     return 0;
 #endif

@@ -524,7 +524,7 @@ void int16_matvec(const W &w, const Rows &r, const float *scale, int64_t K, floa
 }
 
 // Intel AMX (Sapphire Rapids and later: -march with amx-tile and amx-int8, and Linux's permission, which
-// zhiyin_amx() asks for): int8 products of many rows on the tile unit, where the vector units are compute-bound.
+// zhiyin_amx_rows() asks for): int8 products of many rows on the tile unit, where the vector units are compute-bound.
 // A tile multiplies int8 by int8 into exact int32 sums, so each int16 activation is taken as high * 256 + low (high
 // its signed top byte, low its unsigned bottom one): two tile products, high . W and low . W, whose sums put
 // together are the exact int64 sums int16_dots makes, scaled the same way: the same numbers, bit for bit.
