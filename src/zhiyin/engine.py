@@ -213,6 +213,7 @@ class Engine:
     """Serves many requests at once on one model (see the module's docstring)."""
 
     ROWS_PER_SLOT = 2  # a request's row and its guidance row
+    HEARD_WITHIN = 1.0  # seconds from a job's submission to its first audio, beyond which its steps come first
 
     def __init__(self, model, max_batch: int = 8):
         if not isinstance(max_batch, int) or max_batch < 1:
@@ -357,7 +358,8 @@ class Engine:
                 )
                 if self._closed:
                     return
-            self._run_calls()  # a job submitted meanwhile is encoded and queued here, to be admitted at once
+            if not self._overdue():  # (else the steps that make its first audio come first)
+                self._run_calls()  # a job submitted meanwhile is encoded and queued here, to be admitted at once
             with self._lock:
                 admitted = self._admit() if self._admitting else []
             changed = self._work(admitted, changed)
@@ -382,6 +384,13 @@ class Engine:
         if ended or self._sound():  # a slot was freed, or a window changed: compact, and a new step, first
             return True
         return self._step_slots([index for index, slot in enumerate(self._slots) if slot is not None])
+
+    def _overdue(self) -> bool:
+        """Whether a running job has not been heard within HEARD_WITHIN seconds of its submission: then the loop
+        steps the running jobs before it takes any call (the encoding of new requests waits), so that a burst of
+        arrivals, each one's encoding and admission between two steps, does not hold back the first ones' audio."""
+        oldest = time.time() - self.HEARD_WITHIN
+        return any(slot is not None and not slot.job._audio and slot.job.created_at < oldest for slot in self._slots)
 
     def _sound(self) -> bool:
         """New jobs heard soon: while the jobs not heard yet are at most half of those running, their rows step on
