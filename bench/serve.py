@@ -75,7 +75,8 @@ def run(url: str, bodies: list[dict]) -> dict:
 
 @contextlib.contextmanager
 def server(args: argparse.Namespace, folder: Path, max_batch: int):
-    """A running `zhiyin serve` on a fresh data dir, warmed up (kernels built, caches touched): its URL."""
+    """A running `zhiyin serve` on a fresh data dir, warmed up by one request as long as the run's longest (kernels
+    built, the KV cache grown to its size: a server's first request that long pays ~0.15 s for it, once): its URL."""
     port, data = free_port(), tempfile.mkdtemp(prefix="zhiyin-serve-bench-")
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "zhiyin.cli", "serve", "--model", str(folder), "--port", str(port)]
@@ -93,7 +94,7 @@ def server(args: argparse.Namespace, folder: Path, max_batch: int):
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
-        one(url, {"prompt": "warm-up", "duration": 1.0, "seed": 0}, 0.0)
+        one(url, {"prompt": "warm-up", "duration": max(args.seconds), "seed": 0}, 0.0)
         while any(job["status"] != "succeeded" for job in httpx.get(url + "/v1/generations").json()["generations"]):
             time.sleep(0.1)  # the warm-up's file written: the server is idle when the run starts
         yield url

@@ -117,6 +117,23 @@ def test_a_new_job_steps_alone_until_it_is_heard(model, processor, monkeypatch):
     assert after[:2] == [playing._stream, new._stream]  # then together
 
 
+def test_a_job_not_heard_in_time_is_stepped_before_new_requests_are_encoded(model, processor, monkeypatch):
+    """A running job not heard within HEARD_WITHIN of its submission gets the steps before the next request is
+    encoded (here at once: the second submit returns only once the first job has its first chunk)."""
+    monkeypatch.setattr(Engine, "HEARD_WITHIN", 0.0)
+    engine = Engine(model, max_batch=2)
+    try:
+        inputs = processor(text=["drums"], return_tensors="pt")
+        first = engine.submit(**inputs, duration=5.0, seed=1)
+        wait_for(lambda: first.status == "running")
+        second = engine.submit(**inputs, duration=0.3, seed=2)
+        assert first._audio  # heard before the second was encoded
+        assert second.codes(timeout=60).shape[-1] == 15
+        first.cancel()
+    finally:
+        engine.close()
+
+
 def test_a_cancelled_job_frees_its_slot(model, processor):
     engine = Engine(model, max_batch=1)
     try:

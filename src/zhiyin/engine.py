@@ -555,10 +555,11 @@ class Engine:
             )
             self._null_cross = [null.cross(self.decoder)] * self.ROWS_PER_SLOT
             self._table = CrossKV.concat(self._null_cross * self.max_batch)
-        part = CrossKV.concat(slot.cross(self.decoder, self._null_cross))
-        if part.mask.shape[-1] > self._table.mask.shape[-1]:
-            self._table = self._table.padded(part.mask.shape[-1])
-        part, rows = part.padded(self._table.mask.shape[-1]), slice(slot.first_row, slot.first_row + self.ROWS_PER_SLOT)
-        for table, written in zip([*self._table.keys, *self._table.values], [*part.keys, *part.values]):
-            table[rows] = written
-        self._table.mask[rows] = part.mask
+        parts = slot.cross(self.decoder, self._null_cross)
+        width = max(part.mask.shape[-1] for part in parts)
+        if width > self._table.mask.shape[-1]:
+            self._table = self._table.padded(width)
+        row = slot.first_row
+        for part in parts:
+            part.write(self._table, row)
+            row += part.mask.shape[0]

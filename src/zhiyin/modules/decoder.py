@@ -89,6 +89,15 @@ class CrossKV:
             mask=F.pad(self.mask, (0, pad), value=neg),
         )
 
+    def write(self, table: CrossKV, first_row: int) -> None:
+        """Its rows into rows first_row.. of a wider table (in place): its texts, then zeros, masked."""
+        rows, S = slice(first_row, first_row + self.mask.shape[0]), self.mask.shape[-1]
+        for into, written in zip([*table.keys, *table.values], [*self.keys, *self.values]):
+            into[rows, :, :S] = written
+            into[rows, :, S:] = 0
+        table.mask[rows, ..., :S] = self.mask
+        table.mask[rows, ..., S:] = torch.finfo(table.mask.dtype).min
+
     @staticmethod
     def concat(parts: list[CrossKV]) -> CrossKV:
         """The rows of several, their texts padded (masked) to the longest: each row's numbers stay its own."""
