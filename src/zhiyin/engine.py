@@ -285,7 +285,9 @@ class Engine:
         return box["value"]
 
     def _run_calls(self) -> None:
-        while True:
+        """The calls waiting, and those that come meanwhile, until none is left or a running job is overdue (then
+        its steps come first)."""
+        while not self._overdue():
             with self._lock:
                 if not self._calls:
                     return
@@ -358,8 +360,7 @@ class Engine:
                 )
                 if self._closed:
                     return
-            if not self._overdue():  # (else the steps that make its first audio come first)
-                self._run_calls()  # a job submitted meanwhile is encoded and queued here, to be admitted at once
+            self._run_calls()  # a job submitted meanwhile is encoded and queued here, to be admitted at once
             with self._lock:
                 admitted = self._admit() if self._admitting else []
             changed = self._work(admitted, changed)
@@ -387,8 +388,8 @@ class Engine:
 
     def _overdue(self) -> bool:
         """Whether a running job has not been heard within HEARD_WITHIN seconds of its submission: then the loop
-        steps the running jobs before it takes any call (the encoding of new requests waits), so that a burst of
-        arrivals, each one's encoding and admission between two steps, does not hold back the first ones' audio."""
+        steps the running jobs before it takes another call (the encoding of new requests waits), so that a burst
+        of arrivals, each one's encoding and admission between two steps, does not hold back the first ones' audio."""
         oldest = time.time() - self.HEARD_WITHIN
         return any(slot is not None and not slot.job._audio and slot.job.created_at < oldest for slot in self._slots)
 
