@@ -380,6 +380,21 @@ def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypat
     )
 
 
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="on x86 -mcpu only tunes")
+def test_a_native_build_that_fails_on_x86_says_so(tmp_path, monkeypatch):
+    """Sources that do not compile for this CPU raise with the compiler's error (the kernels are then off, with a
+    warning): never a library quietly built for the oldest x86 by a -mcpu=native retry."""
+    real = kernels._compiler()
+    wrapper = tmp_path / "c++"
+    refuse = '[ "$a" = -march=native ] && { echo "error: the code does not build" >&2; exit 1; }'
+    wrapper.write_text(f'#!/bin/sh\nfor a; do {refuse}; done\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CXX", str(wrapper))
+    monkeypatch.setenv("ZHIYIN_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="the code does not build"):
+        kernels.build()
+
+
 def test_a_kernel_linear_takes_no_rows():
     """A product of no rows (the text projection of a batch of null texts only) is empty, not a crash."""
     weight = torch.randn(8, 16)

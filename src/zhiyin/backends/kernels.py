@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -55,8 +56,6 @@ def _cpu_signature() -> str:
                 return line
     except OSError:
         pass
-    import platform
-
     return platform.processor() + platform.machine()
 
 
@@ -66,11 +65,13 @@ def _compiler() -> str | None:
 
 def _compile(target: Path, march: str, compiler: str | None) -> None:
     """Compile the kernels into target: with OpenMP if the compiler has it (else on one thread: Apple's clang, clang
-    without libomp), for -march (or -mcpu=native where the compiler knows no -march=native)."""
+    without libomp), for -march (or, on ARM, -mcpu=native where the compiler knows no -march=native; on x86 -mcpu
+    only tunes, and would build for the oldest x86 without a word)."""
     if compiler is None:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    targets = [f"-march={march}"] + (["-mcpu=native"] if march == "native" else [])
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    targets = [f"-march={march}"] + (["-mcpu=native"] if march == "native" and not x86 else [])
 
     def compile_into(output: str) -> None:
         first_error = None
