@@ -358,15 +358,20 @@ def test_kernels_built_for_older_x86_levels(march, flag):
         )
 
 
-def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypatch, capsys):
-    """Apple's clang has no -fopenmp: the kernels are then built without it and run on one thread, same numbers."""
-    real = kernels._compiler()
+def _refusing_compiler(tmp_path, monkeypatch, flag: str, message: str) -> None:
+    """The system's C++ compiler, behind a wrapper that fails with `message` when given `flag`, as CXX, with a fresh
+    kernel cache."""
     wrapper = tmp_path / "c++"
-    refuse = '[ "$a" = -fopenmp ] && { echo "unsupported option -fopenmp" >&2; exit 1; }'
-    wrapper.write_text(f'#!/bin/sh\nfor a; do {refuse}; done\nexec {real} "$@"\n')
+    refuse = f'[ "$a" = {flag} ] && {{ echo "{message}" >&2; exit 1; }}'
+    wrapper.write_text(f'#!/bin/sh\nfor a; do {refuse}; done\nexec {kernels._compiler()} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("CXX", str(wrapper))
     monkeypatch.setenv("ZHIYIN_CACHE", str(tmp_path / "cache"))
+
+
+def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypatch, capsys):
+    """Apple's clang has no -fopenmp: the kernels are then built without it and run on one thread, same numbers."""
+    _refusing_compiler(tmp_path, monkeypatch, "-fopenmp", "unsupported option -fopenmp")
     single = kernels.build()
     assert "has no OpenMP" in capsys.readouterr().err
     assert single.zhiyin_openmp() == 0
@@ -384,13 +389,7 @@ def test_a_compiler_without_openmp_builds_one_thread_kernels(tmp_path, monkeypat
 def test_a_native_build_that_fails_on_x86_says_so(tmp_path, monkeypatch):
     """Sources that do not compile for this CPU raise with the compiler's error (the kernels are then off, with a
     warning): never a library quietly built for the oldest x86 by a -mcpu=native retry."""
-    real = kernels._compiler()
-    wrapper = tmp_path / "c++"
-    refuse = '[ "$a" = -march=native ] && { echo "error: the code does not build" >&2; exit 1; }'
-    wrapper.write_text(f'#!/bin/sh\nfor a; do {refuse}; done\nexec {real} "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("CXX", str(wrapper))
-    monkeypatch.setenv("ZHIYIN_CACHE", str(tmp_path / "cache"))
+    _refusing_compiler(tmp_path, monkeypatch, "-march=native", "error: the code does not build")
     with pytest.raises(RuntimeError, match="the code does not build"):
         kernels.build()
 
