@@ -9,7 +9,8 @@ when done or cancelled, and each one's music streams out while it is made.
 
 Each job's audio is decoded once, in the engine's thread, as its frames come (generation/streaming.py's chunks):
 what every listener hears while it is made, and, joined, the whole. New jobs are heard soon: while they are at most
-half of the running ones, their rows step on their own until each has its first chunk (_sound), then with everyone's.
+half of the running ones, their rows step on their own until each has its first chunk (_sound), then with everyone's;
+and a job not heard within HEARD_WITHIN of its submission gets the steps before new requests are encoded (_overdue).
 
 The engine owns the decoder's KV cache: `max_batch` slots of two rows each (a request's row and its guidance row).
 A request is checked when submitted and encoded then (T5, an audio prompt's codes: in the engine's thread, between

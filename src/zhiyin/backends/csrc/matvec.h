@@ -556,13 +556,17 @@ inline void amx_int8_range(const Linear &w, const Rows &r, float *y, int64_t ldy
     const int64_t K = w.k, blocks = K / TILE_COLUMNS, M = (r.m + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS;
     thread_local std::vector<int8_t> high_bytes;
     thread_local std::vector<uint8_t> low_bytes;
-    high_bytes.assign(M * K, 0), low_bytes.assign(M * K, 0);
+    high_bytes.resize(M * K), low_bytes.resize(M * K);
     int8_t *high = high_bytes.data();
     uint8_t *low = low_bytes.data();
-    for (int64_t i = 0; i < r.m; i++)  // as tiles too: 16 rows x 64 columns, 1 KiB each (rows K apart share a cache set)
+    for (int64_t i = 0; i < M; i++)  // as tiles too: 16 rows x 64 columns, 1 KiB each (rows K apart share a cache set)
         for (int64_t b = 0; b < blocks; b++) {
-            const int16_t *x = r.xq + i * K + b * TILE_COLUMNS;
             const int64_t at = (i / TILE_ROWS * blocks + b) * TILE_BYTES + i % TILE_ROWS * TILE_COLUMNS;
+            if (i >= r.m) {  // the padding rows
+                std::memset(high + at, 0, TILE_COLUMNS), std::memset(low + at, 0, TILE_COLUMNS);
+                continue;
+            }
+            const int16_t *x = r.xq + i * K + b * TILE_COLUMNS;
             for (int c = 0; c < TILE_COLUMNS; c++) high[at + c] = int8_t(x[c] >> 8), low[at + c] = uint8_t(x[c] & 255);
         }
     alignas(64) int32_t sums[4][TILE_ROWS * 16];
