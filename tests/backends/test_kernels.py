@@ -76,11 +76,15 @@ def _on_and_off_amx(monkeypatch, run):
     return on, off
 
 
-@pytest.mark.parametrize("N, K", [(1024, 1024), (3072, 1024), (1024, 4096), (96, 8192), (1000, 256), (40, 64)])
+# (48, 16384): two threads take 24 output rows each, so each share has rows outside whole tiles (on the vector
+# units); (1000, 256), (40, 64): no tiles at all (output rows not a multiple of 16)
+@pytest.mark.parametrize(
+    "N, K", [(1024, 1024), (3072, 1024), (1024, 4096), (96, 8192), (48, 16384), (1000, 256), (40, 64)]
+)
 def test_int8_products_on_amx_tiles_are_the_same_numbers(monkeypatch, N, K):
     """Where the CPU has AMX, int8 products of more than 5 rows run on its tiles (each int16 activation as its high
     and low bytes, two exact int32 products put together): the same numbers to the bit as the vector units', for
-    every row count, output rows outside whole tiles (1000, 40) and the largest weights and activations."""
+    every row count, shares of output rows that end inside a tile, and the largest weights and activations."""
     g = torch.Generator().manual_seed(N + K)
     layer = KernelLinear(*quantize_int8(torch.randn(N, K, generator=g)))
     xs = [torch.randn(rows, K, generator=g) * torch.rand(rows, 1, generator=g) * 10 for rows in (5, 6, 8, 16, 17, 40)]
