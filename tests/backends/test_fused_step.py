@@ -11,6 +11,12 @@ from zhiyin.modules.decoder import CrossKV
 
 from decoder_steps import compare_steps, make_decoder, text_condition
 
+# How far the fused step's logits may stray from the plain step's on the same weights. Both multiply integer
+# activations, but their layer norms, GELU and attention (C++ and PyTorch) differ in the last bits, and an
+# activation that lies at a rounding boundary then takes the next integer: 1/32767 of its row's largest for int8
+# weights (int16 activations), 1/127 for int4 (int8 activations), which now and then moves the logits by 1 %.
+INTEGER_TOLERANCE = {"int8": 1e-3, "int4": 2e-2}
+
 
 @pytest.fixture(autouse=True)
 def kernels_available():
@@ -34,8 +40,7 @@ def test_reduced_precision_steps_match_pytorch_on_the_same_weights(quantize, dty
     kernels.accelerate_decoder(decoder, quantize)
     assert decoder.cache_dtype == cache  # the fused step writes its keys/values as the plain one does
     assert decoder.final_norm.weight.dtype == torch.float32  # bfloat16 weights, float32 activations
-    # int8/int4: activations go in as int16 (a scale per row) in the kernels; the plain step multiplies floats
-    compare_steps(decoder, text_condition(decoder, rows), rows, tolerance=1e-3)
+    compare_steps(decoder, text_condition(decoder, rows), rows, tolerance=INTEGER_TOLERANCE.get(quantize, 1e-3))
 
 
 def test_stereo_relu_and_scaled_embeddings():
@@ -61,7 +66,7 @@ def test_long_cache_and_text(quantize):
         2,
         prefill=300,
         steps=3,
-        tolerance=1e-5 if quantize is None else 1e-3,
+        tolerance=INTEGER_TOLERANCE.get(quantize, 1e-5),
     )
 
 
@@ -118,7 +123,7 @@ def test_published_widths(width, heads, ffn, quantize):
         2,
         prefill=20,
         steps=2,
-        tolerance=1e-5 if quantize is None else 1e-3,
+        tolerance=INTEGER_TOLERANCE.get(quantize, 1e-5),
     )
 
 

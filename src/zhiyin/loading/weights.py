@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ..files import DamagedFileError, read_json
-from ..modules.quantization import QUANTIZED_PARTS, quantize_weight
+from ..modules.quantization import QUANTIZED_PARTS, concatenate_int4, quantize_weight
 
 _G_SUFFIXES = (".weight_g", ".parametrizations.weight.original0")
 _V_SUFFIXES = (".weight_v", ".parametrizations.weight.original1")
@@ -309,10 +309,14 @@ def from_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 continue  # melody decoders have no cross-attention
             if missing:
                 raise ValueError(f"checkpoint lacks decoder layer {index} weights {missing}")
-            out[prefix + ours] = torch.cat([parts.pop(p) for p in pieces], dim=0)
-            for part in QUANTIZED_PARTS:  # quantized pieces: their scales and groups (per output row) as well
-                if part_key(pieces[0], part) in parts:
-                    out[prefix + part_key(ours, part)] = torch.cat([parts.pop(part_key(p, part)) for p in pieces])
+            if part_key(pieces[0], "groups") in parts:  # int4: its blocks of rows
+                out[prefix + ours], out[prefix + part_key(ours, "groups")] = concatenate_int4(
+                    [(parts.pop(p), parts.pop(part_key(p, "groups"))) for p in pieces]
+                )
+            else:
+                out[prefix + ours] = torch.cat([parts.pop(p) for p in pieces], dim=0)
+            if part_key(pieces[0], "scale") in parts:  # quantized pieces: their scales (per output row) as well
+                out[prefix + part_key(ours, "scale")] = torch.cat([parts.pop(part_key(p, "scale")) for p in pieces])
         for theirs, value in parts.items():
             quantized = _quantized_part(theirs)  # a quantized weight's scales and groups follow the weight's name
             if quantized is not None and quantized[0] in _RENAMES:

@@ -67,15 +67,31 @@ class Team {
     std::atomic<int> arrived_{0}, generation_{0};
 };
 
-// Activation rows ready for a product with w: the int16 copy (quantize_rows) only where w needs it.
+// Activation rows ready for a product with w: the int16 or int8 copy only where w takes it.
 struct Activations {
     std::vector<int16_t> q;
+    std::vector<int8_t> bytes;
+    std::vector<int32_t> offsets;
     std::vector<float> scale;
-    Rows rows(const float *x, int64_t m, int64_t k, const Linear &w) {  // all rows at once (zhiyin_linear)
-        if (!needs_int16(w)) return Rows{x, nullptr, nullptr, m};
-        q.resize(m * k), scale.resize(m);
-        quantize_rows(x, m, k, largest_weight(w), q.data(), scale.data());
-        return Rows{x, q.data(), scale.data(), m};
+    void reserve(int64_t m, int64_t k) {
+        const int64_t kp = (k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP;
+        q.resize(m * k), bytes.resize(m * kp), offsets.resize(m * kp / INT4_GROUP), scale.resize(m);
+    }
+    // row r of x [m, k] into the copy w takes (rows split among threads write their own)
+    void quantize(const float *x, int64_t r, int64_t k, const Linear &w) {
+        const int64_t kp = (k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP;
+        const ActivationType type = activations(w);
+        if (type == INT16_ROWS) quantize_rows(x + r * k, 1, k, q.data() + r * k, scale.data() + r);
+        if (type == INT8_ROWS)
+            quantize_bytes(x + r * k, 1, k, bytes.data() + r * kp, offsets.data() + r * kp / INT4_GROUP,
+                           scale.data() + r);
+    }
+    Rows rows(const float *x, int64_t m, const Linear &w) const {  // x as w takes it (after quantize)
+        switch (activations(w)) {
+        case INT16_ROWS: return Rows{x, q.data(), scale.data(), m};
+        case INT8_ROWS: return Rows{x, nullptr, scale.data(), m, bytes.data(), offsets.data()};
+        default: return Rows{x, nullptr, nullptr, m};
+        }
     }
 };
 
@@ -233,7 +249,9 @@ int zhiyin_openmp() { return 0; }
 // prefill) go over W in chunks of CHUNK_ROWS rows, each kept in cache while every activation row passes over it.
 void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int threads) {
     Activations input;
-    const Rows all = input.rows(x, m, w->k, *w);
+    input.reserve(m, w->k);
+    for (int64_t r = 0; r < m; r++) input.quantize(x, r, w->k, *w);
+    const Rows all = input.rows(x, m, *w);
     #pragma omp parallel num_threads(threads)
     {
         if (m <= MAX_ROWS || w->tiles) {
@@ -257,8 +275,8 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *po
     const int64_t longest = std::max(s->max_len, s->text_len);
     std::vector<float> x(M * D), h(M * D), qkv(M * 3 * D), attention(M * D), q(M * D), hidden(M * F);
     std::vector<float> scores(size_t(s->threads) * longest);
-    Activations input;  // the int16 rows, shared by the threads
-    input.q.resize(M * std::max(D, F)), input.scale.resize(M);
+    Activations input;  // the integer rows, shared by the threads
+    input.reserve(M, std::max(D, F));
     std::unique_ptr<Team> team;  // made inside the parallel region, which knows how many threads it got
     const auto self_attend = s->cache_type == BF16 ? cache_and_attend<uint16_t>
                              : s->cache_type == I8 ? cache_and_attend<int8_t> : cache_and_attend<float>;
@@ -273,15 +291,13 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *po
         // rows of src [M, k] -> (layer-normed into dst if norm_weight) ready for w; split by rows, ends in a barrier
         auto prepare = [&](const float *src, int64_t k, const Linear &w, const float *norm_weight,
                            const float *norm_bias, float *dst) {
-            const bool int16 = needs_int16(w);
-            const int largest = largest_weight(w);
             #pragma omp for schedule(static) nowait
             for (int64_t m = 0; m < M; m++) {
                 if (norm_weight) layer_norm(src + m * k, norm_weight, norm_bias, s->eps, k, dst + m * k);
-                if (int16) quantize_rows(dst + m * k, 1, k, largest, input.q.data() + m * k, input.scale.data() + m);
+                input.quantize(dst, m, k, w);
             }
             team->wait();
-            rows = Rows{dst, int16 ? input.q.data() : nullptr, int16 ? input.scale.data() : nullptr, M};
+            rows = input.rows(dst, M, w);
         };
         // y (+)= rows . W^T on this thread's share of W's rows (each row's numbers do not depend on the rows
         // beside it)

@@ -4,10 +4,11 @@
 // A decoder step multiplies a few activation rows (batch x 2 with guidance) by every weight matrix, so its speed is
 // how fast the weights stream from memory: each weight element is loaded once and used for all M rows. W is float32,
 // bfloat16 (raw uint16), int8 with a float32 scale per output row, or int4 with a float32 scale per output row and
-// an int8 scale per group of 32 columns. Int8 and int4 weights on x86 CPUs with AVX2 or AVX512-VNNI and on 64-bit
-// ARM multiply int16 activations (x quantized per row, `quantize_rows`) with vpmaddwd / vpdpwssd / smlal: exact
-// integer sums, so all give the same numbers. Elsewhere (SSE) int8 converts to float, and int4 sums exactly in
-// plain C++ (the same numbers again, slowly).
+// an int8 scale per group of 32 columns. Int8 weights on x86 CPUs with AVX2 or AVX512-VNNI and on 64-bit ARM
+// multiply int16 activations (x quantized per row, `quantize_rows`) with vpmaddwd / vpdpwssd / smlal; int4 weights
+// multiply int8 activations (`quantize_bytes`) with vpdpbusd / vpmaddubsw / smlal: exact integer sums, so all give
+// the same numbers. Elsewhere (SSE) int8 converts to float, and int4 sums exactly in plain C++ (the same numbers
+// again, slowly).
 #pragma once
 #include <algorithm>
 #include <vector>
@@ -18,10 +19,11 @@ namespace zhiyin {
 enum WeightType : int32_t { F32 = 0, BF16 = 1, I8 = 2, I4 = 3 };
 
 // A bias-free linear layer: weight [n, k] row-major (float32, bfloat16 or int8); scale [n] for int8 and int4, else
-// null. int4 (modules/quantization.py's quantize_int4): weight is [n, kp / 2] bytes, kp = k rounded up to 64 (the
-// padding holds zeros); in each 64 columns c..c+63 of a row, byte b holds column c + b in its low nibble and
-// c + 32 + b in its high one, each as value + 8 (value -8..7); groups [n, kp / 32] is each 32 columns' scale in
-// units of the row's (-63..63). Weight (row, j) = scale[row] * groups[row, j / 32] * value.
+// null. int4 (modules/quantization.py's quantize_int4 and int4_blocks): weight (row, j) = scale[row] x group scale
+// (-63..63) of its 32 columns x value (-8..7). kp = k rounded up to 32 (the padding holds zeros); the rows go in
+// blocks of 16 (the last one R <= 16 rows), each block 16 x kp / 2 bytes (R x kp / 2): group by group (32 columns),
+// four runs t = 0..3 of R x 4 bytes, row j's 4 bytes holding columns 8t..8t+3 of the group in their low nibbles and
+// 8t+4..8t+7 in their high ones, as value + 8; then the block's group scales in groups, group by group, R each.
 // tiles: int8 weights also as AMX tiles (amx_int8_range), or null.
 struct Linear {
     const void *weight;
@@ -32,15 +34,18 @@ struct Linear {
     const int8_t *tiles;
 };
 
-constexpr int INT4_BLOCK = 64, INT4_GROUP = 32, GROUP_SCALE_MAX = 63;
+constexpr int INT4_GROUP = 32, INT4_ROWS = 16;
 
 // The activation rows a product reads: x [m, k] float32, and for int8 weights (with VNNI) the same rows as
-// int16 with a scale per row (xq [m, k], xscale [m]).
+// int16 with a scale per row (xq [m, k], xscale [m]); for int4 weights as int8 (xb [m, kp], kp = k rounded up to
+// 32, the padding zeros; xscale [m]) with 8 x each 32 columns' sum (xb_offsets [m, kp / 32]).
 struct Rows {
     const float *x;
     const int16_t *xq;
     const float *xscale;
     int64_t m;
+    const int8_t *xb;
+    const int32_t *xb_offsets;
 };
 
 constexpr int MAX_ROWS = 8;
@@ -58,36 +63,70 @@ constexpr bool INT16_ACTIVATIONS = true;
 constexpr bool INT16_ACTIVATIONS = false;
 #endif
 
-// int4 weights always take int16 activations (there is no float path for them)
-inline bool needs_int16(const Linear &w) { return w.type == I4 || (INT16_ACTIVATIONS && w.type == I8); }
+// What activations a product with w takes: the float rows, int16 (int8 weights, where vectors multiply integers)
+// or int8 (int4 weights, always: there is no float path for them)
+enum ActivationType { FLOAT_ROWS, INT16_ROWS, INT8_ROWS };
+inline ActivationType activations(const Linear &w) {
+    return w.type == I4 ? INT8_ROWS : INT16_ACTIVATIONS && w.type == I8 ? INT16_ROWS : FLOAT_ROWS;
+}
 
-// The largest integer weight of a product: |int8| <= 127, |int4 value x group scale| <= 8 x 63
-inline int largest_weight(const Linear &w) { return w.type == I4 ? 8 * GROUP_SCALE_MAX : 127; }
+inline float largest_magnitude(const float *row, int64_t k) {
+    vf32 top_lanes = {};
+    int64_t j = 0;
+    for (; j + LANES <= k; j += LANES) {
+        vf32 v = load(row + j);
+        v = select(v < splat(0.f), -v, v);
+        top_lanes = select(v > top_lanes, v, top_lanes);
+    }
+    float top = 0.f;
+    for (int i = 0; i < LANES; i++) top = std::max(top, top_lanes[i]);
+    for (; j < k; j++) top = std::max(top, std::fabs(row[j]));
+    return top;
+}
 
-// x [m, k] -> xq [m, k] int16, xscale [m]: x ~= xq * xscale. Each int32 lane of a product's accumulators sums k/16
-// products of |w| <= largest and |xq| <= limit, so limit keeps them from overflowing (int8: 32767 up to k = 8256;
-// int4: 16644 at k = 4096).
-inline void quantize_rows(const float *x, int64_t m, int64_t k, int largest, int16_t *xq, float *xscale) {
-    const double lanes_sum = double(largest) * double((k + 15) / 16);
+// x [m, k] -> xq [m, k] int16, xscale [m]: x ~= xq * xscale. Each int32 lane of an int8 product's accumulators sums
+// k/16 products of |w| <= 127 and |xq| <= limit, so limit keeps them from overflowing (32767 up to k = 8256).
+inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, float *xscale) {
+    const double lanes_sum = 127.0 * double((k + 15) / 16);
     const float limit = float(std::min(32767.0, std::floor(2147483647.0 / lanes_sum)));
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
-        vf32 top_lanes = {};
+        const float top = largest_magnitude(row, k);
+        const float scale = top > 0.f ? top / limit : 1.f, inverse = 1.f / scale;
         int64_t j = 0;
         for (; j + LANES <= k; j += LANES) {
-            vf32 v = load(row + j);
-            v = select(v < splat(0.f), -v, v);
-            top_lanes = select(v > top_lanes, v, top_lanes);
-        }
-        float top = 0.f;
-        for (int i = 0; i < LANES; i++) top = std::max(top, top_lanes[i]);
-        for (; j < k; j++) top = std::max(top, std::fabs(row[j]));
-        const float scale = top > 0.f ? top / limit : 1.f, inverse = 1.f / scale;
-        for (j = 0; j + LANES <= k; j += LANES) {
             vi16 h = __builtin_convertvector(product_to_int(load(row + j), inverse), vi16);
             std::memcpy(xq + r * k + j, &h, sizeof h);
         }
         for (; j < k; j++) xq[r * k + j] = int16_t(std::nearbyint(row[j] * inverse));
+        xscale[r] = scale;
+    }
+}
+
+// x [m, k] -> xb [m, kp] int8 (-127..127; kp = k rounded up to 32, the padding zeros), xscale [m], and offsets
+// [m, kp / 32]: 8 x the sum of each 32 columns of xb (what int4's value + 8 adds to a group's sum)
+inline void quantize_bytes(const float *x, int64_t m, int64_t k, int8_t *xb, int32_t *offsets, float *xscale) {
+    const int64_t kp = (k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP;
+    for (int64_t r = 0; r < m; r++) {
+        const float *row = x + r * k;
+        int8_t *out = xb + r * kp;
+        const float top = largest_magnitude(row, k);
+        const float scale = top > 0.f ? top / 127.f : 1.f, inverse = 1.f / scale;
+        int64_t j = 0;
+        for (; j + LANES <= k; j += LANES) {
+            vi32 v = product_to_int(load(row + j), inverse);
+            v = v > 127 ? 127 : v;
+            v = v < -127 ? -127 : v;
+            vi8 b = __builtin_convertvector(v, vi8);
+            std::memcpy(out + j, &b, sizeof b);
+        }
+        for (; j < k; j++) out[j] = int8_t(std::clamp(std::nearbyint(row[j] * inverse), -127.f, 127.f));
+        for (; j < kp; j++) out[j] = 0;
+        for (int64_t g = 0; g < kp / INT4_GROUP; g++) {
+            int32_t sum = 0;
+            for (int c = 0; c < INT4_GROUP; c++) sum += out[g * INT4_GROUP + c];
+            offsets[r * (kp / INT4_GROUP) + g] = 8 * sum;
+        }
         xscale[r] = scale;
     }
 }
@@ -292,152 +331,213 @@ inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t 
 }
 #endif
 
-// int4 weights: the value at column j of a packed row (value x its group's scale), and the exact sum of columns
-// k..K-1 against x, for the columns the vector loops leave
-inline int32_t int4_weight(const uint8_t *row, const int8_t *groups, int64_t j) {
-    const uint8_t byte = row[j / INT4_BLOCK * (INT4_BLOCK / 2) + j % (INT4_BLOCK / 2)];
-    const int value = (j % INT4_BLOCK < INT4_BLOCK / 2 ? byte & 15 : byte >> 4) - 8;
-    return value * groups[j / INT4_GROUP];
-}
+// int4 weights against int8 activations (x quantized per row to -127..127, `quantize_bytes`), 16 weight rows at a
+// time: the exact integer sums sum_g group_scale[n, g] * sum_{k in g} value[n, k] * xb[k]. Each weight's byte
+// holds value + 8 (0..15, unsigned), so a product first sums (value + 8) * xb and then takes back 8 x the group's
+// sum of xb (`Rows::xb_offsets`). The layout (Linear's) puts 16 rows side by side, 4 columns each, so that one
+// 64-byte load is what AVX512-VNNI's vpdpbusd multiplies (unsigned bytes by a signed 4-byte activation broadcast
+// to every row): 64 products an instruction, the rows in the lanes, no horizontal sums. A group's sum over
+// 32 columns is at most 32 x 8 x 127 in magnitude (fits int16), times its scale at most 2^21: 1024 groups (32768
+// columns, quantize_int4's limit) stay within int32. Every CPU computes these exact sums: the same numbers.
 
-inline int64_t int4_tail(const uint8_t *row, const int8_t *groups, const int16_t *x, int64_t k, int64_t K) {
-    int64_t s = 0;
-    for (; k < K; k++) s += int64_t(int4_weight(row, groups, k)) * x[k];
-    return s;
-}
-
-// int4_dots<NB, M>: as int16_dots, for int4 weight rows (bytes `stride` apart, their group scales `group_stride`
-// apart). Each 64 columns unpack into two vectors of int16 weights (value x group scale, |w| <= 504), then go the
-// int8 way: every int32 lane sums k/16 products on every CPU.
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-template <int NB, int M>
-inline void int4_dots(const int16_t *xq, const uint8_t *row, const int8_t *groups, int64_t K, int64_t stride,
-                      int64_t group_stride, int64_t *sums) {
-    constexpr int C = chains<NB, M>();
-    __m512i acc[C][NB][M];
-    for (int c = 0; c < C; c++)
-        for (int b = 0; b < NB; b++)
-            for (int m = 0; m < M; m++) acc[c][b][m] = _mm512_setzero_si512();
-    const __m512i nibble = _mm512_set1_epi16(15), eight = _mm512_set1_epi16(8);
-    int64_t k = 0;
-    for (; k + INT4_BLOCK <= K; k += INT4_BLOCK) {
-        __m512i w0[NB], w1[NB];
-        for (int b = 0; b < NB; b++) {
-            prefetch(row + b * stride + k / 2);
-            const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(row + b * stride + k / 2)));
-            const int8_t *g = groups + b * group_stride + k / INT4_GROUP;
-            w0[b] = _mm512_mullo_epi16(_mm512_sub_epi16(_mm512_and_si512(v, nibble), eight), _mm512_set1_epi16(g[0]));
-            w1[b] = _mm512_mullo_epi16(_mm512_sub_epi16(_mm512_srli_epi16(v, 4), eight), _mm512_set1_epi16(g[1]));
-        }
+// int4_block<M>: one block of R <= 16 weight rows (bytes, group scales) against M rows of xb (kp apart, their
+// offsets G apart) -> sums[j * M + m]; the plain C++ for any R, and for blocks of 16 on the vector units below
+inline void int4_block_plain(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
+                             const int8_t *scales, int R, int M, int64_t *sums) {
+    const int64_t G = kp / INT4_GROUP;
+    for (int j = 0; j < R; j++)
         for (int m = 0; m < M; m++) {
-            const __m512i x0 = _mm512_loadu_si512(xq + m * K + k), x1 = _mm512_loadu_si512(xq + m * K + k + 32);
-            for (int b = 0; b < NB; b++) {
-                acc[0][b][m] = _mm512_dpwssd_epi32(acc[0][b][m], w0[b], x0);
-                acc[C - 1][b][m] = _mm512_dpwssd_epi32(acc[C - 1][b][m], w1[b], x1);
+            int64_t sum = 0;
+            for (int64_t g = 0; g < G; g++) {
+                const int8_t *x = xb + m * kp + g * INT4_GROUP;
+                int64_t group = -offsets[m * G + g];
+                for (int t = 0; t < 4; t++)
+                    for (int i = 0; i < 4; i++) {
+                        const uint8_t byte = bytes[(g * 4 + t) * 4 * R + 4 * j + i];
+                        group += (byte & 15) * x[8 * t + i] + (byte >> 4) * x[8 * t + 4 + i];
+                    }
+                sum += group * scales[g * R + j];
             }
+            sums[j * M + m] = sum;
+        }
+}
+
+inline int32_t four_bytes(const int8_t *p) {  // 4 activation bytes as one int32, to broadcast
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define ZHIYIN_INT4_BLOCKS 1
+constexpr int INT4_PASS_ROWS = 8;
+template <int M>
+inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
+                       const int8_t *scales, int64_t *sums) {
+    const int64_t G = kp / INT4_GROUP;
+    const __m512i nibble = _mm512_set1_epi8(15);
+    __m512i acc[M];
+    for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *p = bytes + g * 256;
+        __m512i low[4], high[4];
+        for (int t = 0; t < 4; t++) {
+            prefetch(p + 64 * t);
+            const __m512i v = _mm512_loadu_si512(p + 64 * t);
+            low[t] = _mm512_and_si512(v, nibble), high[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+        }
+        const __m512i scale = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(scales + g * 16)));
+        for (int m = 0; m < M; m++) {
+            const int8_t *x = xb + m * kp + g * INT4_GROUP;
+            __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+            for (int t = 0; t < 4; t++) {
+                a = _mm512_dpbusd_epi32(a, low[t], _mm512_set1_epi32(four_bytes(x + 8 * t)));
+                b = _mm512_dpbusd_epi32(b, high[t], _mm512_set1_epi32(four_bytes(x + 8 * t + 4)));
+            }
+            const __m512i group = _mm512_sub_epi32(_mm512_add_epi32(a, b), _mm512_set1_epi32(offsets[m * G + g]));
+            acc[m] = _mm512_add_epi32(acc[m], _mm512_mullo_epi32(group, scale));
         }
     }
-    for (int b = 0; b < NB; b++)
-        for (int m = 0; m < M; m++) {
-            int64_t sum = int4_tail(row + b * stride, groups + b * group_stride, xq + m * K, k, K);
-            for (int c = 0; c < C; c++) sum += reduce_exact(acc[c][b][m]);
-            sums[b * M + m] = sum;
-        }
+    alignas(64) int32_t lanes[16];
+    for (int m = 0; m < M; m++) {
+        _mm512_store_si512(lanes, acc[m]);
+        for (int j = 0; j < 16; j++) sums[j * M + m] = lanes[j];
+    }
 }
 #elif defined(__AVX2__)
-template <int NB, int M>
-inline void int4_dots(const int16_t *xq, const uint8_t *row, const int8_t *groups, int64_t K, int64_t stride,
-                      int64_t group_stride, int64_t *sums) {
-    __m256i even[NB][M], odd[NB][M];
-    for (int b = 0; b < NB; b++)
-        for (int m = 0; m < M; m++) even[b][m] = odd[b][m] = _mm256_setzero_si256();
-    const __m256i nibble = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
-    int64_t k = 0;
-    for (; k + INT4_BLOCK <= K; k += INT4_BLOCK) {
-        __m256i w[NB][4];  // columns k.., k+16.., k+32.., k+48..
-        for (int b = 0; b < NB; b++) {
-            prefetch(row + b * stride + k / 2);
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(row + b * stride + k / 2));
-            const __m256i low = _mm256_sub_epi8(_mm256_and_si256(v, nibble), eight);
-            const __m256i high = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), nibble), eight);
-            const int8_t *g = groups + b * group_stride + k / INT4_GROUP;
-            const __m256i g0 = _mm256_set1_epi16(g[0]), g1 = _mm256_set1_epi16(g[1]);
-            w[b][0] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(low)), g0);
-            w[b][1] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(low, 1)), g0);
-            w[b][2] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(high)), g1);
-            w[b][3] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(high, 1)), g1);
-        }
-        for (int m = 0; m < M; m++) {
-            const int16_t *x = xq + m * K + k;
-            const __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 16));
-            const __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 32)), x3 = _mm256_loadu_si256((const __m256i *)(x + 48));
-            for (int b = 0; b < NB; b++) {
-                even[b][m] = _mm256_add_epi32(even[b][m], _mm256_add_epi32(_mm256_madd_epi16(w[b][0], x0),
-                                                                           _mm256_madd_epi16(w[b][2], x2)));
-                odd[b][m] = _mm256_add_epi32(odd[b][m], _mm256_add_epi32(_mm256_madd_epi16(w[b][1], x1),
-                                                                         _mm256_madd_epi16(w[b][3], x3)));
+// vpmaddubsw: pairs of (value + 8) * xb summed into int16 (at most 2 x 15 x 127), eight of them added in int16 per
+// group (30480 at most), then into int32 with vpmaddwd; each 64-byte run as two halves of 8 rows
+#define ZHIYIN_INT4_BLOCKS 1
+constexpr int INT4_PASS_ROWS = 4;
+template <int M>
+inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
+                       const int8_t *scales, int64_t *sums) {
+    const int64_t G = kp / INT4_GROUP;
+    const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256i acc[2][M];
+    for (int h = 0; h < 2; h++)
+        for (int m = 0; m < M; m++) acc[h][m] = _mm256_setzero_si256();
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *p = bytes + g * 256;
+        for (int t = 0; t < 4; t++) prefetch(p + 64 * t);
+        for (int h = 0; h < 2; h++) {
+            __m256i low[4], high[4];
+            for (int t = 0; t < 4; t++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 64 * t + 32 * h));
+                low[t] = _mm256_and_si256(v, nibble), high[t] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+            }
+            int64_t eight_scales;
+            std::memcpy(&eight_scales, scales + g * 16 + 8 * h, 8);
+            const __m256i scale = _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(eight_scales));
+            for (int m = 0; m < M; m++) {
+                const int8_t *x = xb + m * kp + g * INT4_GROUP;
+                __m256i pairs = _mm256_setzero_si256();
+                for (int t = 0; t < 4; t++) {
+                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(low[t], _mm256_set1_epi32(four_bytes(x + 8 * t))));
+                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(high[t], _mm256_set1_epi32(four_bytes(x + 8 * t + 4))));
+                }
+                const __m256i group = _mm256_sub_epi32(_mm256_madd_epi16(pairs, ones), _mm256_set1_epi32(offsets[m * G + g]));
+                acc[h][m] = _mm256_add_epi32(acc[h][m], _mm256_mullo_epi32(group, scale));
             }
         }
     }
-    for (int b = 0; b < NB; b++)
-        for (int m = 0; m < M; m++)
-            sums[b * M + m] = reduce_exact(even[b][m]) + reduce_exact(odd[b][m]) +
-                              int4_tail(row + b * stride, groups + b * group_stride, xq + m * K, k, K);
+    alignas(32) int32_t lanes[8];
+    for (int h = 0; h < 2; h++)
+        for (int m = 0; m < M; m++) {
+            _mm256_store_si256((__m256i *)lanes, acc[h][m]);
+            for (int j = 0; j < 8; j++) sums[(8 * h + j) * M + m] = lanes[j];
+        }
 }
 #elif defined(__aarch64__)
-template <int NB, int M>
-inline void int4_dots(const int16_t *xq, const uint8_t *row, const int8_t *groups, int64_t K, int64_t stride,
-                      int64_t group_stride, int64_t *sums) {
-    int32x4_t acc[NB][4][M];
-    for (int b = 0; b < NB; b++)
-        for (int a = 0; a < 4; a++)
-            for (int m = 0; m < M; m++) acc[b][a][m] = vdupq_n_s32(0);
+// smlal on bytes: (value + 8) * xb into int16 (eight products a lane, 15240 at most), then pairwise into int32;
+// each 64-byte run as four quarters of 4 rows
+#define ZHIYIN_INT4_BLOCKS 1
+constexpr int INT4_PASS_ROWS = 4;
+template <int M>
+inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
+                       const int8_t *scales, int64_t *sums) {
+    const int64_t G = kp / INT4_GROUP;
     const uint8x16_t nibble = vdupq_n_u8(15);
-    const int8x16_t eight = vdupq_n_s8(8);
-    int64_t k = 0;
-    for (; k + INT4_BLOCK <= K; k += INT4_BLOCK) {
-        int16x8_t w[NB][8];  // columns k + 8i ..
-        for (int b = 0; b < NB; b++) {
-            const uint8_t *bytes = row + b * stride + k / 2;
-            prefetch(bytes);
-            const int8_t *g = groups + b * group_stride + k / INT4_GROUP;
-            const int16x8_t g0 = vdupq_n_s16(g[0]), g1 = vdupq_n_s16(g[1]);
-            for (int half = 0; half < 2; half++) {
-                const uint8x16_t v = vld1q_u8(bytes + 16 * half);
-                const int8x16_t low = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, nibble)), eight);
-                const int8x16_t high = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), eight);
-                w[b][2 * half] = vmulq_s16(vmovl_s8(vget_low_s8(low)), g0);
-                w[b][2 * half + 1] = vmulq_s16(vmovl_high_s8(low), g0);
-                w[b][4 + 2 * half] = vmulq_s16(vmovl_s8(vget_low_s8(high)), g1);
-                w[b][4 + 2 * half + 1] = vmulq_s16(vmovl_high_s8(high), g1);
+    int32x4_t acc[4][M];
+    for (int q = 0; q < 4; q++)
+        for (int m = 0; m < M; m++) acc[q][m] = vdupq_n_s32(0);
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *p = bytes + g * 256;
+        for (int t = 0; t < 4; t++) prefetch(p + 64 * t);
+        for (int q = 0; q < 4; q++) {
+            int8x16_t low[4], high[4];
+            for (int t = 0; t < 4; t++) {
+                const uint8x16_t v = vld1q_u8(p + 64 * t + 16 * q);
+                low[t] = vreinterpretq_s8_u8(vandq_u8(v, nibble)), high[t] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
             }
-        }
-        for (int m = 0; m < M; m++) {
-            for (int i = 0; i < 8; i++) {
-                const int16x8_t x = vld1q_s16(xq + m * K + k + 8 * i);
-                for (int b = 0; b < NB; b++) {
-                    int32x4_t &a = acc[b][i % 4][m];
-                    a = vmlal_high_s16(vmlal_s16(a, vget_low_s16(w[b][i]), vget_low_s16(x)), w[b][i], x);
+            const int32x4_t scale = vmovl_s16(vget_low_s16(vmovl_s8(vld1_s8(scales + g * 16 + 4 * q))));
+            for (int m = 0; m < M; m++) {
+                const int8_t *x = xb + m * kp + g * INT4_GROUP;
+                int16x8_t first = vdupq_n_s16(0), second = vdupq_n_s16(0);  // rows 0-1 and 2-3 of the quarter
+                for (int t = 0; t < 4; t++) {
+                    const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(four_bytes(x + 8 * t)));
+                    const int8x16_t b = vreinterpretq_s8_s32(vdupq_n_s32(four_bytes(x + 8 * t + 4)));
+                    first = vmlal_s8(vmlal_s8(first, vget_low_s8(low[t]), vget_low_s8(a)), vget_low_s8(high[t]), vget_low_s8(b));
+                    second = vmlal_high_s8(vmlal_high_s8(second, low[t], a), high[t], b);
                 }
+                const int32x4_t group = vsubq_s32(vpaddq_s32(vpaddlq_s16(first), vpaddlq_s16(second)),
+                                                  vdupq_n_s32(offsets[m * G + g]));
+                acc[q][m] = vmlaq_s32(acc[q][m], group, scale);
             }
         }
     }
-    for (int b = 0; b < NB; b++)
-        for (int m = 0; m < M; m++) {
-            int64_t s = int4_tail(row + b * stride, groups + b * group_stride, xq + m * K, k, K);
-            for (int a = 0; a < 4; a++) s += vaddlvq_s32(acc[b][a][m]);
-            sums[b * M + m] = s;
+    for (int q = 0; q < 4; q++)
+        for (int m = 0; m < M; m++)
+        {
+            int32_t lanes[4];
+            vst1q_s32(lanes, acc[q][m]);
+            for (int j = 0; j < 4; j++) sums[(4 * q + j) * M + m] = lanes[j];
         }
 }
 #else
-template <int NB, int M>
-inline void int4_dots(const int16_t *xq, const uint8_t *row, const int8_t *groups, int64_t K, int64_t stride,
-                      int64_t group_stride, int64_t *sums) {
-    for (int b = 0; b < NB; b++)
-        for (int m = 0; m < M; m++)
-            sums[b * M + m] = int4_tail(row + b * stride, groups + b * group_stride, xq + m * K, 0, K);
-}
+#define ZHIYIN_INT4_BLOCKS 0
+constexpr int INT4_PASS_ROWS = 8;
 #endif
+
+// Weight rows [n0, n1) against all rows of r: block by block (16 rows), the activation rows INT4_PASS_ROWS at a
+// time (registers); a block the range cuts is computed whole and only the range's rows written
+inline void int4_range(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
+    const int64_t kp = (w.k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP, G = kp / INT4_GROUP;
+    const uint8_t *weight = (const uint8_t *)w.weight;
+    int64_t sums[INT4_ROWS * INT4_PASS_ROWS];
+    for (int64_t first = n0 / INT4_ROWS * INT4_ROWS; first < n1; first += INT4_ROWS) {
+        const int R = int(std::min<int64_t>(INT4_ROWS, w.n - first));
+        const uint8_t *bytes = weight + first * (kp / 2);
+        const int8_t *scales = w.groups + first * G;
+        for (int64_t i = 0; i < r.m; i += INT4_PASS_ROWS) {
+            const int M = int(std::min<int64_t>(INT4_PASS_ROWS, r.m - i));
+            const int8_t *xb = r.xb + i * kp;
+            const int32_t *offsets = r.xb_offsets + i * G;
+#if ZHIYIN_INT4_BLOCKS
+            if (R == INT4_ROWS) {
+                switch (M) {
+                case 1: int4_block<1>(xb, offsets, kp, bytes, scales, sums); break;
+                case 2: int4_block<2>(xb, offsets, kp, bytes, scales, sums); break;
+                case 3: int4_block<3>(xb, offsets, kp, bytes, scales, sums); break;
+                case 4: int4_block<4>(xb, offsets, kp, bytes, scales, sums); break;
+                case 5: int4_block<5>(xb, offsets, kp, bytes, scales, sums); break;
+                case 6: int4_block<6>(xb, offsets, kp, bytes, scales, sums); break;
+                case 7: int4_block<7>(xb, offsets, kp, bytes, scales, sums); break;
+                default: int4_block<8>(xb, offsets, kp, bytes, scales, sums);
+                }
+            } else
+#endif
+                int4_block_plain(xb, offsets, kp, bytes, scales, R, M, sums);
+            for (int64_t n = std::max(n0, first); n < std::min(n1, first + R); n++)
+                for (int m = 0; m < M; m++) {
+                    float *out = y + (i + m) * ldy + n;
+                    const float value =
+                        rounded(float(sums[(n - first) * M + m]) * (w.scale[n] * r.xscale[i + m]));
+                    *out = add ? *out + value : value;
+                }
+        }
+    }
+}
 
 // Integer weight rows as the int16 products read them: dots<NB, M>(xq, n, sums) -> the exact sums of weight rows
 // n..n+NB-1 against M rows of xq
@@ -452,18 +552,6 @@ struct Int8Weights {
 };
 #endif
 
-struct Int4Weights {
-    const uint8_t *w;
-    const int8_t *groups;
-    int64_t K, stride, group_stride;
-    explicit Int4Weights(const Linear &l)
-        : w((const uint8_t *)l.weight), groups(l.groups), K(l.k),
-          stride((l.k + INT4_BLOCK - 1) / INT4_BLOCK * (INT4_BLOCK / 2)), group_stride(2 * stride / INT4_GROUP) {}
-    template <int NB, int M>
-    void dots(const int16_t *xq, int64_t n, int64_t *sums) const {
-        int4_dots<NB, M>(xq, w + n * stride, groups + n * group_stride, K, stride, group_stride, sums);
-    }
-};
 
 // Block sizes of integer products (BENCHMARKS.md, "Kernel block sizes"). Up to STREAMED_ROWS activation rows the
 // product is bandwidth-bound: one weight row at a time against all of them. More rows are compute-bound: the
@@ -619,7 +707,7 @@ inline void amx_int8_range(const Linear &w, const Rows &r, float *y, int64_t ldy
 
 // y[m * ldy + n] (+)= rows . W[n] for n in [n0, n1), any number of rows (float weights MAX_ROWS at a time)
 inline void matvec(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
-    if (w.type == I4) return int16_matvec(Int4Weights(w), r, w.scale, w.k, y, ldy, add, n0, n1);
+    if (w.type == I4) return int4_range(w, r, y, ldy, add, n0, n1);
 #if ZHIYIN_INT16
     if (w.type == I8) {
         const Int8Weights rows{(const int8_t *)w.weight, w.k};
@@ -646,11 +734,12 @@ inline void matvec(const Linear &w, const Rows &r, float *y, int64_t ldy, bool a
     }
 }
 
-// This thread's share [n0, n1) of n output rows, in blocks of 8 so that the kernels' row blocks stay whole
+// This thread's share [n0, n1) of n output rows, in blocks of 16 so that the kernels' row blocks (8 rows of float
+// and int8 weights, int4's blocks and AMX's tiles of 16) stay whole
 inline void share(int64_t n, int thread, int threads, int64_t &n0, int64_t &n1) {
-    const int64_t blocks = (n + 7) / 8;
-    n0 = std::min(n, blocks * thread / threads * 8);
-    n1 = std::min(n, blocks * (thread + 1) / threads * 8);
+    const int64_t blocks = (n + INT4_ROWS - 1) / INT4_ROWS;
+    n0 = std::min(n, blocks * thread / threads * INT4_ROWS);
+    n1 = std::min(n, blocks * (thread + 1) / threads * INT4_ROWS);
 }
 
 }  // namespace zhiyin
