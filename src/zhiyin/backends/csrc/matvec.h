@@ -375,7 +375,7 @@ template <int M>
 inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
                        const int8_t *scales, int64_t *sums) {
     const int64_t G = kp / INT4_GROUP;
-    const __m512i nibble = _mm512_set1_epi8(15);
+    const __m512i nibble = _mm512_set1_epi8(15), high_nibble = _mm512_set1_epi8(char(0xf0));
     __m512i acc[M];
     for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_si512();
     for (int64_t g = 0; g < G; g++) {
@@ -384,7 +384,7 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
         for (int t = 0; t < 4; t++) {
             prefetch(p + 64 * t);
             const __m512i v = _mm512_loadu_si512(p + 64 * t);
-            low[t] = _mm512_and_si512(v, nibble), high[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+            low[t] = _mm512_and_si512(v, nibble), high[t] = _mm512_and_si512(v, high_nibble);  // 16 x the nibble
         }
         const __m512i scale = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(scales + g * 16)));
         for (int m = 0; m < M; m++) {
@@ -394,7 +394,8 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
                 a = _mm512_dpbusd_epi32(a, low[t], _mm512_set1_epi32(four_bytes(x + 8 * t)));
                 b = _mm512_dpbusd_epi32(b, high[t], _mm512_set1_epi32(four_bytes(x + 8 * t + 4)));
             }
-            const __m512i group = _mm512_sub_epi32(_mm512_add_epi32(a, b), _mm512_set1_epi32(offsets[m * G + g]));
+            const __m512i group = _mm512_sub_epi32(_mm512_add_epi32(a, _mm512_srai_epi32(b, 4)),  // b: 16 x its sums
+                                                   _mm512_set1_epi32(offsets[m * G + g]));
             acc[m] = _mm512_add_epi32(acc[m], _mm512_mullo_epi32(group, scale));
         }
     }
