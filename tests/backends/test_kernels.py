@@ -14,7 +14,14 @@ from zhiyin.backends.fused_step import FusedStep
 from zhiyin.backends.kernels import KernelLinear
 from zhiyin.backends.precision import plan
 from zhiyin.backends.select import set_kernels_enabled
-from zhiyin.modules.quantization import dequantize_int4, int4_blocks, int4_rows, quantize_int4, quantize_int8
+from zhiyin.modules.quantization import (
+    concatenate_int4,
+    dequantize_int4,
+    int4_blocks,
+    int4_rows,
+    quantize_int4,
+    quantize_int8,
+)
 
 from checkpoints import make_checkpoint
 from decoder_steps import compare_steps, make_decoder, text_condition
@@ -164,6 +171,19 @@ def test_int4_quantization():
     assert (dequantized - weight).norm() < 0.1 * weight.norm()  # 4 bits: about 8 % of a Gaussian's norm
     extreme = weight[:, :192].reshape(50, 6, 32).abs().argmax(dim=-1)  # each full group's largest becomes -8
     assert (values[:, :192].reshape(50, 6, 32).gather(-1, extreme[..., None]).abs()[[0, 1, 2, 5]] == 8).all()
+
+
+def test_int4_pieces_stack_into_one_weight():
+    """Pieces quantized apart (a checkpoint's q, k, v projections) stacked: the weight quantize_int4 makes of the
+    stacked rows, also where a piece ends inside a block of 16 rows"""
+    g = torch.Generator().manual_seed(5)
+    for rows in ([16, 32], [20, 30, 7]):
+        pieces = [torch.randn(n, 96, generator=g) for n in rows]
+        packed, _, groups = quantize_int4(torch.cat(pieces))
+        got = concatenate_int4([quantize_int4(p)[::2] for p in pieces])
+        assert torch.equal(got[0], packed) and torch.equal(got[1], groups), rows
+    with pytest.raises(ValueError, match="at most 32768 columns"):
+        quantize_int4(torch.zeros(1, 32769))
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 6, 8, 21])

@@ -170,8 +170,8 @@ class KernelLinear(nn.Module):
     """A bias-free linear layer (y = x W^T) whose products run in zhiyin's kernel (csrc/matvec.h).
 
     weight is float32, bfloat16 or int8 ([N, K], same key as nn.Linear's); int8 carries `scale` [N]; int4 is packed
-    in uint8 [N, K' / 2] with `scale` [N] and `groups` [N, K' / 32] (quantization.py's quantize_int4; K' is K
-    rounded up to 64, so in_features is given).
+    in uint8 [N, K' / 2] with `scale` [N] and `groups` [N, K' / 32], both in the kernels' order of 16-row blocks
+    (quantization.py's quantize_int4; K' is K rounded up to 32, so in_features is given).
     """
 
     def __init__(self, weight: Tensor, scale: Tensor | None = None, groups: Tensor | None = None, in_features=None):

@@ -139,6 +139,26 @@ void store_vector(const float *x, int64_t n, int8_t *to, float *scale) {
     *scale = s;
 }
 
+constexpr int64_t KV_AHEAD = 16;  // positions
+
+// out [V * LANES] = sum over t of p_t * values[t] (p_t = scores[t] x the value's scale), the sums held in registers
+// (in memory, each position's adds waited for the last one's stores), added in the same order: the same numbers
+template <int V, typename T>
+inline void weighted_values(const float *scores, const T *values, const float *value_scales, int64_t length,
+                            float *out) {
+    vf32 acc[V] = {};
+    for (int64_t t = 0; t < length; t++) {
+        const float p = value_scales ? scores[t] * value_scales[t] : scores[t];
+        for (int i = 0; i < V; i++) acc[i] += p * load(values + t * V * LANES + i * LANES);
+    }
+    for (int i = 0; i < V; i++) store(out + i * LANES, acc[i]);
+}
+
+template <typename T>
+inline void ask_for(const T *row, int64_t n) {  // n elements into the cache, a line at a time (a hint: never faults)
+    for (int64_t b = 0; b < n * int64_t(sizeof(T)); b += 64) __builtin_prefetch((const char *)row + b);
+}
+
 // One query q [dh] against keys/values [length, dh] (float32, bfloat16, or int8 with a scale per position):
 // softmax(q k^T / sqrt(dh) + mask) v -> out [dh]
 template <typename T>
@@ -146,7 +166,12 @@ void attend(const float *q, const T *keys, const float *key_scales, const T *val
             int64_t length, int64_t dh, const float *mask, float *scores, float *out) {
     const float scale = 1.f / std::sqrt(float(dh));
     float top = -std::numeric_limits<float>::infinity();
+    for (int64_t l = 0; l < std::min(length, KV_AHEAD); l++) ask_for(keys + l * dh, dh);
     for (int64_t l = 0; l < length; l++) {
+        // the cache's rows were pushed out of the CPU's caches by the step's weights: the keys a few positions ahead
+        // and the values (read next) asked for now, or each short run of rows waits on memory for its first ones
+        ask_for(keys + (l + KV_AHEAD) * dh, dh);
+        ask_for(values + l * dh, dh);
         float s = dot(q, keys + l * dh, dh) * (key_scales ? key_scales[l] * scale : scale) + (mask ? mask[l] : 0.f);
         scores[l] = s;
         top = std::max(top, s);
@@ -164,13 +189,18 @@ void attend(const float *q, const T *keys, const float *key_scales, const T *val
         scores[l] = e[0];
         sum += e[0];
     }
-    std::fill(out, out + dh, 0.f);
-    for (int64_t t = 0; t < length; t++) {
-        const float p = value_scales ? scores[t] * value_scales[t] : scores[t];
-        const T *v = values + t * dh;
-        int64_t j = 0;
-        for (; j + LANES <= dh; j += LANES) store(out + j, load(out + j) + p * load(v + j));
-        for (; j < dh; j++) out[j] += p * one(v + j);
+    switch (dh == 4 * LANES ? 4 : dh == 8 * LANES ? 8 : 0) {  // the published models' 64
+    case 4: weighted_values<4>(scores, values, value_scales, length, out); break;
+    case 8: weighted_values<8>(scores, values, value_scales, length, out); break;
+    default:
+        std::fill(out, out + dh, 0.f);
+        for (int64_t t = 0; t < length; t++) {
+            const float p = value_scales ? scores[t] * value_scales[t] : scores[t];
+            const T *v = values + t * dh;
+            int64_t j = 0;
+            for (; j + LANES <= dh; j += LANES) store(out + j, load(out + j) + p * load(v + j));
+            for (; j < dh; j++) out[j] += p * one(v + j);
+        }
     }
     const float inverse = 1.f / sum;
     for (int64_t j = 0; j < dh; j++) out[j] *= inverse;
@@ -225,7 +255,7 @@ int64_t zhiyin_struct_size(int which) {
     return which == 0 ? sizeof(Linear) : which == 1 ? sizeof(Layer) : which == 2 ? sizeof(Step) : -1;
 }
 
-int zhiyin_int16() { return INT16_ACTIVATIONS; }  // 1: int8 products take the activations as int16 (int4 always do)
+int zhiyin_int16() { return INT16_ACTIVATIONS; }  // 1: int8 products take the activations as int16 (int4 ones as int8)
 
 // The fewest rows whose int8 products run on AMX tiles (given the weights as tiles), or 0: built for a CPU without
 // them, or Linux does not let this process use them (the permission is asked for once, for every thread)
