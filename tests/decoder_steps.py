@@ -58,7 +58,7 @@ def positions(rows: int, first: int, last: int, device=None) -> torch.Tensor:
 
 def compare_steps(decoder, cross, rows, prefill=6, steps=5, tolerance=1e-5, prefix=None, build=FusedStep.build):
     """Prefill with PyTorch, then for each step: the built step's logits (FusedStep by default) vs the plain step's,
-    and the cache entry each wrote."""
+    and the cache entry each wrote (within 1 % of the largest, or the logits' tolerance where that is wider)."""
     K, V = decoder.config.num_codebooks, decoder.config.vocab_size
     device = decoder.final_norm.weight.device
     tokens = torch.randint(0, V + 1, (rows, K, prefill + steps)).to(device)  # V: pad token
@@ -78,6 +78,6 @@ def compare_steps(decoder, cross, rows, prefill=6, steps=5, tolerance=1e-5, pref
             assert (got - want).abs().max() <= tolerance * scale, (position, (got - want).abs().max() / scale)
             for (k, v), cache in zip(written, decoder.caches):  # the plain step rewrote the same entries
                 k_plain, v_plain = entry(cache, offset + position)
-                assert (k - k_plain).abs().max() <= 1e-2 * k_plain.abs().max() + 1e-5
-                assert (v - v_plain).abs().max() <= 1e-2 * v_plain.abs().max() + 1e-5
+                assert (k - k_plain).abs().max() <= max(1e-2, tolerance) * k_plain.abs().max() + 1e-5
+                assert (v - v_plain).abs().max() <= max(1e-2, tolerance) * v_plain.abs().max() + 1e-5
         decoder.free_caches()

@@ -14,8 +14,9 @@ from decoder_steps import compare_steps, make_decoder, text_condition
 # How far the fused step's logits may stray from the plain step's on the same weights. Both multiply integer
 # activations, but their layer norms, GELU and attention (C++ and PyTorch) differ in the last bits, and an
 # activation that lies at a rounding boundary then takes the next integer: 1/32767 of its row's largest for int8
-# weights (int16 activations), 1/127 for int4 (int8 activations), which now and then moves the logits by 1 %.
-INTEGER_TOLERANCE = {"int8": 1e-3, "int4": 2e-2}
+# weights (int16 activations), 1/127 for int4 (int8 activations), which now and then moves the logits and the
+# cache entries by 1-1.5 % (seen with PyTorch at AVX2 and at AVX-512).
+INTEGER_TOLERANCE = {"int8": 1e-3, "int4": 3e-2}
 
 
 @pytest.fixture(autouse=True)
