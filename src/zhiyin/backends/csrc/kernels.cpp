@@ -73,9 +73,14 @@ struct Activations {
     std::vector<int8_t> bytes;
     std::vector<int32_t> offsets;
     std::vector<float> scale;
-    void reserve(int64_t m, int64_t k) {
+    // room for m rows of k columns as w takes them (only ever grows; the threads then write rows in parallel)
+    void reserve(int64_t m, int64_t k, const Linear &w) {
         const int64_t kp = (k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP;
-        q.resize(m * k), bytes.resize(m * kp), offsets.resize(m * kp / INT4_GROUP), scale.resize(m);
+        const auto grow = [](auto &v, int64_t size) { if (int64_t(v.size()) < size) v.resize(size); };
+        const ActivationType type = activations(w);
+        if (type == INT16_ROWS) grow(q, m * k);
+        if (type == INT8_ROWS) grow(bytes, m * kp), grow(offsets, m * kp / INT4_GROUP);
+        if (type != FLOAT_ROWS) grow(scale, m);
     }
     // row r of x [m, k] into the copy w takes (rows split among threads write their own)
     void quantize(const float *x, int64_t r, int64_t k, const Linear &w) {
@@ -279,7 +284,7 @@ int zhiyin_openmp() { return 0; }
 // prefill) go over W in chunks of CHUNK_ROWS rows, each kept in cache while every activation row passes over it.
 void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int threads) {
     Activations input;
-    input.reserve(m, w->k);
+    input.reserve(m, w->k, *w);
     for (int64_t r = 0; r < m; r++) input.quantize(x, r, w->k, *w);
     const Rows all = input.rows(x, m, *w);
     #pragma omp parallel num_threads(threads)
@@ -306,7 +311,12 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *po
     std::vector<float> x(M * D), h(M * D), qkv(M * 3 * D), attention(M * D), q(M * D), hidden(M * F);
     std::vector<float> scores(size_t(s->threads) * longest);
     Activations input;  // the integer rows, shared by the threads
-    input.reserve(M, std::max(D, F));
+    for (int64_t i = 0; i < s->layers; i++) {
+        const Layer &L = s->layer[i];
+        for (const Linear *w : {&L.qkv, &L.self_out, &L.cross_q, &L.cross_out, &L.fc1}) input.reserve(M, D, *w);
+        input.reserve(M, F, L.fc2);
+    }
+    input.reserve(M, D, s->lm_heads[0]);
     std::unique_ptr<Team> team;  // made inside the parallel region, which knows how many threads it got
     const auto self_attend = s->cache_type == BF16 ? cache_and_attend<uint16_t>
                              : s->cache_type == I8 ? cache_and_attend<int8_t> : cache_and_attend<float>;
