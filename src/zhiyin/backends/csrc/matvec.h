@@ -487,10 +487,9 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
             }
         }
     }
+    int32_t lanes[4];
     for (int q = 0; q < 4; q++)
-        for (int m = 0; m < M; m++)
-        {
-            int32_t lanes[4];
+        for (int m = 0; m < M; m++) {
             vst1q_s32(lanes, acc[q][m]);
             for (int j = 0; j < 4; j++) sums[(4 * q + j) * M + m] = lanes[j];
         }
@@ -552,7 +551,6 @@ struct Int8Weights {
     }
 };
 #endif
-
 
 // Block sizes of integer products (BENCHMARKS.md, "Kernel block sizes"). Up to STREAMED_ROWS activation rows the
 // product is bandwidth-bound: one weight row at a time against all of them. More rows are compute-bound: the
