@@ -75,7 +75,7 @@ struct Activations {
     std::vector<float> scale;
     // room for m rows of k columns as w takes them (only ever grows; the threads then write rows in parallel)
     void reserve(int64_t m, int64_t k, const Linear &w) {
-        const int64_t kp = (k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP;
+        const int64_t kp = int4_columns(k);
         const auto grow = [](auto &v, int64_t size) { if (int64_t(v.size()) < size) v.resize(size); };
         const ActivationType type = activations(w);
         if (type == INT16_ROWS) grow(q, m * k);
@@ -84,7 +84,7 @@ struct Activations {
     }
     // row r of x [m, k] into the copy w takes (rows split among threads write their own)
     void quantize(const float *x, int64_t r, int64_t k, const Linear &w) {
-        const int64_t kp = (k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP;
+        const int64_t kp = int4_columns(k);
         const ActivationType type = activations(w);
         if (type == INT16_ROWS) quantize_rows(x + r * k, 1, k, q.data() + r * k, scale.data() + r);
         if (type == INT8_ROWS)

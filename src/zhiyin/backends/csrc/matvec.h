@@ -36,6 +36,9 @@ struct Linear {
 
 constexpr int INT4_GROUP = 32, INT4_ROWS = 16;
 
+// The columns int4 weights and their int8 activation rows are stored with: k rounded up to whole groups
+inline int64_t int4_columns(int64_t k) { return (k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP; }
+
 // The activation rows a product reads: x [m, k] float32, and for int8 weights (with VNNI) the same rows as
 // int16 with a scale per row (xq [m, k], xscale [m]); for int4 weights as int8 (xb [m, kp], kp = k rounded up to
 // 32, the padding zeros; xscale [m]) with 8 x each 32 columns' sum (xb_offsets [m, kp / 32]).
@@ -106,7 +109,7 @@ inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, flo
 // x [m, k] -> xb [m, kp] int8 (-127..127; kp = k rounded up to 32, the padding zeros), xscale [m], and offsets
 // [m, kp / 32]: 8 x the sum of each 32 columns of xb (what int4's value + 8 adds to a group's sum)
 inline void quantize_bytes(const float *x, int64_t m, int64_t k, int8_t *xb, int32_t *offsets, float *xscale) {
-    const int64_t kp = (k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP;
+    const int64_t kp = int4_columns(k);
     for (int64_t r = 0; r < m; r++) {
         const float *row = x + r * k;
         int8_t *out = xb + r * kp;
@@ -502,7 +505,7 @@ constexpr int INT4_PASS_ROWS = 8;
 // Weight rows [n0, n1) against all rows of r: block by block (16 rows), the activation rows INT4_PASS_ROWS at a
 // time (registers); a block the range cuts is computed whole and only the range's rows written
 inline void int4_range(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
-    const int64_t kp = (w.k + INT4_GROUP - 1) / INT4_GROUP * INT4_GROUP, G = kp / INT4_GROUP;
+    const int64_t kp = int4_columns(w.k), G = kp / INT4_GROUP;
     const uint8_t *weight = (const uint8_t *)w.weight;
     int64_t sums[INT4_ROWS * INT4_PASS_ROWS];
     for (int64_t first = n0 / INT4_ROWS * INT4_ROWS; first < n1; first += INT4_ROWS) {
