@@ -85,12 +85,14 @@ def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
     step = decoder_step(decoder, text_condition(decoder, 2))
     assert isinstance(step, FusedStep)
     at = torch.zeros(2, dtype=torch.long)
-    with pytest.raises(IndexError, match="values in 0..64"):
-        step(torch.full((2, 4), 65), at)  # past the pad token
+    for bad in (65, -1):  # past the pad token, negative: the C++ side refuses them before it computes
+        with pytest.raises(IndexError, match="values in 0..64"):
+            step(torch.full((2, 4), bad), at)
     with pytest.raises(IndexError, match=r"must be \[2, 4\]"):
         step(torch.zeros(3, 4, dtype=torch.long), at)
-    with pytest.raises(IndexError, match="outside the KV cache"):
-        step(torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 8]))
+    for bad in ([0, 8], [-1, 0]):
+        with pytest.raises(IndexError, match="outside the KV cache"):
+            step(torch.zeros(2, 4, dtype=torch.long), torch.tensor(bad))
     previous = set_kernels_enabled(False)
     try:
         assert isinstance(decoder_step(decoder, text_condition(decoder, 2)), PlainStep)

@@ -1,26 +1,93 @@
-"""sampling.draw against torch.multinomial, whose random numbers the reference uses: same tokens, same RNG state."""
+"""sampling.next_tokens: the reference's tokens from the reference's random numbers (torch.multinomial's), and the
+same tokens from the kernel's one call as from the PyTorch ops."""
 
+import pytest
 import torch
 
-from zhiyin.generation.sampling import draw, filter_top_k
+from zhiyin.backends import kernels
+from zhiyin.backends.select import set_kernels_enabled
+from zhiyin.generation.options import SamplingSettings
+from zhiyin.generation.sampling import apply_guidance, exponential_noise, filter_top_k, next_tokens
+
+needs_kernels = pytest.mark.skipif(kernels.library() is None, reason="no C++ compiler: the kernels cannot be built")
 
 
-def test_draw_is_multinomial_without_its_check():
+def pytorch_next_tokens(logits, settings, generator):
+    previous = set_kernels_enabled(False)
+    try:
+        return next_tokens(logits, settings, generator)
+    finally:
+        set_kernels_enabled(previous)
+
+
+def test_noise_draw_is_multinomial_without_its_check():
     for seed in range(50):
         scores = filter_top_k(torch.randn(8, 2048, generator=torch.Generator().manual_seed(seed)) * 3, 250)
         probs = scores.softmax(dim=-1)  # zeros outside the top 250
         ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-        tokens = draw(probs, ours)
+        tokens = (probs / exponential_noise(probs.shape, probs.device, ours)).argmax(dim=-1)
         assert torch.equal(tokens, torch.multinomial(probs, 1, generator=theirs)[:, 0])
         assert torch.equal(ours.get_state(), theirs.get_state())  # the next step's numbers stay in step too
         assert (probs.gather(1, tokens[:, None]) > 0).all()
-    torch.manual_seed(3)  # the global generator, as generate() without `generator=` uses it
-    tokens = draw(probs)
-    torch.manual_seed(3)
-    assert torch.equal(tokens, torch.multinomial(probs, 1)[:, 0])
 
 
-def test_draw_follows_the_probabilities():
-    probs = torch.tensor([[0.7, 0.2, 0.1, 0.0]]).expand(20000, 4)
-    counts = torch.bincount(draw(probs, torch.Generator().manual_seed(0)), minlength=4) / 20000
-    assert torch.allclose(counts, probs[0], atol=0.01)
+def test_next_tokens_are_the_references():
+    """guidance, top-k, softmax, then torch.multinomial (what the reference runs), from the global generator"""
+    settings = SamplingSettings(do_sample=True, guidance_scale=3.0, top_k=250)
+    for seed in range(20):
+        logits = torch.randn(4, 4, 2048, generator=torch.Generator().manual_seed(seed)) * 4  # 2 items, guided
+        probs = filter_top_k(apply_guidance(logits, 3.0).reshape(8, 2048), 250).softmax(dim=-1)
+        torch.manual_seed(seed)
+        want = torch.multinomial(probs, 1)[:, 0].view(2, 4)
+        torch.manual_seed(seed)
+        assert torch.equal(next_tokens(logits, settings), want)
+
+
+SETTINGS = [
+    SamplingSettings(do_sample=True, guidance_scale=3.0, top_k=250),  # musicgen's defaults
+    SamplingSettings(do_sample=False, guidance_scale=3.0),
+    SamplingSettings(do_sample=False, guidance_scale=None),
+    SamplingSettings(do_sample=True, guidance_scale=None, top_k=None, temperature=0.7),
+    SamplingSettings(do_sample=True, guidance_scale=2.5, top_k=5, temperature=1.3),
+    SamplingSettings(do_sample=True, guidance_scale=1.0, top_k=1),
+    SamplingSettings(do_sample=True, guidance_scale=3.0, top_k=5000),  # more than the vocabulary: all kept
+    SamplingSettings(do_sample=True, guidance_scale=3.0, top_k=50, top_p=0.9),  # top-p: PyTorch's ops alone
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_kernel_chooses_the_pytorch_tokens(settings):
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        rows = 6 if settings.uses_guidance else 3
+        logits = torch.randn(rows, 4, 2048, generator=g) * (1 + seed % 6)
+        if seed % 4 == 1:  # exact ties: greedy takes the first, top-k keeps every tie of the k-th
+            logits = (logits * 2).round() / 2
+        if seed % 4 == 2:  # scores that are never chosen
+            logits[:, :, ::3] = float("-inf")
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert torch.equal(next_tokens(logits, settings, ours), pytorch_next_tokens(logits, settings, theirs))
+        assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+@needs_kernels
+def test_kernel_leaves_nan_scores_to_pytorch():
+    logits = torch.randn(2, 4, 64)
+    logits[0, 1, 7] = float("nan")
+    settings = SamplingSettings(do_sample=True, guidance_scale=3.0, top_k=10)
+    assert kernels.choose(logits, 3.0, 1.0, 10, exponential_noise((4, 64), "cpu")) is None
+    ours, theirs = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(next_tokens(logits, settings, ours), pytorch_next_tokens(logits, settings, theirs))
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_draws_follow_the_probabilities(kernel):
+    probs = torch.tensor([0.7, 0.2, 0.1, 0.0])
+    logits = probs.log().expand(20000, 1, 4)
+    previous = set_kernels_enabled(kernel)
+    try:
+        tokens = next_tokens(logits, SamplingSettings(top_k=None), torch.Generator().manual_seed(0))
+    finally:
+        set_kernels_enabled(previous)
+    assert torch.allclose(torch.bincount(tokens.flatten(), minlength=4) / 20000, probs, atol=0.01)

@@ -109,6 +109,8 @@ def build(march: str = "native") -> ctypes.CDLL:
     p = ctypes.c_void_p
     lib.zhiyin_linear.argtypes = [ctypes.POINTER(LinearWeights), p, p, ctypes.c_int64, ctypes.c_int]
     lib.zhiyin_decoder_step.argtypes = [p, p, p, p]
+    lib.zhiyin_choose.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_float]
+    lib.zhiyin_choose.argtypes += [ctypes.c_int64, p, p]
     lib.zhiyin_struct_size.argtypes = [ctypes.c_int]
     lib.zhiyin_struct_size.restype = ctypes.c_int64
     check_mirror(lib, LinearWeights, 0)
@@ -255,6 +257,37 @@ class KernelLinear(nn.Module):
     def quantized(self) -> str | None:
         """'int8', 'int4', or None for float weights"""
         return "int4" if self.groups is not None else "int8" if self.scale is not None else None
+
+
+def choose(
+    logits: Tensor, guidance: float | None, temperature: float, top_k: int | None, noise: Tensor | None
+) -> Tensor | None:
+    """One request's next tokens [items * K] from its logits [R, K, V] in one kernel call (csrc/kernels.cpp's
+    zhiyin_choose: guidance, temperature, top-k, softmax, the draw with PyTorch's Exp(1) noise [items * K, V]; no
+    noise: greedy), the tokens generation/sampling.py's PyTorch ops choose. None where it does not run: no kernels,
+    logits not float32 on the CPU, or a NaN score."""
+    lib = library()
+    if lib is None or logits.device.type != "cpu" or logits.dtype != torch.float32:
+        return None
+    logits = logits.contiguous()
+    R, K, V = logits.shape
+    items = R // 2 if guidance is not None else R
+    tokens = torch.empty(items * K, dtype=torch.int64)
+    if noise is not None:
+        noise = noise.contiguous()
+        assert noise.shape == (items * K, V) and noise.dtype == torch.float32
+    failed = lib.zhiyin_choose(
+        logits.data_ptr(),
+        items,
+        K,
+        V,
+        guidance or 0.0,
+        temperature,
+        top_k or 0,
+        None if noise is None else noise.data_ptr(),
+        tokens.data_ptr(),
+    )
+    return None if failed else tokens
 
 
 def check_quantize(quantize: str | None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..backends import kernels
 from .options import SamplingSettings
 
 
@@ -33,11 +34,26 @@ def filter_top_p(scores: Tensor, p: float) -> Tensor:
 
 
 def next_tokens(logits: Tensor, settings: SamplingSettings, generator: torch.Generator | None = None) -> Tensor:
-    """logits [R, K, V] (R = 2B with guidance) -> tokens [B, K]."""
+    """logits [R, K, V] (R = 2B with guidance) -> tokens [B, K]. On the CPU one kernel call does what the PyTorch
+    ops below do (backends/kernels.py's choose: the same tokens, without ~10 small ops a step); top-p stays here."""
     scores = logits.float()
-    if settings.uses_guidance:
+    guided = settings.uses_guidance
+    B, K, V = scores.shape[0] // (2 if guided else 1), *scores.shape[1:]
+    # the filters draw no random numbers, so the noise drawn first is the reference's
+    noise = exponential_noise((B * K, V), scores.device, generator) if settings.do_sample else None
+    top_p = settings.top_p if settings.do_sample and settings.top_p is not None and settings.top_p < 1.0 else None
+    if top_p is None:
+        tokens = kernels.choose(
+            scores,
+            settings.guidance_scale if guided else None,
+            settings.temperature if settings.do_sample else 1.0,
+            settings.top_k if settings.do_sample else None,
+            noise,
+        )
+        if tokens is not None:
+            return tokens.view(B, K)
+    if guided:
         scores = apply_guidance(scores, settings.guidance_scale)
-    B, K, V = scores.shape
     scores = scores.reshape(B * K, V)
     if not settings.do_sample:
         return scores.argmax(dim=-1).view(B, K)
@@ -45,14 +61,13 @@ def next_tokens(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
         scores = scores / settings.temperature
     if settings.top_k is not None:
         scores = filter_top_k(scores, settings.top_k)
-    if settings.top_p is not None and settings.top_p < 1.0:
-        scores = filter_top_p(scores, settings.top_p)
-    return draw(scores.softmax(dim=-1), generator).view(B, K)
+    if top_p is not None:
+        scores = filter_top_p(scores, top_p)
+    return (scores.softmax(dim=-1) / noise).argmax(dim=-1).view(B, K)
 
 
-def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One token per row of probs [N, V] -> [N]: torch.multinomial(probs, 1)'s own algorithm (the argmax of probs
-    over Exp(1) noise), the same random numbers and so the same tokens (the reference samples with multinomial), but
-    without multinomial's check of the probabilities, which waits for the GPU at every step."""
-    noise = torch.empty_like(probs).exponential_(1, generator=generator)
-    return (probs / noise).argmax(dim=-1)
+def exponential_noise(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """Exp(1) numbers [N, V] for one draw per row: torch.multinomial(probs, 1)'s own algorithm takes the argmax of
+    probs / these, so drawing them here gives its tokens from its random numbers (the reference samples with
+    multinomial) without its check of the probabilities, which waits for the GPU at every step."""
+    return torch.empty(shape, device=device).exponential_(1, generator=generator)

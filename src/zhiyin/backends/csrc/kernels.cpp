@@ -19,6 +19,7 @@ inline int omp_get_num_threads() { return 1; }
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -211,6 +212,43 @@ void attend(const float *q, const T *keys, const float *key_scales, const T *val
     for (int64_t j = 0; j < dh; j++) out[j] *= inverse;
 }
 
+// Guided scores of one codebook's row: uncond + (cond - uncond) * guidance, rounded as PyTorch's three float ops are
+// (no fused multiply-add: greedy decoding takes exact ties as the reference does), or cond itself (uncond null).
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+void guide(const float *cond, const float *uncond, float guidance, int64_t V, float *out) {
+#ifdef __clang__
+#pragma clang fp contract(off)
+#endif
+    if (!uncond) {
+        std::copy(cond, cond + V, out);
+        return;
+    }
+    for (int64_t j = 0; j < V; j++) out[j] = uncond[j] + (cond[j] - uncond[j]) * guidance;
+}
+
+// the largest of x [n] (no NaN in it) and the first index holding it (torch.argmax's)
+int64_t first_largest(const float *x, int64_t n) {
+    vf32 most = splat(-std::numeric_limits<float>::infinity());
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES) most = select(load(x + j) > most, load(x + j), most);
+    float top = most[0];
+    for (int i = 1; i < LANES; i++) top = std::max(top, most[i]);
+    for (; j < n; j++) top = std::max(top, x[j]);
+    return std::find(x, x + n, top) - x;
+}
+
+bool has_nan(const float *x, int64_t n) {
+    vi32 nan = {};
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES) nan |= load(x + j) != load(x + j);
+    bool any = false;
+    for (int i = 0; i < LANES; i++) any |= nan[i] != 0;
+    for (; j < n; j++) any |= std::isnan(x[j]);
+    return any;
+}
+
 }  // namespace
 
 // The weights and state of one decoder step; fused_step.py mirrors the layout in ctypes (checked at load by size).
@@ -304,9 +342,12 @@ void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int thr
 
 // tokens [rows, codebooks], row m at positions[m] (0-based; its KV cache holds the positions before it) -> logits
 // [rows, codebooks, vocab]; writes each row's keys/values at its position into the cache. Row m is the cache's (and
-// the text's) row first_row + m.
-void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *positions, float *logits) {
+// the text's) row first_row + m. Returns 0, or with nothing computed 1 for a token outside 0..vocab (the pad token),
+// 2 for a position outside the cache.
+int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *positions, float *logits) {
     const int64_t M = s->rows, D = s->dim, H = s->heads, dh = D / H, F = s->ffn_dim, V = s->vocab;
+    if (std::any_of(tokens, tokens + M * s->codebooks, [&](int64_t t) { return t < 0 || t > V; })) return 1;
+    if (std::any_of(positions, positions + M, [&](int64_t p) { return p < 0 || p >= s->max_len; })) return 2;
     const int64_t longest = std::max(s->max_len, s->text_len);
     std::vector<float> x(M * D), h(M * D), qkv(M * 3 * D), attention(M * D), q(M * D), hidden(M * F);
     std::vector<float> scores(size_t(s->threads) * longest);
@@ -416,6 +457,54 @@ void zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *po
         prepare(x.data(), D, s->lm_heads[0], s->norm_weight, s->norm_bias, h.data());
         for (int64_t c = 0; c < s->codebooks; c++) product(s->lm_heads[c], logits + c * V, s->codebooks * V, false);
     }
+    return 0;
+}
+
+
+// One request's next tokens, as generation/sampling.py's PyTorch path chooses them: logits [R, K, V], with guidance
+// R = 2 * items rows, the conditional ones first (guidance 0: R = items, unguided); the scores divided by
+// temperature, the top_k largest of each row kept (ties with the k-th kept; 0: all), their softmax, and the token
+// that maximizes probability / noise, noise [items * K, V] being the Exp(1) numbers PyTorch drew
+// (torch.multinomial's algorithm); no noise: the largest guided score (greedy). tokens [items * K]. Returns 1 with
+// no token written where a score is NaN (the PyTorch path then decides, as the reference does), else 0.
+int zhiyin_choose(const float *logits, int64_t items, int64_t K, int64_t V, float guidance, float temperature,
+                  int64_t top_k, const float *noise, int64_t *tokens) {
+    std::vector<float> scores(V), kept(V);
+    for (int64_t row = 0; row < items * K; row++) {
+        const float *uncond = guidance > 0 ? logits + (items * K + row) * V : nullptr;
+        guide(logits + row * V, uncond, guidance, V, scores.data());
+        if (has_nan(scores.data(), V)) return 1;
+        if (!noise) {
+            tokens[row] = first_largest(scores.data(), V);
+            continue;
+        }
+        if (temperature != 1.f)
+            for (float &x : scores) x /= temperature;
+        float kth = -std::numeric_limits<float>::infinity();
+        if (top_k > 0 && top_k < V) {
+            kept = scores;
+            std::nth_element(kept.begin(), kept.begin() + (top_k - 1), kept.end(), std::greater<float>());
+            kth = kept[top_k - 1];
+        }
+        // the kept scores' exponentials (0 for the rest), their sum, then the probabilities over the noise
+        const float top = scores[first_largest(scores.data(), V)];
+        vf32 total = {};
+        int64_t j = 0;
+        for (; j + LANES <= V; j += LANES) {
+            const vf32 x = load(scores.data() + j), e = select(x >= splat(kth), zhiyin::exp(x - top), vf32{});
+            store(kept.data() + j, e);
+            total += e;
+        }
+        float sum = hsum(total);
+        for (; j < V; j++) {
+            kept[j] = scores[j] >= kth ? zhiyin::exp(splat(scores[j] - top))[0] : 0.f;
+            sum += kept[j];
+        }
+        const float *n = noise + row * V;
+        for (j = 0; j < V; j++) kept[j] = kept[j] / sum / n[j];
+        tokens[row] = first_largest(kept.data(), V);
+    }
+    return 0;
 }
 
 }  // extern "C"
