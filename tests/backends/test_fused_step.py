@@ -153,6 +153,33 @@ def test_thread_count_follows_the_fastest_recent_steps():
     assert ThreadCount(1).counts == [1] and ThreadCount(2).counts == [2, 1]
 
 
+def test_a_fused_steps_first_call_is_not_a_thread_probe():
+    """The first step of a generation writes fresh pages of the KV cache: it runs on the chosen count, untimed."""
+    decoder = make_decoder(seed=2)
+    kernels.accelerate_decoder(decoder)
+    cross = text_condition(decoder, 2)
+    decoder.setup_caches(2, 8)
+    step = FusedStep.build(decoder, cross)
+    calls = []
+
+    class Recording:
+        choice = 1
+
+        def next(self, rows):
+            calls.append("next")
+            return 1
+
+        def record(self, count, seconds):
+            calls.append("record")
+
+    step.threads = Recording()
+    tokens = torch.zeros(2, 4, dtype=torch.long)
+    step(tokens, torch.tensor([0, 0]))
+    assert calls == [] and step.step.threads == 1
+    step(tokens, torch.tensor([1, 1]))
+    assert calls == ["next", "record"]
+
+
 @pytest.mark.parametrize("quantize", [None, "int8", "int4"])
 def test_a_step_of_some_rows_from_first_row(quantize):
     """step(tokens, positions, first_row): rows first_row.. alone (a request's first position, admitted beside
