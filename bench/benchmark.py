@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import PYTORCH_LEVELS
+
 HERE = Path(__file__).resolve().parent
 MODES = [
     "zhiyin-float32",
@@ -52,14 +54,6 @@ PROMPTS = [
     "lofi slow bpm electro chill with organic samples",
     "a jazz vibraphone solo over a walking bass line",
 ]
-
-
-# --march levels below AVX-512: PyTorch computes as such a CPU does too (its own kernels, and oneDNN's)
-PYTORCH_LEVELS = {
-    "x86-64-v3": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "x86-64-v2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-    "x86-64": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-}
 
 
 def make_checkpoint(shape: str, folder: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "bench" / "benchmark.py"
+AB_KERNELS = BENCHMARK.with_name("ab_kernels.py")
 
 
 def test_benchmark_runs_zhiyin_and_transformers_side_by_side(tiny_checkpoint, tmp_path):
@@ -61,3 +62,19 @@ def test_benchmark_on_cuda_without_a_gpu_says_so(tmp_path):
     )
     assert done.returncode != 0 and "sees no CUDA GPU" in done.stderr
     assert not any(tmp_path.iterdir())  # nothing made
+
+
+def test_ab_kernels_alternates_this_trees_kernels_with_a_revisions(tiny_checkpoint):
+    in_git = subprocess.run(["git", "-C", str(BENCHMARK.parent), "rev-parse", "HEAD"], capture_output=True)
+    if in_git.returncode != 0:
+        pytest.skip("not a git checkout: there is no earlier revision to build")
+    folder, _ = tiny_checkpoint
+    command = [sys.executable, str(AB_KERNELS), "--checkpoint", str(folder), "--old", "HEAD", "--runs", "2"]
+    done = subprocess.run([*command, "--steps", "6", "--modes", "int4"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("int4 ")]
+    assert [row[1] for row in rows] == ["1", "2", "mean"]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows[:2])  # old and new ms, each run
+    assert math.isfinite(float(rows[2][3]))
+    done = subprocess.run([*command[:4], "--old", "no-such-revision"], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "--old no-such-revision" in done.stderr

@@ -35,8 +35,7 @@ from ..files import write_atomic
 from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_weight
 from .precision import Precision, place, plan
 
-SOURCES = Path(__file__).with_name("csrc")
-SOURCE = SOURCES / "kernels.cpp"
+SOURCES = Path(__file__).with_name("csrc")  # kernels.cpp and the headers it includes
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]  # and -fopenmp, -march=<target> (_compile)
 MAX_STEP_ROWS = 64  # rows of one fused step
 MAX_ROWS = 8  # rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but for int8/int4 weights
@@ -63,10 +62,10 @@ def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
 
-def _compile(target: Path, march: str, compiler: str | None) -> None:
-    """Compile the kernels into target: with OpenMP if the compiler has it (else on one thread: Apple's clang, clang
-    without libomp), for -march (or, on ARM, -mcpu=native where the compiler knows no -march=native; on x86 -mcpu
-    only tunes, and would build for the oldest x86 without a word)."""
+def _compile(target: Path, march: str, compiler: str | None, sources: Path) -> None:
+    """Compile sources/kernels.cpp into target: with OpenMP if the compiler has it (else on one thread: Apple's
+    clang, clang without libomp), for -march (or, on ARM, -mcpu=native where the compiler knows no -march=native; on
+    x86 -mcpu only tunes, and would build for the oldest x86 without a word)."""
     if compiler is None:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +76,7 @@ def _compile(target: Path, march: str, compiler: str | None) -> None:
         first_error = None
         for openmp in (["-fopenmp"], []):
             for arch in targets:
-                command = [compiler, *FLAGS, *openmp, arch, str(SOURCE), "-o", output]
+                command = [compiler, *FLAGS, *openmp, arch, str(sources / "kernels.cpp"), "-o", output]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode == 0:
                     if not openmp:
@@ -88,23 +87,24 @@ def _compile(target: Path, march: str, compiler: str | None) -> None:
                         )
                     return
                 first_error = first_error or done.stderr.strip()
-        raise RuntimeError(f"compiling {SOURCE.name} failed: {first_error[-500:]}")
+        raise RuntimeError(f"compiling kernels.cpp failed: {first_error[-500:]}")
 
     write_atomic(target, compile_into)
 
 
-def build(march: str = "native") -> ctypes.CDLL:
+def build(march: str = "native", sources: Path = SOURCES) -> ctypes.CDLL:
     """The kernels compiled for `march` (the compiler's -march: this CPU by default; the tests also build older x86
-    levels), built once into ~/.cache/zhiyin or $ZHIYIN_CACHE and loaded. Raises RuntimeError or OSError."""
-    sources = b"".join(path.read_bytes() for path in sorted(SOURCES.iterdir()) if path.suffix in (".cpp", ".h"))
+    levels) from `sources` (bench/ab_kernels.py builds an older revision's), built once into ~/.cache/zhiyin or
+    $ZHIYIN_CACHE and loaded. Raises RuntimeError or OSError."""
+    text = b"".join(path.read_bytes() for path in sorted(sources.iterdir()) if path.suffix in (".cpp", ".h"))
     compiler = _compiler()
     signature = " ".join([str(compiler), *FLAGS, march]) + (_cpu_signature() if march == "native" else "")
-    key = hashlib.sha256(sources + signature.encode()).hexdigest()[:16]
+    key = hashlib.sha256(text + signature.encode()).hexdigest()[:16]
     cache = Path(os.environ.get("ZHIYIN_CACHE") or Path.home() / ".cache" / "zhiyin")
     target = cache / f"kernels-{key}.so"
     if not target.exists():
         print(f"zhiyin: compiling the CPU kernels into {cache} (once per machine, a few seconds)", file=sys.stderr)
-        _compile(target, march, compiler)
+        _compile(target, march, compiler, sources)
     lib = ctypes.CDLL(str(target))
     p = ctypes.c_void_p
     lib.zhiyin_linear.argtypes = [ctypes.POINTER(LinearWeights), p, p, ctypes.c_int64, ctypes.c_int]
