@@ -92,3 +92,9 @@ def test_draws_follow_the_probabilities(kernel):
     finally:
         set_kernels_enabled(previous)
     assert torch.allclose(torch.bincount(tokens.flatten(), minlength=4) / 20000, probs, atol=0.01)
+
+
+def test_the_kernel_is_not_built_for_logits_off_the_cpu(monkeypatch):
+    """a GPU's generation samples with PyTorch's ops and never compiles the CPU kernels"""
+    monkeypatch.setattr(kernels, "library", lambda: pytest.fail("the kernels were asked for"))
+    assert kernels.choose(torch.zeros(2, 4, 8, device="meta"), 3.0, 1.0, 5, None) is None

@@ -266,8 +266,10 @@ def choose(
     zhiyin_choose: guidance, temperature, top-k, softmax, the draw with PyTorch's Exp(1) noise [items * K, V]; no
     noise: greedy), the tokens generation/sampling.py's PyTorch ops choose. None where it does not run: no kernels,
     logits not float32 on the CPU, or a NaN score."""
-    lib = library()
-    if lib is None or logits.device.type != "cpu" or logits.dtype != torch.float32:
+    if logits.device.type != "cpu" or logits.dtype != torch.float32:
+        return None
+    lib = library()  # (built at its first use on the CPU: a GPU's generation never compiles it)
+    if lib is None:
         return None
     logits = logits.contiguous()
     R, K, V = logits.shape
