@@ -264,7 +264,8 @@ def choose(
 ) -> Tensor | None:
     """One request's next tokens [items * K] from its logits [R, K, V] in one kernel call (csrc/kernels.cpp's
     zhiyin_choose: guidance, temperature, top-k, softmax, the draw with PyTorch's Exp(1) noise [items * K, V]; no
-    noise: greedy), the tokens generation/sampling.py's PyTorch ops choose. None where it does not run: no kernels,
+    noise: greedy), the tokens generation/sampling.py's PyTorch ops choose (the two softmaxes may differ in the last
+    bit, which decides a draw only where two candidates tie to that bit). None where it does not run: no kernels,
     logits not float32 on the CPU, or a NaN score."""
     if logits.device.type != "cpu" or logits.dtype != torch.float32:
         return None
