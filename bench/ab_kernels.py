@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PYTORCH_LEVELS, checkpoint
+from common import checkpoint, worker_environment
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CSRC = "src/zhiyin/backends/csrc"
@@ -108,12 +108,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, folder, args.old, args.batch, args.steps)))
         return
-    env = {
-        **os.environ,
-        "TQDM_DISABLE": "1",
-        **({"ZHIYIN_KERNELS_MARCH": args.march} if args.march else {}),
-        **PYTORCH_LEVELS.get(args.march, {}),
-    }
+    with tempfile.TemporaryDirectory() as temporary:
+        old_sources(args.old, Path(temporary))  # a revision git does not know fails here, before any model loads
+    env = worker_environment(args.march)
     print(f"new: this tree's kernels; old: {args.old}'s. Fused step, {2 * args.batch} rows, median ms")
     print(f"{'mode':10s} {'run':>4s} {'old':>9s} {'new':>9s} {'new/old':>8s}")
     for mode in args.modes:

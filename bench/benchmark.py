@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import PYTORCH_LEVELS
+from common import worker_environment
 
 HERE = Path(__file__).resolve().parent
 MODES = [
@@ -316,13 +316,7 @@ def main() -> None:
             "--device",
             args.device,
         ]
-        env = {
-            **os.environ,
-            "TQDM_DISABLE": "1",
-            **({"ZHIYIN_KERNELS_MARCH": args.march} if args.march else {}),
-            **PYTORCH_LEVELS.get(args.march, {}),
-        }
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, env=worker_environment(args.march))
         if done.returncode != 0:
             print(f"{mode} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
             continue

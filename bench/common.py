@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,17 @@ PYTORCH_LEVELS = {
     "x86-64-v2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
     "x86-64": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
 }
+
+
+def worker_environment(march: str | None) -> dict[str, str]:
+    """The environment of a benchmark's worker process: kernels built for `march` (None: this CPU's) and, below
+    AVX-512, PyTorch computing at that level too; no progress bars."""
+    return {
+        **os.environ,
+        "TQDM_DISABLE": "1",
+        **({"ZHIYIN_KERNELS_MARCH": march} if march else {}),
+        **PYTORCH_LEVELS.get(march, {}),
+    }
 
 
 def checkpoint(folder: Path | None, shape: str) -> Path:
