@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import heap
+
 # x86 flags (/proc/cpuinfo) of native bfloat16 / float16 arithmetic, and aarch64 features
 _NATIVE_FLAGS = {
     torch.bfloat16: ({"avx512_bf16", "amx_bf16"}, {"bf16"}),
@@ -60,11 +62,16 @@ def plan(device: torch.device | None, dtype: torch.dtype, quantize: str | None) 
 
 def place(decoder: nn.Module, precision: Precision) -> None:
     """Put a decoder whose linear weights are already in place (float, int8 or int4) in the plan's dtypes: its other
-    parameters (norms, embeddings) in the activations' dtype, and its KV cache in the plan's."""
+    parameters (norms, embeddings) in the activations' dtype, and its KV cache in the plan's. On the CPU the linear
+    layers' weights, which every step reads whole, go onto huge pages (heap.onto_huge_pages)."""
+    linear = []
     for module in decoder.modules():
-        if not hasattr(module, "in_features"):  # linear layers (nn.Linear, KernelLinear) keep their weights' dtype
+        if hasattr(module, "in_features"):  # linear layers (nn.Linear, KernelLinear) keep their weights' dtype
+            linear += module.parameters(recurse=False)
+        else:
             for param in module.parameters(recurse=False):
                 param.data = param.data.to(precision.activations)
+    heap.onto_huge_pages(linear)
     decoder.cache_dtype = precision.cache
 
 
