@@ -14,6 +14,7 @@ from zhiyin.backends.fused_step import FusedStep
 from zhiyin.backends.kernels import KernelLinear
 from zhiyin.backends.precision import plan
 from zhiyin.backends.select import set_kernels_enabled
+from zhiyin.modules import encodec
 from zhiyin.modules.quantization import (
     concatenate_int4,
     dequantize_int4,
@@ -215,6 +216,44 @@ def test_int4_rows_do_not_depend_on_the_rows_beside_them(N):
 def test_more_rows_than_the_kernel_takes_fall_back_to_pytorch():
     weight, x = torch.randn(64, 32), torch.randn(3, 7, 32)  # 21 rows
     assert torch.allclose(KernelLinear(weight)(x), F.linear(x, weight), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+def test_recurrent_product_is_pytorchs(monkeypatch, dtype, rows):
+    """EnCodec's LSTM product inputs + h W^T on the kernels: PyTorch's numbers up to the order of the sums; more
+    rows than the kernels take, or a weight that is not contiguous, go to PyTorch itself."""
+    g = torch.Generator().manual_seed(rows)
+    weight, h, inputs = (torch.randn(*shape, generator=g).to(dtype) for shape in ((256, 64), (rows, 64), (rows, 256)))
+    calls = []
+    product = kernels._product
+    monkeypatch.setattr(kernels, "_product", lambda *a: calls.append(1) or product(*a))
+    got = kernels.recurrent_product(inputs, h, weight)
+    assert got.dtype == dtype and got.shape == (rows, 256)
+    assert len(calls) == (rows <= kernels.MAX_ROWS)
+    want = torch.addmm(inputs.float(), h.float(), weight.float().t())
+    assert (got.float() - want).abs().max() <= (1e-5 if dtype == torch.float32 else 2e-2) * want.abs().max()
+    transposed = weight.t().contiguous().t()  # the same values, not contiguous
+    assert torch.equal(kernels.recurrent_product(inputs, h, transposed), torch.addmm(inputs, h, transposed.t()))
+    assert len(calls) == (rows <= kernels.MAX_ROWS)
+
+
+def test_the_codecs_decoder_lstm_runs_on_the_kernels(tiny_checkpoint):
+    """from_pretrained gives the codec's decoder LSTMs the kernels' recurrent product (same audio up to rounding);
+    the encoder's keep PyTorch's, whose outputs become codes."""
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
+    codec = model.audio_encoder
+    decoding = [m for m in codec.decoder.modules() if isinstance(m, encodec.EncodecLSTM)]
+    encoding = [m for m in codec.encoder.modules() if isinstance(m, encodec.EncodecLSTM)]
+    assert decoding and encoding
+    assert all(m.recurrent_product is kernels.recurrent_product for m in decoding)
+    assert all(m.recurrent_product is encodec.recurrent_product for m in encoding)
+    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (2, 4, 30), generator=torch.Generator())
+    fast = model.decode_audio(codes)
+    for m in decoding:
+        m.recurrent_product = encodec.recurrent_product
+    plain = model.decode_audio(codes)
+    assert (fast - plain).norm() <= 1e-5 * plain.norm()
 
 
 def test_fast_path_is_token_identical_to_the_plain_path(tiny_checkpoint):

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .. import heap
 from ..config import QUANTIZE
 from ..files import write_atomic
+from ..modules.encodec import EncodecLSTM
 from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_weight
 from .precision import Precision, place, plan
 
@@ -240,11 +241,7 @@ class KernelLinear(nn.Module):
         weights = self.weights(rows) if lib is not None else None
         if weights is None:
             return F.linear(x, self.dequantized(x.dtype))
-        flat = x.reshape(rows, K).float().contiguous()  # [M, K]
-        out = torch.empty(rows, N, dtype=torch.float32)
-        threads = torch.get_num_threads() if N * K * max(1, rows // MAX_ROWS) >= PARALLEL_MIN_WEIGHTS else 1
-        lib.zhiyin_linear(ctypes.byref(weights), flat.data_ptr(), out.data_ptr(), rows, threads)
-        return out.view(*x.shape[:-1], N).to(x.dtype)
+        return _product(lib, weights, x.reshape(rows, K)).view(*x.shape[:-1], N).to(x.dtype)
 
     def dequantized(self, dtype: torch.dtype) -> Tensor:
         if self.groups is not None:
@@ -257,6 +254,41 @@ class KernelLinear(nn.Module):
     def quantized(self) -> str | None:
         """'int8', 'int4', or None for float weights"""
         return "int4" if self.groups is not None else "int8" if self.scale is not None else None
+
+
+def _product(lib: ctypes.CDLL, weights: LinearWeights, x: Tensor) -> Tensor:
+    """x [M, K] W^T -> [M, N] float32 in csrc/kernels.cpp's zhiyin_linear, on every thread where W is large."""
+    rows, (N, K) = x.shape[0], (weights.n, weights.k)
+    flat = x.float().contiguous()
+    out = torch.empty(rows, N, dtype=torch.float32)
+    threads = torch.get_num_threads() if N * K * max(1, rows // MAX_ROWS) >= PARALLEL_MIN_WEIGHTS else 1
+    lib.zhiyin_linear(ctypes.byref(weights), flat.data_ptr(), out.data_ptr(), rows, threads)
+    return out
+
+
+def recurrent_product(inputs: Tensor, h: Tensor, weight: Tensor) -> Tensor:
+    """inputs [B, 4C] + h [B, C] weight^T: modules/encodec.py's recurrent_product, the weights [4C, C] (float32 or
+    bfloat16, on the CPU) streamed by the kernels at the memory's speed (~2x PyTorch's BLAS for one row: BENCHMARKS.md,
+    "Huge pages and prefetching into L2"). The same sums in another order: the last bits differ. Elsewhere PyTorch's."""
+    lib = None
+    if h.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous():
+        lib = library() if h.shape[0] <= MAX_ROWS else None
+    if lib is None:
+        return torch.addmm(inputs, h, weight.t())
+    N, K = weight.shape
+    weights = LinearWeights(weight.data_ptr(), None, None, N, K, WEIGHT_TYPES[weight.dtype], 0, None)
+    return inputs + _product(lib, weights, h).to(inputs.dtype)
+
+
+def use_kernel_codec(codec: nn.Module) -> None:
+    """The codec's decoder on the kernels where they help: its LSTM's recurrent products (recurrent_product), their
+    weights on huge pages. The encoder keeps PyTorch's arithmetic (its outputs are rounded to codes: nearest
+    neighbours that other last bits could change)."""
+    for module in codec.decoder.modules():
+        if isinstance(module, EncodecLSTM):
+            module.recurrent_product = recurrent_product
+            lstm = module.lstm
+            heap.onto_huge_pages([getattr(lstm, f"weight_hh_l{i}") for i in range(lstm.num_layers)])
 
 
 def choose(

@@ -86,6 +86,8 @@ def load_pretrained(
     if device is not None:
         model.to(device)
     place(model.decoder, precision)
+    if device is None or device.type == "cpu":
+        kernels.use_kernel_codec(model.audio_encoder)
     model.precision = precision
     heap.return_freed_memory()
     return model.eval()

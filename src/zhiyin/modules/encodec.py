@@ -169,17 +169,26 @@ class EncodecConvTranspose1d(nn.Module):
         return y.view(B, C_out, s, T + 1).transpose(2, 3).reshape(B, C_out, (T + 1) * s)
 
 
+def recurrent_product(inputs: Tensor, h: Tensor, weight: Tensor) -> Tensor:
+    """inputs [B, 4C] + h [B, C] weight^T (weight [4C, C]): an LSTM layer's gates at one frame, PyTorch's way."""
+    return torch.addmm(inputs, h, weight.t())
+
+
 class EncodecLSTM(nn.Module):
     """Multi-layer LSTM over time with a skip connection, on channel-first tensors.
 
     The recurrence is written out (nn.LSTM holds the weights, under the checkpoint's keys): each layer's input
     products for all frames in one matrix product, then per frame the recurrent product and the gates. nn.LSTM's
     own CPU path costs ~30 ms a call before its first frame, which chunked decoding (ChunkedDecode) pays per chunk.
+    The recurrent product reads the layer's 4C x C weights at every frame (16 MB for musicgen's codec, half of
+    decoding's time on a CPU): `recurrent_product` is the function that computes it, which a backend may replace
+    with a faster one of the same signature (backends/kernels.py's use_kernel_codec).
     """
 
     def __init__(self, config: EncodecConfig, dim: int):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, config.num_lstm_layers)
+        self.recurrent_product = recurrent_product
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, T]
         return self.carry(x, None)[0]
@@ -191,13 +200,13 @@ class EncodecLSTM(nn.Module):
         (T, B, C), lstm, last = x.shape, self.lstm, ([], [])
         y = x
         for layer in range(lstm.num_layers):
-            w_hh = getattr(lstm, f"weight_hh_l{layer}").t()
+            w_hh = getattr(lstm, f"weight_hh_l{layer}")
             bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
             inputs = F.linear(y, getattr(lstm, f"weight_ih_l{layer}"), bias)  # [T, B, 4C]: gates i, f, g, o
             h, c = (y.new_zeros(B, C), y.new_zeros(B, C)) if state is None else (state[0][layer], state[1][layer])
             y = y.new_empty(T, B, C)
             for t in range(T):
-                gates = torch.addmm(inputs[t], h, w_hh)
+                gates = self.recurrent_product(inputs[t], h, w_hh)
                 sig = gates.sigmoid()
                 c = torch.addcmul(sig[:, C : 2 * C] * c, sig[:, :C], gates[:, 2 * C : 3 * C].tanh())
                 h = y[t] = sig[:, 3 * C :] * c.tanh()

@@ -1,0 +1,62 @@
+"""heap.py: tensors moved onto transparent huge pages keep their values, and the decoder's weights live there."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from zhiyin import MusicgenForConditionalGeneration, heap
+from zhiyin.backends.kernels import KernelLinear
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's transparent huge pages")
+
+
+def mapping_flags(tensor: torch.Tensor) -> set[str]:
+    """The VmFlags of the mapping that holds the tensor's first byte ('hg': madvise(MADV_HUGEPAGE) was asked)."""
+    address, inside = tensor.data_ptr(), False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(part, 16) for part in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return set(line.split()[1:])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_tensors_move_onto_huge_pages_with_their_values():
+    g = torch.Generator().manual_seed(0)
+    tensors = [
+        nn.Parameter(torch.randn(3, 5, generator=g)),
+        nn.Parameter(torch.randint(0, 255, (5 << 10, 1 << 10), dtype=torch.uint8, generator=g), requires_grad=False),
+        torch.randn(7, dtype=torch.bfloat16),
+    ]
+    before = [t.detach().clone() for t in tensors]
+    places = [t.data_ptr() for t in tensors]
+    assert heap.onto_huge_pages(tensors)
+    gc.collect()  # the mapping lives as long as the tensors made from it
+    for tensor, values, place in zip(tensors, before, places):
+        assert torch.equal(tensor, values) and tensor.dtype == values.dtype and tensor.shape == values.shape
+        assert tensor.data_ptr() != place and tensor.data_ptr() % 64 == 0
+        assert "hg" in mapping_flags(tensor)
+    assert isinstance(tensors[0], nn.Parameter) and tensors[0].requires_grad and not tensors[1].requires_grad
+    tensors[1].data.add_(1)  # written in place (a LoRA merge): a private mapping, writable
+    assert torch.equal(tensors[1], before[1] + 1)
+
+
+def test_nothing_to_move():
+    assert not heap.onto_huge_pages([])
+    meta = torch.empty(4, device="meta")
+    assert not heap.onto_huge_pages([meta]) and meta.device.type == "meta"
+
+
+def test_the_decoders_weights_are_on_huge_pages(tiny_checkpoint):
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0], quantize="int4")
+    linears = [m for m in model.decoder.modules() if isinstance(m, KernelLinear)]
+    assert linears and all("hg" in mapping_flags(m.weight) for m in linears)
+    lstm = model.audio_encoder.decoder.layers[1].lstm
+    assert "hg" in mapping_flags(lstm.weight_hh_l0)
