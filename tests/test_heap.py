@@ -15,17 +15,22 @@ from zhiyin.backends.kernels import KernelLinear
 pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's transparent huge pages")
 
 
-def mapping_flags(tensor: torch.Tensor) -> set[str]:
-    """The VmFlags of the mapping that holds the tensor's first byte ('hg': madvise(MADV_HUGEPAGE) was asked)."""
-    address, inside = tensor.data_ptr(), False
+def mapping(tensor: torch.Tensor) -> tuple[str, set[str]]:
+    """The file (or '') of the mapping that holds the tensor's first byte, and its VmFlags ('hg': madvise's
+    MADV_HUGEPAGE was asked for)."""
+    address, inside, path = tensor.data_ptr(), False, ""
     for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()[0]
-        if "-" in head and ":" not in head:
-            start, end = (int(part, 16) for part in head.split("-"))
-            inside = start <= address < end
+        fields = line.split()
+        if "-" in fields[0] and ":" not in fields[0]:
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            inside, path = start <= address < end, " ".join(fields[5:])
         elif inside and line.startswith("VmFlags:"):
-            return set(line.split()[1:])
+            return path, set(fields[1:])
     raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def mapping_flags(tensor: torch.Tensor) -> set[str]:
+    return mapping(tensor)[1]
 
 
 def test_tensors_move_onto_huge_pages_with_their_values():
@@ -60,3 +65,11 @@ def test_the_decoders_weights_are_on_huge_pages(tiny_checkpoint):
     assert linears and all("hg" in mapping_flags(m.weight) for m in linears)
     lstm = model.audio_encoder.decoder.layers[1].lstm
     assert "hg" in mapping_flags(lstm.weight_hh_l0)
+
+
+def test_a_cpu_load_keeps_no_file_mapped(tiny_checkpoint):
+    """On the CPU the decoder's weights are copied onto huge pages, so no tensor stays in a mapping of the file,
+    whose pages would stay resident beside the copies (the peak of loading float32 weights: BENCHMARKS.md)."""
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
+    files = {mapping(p)[0] for p in model.parameters() if p.numel() * p.element_size() >= 4096}
+    assert not any(f.endswith(".safetensors") for f in files), files

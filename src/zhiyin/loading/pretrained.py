@@ -55,8 +55,10 @@ def load_pretrained(
     wanted = None if dtype == "auto" else dtype or torch.float32
     precision = plan(device, wanted, quantize) if wanted is not None else None  # which part in which dtype
     quantized = (lambda key: quantize if weights.is_decoder_linear(key) else None) if quantize else None
+    on_cpu = device is None or device.type == "cpu"  # the decoder's weights then go onto huge pages (precision.place)
     with heap.large_tensors_mapped():
-        state = weights.read_state_dict(files, precision.of if precision else None, quantized, lora and lora.merge)
+        merge = lora and lora.merge
+        state = weights.read_state_dict(files, precision.of if precision else None, quantized, merge, mapped=not on_cpu)
         state = weights.from_checkpoint(state)
     if lora is not None:
         lora.check_all_merged()
@@ -68,7 +70,7 @@ def load_pretrained(
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_CHECKPOINT_SUFFIXES)}
 
     # place
-    on_kernels = device is None or device.type == "cpu" or quantize is not None
+    on_kernels = on_cpu or quantize is not None
     with torch.device("meta"):
         model = model_class(config, generation_config).to(dtype=precision.conditioning)
         model.decoder.to(dtype=precision.weights)
@@ -86,7 +88,7 @@ def load_pretrained(
     if device is not None:
         model.to(device)
     place(model.decoder, precision)
-    if device is None or device.type == "cpu":
+    if on_cpu:
         kernels.use_kernel_codec(model.audio_encoder)
     model.precision = precision
     heap.return_freed_memory()

@@ -56,6 +56,7 @@ def read_state_dict(
     dtype: torch.dtype | Callable[[str], torch.dtype] | None = None,
     quantized: Callable[[str], str | None] | None = None,
     adapted: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    mapped: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Read weight files (all safetensors or all .bin) into one state dict.
 
@@ -66,7 +67,9 @@ def read_state_dict(
     scales and groups are stored under `part_key(key, 'scale')` and so on): a safetensors file is never held
     whole (a memory mapping would keep its pages resident as long as any tensor of it lives, as happens with .bin
     files, which torch.load maps). `adapted(key, tensor)` gives each tensor as it is to be kept, before it is
-    converted or quantized (adapters.py's merge of a LoRA adapter).
+    converted or quantized (adapters.py's merge of a LoRA adapter). mapped=False: no file is memory-mapped, every
+    tensor comes in memory of its own (for a caller that copies some of them elsewhere, as the CPU's huge pages
+    take the decoder's weights: a mapping would keep their pages resident beside the copies).
     """
     state: dict[str, torch.Tensor] = {}
     dtype_of = dtype if callable(dtype) else (lambda key: dtype)  # a dtype for every float tensor, or one per key
@@ -91,7 +94,7 @@ def read_state_dict(
     for path in paths:
         if path.endswith(".safetensors"):
             stored = _stored_dtypes(path)  # reads the header, and so checks the file's size against it
-            if quantized is None and all(not converted(key, kind) for key, kind in stored.items()):
+            if mapped and quantized is None and all(not converted(key, kind) for key, kind in stored.items()):
                 from safetensors.torch import load_file
 
                 state.update((key, adapted(key, t) if adapted else t) for key, t in load_file(path).items())
@@ -99,21 +102,22 @@ def read_state_dict(
                 for key, tensor, scratch in _read_safetensors(path, converted):
                     put(key, tensor, scratch)
         else:
-            part = _load_pickle(path)
+            part = _load_pickle(path, mapped)
             for key in list(part):
                 put(key, part.pop(key))
     return state
 
 
-def _load_pickle(path: str) -> dict[str, torch.Tensor]:
-    """A pytorch_model.bin's tensors. Only plain tensors are read (torch.load's weights_only): a file that would run
-    code, or that is damaged, is refused with a DamagedFileError, never by advice to lift that limit."""
+def _load_pickle(path: str, mapped: bool = True) -> dict[str, torch.Tensor]:
+    """A pytorch_model.bin's tensors, memory-mapped where the file allows (mapped) or read. Only plain tensors are
+    read (torch.load's weights_only): a file that would run code, or that is damaged, is refused with a
+    DamagedFileError, never by advice to lift that limit."""
     import pickle
     import zipfile
 
     try:
         try:
-            part = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            part = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
         except RuntimeError as error:  # an old non-zip pickle can't be memory-mapped
             if "mmap" not in str(error):
                 raise
