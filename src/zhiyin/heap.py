@@ -1,4 +1,5 @@
-"""glibc heap settings: big tensors without page faults while decoding audio, and freed memory handed back.
+"""Where large tensors live: glibc heap settings (big tensors without page faults while decoding audio, freed memory
+handed back) and huge pages for the weights every step reads.
 
 glibc serves every allocation above its mmap threshold (which grows to at most 32 MB) with a fresh mmap and unmaps it
 when it is freed, so each large tensor page-faults on its first touch, every time. EnCodec's decoder makes dozens of

@@ -219,41 +219,67 @@ def test_more_rows_than_the_kernel_takes_fall_back_to_pytorch():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 3, 8, 9])
-def test_recurrent_product_is_pytorchs(monkeypatch, dtype, rows):
-    """EnCodec's LSTM product inputs + h W^T on the kernels: PyTorch's numbers up to the order of the sums; more
-    rows than the kernels take, or a weight that is not contiguous, go to PyTorch itself."""
+@pytest.mark.parametrize("rows", [1, 3, 11, 40])
+def test_lstm_products_are_pytorchs_at_any_thread_count(monkeypatch, dtype, rows):
+    """EnCodec's LSTM products on the kernels: PyTorch's numbers up to the order of the sums, and the same bits on 1
+    or 2 threads and whatever rows are beside (BLAS's small products are not, on some CPUs); a weight that is not
+    contiguous goes to PyTorch itself."""
     g = torch.Generator().manual_seed(rows)
-    weight, h, inputs = (torch.randn(*shape, generator=g).to(dtype) for shape in ((256, 64), (rows, 64), (rows, 256)))
+    weight, bias = torch.randn(256, 64, generator=g).to(dtype), torch.randn(256, generator=g).to(dtype)
+    x, h = torch.randn(rows, 1, 64, generator=g).to(dtype), torch.randn(rows, 64, generator=g).to(dtype)
+    products = kernels.KernelLSTMProducts
     calls = []
     product = kernels._product
     monkeypatch.setattr(kernels, "_product", lambda *a: calls.append(1) or product(*a))
-    got = kernels.recurrent_product(inputs, h, weight)
-    assert got.dtype == dtype and got.shape == (rows, 256)
-    assert len(calls) == (rows <= kernels.MAX_ROWS)
-    want = torch.addmm(inputs.float(), h.float(), weight.float().t())
-    assert (got.float() - want).abs().max() <= (1e-5 if dtype == torch.float32 else 2e-2) * want.abs().max()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    inputs = products.inputs(x, weight, bias)
+    want = F.linear(x.float(), weight.float(), bias.float())
+    assert inputs.dtype == dtype and inputs.shape == (rows, 1, 256)
+    assert (inputs.float() - want).abs().max() <= tolerance * want.abs().max()
+    gates = products.recurrent(inputs[:, 0], h, weight)
+    want = torch.addmm(inputs[:, 0].float(), h.float(), weight.float().t())
+    assert gates.dtype == dtype and (gates.float() - want).abs().max() <= tolerance * want.abs().max()
+    assert len(calls) == 2
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert torch.equal(products.inputs(x, weight, bias), inputs)
+            assert torch.equal(products.inputs(x[-1:], weight, bias), inputs[-1:])  # alone: the same bits
+            assert torch.equal(products.recurrent(inputs[:, 0], h, weight), gates)
+    finally:
+        torch.set_num_threads(previous)
     transposed = weight.t().contiguous().t()  # the same values, not contiguous
-    assert torch.equal(kernels.recurrent_product(inputs, h, transposed), torch.addmm(inputs, h, transposed.t()))
-    assert len(calls) == (rows <= kernels.MAX_ROWS)
+    assert torch.equal(products.recurrent(inputs[:, 0], h, transposed), torch.addmm(inputs[:, 0], h, transposed.t()))
+    assert torch.equal(products.inputs(x, transposed, bias), F.linear(x, transposed, bias))
 
 
+@torch.inference_mode()  # as the model and the engine decode
 def test_the_codecs_decoder_lstm_runs_on_the_kernels(tiny_checkpoint):
-    """from_pretrained gives the codec's decoder LSTMs the kernels' recurrent product (same audio up to rounding);
-    the encoder's keep PyTorch's, whose outputs become codes."""
+    """from_pretrained gives the codec's decoder LSTMs the kernels' products: the same audio up to rounding, and the
+    same bits on 1 or 2 threads, chunk by chunk too; the encoder's keep PyTorch's, whose outputs become codes."""
     model = MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
     codec = model.audio_encoder
     decoding = [m for m in codec.decoder.modules() if isinstance(m, encodec.EncodecLSTM)]
     encoding = [m for m in codec.encoder.modules() if isinstance(m, encodec.EncodecLSTM)]
     assert decoding and encoding
-    assert all(m.recurrent_product is kernels.recurrent_product for m in decoding)
-    assert all(m.recurrent_product is encodec.recurrent_product for m in encoding)
-    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (2, 4, 30), generator=torch.Generator())
-    fast = model.decode_audio(codes)
+    assert all(m.products is kernels.KernelLSTMProducts for m in decoding)
+    assert all(m.products is encodec.LSTMProducts for m in encoding)
+    codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 4, 60), generator=torch.Generator())
+    previous, audio = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            decode = encodec.ChunkedDecode(codec)
+            decode.add(codes)
+            audio[threads] = torch.cat([decode.decode(end) for end in (5, 11, 23, 29, 36, 47, 60)], dim=-1)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(audio[1], audio[2])
     for m in decoding:
-        m.recurrent_product = encodec.recurrent_product
+        m.products = encodec.LSTMProducts
     plain = model.decode_audio(codes)
-    assert (fast - plain).norm() <= 1e-5 * plain.norm()
+    assert (audio[2] - plain).norm() <= 1e-5 * plain.norm()
 
 
 def test_fast_path_is_token_identical_to_the_plain_path(tiny_checkpoint):

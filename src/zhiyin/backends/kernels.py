@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .. import heap
 from ..config import QUANTIZE
 from ..files import write_atomic
-from ..modules.encodec import EncodecLSTM
+from ..modules.encodec import EncodecLSTM, LSTMProducts
 from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_weight
 from .precision import Precision, place, plan
 
@@ -266,27 +266,45 @@ def _product(lib: ctypes.CDLL, weights: LinearWeights, x: Tensor) -> Tensor:
     return out
 
 
-def recurrent_product(inputs: Tensor, h: Tensor, weight: Tensor) -> Tensor:
-    """inputs [B, 4C] + h [B, C] weight^T: modules/encodec.py's recurrent_product, the weights [4C, C] (float32 or
-    bfloat16, on the CPU) streamed by the kernels at the memory's speed (~2x PyTorch's BLAS for one row: BENCHMARKS.md,
-    "Huge pages and prefetching into L2"). The same sums in another order: the last bits differ. Elsewhere PyTorch's."""
-    lib = None
-    if h.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous():
-        lib = library() if h.shape[0] <= MAX_ROWS else None
+def _float_product(x: Tensor, weight: Tensor) -> Tensor | None:
+    """x [M, K] weight^T [K, N] -> [M, N] float32 in the kernels for a float32 or bfloat16 weight on the CPU, or None
+    (no kernels, another dtype or device, a weight not contiguous)."""
+    if x.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16) or not weight.is_contiguous():
+        return None
+    lib = library()
     if lib is None:
-        return torch.addmm(inputs, h, weight.t())
+        return None
     N, K = weight.shape
-    weights = LinearWeights(weight.data_ptr(), None, None, N, K, WEIGHT_TYPES[weight.dtype], 0, None)
-    return inputs + _product(lib, weights, h).to(inputs.dtype)
+    return _product(lib, LinearWeights(weight.data_ptr(), None, None, N, K, WEIGHT_TYPES[weight.dtype], 0, None), x)
+
+
+class KernelLSTMProducts(LSTMProducts):
+    """EnCodec's LSTM products (modules/encodec.py's LSTMProducts) in the kernels. The recurrent one, one row a frame,
+    streams its weights at the memory's rate (~2x PyTorch's BLAS: BENCHMARKS.md, "Huge pages and prefetching into
+    L2"); and each output is the same sum at any thread count and however many frames are beside it, which BLAS's
+    small products are not on every CPU (MKL on Zen 4 at 5-11 rows), so that chunked decoding on 1 or 2 threads gives
+    the same bits. The sums' order is not BLAS's: the last bits differ from PyTorch's. Elsewhere PyTorch's."""
+
+    @staticmethod
+    def inputs(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        out = _float_product(x.reshape(-1, x.shape[-1]), weight)
+        if out is None:
+            return LSTMProducts.inputs(x, weight, bias)
+        return (out + bias.float()).to(x.dtype).view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def recurrent(inputs: Tensor, h: Tensor, weight: Tensor) -> Tensor:
+        out = _float_product(h, weight)
+        return LSTMProducts.recurrent(inputs, h, weight) if out is None else inputs + out.to(inputs.dtype)
 
 
 def use_kernel_codec(codec: nn.Module) -> None:
-    """The codec's decoder on the kernels where they help: its LSTM's recurrent products (recurrent_product), their
+    """The codec's decoder on the kernels where they help: its LSTMs' products (KernelLSTMProducts), their recurrent
     weights on huge pages. The encoder keeps PyTorch's arithmetic (its outputs are rounded to codes: nearest
     neighbours that other last bits could change)."""
     for module in codec.decoder.modules():
         if isinstance(module, EncodecLSTM):
-            module.recurrent_product = recurrent_product
+            module.products = KernelLSTMProducts
             lstm = module.lstm
             heap.onto_huge_pages([getattr(lstm, f"weight_hh_l{i}") for i in range(lstm.num_layers)])
 

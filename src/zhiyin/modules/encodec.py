@@ -107,10 +107,12 @@ class EncodecConv1d(nn.Module):
 def _few_outputs_conv(x: Tensor, weight: Tensor, bias: Tensor | None, pad: int, dilation: int) -> Tensor:
     """F.conv1d(x, weight, bias, padding=pad, dilation=dilation) for a length-preserving conv with few output
     channels: every tap's outputs in one matrix product, then summed at their shifts (faster than oneDNN's
-    convolution for 64 -> 1 channels: BENCHMARKS.md, "EnCodec and the heap").
+    convolution for 64 -> 1 channels: BENCHMARKS.md, "EnCodec and the heap"). The product is x^T W^T, T rows: W x,
+    K * C_out rows, gave other last bits on 1 and 2 threads (MKL on Zen 4), so chunked decoding did too.
     x [B, C_in, T], weight [C_out, C_in, K] -> [B, C_out, T]."""
     (B, _, T), (C_out, C_in, K) = x.shape, weight.shape
-    taps = torch.matmul(weight.permute(2, 0, 1).reshape(K * C_out, C_in), x).view(B, K, C_out, T)
+    taps = torch.matmul(x.transpose(1, 2), weight.permute(1, 2, 0).reshape(C_in, K * C_out))  # [B, T, K * C_out]
+    taps = taps.view(B, T, K, C_out).permute(0, 2, 3, 1)  # [B, K, C_out, T]
     y = torch.zeros(B, C_out, T, dtype=x.dtype, device=x.device) if bias is None else bias[:, None].repeat(B, 1, T)
     for k in range(K):  # output t takes tap k at input t + k * dilation - pad
         shift = k * dilation - pad
@@ -169,9 +171,19 @@ class EncodecConvTranspose1d(nn.Module):
         return y.view(B, C_out, s, T + 1).transpose(2, 3).reshape(B, C_out, (T + 1) * s)
 
 
-def recurrent_product(inputs: Tensor, h: Tensor, weight: Tensor) -> Tensor:
-    """inputs [B, 4C] + h [B, C] weight^T (weight [4C, C]): an LSTM layer's gates at one frame, PyTorch's way."""
-    return torch.addmm(inputs, h, weight.t())
+class LSTMProducts:
+    """An LSTM layer's two matrix products, PyTorch's way. A backend may give EncodecLSTM a subclass of its own
+    (backends/kernels.py's KernelLSTMProducts)."""
+
+    @staticmethod
+    def inputs(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Every frame's input products: x [T, B, C] weight^T [C, 4C] + bias -> [T, B, 4C]."""
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def recurrent(inputs: Tensor, h: Tensor, weight: Tensor) -> Tensor:
+        """One frame's gates: inputs [B, 4C] + h [B, C] weight^T."""
+        return torch.addmm(inputs, h, weight.t())
 
 
 class EncodecLSTM(nn.Module):
@@ -181,14 +193,13 @@ class EncodecLSTM(nn.Module):
     products for all frames in one matrix product, then per frame the recurrent product and the gates. nn.LSTM's
     own CPU path costs ~30 ms a call before its first frame, which chunked decoding (ChunkedDecode) pays per chunk.
     The recurrent product reads the layer's 4C x C weights at every frame (16 MB for musicgen's codec, half of
-    decoding's time on a CPU): `recurrent_product` is the function that computes it, which a backend may replace
-    with a faster one of the same signature (backends/kernels.py's use_kernel_codec).
+    decoding's time on a CPU). `products` computes both (LSTMProducts, or a backend's faster kind).
     """
 
     def __init__(self, config: EncodecConfig, dim: int):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, config.num_lstm_layers)
-        self.recurrent_product = recurrent_product
+        self.products: type[LSTMProducts] = LSTMProducts
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, T]
         return self.carry(x, None)[0]
@@ -202,11 +213,11 @@ class EncodecLSTM(nn.Module):
         for layer in range(lstm.num_layers):
             w_hh = getattr(lstm, f"weight_hh_l{layer}")
             bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
-            inputs = F.linear(y, getattr(lstm, f"weight_ih_l{layer}"), bias)  # [T, B, 4C]: gates i, f, g, o
+            inputs = self.products.inputs(y, getattr(lstm, f"weight_ih_l{layer}"), bias)  # [T, B, 4C]: i, f, g, o
             h, c = (y.new_zeros(B, C), y.new_zeros(B, C)) if state is None else (state[0][layer], state[1][layer])
             y = y.new_empty(T, B, C)
             for t in range(T):
-                gates = self.recurrent_product(inputs[t], h, w_hh)
+                gates = self.products.recurrent(inputs[t], h, w_hh)
                 sig = gates.sigmoid()
                 c = torch.addcmul(sig[:, C : 2 * C] * c, sig[:, :C], gates[:, 2 * C : 3 * C].tanh())
                 h = y[t] = sig[:, 3 * C :] * c.tanh()
