@@ -88,9 +88,9 @@ def onto_huge_pages(tensors: list[Tensor]) -> bool:
     'always' needs not. A thread streaming weights from 4 KB pages waits on page walks (and on a VM on the host's
     too); from 2 MB pages the decoder's steps ran 2-6 % faster on Zen 4 with the kernels' prefetches into L2, 6-12 %
     with prefetches into L1 (BENCHMARKS.md, "Huge pages and prefetching into L2"). Each tensor's original is freed
-    as soon as it is copied, so the peak grows by the largest one only. Returns False,
-    moving nothing, where there is no such mapping (not Linux, or no tensors on the CPU); with huge pages off
-    ('never') the mapping has ordinary pages."""
+    as soon as it is copied, so the peak grows by the largest one only. Returns False, moving nothing, where there
+    is no such mapping (not Linux, or no tensors on the CPU); with huge pages off ('never') the mapping has ordinary
+    pages."""
     tensors = [t for t in tensors if t.device.type == "cpu"]
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
     if advice is None or not tensors:
