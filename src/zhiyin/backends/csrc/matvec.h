@@ -560,9 +560,10 @@ struct Int8Weights {
 // Block sizes of integer products (BENCHMARKS.md, "Kernel block sizes"). Up to STREAMED_ROWS activation rows the
 // product is bandwidth-bound: one weight row at a time against all of them. More rows are compute-bound: the
 // weights go by in chunks of 32 rows, read from memory once, and the activation rows pass over each chunk (still in
-// cache) PASS_ROWS at a time, PASS_WEIGHT_ROWS weight rows at a time (registers: NB x M accumulators).
+// cache) PASS_ROWS at a time, PASS_WEIGHT_ROWS weight rows at a time (registers: NB x M accumulators). On Zen 4
+// too the AVX-512 blocking is the faster (BENCHMARKS.md, "Huge pages and prefetching into L2").
 constexpr int STREAMED_ROWS = 5;
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && !defined(__znver4__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 constexpr int PASS_ROWS = 8, PASS_WEIGHT_ROWS = 2;
 #else
 constexpr int PASS_ROWS = 4, PASS_WEIGHT_ROWS = 1;
