@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .. import heap
 from ..config import QUANTIZE
 from ..files import write_atomic
-from ..modules.encodec import EncodecLSTM, LSTMProducts
+from ..modules.encodec import EncodecConvTranspose1d, EncodecLSTM, LSTMProducts
 from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_weight
 from .precision import Precision, place, plan
 
@@ -114,6 +114,11 @@ def build(march: str = "native", sources: Path = SOURCES) -> ctypes.CDLL:
     lib.zhiyin_choose.argtypes += [ctypes.c_int64, p, p]
     lib.zhiyin_struct_size.argtypes = [ctypes.c_int]
     lib.zhiyin_struct_size.restype = ctypes.c_int64
+    lib.zhiyin_upsample_floats.argtypes = [ctypes.c_int64] * 3
+    lib.zhiyin_upsample_floats.restype = ctypes.c_int64
+    lib.zhiyin_pack_upsample.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, p]
+    lib.zhiyin_upsample.argtypes = [p, ctypes.c_int64, ctypes.c_int64, p, p, ctypes.c_int64, ctypes.c_int64, p]
+    lib.zhiyin_upsample.argtypes += [ctypes.c_int]
     check_mirror(lib, LinearWeights, 0)
     return lib
 
@@ -298,15 +303,60 @@ class KernelLSTMProducts(LSTMProducts):
         return LSTMProducts.recurrent(inputs, h, weight) if out is None else inputs + out.to(inputs.dtype)
 
 
+class KernelUpsampling:
+    """An EncodecConvTranspose1d's polyphase product (kernel 2s, stride s) in the kernels (csrc/upsample.h): the
+    weights packed once, every output summed over both taps in registers and written in its place, the bias added
+    last. ~2x BLAS's product and the additions and interleaving after it (BENCHMARKS.md, "EnCodec's upsampling"), and
+    the same numbers at any thread count and chunk length. float32 on the CPU; None elsewhere (the caller's PyTorch)."""
+
+    def __init__(self, conv: nn.ConvTranspose1d):
+        self.conv = conv
+        self._packed: tuple | None = None  # (what the weight was, packed)
+
+    def __call__(self, x: Tensor) -> Tensor | None:
+        weight, bias = self.conv.weight, self.conv.bias
+        if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+            return None
+        lib = library()
+        if lib is None:
+            return None
+        (B, C_in, T), C_out, s = x.shape, weight.shape[1], self.conv.stride[0]
+        key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
+        if self._packed is None or self._packed[0] != key:
+            packed = torch.empty(lib.zhiyin_upsample_floats(C_in, C_out, s))
+            lib.zhiyin_pack_upsample(weight.detach().contiguous().data_ptr(), C_in, C_out, s, packed.data_ptr())
+            self._packed = (key, packed)
+        packed = self._packed[1]
+        x = x.contiguous()
+        bias = bias.detach().float().contiguous() if bias is not None else None
+        out = torch.empty(B, C_out, (T + 1) * s)
+        threads = torch.get_num_threads()
+        for b in range(B):
+            lib.zhiyin_upsample(
+                x[b].data_ptr(),
+                C_in,
+                T,
+                packed.data_ptr(),
+                bias.data_ptr() if bias is not None else None,
+                C_out,
+                s,
+                out[b].data_ptr(),
+                threads,
+            )
+        return out
+
+
 def use_kernel_codec(codec: nn.Module) -> None:
     """The codec's decoder on the kernels where they help: its LSTMs' products (KernelLSTMProducts), their recurrent
-    weights on huge pages. The encoder keeps PyTorch's arithmetic (its outputs are rounded to codes: nearest
-    neighbours that other last bits could change)."""
+    weights on huge pages, and its upsampling (KernelUpsampling). The encoder keeps PyTorch's arithmetic (its outputs
+    are rounded to codes: nearest neighbours that other last bits could change)."""
     for module in codec.decoder.modules():
         if isinstance(module, EncodecLSTM):
             module.products = KernelLSTMProducts
             lstm = module.lstm
             heap.onto_huge_pages([getattr(lstm, f"weight_hh_l{i}") for i in range(lstm.num_layers)])
+        if isinstance(module, EncodecConvTranspose1d) and module.polyphase:
+            module.kernel_upsampling = KernelUpsampling(module.conv)
 
 
 def choose(

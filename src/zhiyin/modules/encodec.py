@@ -11,6 +11,7 @@ Weight norm is folded at load, so every convolution here is a plain nn.Conv1d / 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -137,12 +138,16 @@ class EncodecConvTranspose1d(nn.Module):
         else:
             self.trim_right = padding_total // 2
         self.trim_left = padding_total - self.trim_right
+        self.polyphase = self.norm is None and kernel_size == 2 * stride  # (_polyphase applies)
         self._polyphase_weights: tuple | None = None  # (what the weight was, taps, bias): _polyphase's
+        # a backend's faster _polyphase (backends/kernels.py's KernelUpsampling): x -> its output, or None
+        self.kernel_upsampling: Callable[[Tensor], Tensor | None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C_in, T] -> [B, C_out, T * stride]
         conv = self.conv
-        if self.norm is None and conv.kernel_size[0] == 2 * conv.stride[0]:
-            x = self._polyphase(x)  # [B, C_out, (T + 1) * stride]
+        if self.polyphase:
+            y = self.kernel_upsampling(x) if self.kernel_upsampling is not None else None
+            x = self._polyphase(x) if y is None else y  # [B, C_out, (T + 1) * stride]
         else:
             x = conv(x)
             if self.norm is not None:
