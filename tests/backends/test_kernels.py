@@ -14,7 +14,6 @@ from zhiyin.backends.fused_step import FusedStep
 from zhiyin.backends.kernels import KernelLinear
 from zhiyin.backends.precision import plan
 from zhiyin.backends.select import set_kernels_enabled
-from zhiyin.config import EncodecConfig
 from zhiyin.modules import encodec
 from zhiyin.modules.quantization import (
     concatenate_int4,
@@ -255,54 +254,64 @@ def test_lstm_products_are_pytorchs_at_any_thread_count(monkeypatch, dtype, rows
     assert torch.equal(products.inputs(x, transposed, bias), F.linear(x, transposed, bias))
 
 
-@pytest.mark.parametrize("c_in, c_out, stride", [(64, 32, 8), (48, 24, 5), (32, 16, 4), (16, 5, 2)])
+@pytest.mark.parametrize(
+    "c_in, c_out, kernel, stride",
+    [(64, 32, 16, 8), (48, 24, 10, 5), (16, 5, 4, 2), (32, 16, 3, 1), (24, 40, 7, 1), (40, 24, 1, 1)],
+)
 @pytest.mark.parametrize("bias", [True, False])
-def test_upsampling_is_pytorchs_at_any_thread_count_and_chunk(c_in, c_out, stride, bias):
-    """EnCodec's transposed convolutions (kernel 2s, stride s) on the kernels: nn.ConvTranspose1d's numbers up to the
-    order of the sums, for strides whose phases fill the packed panels unevenly (5) and channels that are no multiple
-    of a vector; the same bits on 1 or 2 threads, and for the first frames of a chunk whatever follows them."""
-    torch.manual_seed(stride + c_in)
-    conv = encodec.EncodecConvTranspose1d(EncodecConfig(), c_in, c_out, 2 * stride, stride)
-    if not bias:
-        conv.conv.bias = None
-    upsampling = kernels.KernelUpsampling(conv.conv)
+@pytest.mark.parametrize("elu", [False, True])
+def test_convolutions_are_pytorchs_at_any_thread_count_and_chunk(c_in, c_out, kernel, stride, bias, elu):
+    """EnCodec's decoder convolutions on the kernels: the upsampling's transposed ones (kernel 2s, stride s; strides
+    whose phases fill the packed panels unevenly, channels that are no multiple of a vector) and stride-1 ones
+    (kernel 7, 3, 1), an ELU before them or not: PyTorch's numbers up to the order of the sums; the same bits on 1
+    or 2 threads, and for the first outputs of a chunk whatever input follows."""
+    torch.manual_seed(stride + c_in + kernel)
+    make = torch.nn.ConvTranspose1d if stride > 1 else torch.nn.Conv1d
+    conv = make(c_in, c_out, kernel, stride, bias=bias)
+    convolution = kernels.KernelConvolution(conv)
     previous = torch.get_num_threads()
     try:
-        for frames in (1, 2, 7, 50):
+        for frames in (kernel, kernel + 1, kernel + 6, 60):
             x = torch.randn(2, c_in, frames)
             got = {}
             for threads in (1, 2):
                 torch.set_num_threads(threads)
-                got[threads] = upsampling(x)
+                got[threads] = convolution(x, elu)
             assert torch.equal(got[1], got[2])
-            want = conv.conv(x)  # [B, C_out, (T + 1) s]
+            want = conv(F.elu(x) if elu else x)
             assert got[2].shape == want.shape
             assert (got[2] - want).abs().max() <= 1e-5 * want.abs().max()
-            assert torch.equal(
-                upsampling(x[:, :, : frames // 2])[..., : frames // 2 * stride], got[2][..., : frames // 2 * stride]
-            )
+            head = (frames // 2 - kernel + 1) * stride if stride == 1 else frames // 2 * stride  # outputs of x[:half]
+            assert torch.equal(convolution(x[:, :, : frames // 2], elu)[..., :head], got[2][..., :head])
     finally:
         torch.set_num_threads(previous)
-    assert upsampling(x.to(torch.bfloat16)) is None  # another dtype: the caller's PyTorch
+    assert convolution(x.to(torch.bfloat16)) is None  # another dtype: the caller's PyTorch
     with torch.no_grad():
-        conv.conv.weight.mul_(2)  # a changed weight is packed again
-    assert (upsampling(x) - conv.conv(x)).abs().max() <= 1e-5 * conv.conv(x).abs().max()
+        conv.weight.mul_(2)  # a changed weight is packed again
+    assert (convolution(x) - conv(x)).abs().max() <= 1e-5 * conv(x).abs().max()
 
 
 @torch.inference_mode()  # as the model and the engine decode
-def test_the_codecs_decoder_runs_on_the_kernels(tiny_checkpoint):
-    """from_pretrained gives the codec's decoder LSTMs the kernels' products and its upsampling the kernels'
-    (KernelUpsampling): the same audio up to rounding, and the same bits on 1 or 2 threads, chunk by chunk too; the
-    encoder's LSTMs keep PyTorch's, whose outputs become codes."""
+def test_the_codecs_decoder_runs_on_the_kernels(tiny_checkpoint, monkeypatch):
+    """from_pretrained gives the codec's decoder LSTMs the kernels' products and its convolutions the kernels'
+    (KernelConvolution, where they have enough output columns): the same audio up to rounding, and the
+    same bits on 1 or 2 threads, chunk by chunk too; the encoder keeps PyTorch's, whose outputs become codes."""
+    monkeypatch.setattr(kernels, "KERNEL_CONVOLUTION_COLUMNS", 16)  # the tiny codec's are narrow
     model = MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
     codec = model.audio_encoder
     decoding = [m for m in codec.decoder.modules() if isinstance(m, encodec.EncodecLSTM)]
     encoding = [m for m in codec.encoder.modules() if isinstance(m, encodec.EncodecLSTM)]
-    upsampling = [m for m in codec.decoder.modules() if isinstance(m, encodec.EncodecConvTranspose1d)]
-    assert decoding and encoding and upsampling
+    kinds = (encodec.EncodecConv1d, encodec.EncodecConvTranspose1d)
+    convolutions = [m for m in codec.decoder.modules() if isinstance(m, kinds)]
+    assert decoding and encoding and convolutions
     assert all(m.products is kernels.KernelLSTMProducts for m in decoding)
     assert all(m.products is encodec.LSTMProducts for m in encoding)
-    assert all(isinstance(m.kernel_upsampling, kernels.KernelUpsampling) for m in upsampling)
+    for m in convolutions:  # those of few output columns keep PyTorch's (the last one, to 1 channel, its own)
+        phases = m.conv.stride[0] if isinstance(m, encodec.EncodecConvTranspose1d) else 1
+        wide = m.conv.out_channels * phases >= kernels.KERNEL_CONVOLUTION_COLUMNS
+        assert isinstance(m.kernel_convolution, kernels.KernelConvolution) == wide, m
+    assert sum(m.kernel_convolution is not None for m in convolutions) >= 4
+    assert not any(m.kernel_convolution for m in codec.encoder.modules() if isinstance(m, kinds))
     codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 4, 60), generator=torch.Generator())
     previous, audio = torch.get_num_threads(), {}
     try:
@@ -316,8 +325,8 @@ def test_the_codecs_decoder_runs_on_the_kernels(tiny_checkpoint):
     assert torch.equal(audio[1], audio[2])
     for m in decoding:
         m.products = encodec.LSTMProducts
-    for m in upsampling:
-        m.kernel_upsampling = None
+    for m in convolutions:
+        m.kernel_convolution = None
     plain = model.decode_audio(codes)
     assert (audio[2] - plain).norm() <= 1e-5 * plain.norm()
 

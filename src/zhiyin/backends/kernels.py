@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .. import heap
 from ..config import QUANTIZE
 from ..files import write_atomic
-from ..modules.encodec import EncodecConvTranspose1d, EncodecLSTM, LSTMProducts
+from ..modules.encodec import EncodecConv1d, EncodecConvTranspose1d, EncodecLSTM, LSTMProducts
 from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_weight
 from .precision import Precision, place, plan
 
@@ -44,6 +44,9 @@ WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8:
 # Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each
 # parallel region can wait a whole scheduler slice for a descheduled team member.
 PARALLEL_MIN_WEIGHTS = 1 << 20
+# the fewest output columns of a codec convolution in the kernels (its output channels, times the phases of a
+# transposed one): with fewer, oneDNN's convolution was as fast or faster (BENCHMARKS.md, "EnCodec's convolutions")
+KERNEL_CONVOLUTION_COLUMNS = 256
 
 _library: ctypes.CDLL | None = None
 _tried = False
@@ -114,11 +117,11 @@ def build(march: str = "native", sources: Path = SOURCES) -> ctypes.CDLL:
     lib.zhiyin_choose.argtypes += [ctypes.c_int64, p, p]
     lib.zhiyin_struct_size.argtypes = [ctypes.c_int]
     lib.zhiyin_struct_size.restype = ctypes.c_int64
-    lib.zhiyin_upsample_floats.argtypes = [ctypes.c_int64] * 3
-    lib.zhiyin_upsample_floats.restype = ctypes.c_int64
-    lib.zhiyin_pack_upsample.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, p]
-    lib.zhiyin_upsample.argtypes = [p, ctypes.c_int64, ctypes.c_int64, p, p, ctypes.c_int64, ctypes.c_int64, p]
-    lib.zhiyin_upsample.argtypes += [ctypes.c_int]
+    lib.zhiyin_panel_floats.argtypes = [ctypes.c_int64] * 2
+    lib.zhiyin_panel_floats.restype = ctypes.c_int64
+    lib.zhiyin_pack_panels.argtypes = [p, ctypes.c_int64, ctypes.c_int64, p]
+    lib.zhiyin_convolution.argtypes = [p] + [ctypes.c_int64] * 4 + [ctypes.c_int, p, p, ctypes.c_int64, ctypes.c_int64]
+    lib.zhiyin_convolution.argtypes += [p, ctypes.c_int]
     check_mirror(lib, LinearWeights, 0)
     return lib
 
@@ -303,43 +306,64 @@ class KernelLSTMProducts(LSTMProducts):
         return LSTMProducts.recurrent(inputs, h, weight) if out is None else inputs + out.to(inputs.dtype)
 
 
-class KernelUpsampling:
-    """An EncodecConvTranspose1d's polyphase product (kernel 2s, stride s) in the kernels (csrc/upsample.h): the
-    weights packed once, every output summed over both taps in registers and written in its place, the bias added
-    last. ~2x BLAS's product and the additions and interleaving after it (BENCHMARKS.md, "EnCodec's upsampling"), and
-    the same numbers at any thread count and chunk length. float32 on the CPU; None elsewhere (the caller's PyTorch)."""
+class KernelConvolution:
+    """One of EnCodec's decoder convolutions over time in the kernels (csrc/convolution.h): a stride-1 nn.Conv1d (its
+    input padded by the caller) or the upsampling's nn.ConvTranspose1d (kernel 2s, stride s: the polyphase product,
+    untrimmed), an ELU before it applied as the kernel reads its input where asked. The weights packed once (again if
+    they change); every output summed in registers and written in its place, the bias added last: the same numbers
+    at any thread count and chunk length, BLAS's up to the order of the sums, ~2x faster than PyTorch's products and
+    the passes around them (BENCHMARKS.md, "EnCodec's convolutions"). float32 on the CPU; None elsewhere (the
+    caller's PyTorch)."""
 
-    def __init__(self, conv: nn.ConvTranspose1d):
+    def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d):
         self.conv = conv
+        self.transposed = isinstance(conv, nn.ConvTranspose1d)
         self._packed: tuple | None = None  # (what the weight was, packed)
 
-    def __call__(self, x: Tensor) -> Tensor | None:
+    def _matrix(self) -> Tensor:
+        """The weight as the kernel's B [K, N]: rows tap by tap, input channel by channel; columns output channel by
+        channel (the transposed convolution's: its s phases each)."""
+        w = self.conv.weight.detach().float()
+        if self.transposed:  # [C_in, C_out, 2s]: the tap at t-1 takes W[:, :, s + r], the one at t W[:, :, r]
+            s, c_in = self.conv.stride[0], w.shape[0]
+            return torch.cat([w[:, :, s:].reshape(c_in, -1), w[:, :, :s].reshape(c_in, -1)])
+        c_out, c_in, k = w.shape
+        return w.permute(2, 1, 0).reshape(k * c_in, c_out)
+
+    def __call__(self, x: Tensor, elu: bool = False) -> Tensor | None:
         weight, bias = self.conv.weight, self.conv.bias
         if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
             return None
         lib = library()
         if lib is None:
             return None
-        (B, C_in, T), C_out, s = x.shape, weight.shape[1], self.conv.stride[0]
         key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
         if self._packed is None or self._packed[0] != key:
-            packed = torch.empty(lib.zhiyin_upsample_floats(C_in, C_out, s))
-            lib.zhiyin_pack_upsample(weight.detach().contiguous().data_ptr(), C_in, C_out, s, packed.data_ptr())
+            matrix = self._matrix().contiguous()
+            packed = torch.empty(lib.zhiyin_panel_floats(*matrix.shape))
+            lib.zhiyin_pack_panels(matrix.data_ptr(), *matrix.shape, packed.data_ptr())
             self._packed = (key, packed)
         packed = self._packed[1]
+        (B, c_in, T), k = x.shape, self.conv.kernel_size[0]
+        c_out = weight.shape[1] if self.transposed else weight.shape[0]
+        taps, pad, phases = (2, 1, self.conv.stride[0]) if self.transposed else (k, 0, 1)
+        rows = T + 2 * pad - taps + 1
         x = x.contiguous()
         bias = bias.detach().float().contiguous() if bias is not None else None
-        out = torch.empty(B, C_out, (T + 1) * s)
+        out = torch.empty(B, c_out, max(rows, 0) * phases)
         threads = torch.get_num_threads()
         for b in range(B):
-            lib.zhiyin_upsample(
+            lib.zhiyin_convolution(
                 x[b].data_ptr(),
-                C_in,
+                c_in,
                 T,
+                pad,
+                taps,
+                int(elu),
                 packed.data_ptr(),
                 bias.data_ptr() if bias is not None else None,
-                C_out,
-                s,
+                c_out,
+                phases,
                 out[b].data_ptr(),
                 threads,
             )
@@ -348,15 +372,25 @@ class KernelUpsampling:
 
 def use_kernel_codec(codec: nn.Module) -> None:
     """The codec's decoder on the kernels where they help: its LSTMs' products (KernelLSTMProducts), their recurrent
-    weights on huge pages, and its upsampling (KernelUpsampling). The encoder keeps PyTorch's arithmetic (its outputs
-    are rounded to codes: nearest neighbours that other last bits could change)."""
+    weights on huge pages, and its convolutions (KernelConvolution) but the last one (a few output channels:
+    modules/encodec.py's own product is faster there). The encoder keeps PyTorch's arithmetic (its outputs are
+    rounded to codes: nearest neighbours that other last bits could change)."""
     for module in codec.decoder.modules():
         if isinstance(module, EncodecLSTM):
             module.products = KernelLSTMProducts
             lstm = module.lstm
             heap.onto_huge_pages([getattr(lstm, f"weight_hh_l{i}") for i in range(lstm.num_layers)])
-        if isinstance(module, EncodecConvTranspose1d) and module.polyphase:
-            module.kernel_upsampling = KernelUpsampling(module.conv)
+        if isinstance(module, (EncodecConv1d, EncodecConvTranspose1d)) and _kernel_convolves(module):
+            module.kernel_convolution = KernelConvolution(module.conv)
+
+
+def _kernel_convolves(module: EncodecConv1d | EncodecConvTranspose1d) -> bool:
+    """Whether KernelConvolution computes this convolution, and enough output columns to be worth it."""
+    conv = module.conv
+    if isinstance(module, EncodecConvTranspose1d):
+        return module.polyphase and conv.out_channels * conv.stride[0] >= KERNEL_CONVOLUTION_COLUMNS
+    plain = module.norm is None and module.stride == 1 and conv.dilation[0] == 1 and conv.groups == 1
+    return plain and conv.out_channels >= KERNEL_CONVOLUTION_COLUMNS
 
 
 def choose(

@@ -66,8 +66,11 @@ class EncodecConv1d(nn.Module):
         # Encoder convs keep the reference's pad-then-conv arithmetic: their outputs feed argmins (codes) that
         # rounding differences can flip.
         self.pad_in_conv = False
+        # a backend's faster convolution of the padded input (backends/kernels.py's KernelConvolution), or None
+        self.kernel_convolution: Callable[[Tensor, bool], Tensor | None] | None = None
 
-    def forward(self, x: Tensor) -> Tensor:  # [B, C_in, T] -> [B, C_out, ceil(T / stride)]
+    def forward(self, x: Tensor, elu: bool = False) -> Tensor:  # [B, C_in, T] -> [B, C_out, ceil(T / stride)]
+        """The convolution of x, or of ELU(x) where elu."""
         length = x.shape[-1]
         # extra right padding so that the last window is complete: padded length = ceil(T / s) * s + padding_total
         extra = math.ceil(length / self.stride) * self.stride - length
@@ -76,6 +79,12 @@ class EncodecConv1d(nn.Module):
         else:
             right = self.padding_total // 2
             left = self.padding_total - right
+        if self.kernel_convolution is not None:
+            y = self.kernel_convolution(_pad1d(x, left, right + extra, self.pad_mode), elu)  # (ELU(0) is 0)
+            if y is not None:
+                return y if self.norm is None else self.norm(y)
+        if elu:
+            x = F.elu(x)
         if self.conv.kernel_size[0] == 1 and self.stride == 1:
             x = _pointwise(x, self.conv.weight[:, :, 0], self.conv.bias)
         elif (
@@ -140,14 +149,19 @@ class EncodecConvTranspose1d(nn.Module):
         self.trim_left = padding_total - self.trim_right
         self.polyphase = self.norm is None and kernel_size == 2 * stride  # (_polyphase applies)
         self._polyphase_weights: tuple | None = None  # (what the weight was, taps, bias): _polyphase's
-        # a backend's faster _polyphase (backends/kernels.py's KernelUpsampling): x -> its output, or None
-        self.kernel_upsampling: Callable[[Tensor], Tensor | None] | None = None
+        # a backend's faster _polyphase (backends/kernels.py's KernelConvolution), or None
+        self.kernel_convolution: Callable[[Tensor, bool], Tensor | None] | None = None
 
-    def forward(self, x: Tensor) -> Tensor:  # [B, C_in, T] -> [B, C_out, T * stride]
+    def forward(self, x: Tensor, elu: bool = False) -> Tensor:  # [B, C_in, T] -> [B, C_out, T * stride]
+        """The transposed convolution of x, or of ELU(x) where elu."""
         conv = self.conv
-        if self.polyphase:
-            y = self.kernel_upsampling(x) if self.kernel_upsampling is not None else None
-            x = self._polyphase(x) if y is None else y  # [B, C_out, (T + 1) * stride]
+        y = self.kernel_convolution(x, elu) if self.polyphase and self.kernel_convolution is not None else None
+        if y is None and elu:
+            x = F.elu(x)
+        if y is not None:
+            x = y
+        elif self.polyphase:
+            x = self._polyphase(x)  # [B, C_out, (T + 1) * stride]
         else:
             x = conv(x)
             if self.norm is not None:
@@ -231,6 +245,20 @@ class EncodecLSTM(nn.Module):
         return (y + x).permute(1, 2, 0), (torch.stack(last[0]), torch.stack(last[1]))  # [B, C, T]
 
 
+def through(layers: nn.ModuleList, x: Tensor) -> Tensor:
+    """x through the layers in turn, each ELU handed to the convolution after it (which a backend may apply as it
+    reads its input: one pass over the activations less)."""
+    elu = False
+    for layer in layers:
+        if isinstance(layer, nn.ELU) and layer.alpha == 1.0 and not elu:
+            elu = True
+        elif elu and isinstance(layer, (EncodecConv1d, EncodecConvTranspose1d)):
+            x, elu = layer(x, elu=True), False
+        else:
+            x, elu = layer(F.elu(x) if elu else x), False
+    return F.elu(x) if elu else x
+
+
 class EncodecResnetBlock(nn.Module):
     """SEANet residual block: ELU, conv k (dim -> dim / compress), ELU, conv 1 (-> dim), plus a shortcut."""
 
@@ -248,10 +276,7 @@ class EncodecResnetBlock(nn.Module):
         self.shortcut = EncodecConv1d(config, dim, dim, 1) if config.use_conv_shortcut else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:  # [B, dim, T]
-        y = x
-        for layer in self.block:
-            y = layer(y)
-        return y.add_(self.shortcut(x))
+        return through(self.block, x).add_(self.shortcut(x))
 
 
 class EncodecEncoder(nn.Module):
@@ -274,9 +299,7 @@ class EncodecEncoder(nn.Module):
         self.layers = nn.ModuleList(layers)  # ELUs are list entries too, so the checkpoint indices line up
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        return through(self.layers, x)
 
 
 class EncodecDecoder(nn.Module):
@@ -304,9 +327,7 @@ class EncodecDecoder(nn.Module):
                 module.pad_in_conv = True
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        return through(self.layers, x)
 
 
 class EncodecCodebook(nn.Module):

@@ -26,7 +26,7 @@ inline int omp_get_num_threads() { return 1; }
 #include <vector>
 
 #include "matvec.h"
-#include "upsample.h"
+#include "convolution.h"
 
 using namespace zhiyin;
 
@@ -463,31 +463,24 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
 }
 
 
-// EnCodec's upsampling (csrc/upsample.h): the floats of its packed weights, the packing (weight [C_in, C_out, 2s],
-// nn.ConvTranspose1d's), and x [C_in, T] -> out [C_out, (T + 1) s] (untrimmed), bias [C_out] or null
-int64_t zhiyin_upsample_floats(int64_t c_in, int64_t c_out, int64_t s) {
-    return upsample_panels(c_out, s) * 2 * c_in * PANEL;
-}
-void zhiyin_pack_upsample(const float *weight, int64_t c_in, int64_t c_out, int64_t s, float *packed) {
-    pack_upsample(weight, c_in, c_out, s, packed);
-}
-void zhiyin_upsample(const float *x, int64_t c_in, int64_t T, const float *packed, const float *bias, int64_t c_out,
-                     int64_t s, float *out, int threads) {
-    std::vector<float> xt((T + 2) * c_in);  // x time by time, a row of zeros either side
+// EnCodec's convolutions over time (csrc/convolution.h): the floats of a packed weight matrix, its packing (b [K, N]
+// row-major), and x [C_in, T] -> out [C_out, rows x phases], rows = T + 2 pad - taps + 1, for a weight matrix of
+// K = taps x C_in rows and N = C_out x phases columns; bias [C_out] or null; ELU on x first where elu
+int64_t zhiyin_panel_floats(int64_t K, int64_t n) { return panels(n) * K * PANEL; }
+void zhiyin_pack_panels(const float *b, int64_t K, int64_t n, float *packed) { pack_panels(b, K, n, packed); }
+void zhiyin_convolution(const float *x, int64_t c_in, int64_t T, int64_t pad, int64_t taps, int elu, const float *packed,
+                        const float *bias, int64_t c_out, int64_t phases, float *out, int threads) {
+    const int64_t times = T + 2 * pad, rows = times - taps + 1;
+    std::vector<float> xt(times * c_in);
     #pragma omp parallel num_threads(threads)
     {
         const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
-        constexpr int64_t TIMES = 64;  // a block of times, transposed through the cache
-        const int64_t blocks = (T + 2 + TIMES - 1) / TIMES;
-        for (int64_t b = blocks * thread / threads; b < blocks * (thread + 1) / threads; b++) {
-            const int64_t t0 = b * TIMES, t1 = std::min(T + 2, t0 + TIMES);
-            for (int64_t t = t0; t < t1; t++)
-                if (t == 0 || t == T + 1) std::fill(xt.begin() + t * c_in, xt.begin() + (t + 1) * c_in, 0.f);
-            for (int64_t i = 0; i < c_in; i++)
-                for (int64_t t = std::max<int64_t>(t0, 1); t < std::min(t1, T + 1); t++) xt[t * c_in + i] = x[i * T + t - 1];
-        }
+        constexpr int64_t TIMES = 64;  // a block of times, laid out through the cache
+        const int64_t blocks = (times + TIMES - 1) / TIMES;
+        for (int64_t b = blocks * thread / threads; b < blocks * (thread + 1) / threads; b++)
+            lay_out(x, c_in, T, pad, elu, xt.data(), b * TIMES, std::min(times, (b + 1) * TIMES));
         #pragma omp barrier
-        upsample_share(xt.data(), c_in, T, packed, bias, c_out, s, out, thread, threads);
+        if (rows > 0) convolution_share(xt.data(), c_in, taps, rows, packed, bias, c_out, phases, out, thread, threads);
     }
 }
 

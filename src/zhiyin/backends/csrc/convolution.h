@@ -1,0 +1,134 @@
+// EnCodec's convolutions over time as matrix products: stride-1 convolutions (kernel k) and the upsampling's
+// transposed ones (kernel 2s, stride s), for one item x [C_in, T].
+//
+// Laid out time by time (xt [T', C_in], optionally padded by rows of zeros either side), the inputs of output time t
+// are the k C_in consecutive numbers from xt[t]: a product of rows A[t] = xt[t .. t + k - 1] (K = k C_in) with a
+// weight matrix B [K, N], no copy of the rows. A convolution's B[j C_in + i, c] = W[c, i, j] (N = C_out); the
+// transposed convolution's output t s + r of channel c is sum_i W[i, c, s + r] x[i, t - 1] + W[i, c, r] x[i, t],
+// so with one row of zeros either side (k = 2) B[i, c s + r] = W[i, c, s + r], B[C_in + i, c s + r] = W[i, c, r]
+// and N = C_out s: s phases per channel. B is packed once in panels of PANEL columns, each [K, PANEL]; tiles of
+// TILE_ROWS rows x PANEL columns are summed in registers over the whole K and written straight into their places in
+// the output [C_out, rows x phases], the bias added last. An ELU on the input (the SEANet blocks' ELU before a
+// convolution) is applied while x is laid out. Every output is one thread's sum in the order k = 0..K-1, with fused
+// multiply-adds: the same number at any thread count, chunk length or vector width.
+#pragma once
+#include <algorithm>
+#include <vector>
+
+#include "vector_math.h"
+
+namespace zhiyin {
+
+// a * b + c, rounded once where the CPU has fused multiply-adds
+inline vf32 multiply_add(vf32 a, vf32 b, vf32 c) {
+#if defined(__AVX512F__)
+    return (vf32)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+    return (vf32)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#elif defined(__aarch64__)
+    return (vf32)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+#else
+    return a * b + c;
+#endif
+}
+
+constexpr int UPSAMPLE_VECTORS = LANES >= 16 ? 4 : 2;  // a panel's vectors: 24 or 12 sums in registers
+constexpr int64_t PANEL = UPSAMPLE_VECTORS * LANES;
+constexpr int TILE_ROWS = 6;
+
+inline int64_t panels(int64_t n) { return (n + PANEL - 1) / PANEL; }
+
+// b [K, N] row-major -> packed [panels, K, PANEL] (zeros past N)
+inline void pack_panels(const float *b, int64_t K, int64_t n, float *packed) {
+    for (int64_t p = 0; p < panels(n); p++)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t lane = 0; lane < PANEL; lane++) {
+                const int64_t j = p * PANEL + lane;
+                packed[(p * K + k) * PANEL + lane] = j < n ? b[k * n + j] : 0.f;
+            }
+}
+
+// ELU (alpha 1): x, or e^x - 1 where x < 0
+inline vf32 elu(vf32 x) { return select(x > splat(0.f), x, zhiyin::exp(x) - 1.f); }
+
+// x [C_in, T] -> xt [pad + T + pad, C_in] for times t0..t1 of xt (ELU applied where elu), zeros in the padding
+inline void lay_out(const float *x, int64_t c_in, int64_t T, int64_t pad, bool elu_input, float *xt, int64_t t0,
+                    int64_t t1) {
+    for (int64_t t = t0; t < t1; t++)
+        if (t < pad || t >= pad + T) std::fill(xt + t * c_in, xt + (t + 1) * c_in, 0.f);
+    const int64_t first = std::max(t0, pad), last = std::min(t1, pad + T);  // the times that hold x
+    for (int64_t i = 0; i < c_in; i++) {
+        const float *row = x + i * T - pad;  // row[t] = x[i, t - pad]
+        int64_t t = first;
+        for (; t + LANES <= last; t += LANES) {
+            vf32 v = load(row + t);
+            if (elu_input) v = elu(v);
+            for (int lane = 0; lane < LANES; lane++) xt[(t + lane) * c_in + i] = v[lane];
+        }
+        for (; t < last; t++) xt[t * c_in + i] = elu_input ? elu(splat(row[t]))[0] : row[t];
+    }
+}
+
+// rows a[m * lda + k] (m < M) times one panel [K, PANEL] -> sums[m][v]
+template <int M>
+inline void upsample_tile(const float *a, int64_t lda, const float *panel, int64_t K, vf32 (*sums)[UPSAMPLE_VECTORS]) {
+    vf32 acc[M][UPSAMPLE_VECTORS] = {};
+    for (int64_t k = 0; k < K; k++) {
+        vf32 b[UPSAMPLE_VECTORS];
+        for (int v = 0; v < UPSAMPLE_VECTORS; v++) b[v] = load(panel + k * PANEL + v * LANES);
+        for (int m = 0; m < M; m++) {
+            const vf32 x = splat(a[m * lda + k]);
+            for (int v = 0; v < UPSAMPLE_VECTORS; v++) acc[m][v] = multiply_add(x, b[v], acc[m][v]);
+        }
+    }
+    for (int m = 0; m < M; m++)
+        for (int v = 0; v < UPSAMPLE_VECTORS; v++) sums[m][v] = acc[m][v];
+}
+
+constexpr int64_t BLOCK_ROWS = 8 * TILE_ROWS;   // the rows of A a task keeps in cache
+constexpr int64_t GROUP_BYTES = 512 * 1024;     // the panels of B it keeps there beside them
+
+// This thread's share of the product (inside a parallel region, after xt is laid out): output rows 0..rows-1 of
+// N = C_out x phases columns, in tasks of a block of rows x a group of panels, split among the threads
+inline void convolution_share(const float *xt, int64_t c_in, int64_t taps, int64_t rows, const float *packed,
+                              const float *bias, int64_t c_out, int64_t phases, float *out, int thread, int threads) {
+    const int64_t K = taps * c_in, n = c_out * phases, length = rows * phases, count = panels(n);
+    const int64_t group = std::max<int64_t>(1, GROUP_BYTES / int64_t(sizeof(float) * K * PANEL));
+    const int64_t groups = (count + group - 1) / group, blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    const int64_t tasks = blocks * groups;
+    vf32 sums[TILE_ROWS][UPSAMPLE_VECTORS];
+    int64_t offset[PANEL];
+    float added[PANEL];
+    for (int64_t task = tasks * thread / threads; task < tasks * (thread + 1) / threads; task++) {
+        const int64_t block = task / groups, g = task % groups;
+        const int64_t first = block * BLOCK_ROWS, last = std::min(rows, first + BLOCK_ROWS);
+        for (int64_t p = g * group; p < std::min(count, (g + 1) * group); p++) {
+            for (int64_t lane = 0; lane < PANEL; lane++) {  // where column j = c phases + r goes, and its bias
+                const int64_t j = p * PANEL + lane;
+                offset[lane] = j < n ? j / phases * length + j % phases : -1;
+                added[lane] = j < n && bias ? bias[j / phases] : 0.f;
+            }
+            const float *panel = packed + p * K * PANEL;
+            for (int64_t r = first; r < last; r += TILE_ROWS) {
+                const int64_t m_rows = std::min<int64_t>(TILE_ROWS, last - r);
+                const float *a = xt + r * c_in;
+                switch (m_rows) {
+                case 6: upsample_tile<6>(a, c_in, panel, K, sums); break;
+                case 5: upsample_tile<5>(a, c_in, panel, K, sums); break;
+                case 4: upsample_tile<4>(a, c_in, panel, K, sums); break;
+                case 3: upsample_tile<3>(a, c_in, panel, K, sums); break;
+                case 2: upsample_tile<2>(a, c_in, panel, K, sums); break;
+                default: upsample_tile<1>(a, c_in, panel, K, sums);
+                }
+                for (int64_t m = 0; m < m_rows; m++)
+                    for (int v = 0; v < UPSAMPLE_VECTORS; v++)
+                        for (int lane = 0; lane < LANES; lane++) {
+                            const int64_t at = offset[v * LANES + lane];
+                            if (at >= 0) out[at + (r + m) * phases] = sums[m][v][lane] + added[v * LANES + lane];
+                        }
+            }
+        }
+    }
+}
+
+}  // namespace zhiyin
