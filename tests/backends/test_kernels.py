@@ -486,6 +486,12 @@ def test_kernels_built_for_older_x86_levels(march, flag):
     extreme = KernelLinear(*quantize_int4(-torch.ones(8, 8192)), in_features=8192)  # every weight -8 x 63
     assert torch.equal(_product(older, extreme, x), _int4_product(extreme, x))
     assert torch.allclose(_product(older, extreme, x), torch.full((2, 8), -8192.0))
+    for conv in (torch.nn.ConvTranspose1d(48, 24, 10, 5), torch.nn.Conv1d(32, 40, 3)):  # EnCodec's, fused ELU
+        x = torch.randn(1, conv.in_channels, 37, generator=g)
+        got, want = kernels.KernelConvolution(conv, older)(x, True), kernels.KernelConvolution(conv)(x, True)
+        if flag == "avx2":  # one fused multiply-add after another, in the same order on both
+            assert torch.equal(got, want)
+        assert (got - conv(F.elu(x))).abs().max() <= 1e-5 * want.abs().max()
     for quantize in (None, "int8", "int4"):
         decoder = make_decoder(seed=11)
         kernels.accelerate_decoder(decoder, quantize)

@@ -315,9 +315,10 @@ class KernelConvolution:
     the passes around them (BENCHMARKS.md, "EnCodec's convolutions"). float32 on the CPU; None elsewhere (the
     caller's PyTorch)."""
 
-    def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d):
+    def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d, lib: ctypes.CDLL | None = None):
         self.conv = conv
         self.transposed = isinstance(conv, nn.ConvTranspose1d)
+        self.lib = lib  # None: library(), the kernels built for this CPU
         self._packed: tuple | None = None  # (what the weight was, packed)
 
     def _matrix(self) -> Tensor:
@@ -334,7 +335,7 @@ class KernelConvolution:
         weight, bias = self.conv.weight, self.conv.bias
         if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
             return None
-        lib = library()
+        lib = self.lib or library()
         if lib is None:
             return None
         key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
