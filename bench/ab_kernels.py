@@ -62,7 +62,7 @@ def worker(mode: str, folder: Path, revision: str, batch: int, steps: int) -> di
     for library in libraries.values():
         kernels.check_mirror(library, fused_step._Layer, 1)
         kernels.check_mirror(library, fused_step._Step, 2)
-    threads = fused_step.usable_threads()  # both sides on the same count: no probes
+    threads = kernels.usable_threads()  # both sides on the same count: no probes
     fused_step.ThreadCount.next = lambda self, rows=0: threads
     fused_step.ThreadCount.record = lambda self, count, seconds: None
     times: dict[str, list[float]] = {"old": [], "new": []}

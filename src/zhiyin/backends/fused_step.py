@@ -13,7 +13,6 @@ rows than the kernels take); select.py then picks another step.
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 
 import torch
@@ -205,14 +204,6 @@ def _text_lengths(mask: Tensor) -> Tensor:
     return torch.where(valid.any(dim=1), last, mask.shape[1]).to(torch.int64).contiguous()
 
 
-def usable_threads() -> int:
-    """PyTorch's thread count, within the CPUs this process may run on."""
-    try:
-        return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
-    except AttributeError:  # no sched_getaffinity (macOS)
-        return torch.get_num_threads()
-
-
 _THREAD_COUNT: ThreadCount | None = None
 
 
@@ -221,7 +212,7 @@ def thread_count() -> ThreadCount:
     engine builds a new one whenever its batch changes, and each fresh count would probe one thread again)."""
     global _THREAD_COUNT
     if _THREAD_COUNT is None:
-        _THREAD_COUNT = ThreadCount(usable_threads())
+        _THREAD_COUNT = ThreadCount(kernels.usable_threads())
     return _THREAD_COUNT
 
 

@@ -264,12 +264,20 @@ class KernelLinear(nn.Module):
         return "int4" if self.groups is not None else "int8" if self.scale is not None else None
 
 
+def usable_threads() -> int:
+    """PyTorch's thread count, within the CPUs this process may run on."""
+    try:
+        return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return torch.get_num_threads()
+
+
 def _product(lib: ctypes.CDLL, weights: LinearWeights, x: Tensor) -> Tensor:
     """x [M, K] W^T -> [M, N] float32 in csrc/kernels.cpp's zhiyin_linear, on every thread where W is large."""
     rows, (N, K) = x.shape[0], (weights.n, weights.k)
     flat = x.float().contiguous()
     out = torch.empty(rows, N, dtype=torch.float32)
-    threads = torch.get_num_threads() if N * K * max(1, rows // MAX_ROWS) >= PARALLEL_MIN_WEIGHTS else 1
+    threads = usable_threads() if N * K * max(1, rows // MAX_ROWS) >= PARALLEL_MIN_WEIGHTS else 1
     lib.zhiyin_linear(ctypes.byref(weights), flat.data_ptr(), out.data_ptr(), rows, threads)
     return out
 
@@ -352,7 +360,7 @@ class KernelConvolution:
         x = x.contiguous()
         bias = bias.detach().float().contiguous() if bias is not None else None
         out = torch.empty(B, c_out, max(rows, 0) * phases)
-        threads = torch.get_num_threads()
+        threads = usable_threads()
         for b in range(B):
             lib.zhiyin_convolution(
                 x[b].data_ptr(),
