@@ -7,10 +7,12 @@ bfloat16, int8 (weight-only, one scale per output row) and int4 (a scale per row
 compute-bound instead: on CPUs with AMX (Intel Xeon since Sapphire Rapids) int8 ones then run on its tiles, the
 weights read from a second copy laid out as tiles, with the same numbers (ZHIYIN_AMX=0 turns that off).
 `csrc/kernels.cpp` runs one such product on its own (KernelLinear, here) or a whole decoder step in one call
-(fused_step.py). The sources are compiled once with the system C++ compiler (`-O3 -march=native -fopenmp`;
-a compiler without OpenMP builds them for one thread) into ~/.cache/zhiyin (or $ZHIYIN_CACHE) and called through
-ctypes; ZHIYIN_KERNELS_MARCH=x86-64-v3 (any -march) builds them for another CPU level instead. Without a compiler, or
-with ZHIYIN_KERNELS=0 (read by select.py), the same layers run on plain PyTorch: results agree to float rounding.
+(fused_step.py); EnCodec's decoder takes its LSTM products (KernelLSTMProducts) and its convolutions
+(KernelConvolution, `csrc/convolution.h`) from the kernels too. The sources are compiled once with the system C++
+compiler (`-O3 -march=native -fopenmp`; a compiler without OpenMP builds them for one thread) into ~/.cache/zhiyin (or
+$ZHIYIN_CACHE) and called through ctypes; ZHIYIN_KERNELS_MARCH=x86-64-v3 (any -march) builds them for another CPU
+level instead. Without a compiler, or with ZHIYIN_KERNELS=0 (read by select.py), the same layers run on plain PyTorch:
+results agree to float rounding.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 // zhiyin's CPU kernels, built at first use by kernels.py with the system C++ compiler (-O3 -march=native -fopenmp)
-// and called through ctypes. Three entry points:
-//   zhiyin_linear        y = x W^T (a KernelLinear layer on its own: a few rows, or a prefill's many)
+// and called through ctypes. Its entry points:
+//   zhiyin_linear        y = x W^T (a KernelLinear layer on its own: a few rows, or a prefill's many; EnCodec's LSTM)
 //   zhiyin_decoder_step  one whole decoder step for one new position per row (each row at its own position, with
 //                        its own text length), in one call and one parallel region: embeddings, every layer (norms,
 //                        attention over the KV cache and the text, FFN), final norm, LM heads. It computes what
 //                        modules/decoder.py's MusicgenDecoder.forward computes for T = 1.
 //   zhiyin_choose        a request's next tokens from its logits (generation/sampling.py's PyTorch ops in one call)
+//   zhiyin_convolution   one of EnCodec's decoder convolutions over time (convolution.h), with its weights packed
+//                        once by zhiyin_pack_panels
 #ifdef _OPENMP
 #include <omp.h>
 #else  // a compiler without OpenMP (Apple's clang, clang without libomp): one thread, the pragmas ignored
