@@ -154,19 +154,13 @@ class EncodecConvTranspose1d(nn.Module):
 
     def forward(self, x: Tensor, elu: bool = False) -> Tensor:  # [B, C_in, T] -> [B, C_out, T * stride]
         """The transposed convolution of x, or of ELU(x) where elu."""
-        conv = self.conv
         y = self.kernel_convolution(x, elu) if self.polyphase and self.kernel_convolution is not None else None
-        if y is None and elu:
-            x = F.elu(x)
-        if y is not None:
-            x = y
-        elif self.polyphase:
-            x = self._polyphase(x)  # [B, C_out, (T + 1) * stride]
-        else:
-            x = conv(x)
+        if y is None:
+            x = F.elu(x) if elu else x
+            y = self._polyphase(x) if self.polyphase else self.conv(x)  # [B, C_out, (T + 1) * stride]
             if self.norm is not None:
-                x = self.norm(x)
-        return x[..., self.trim_left : x.shape[-1] - self.trim_right]
+                y = self.norm(y)
+        return y[..., self.trim_left : y.shape[-1] - self.trim_right]
 
     def _polyphase(self, x: Tensor) -> Tensor:
         """The transposed convolution with kernel 2s and stride s as one matrix product (faster on the CPU):
