@@ -251,6 +251,9 @@ def test_lstm_products_are_pytorchs_at_any_thread_count(monkeypatch, dtype, rows
         torch.set_num_threads(previous)
     transposed = weight.t().contiguous().t()  # the same values, not contiguous
     assert torch.equal(products.recurrent(inputs[:, 0], h, transposed), torch.addmm(inputs[:, 0], h, transposed.t()))
+    calls.clear()
+    learned = weight.clone().requires_grad_()  # gradients to record: PyTorch's products, which record them
+    assert products.recurrent(inputs[:, 0], h, learned).grad_fn is not None and not calls
     assert torch.equal(products.inputs(x, transposed, bias), F.linear(x, transposed, bias))
 
 
@@ -260,6 +263,7 @@ def test_lstm_products_are_pytorchs_at_any_thread_count(monkeypatch, dtype, rows
 )
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("elu", [False, True])
+@torch.no_grad()  # as the codec decodes (in inference mode)
 def test_convolutions_are_pytorchs_at_any_thread_count_and_chunk(c_in, c_out, kernel, stride, bias, elu):
     """EnCodec's decoder convolutions on the kernels: the upsampling's transposed ones (kernel 2s, stride s; strides
     whose phases fill the packed panels unevenly, channels that are no multiple of a vector) and stride-1 ones
@@ -286,8 +290,9 @@ def test_convolutions_are_pytorchs_at_any_thread_count_and_chunk(c_in, c_out, ke
     finally:
         torch.set_num_threads(previous)
     assert convolution(x.to(torch.bfloat16)) is None  # another dtype: the caller's PyTorch
-    with torch.no_grad():
-        conv.weight.mul_(2)  # a changed weight is packed again
+    with torch.enable_grad():
+        assert convolution(x) is None  # gradients to record (the weights want them): PyTorch's
+    conv.weight.mul_(2)  # a changed weight is packed again
     assert (convolution(x) - conv(x)).abs().max() <= 1e-5 * conv(x).abs().max()
 
 
@@ -488,10 +493,11 @@ def test_kernels_built_for_older_x86_levels(march, flag):
     assert torch.allclose(_product(older, extreme, x), torch.full((2, 8), -8192.0))
     for conv in (torch.nn.ConvTranspose1d(48, 24, 10, 5), torch.nn.Conv1d(32, 40, 3)):  # EnCodec's, fused ELU
         x = torch.randn(1, conv.in_channels, 37, generator=g)
-        got, want = kernels.KernelConvolution(conv, older)(x, True), kernels.KernelConvolution(conv)(x, True)
+        with torch.no_grad():
+            got, want = kernels.KernelConvolution(conv, older)(x, True), kernels.KernelConvolution(conv)(x, True)
         if flag == "avx2":  # one fused multiply-add after another, in the same order on both
             assert torch.equal(got, want)
-        assert (got - conv(F.elu(x))).abs().max() <= 1e-5 * want.abs().max()
+        assert (got - conv(F.elu(x)).detach()).abs().max() <= 1e-5 * want.abs().max()
     for quantize in (None, "int8", "int4"):
         decoder = make_decoder(seed=11)
         kernels.accelerate_decoder(decoder, quantize)

@@ -284,10 +284,17 @@ def _product(lib: ctypes.CDLL, weights: LinearWeights, x: Tensor) -> Tensor:
     return out
 
 
+def _recorded(*tensors: Tensor | None) -> bool:
+    """Whether autograd would record an op on these: the kernels' outputs carry no gradient, so PyTorch's path then."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _float_product(x: Tensor, weight: Tensor) -> Tensor | None:
     """x [M, K] weight^T [K, N] -> [M, N] float32 in the kernels for a float32 or bfloat16 weight on the CPU, or None
-    (no kernels, another dtype or device, a weight not contiguous)."""
+    (no kernels, another dtype or device, a weight not contiguous, gradients to record)."""
     if x.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16) or not weight.is_contiguous():
+        return None
+    if _recorded(x, weight):
         return None
     lib = library()
     if lib is None:
@@ -322,8 +329,8 @@ class KernelConvolution:
     untrimmed), an ELU before it applied as the kernel reads its input where asked. The weights packed once (again if
     they change); every output summed in registers and written in its place, the bias added last: the same numbers
     at any thread count and chunk length, BLAS's up to the order of the sums, ~2x faster than PyTorch's products and
-    the passes around them (BENCHMARKS.md, "EnCodec's convolutions"). float32 on the CPU; None elsewhere (the
-    caller's PyTorch)."""
+    the passes around them (BENCHMARKS.md, "EnCodec's convolutions"). float32 on the CPU without gradients to record;
+    None elsewhere (the caller's PyTorch)."""
 
     def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d, lib: ctypes.CDLL | None = None):
         self.conv = conv
@@ -344,6 +351,8 @@ class KernelConvolution:
     def __call__(self, x: Tensor, elu: bool = False) -> Tensor | None:
         weight, bias = self.conv.weight, self.conv.bias
         if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+            return None
+        if _recorded(x, weight, bias):
             return None
         lib = self.lib or library()
         if lib is None:
