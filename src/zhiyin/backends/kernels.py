@@ -328,9 +328,9 @@ class KernelConvolution:
     input padded by the caller) or the upsampling's nn.ConvTranspose1d (kernel 2s, stride s: the polyphase product,
     untrimmed), an ELU before it applied as the kernel reads its input where asked. The weights packed once (again if
     they change); every output summed in registers and written in its place, the bias added last: the same numbers
-    at any thread count and chunk length, BLAS's up to the order of the sums, ~2x faster than PyTorch's products and
-    the passes around them (BENCHMARKS.md, "EnCodec's convolutions"). float32 on the CPU without gradients to record;
-    None elsewhere (the caller's PyTorch)."""
+    at any thread count and chunk length, PyTorch's up to the order of the sums; the upsampling ~2x faster than
+    PyTorch's product and the passes around it (BENCHMARKS.md, "EnCodec's convolutions"). float32 on the CPU without
+    gradients to record; None elsewhere (the caller's PyTorch)."""
 
     def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d, lib: ctypes.CDLL | None = None):
         self.conv = conv

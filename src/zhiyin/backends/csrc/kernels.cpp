@@ -473,16 +473,16 @@ void zhiyin_pack_panels(const float *b, int64_t K, int64_t n, float *packed) { p
 void zhiyin_convolution(const float *x, int64_t c_in, int64_t T, int64_t pad, int64_t taps, int elu, const float *packed,
                         const float *bias, int64_t c_out, int64_t phases, float *out, int threads) {
     const int64_t times = T + 2 * pad, rows = times - taps + 1;
-    std::vector<float> xt(times * c_in);
+    std::unique_ptr<float[]> xt(new float[times * c_in]);  // every element written by lay_out
     #pragma omp parallel num_threads(threads)
     {
         const int thread = omp_get_thread_num(), threads = omp_get_num_threads();
         constexpr int64_t TIMES = 64;  // a block of times, laid out through the cache
         const int64_t blocks = (times + TIMES - 1) / TIMES;
         for (int64_t b = blocks * thread / threads; b < blocks * (thread + 1) / threads; b++)
-            lay_out(x, c_in, T, pad, elu, xt.data(), b * TIMES, std::min(times, (b + 1) * TIMES));
+            lay_out(x, c_in, T, pad, elu, xt.get(), b * TIMES, std::min(times, (b + 1) * TIMES));
         #pragma omp barrier
-        if (rows > 0) convolution_share(xt.data(), c_in, taps, rows, packed, bias, c_out, phases, out, thread, threads);
+        if (rows > 0) convolution_share(xt.get(), c_in, taps, rows, packed, bias, c_out, phases, out, thread, threads);
     }
 }
 
