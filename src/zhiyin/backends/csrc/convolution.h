@@ -10,10 +10,10 @@
 // TILE_ROWS rows x PANEL columns are summed in registers over the whole K and written straight into their places in
 // the output [C_out, rows x phases], the bias added last. An ELU on the input (the SEANet blocks' ELU before a
 // convolution) is applied while x is laid out. Every output is one thread's sum in the order k = 0..K-1, with fused
-// multiply-adds: the same number at any thread count, chunk length or vector width.
+// multiply-adds: the same number at any thread count and chunk length, and with any vector width where the CPU
+// fuses multiply-adds (AVX2 and AVX-512 builds agree to the bit).
 #pragma once
 #include <algorithm>
-#include <vector>
 
 #include "vector_math.h"
 
@@ -32,8 +32,8 @@ inline vf32 multiply_add(vf32 a, vf32 b, vf32 c) {
 #endif
 }
 
-constexpr int UPSAMPLE_VECTORS = LANES >= 16 ? 4 : 2;  // a panel's vectors: 24 or 12 sums in registers
-constexpr int64_t PANEL = UPSAMPLE_VECTORS * LANES;
+constexpr int PANEL_VECTORS = LANES >= 16 ? 4 : 2;  // a panel's vectors: 24 or 12 sums in registers
+constexpr int64_t PANEL = PANEL_VECTORS * LANES;
 constexpr int TILE_ROWS = 6;
 
 inline int64_t panels(int64_t n) { return (n + PANEL - 1) / PANEL; }
@@ -71,18 +71,18 @@ inline void lay_out(const float *x, int64_t c_in, int64_t T, int64_t pad, bool e
 
 // rows a[m * lda + k] (m < M) times one panel [K, PANEL] -> sums[m][v]
 template <int M>
-inline void upsample_tile(const float *a, int64_t lda, const float *panel, int64_t K, vf32 (*sums)[UPSAMPLE_VECTORS]) {
-    vf32 acc[M][UPSAMPLE_VECTORS] = {};
+inline void panel_tile(const float *a, int64_t lda, const float *panel, int64_t K, vf32 (*sums)[PANEL_VECTORS]) {
+    vf32 acc[M][PANEL_VECTORS] = {};
     for (int64_t k = 0; k < K; k++) {
-        vf32 b[UPSAMPLE_VECTORS];
-        for (int v = 0; v < UPSAMPLE_VECTORS; v++) b[v] = load(panel + k * PANEL + v * LANES);
+        vf32 b[PANEL_VECTORS];
+        for (int v = 0; v < PANEL_VECTORS; v++) b[v] = load(panel + k * PANEL + v * LANES);
         for (int m = 0; m < M; m++) {
             const vf32 x = splat(a[m * lda + k]);
-            for (int v = 0; v < UPSAMPLE_VECTORS; v++) acc[m][v] = multiply_add(x, b[v], acc[m][v]);
+            for (int v = 0; v < PANEL_VECTORS; v++) acc[m][v] = multiply_add(x, b[v], acc[m][v]);
         }
     }
     for (int m = 0; m < M; m++)
-        for (int v = 0; v < UPSAMPLE_VECTORS; v++) sums[m][v] = acc[m][v];
+        for (int v = 0; v < PANEL_VECTORS; v++) sums[m][v] = acc[m][v];
 }
 
 constexpr int64_t BLOCK_ROWS = 8 * TILE_ROWS;   // the rows of A a task keeps in cache
@@ -96,7 +96,7 @@ inline void convolution_share(const float *xt, int64_t c_in, int64_t taps, int64
     const int64_t group = std::max<int64_t>(1, GROUP_BYTES / int64_t(sizeof(float) * K * PANEL));
     const int64_t groups = (count + group - 1) / group, blocks = (rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
     const int64_t tasks = blocks * groups;
-    vf32 sums[TILE_ROWS][UPSAMPLE_VECTORS];
+    vf32 sums[TILE_ROWS][PANEL_VECTORS];
     int64_t offset[PANEL];
     float added[PANEL];
     for (int64_t task = tasks * thread / threads; task < tasks * (thread + 1) / threads; task++) {
@@ -113,15 +113,15 @@ inline void convolution_share(const float *xt, int64_t c_in, int64_t taps, int64
                 const int64_t m_rows = std::min<int64_t>(TILE_ROWS, last - r);
                 const float *a = xt + r * c_in;
                 switch (m_rows) {
-                case 6: upsample_tile<6>(a, c_in, panel, K, sums); break;
-                case 5: upsample_tile<5>(a, c_in, panel, K, sums); break;
-                case 4: upsample_tile<4>(a, c_in, panel, K, sums); break;
-                case 3: upsample_tile<3>(a, c_in, panel, K, sums); break;
-                case 2: upsample_tile<2>(a, c_in, panel, K, sums); break;
-                default: upsample_tile<1>(a, c_in, panel, K, sums);
+                case 6: panel_tile<6>(a, c_in, panel, K, sums); break;
+                case 5: panel_tile<5>(a, c_in, panel, K, sums); break;
+                case 4: panel_tile<4>(a, c_in, panel, K, sums); break;
+                case 3: panel_tile<3>(a, c_in, panel, K, sums); break;
+                case 2: panel_tile<2>(a, c_in, panel, K, sums); break;
+                default: panel_tile<1>(a, c_in, panel, K, sums);
                 }
                 for (int64_t m = 0; m < m_rows; m++)
-                    for (int v = 0; v < UPSAMPLE_VECTORS; v++)
+                    for (int v = 0; v < PANEL_VECTORS; v++)
                         for (int lane = 0; lane < LANES; lane++) {
                             const int64_t at = offset[v * LANES + lane];
                             if (at >= 0) out[at + (r + m) * phases] = sums[m][v][lane] + added[v * LANES + lane];
