@@ -1,4 +1,5 @@
-"""heap.py: tensors moved onto transparent huge pages keep their values, and the decoder's weights live there."""
+"""heap.py: tensors moved onto transparent huge pages keep their values, new ones there are zeros, and the decoder's
+weights and KV cache live there."""
 
 from __future__ import annotations
 
@@ -51,6 +52,39 @@ def test_tensors_move_onto_huge_pages_with_their_values():
     assert isinstance(tensors[0], nn.Parameter) and tensors[0].requires_grad and not tensors[1].requires_grad
     tensors[1].data.add_(1)  # written in place (a LoRA merge): a private mapping, writable
     assert torch.equal(tensors[1], before[1] + 1)
+
+
+def test_new_tensors_on_huge_pages_are_zeros_and_writable():
+    specs = [((3, 5), torch.float32), ((1 << 20,), torch.int8), ((2, 7), torch.bfloat16)]
+    tensors = heap.zeros_on_huge_pages(specs)
+    gc.collect()
+    for tensor, (shape, dtype) in zip(tensors, specs):
+        assert tensor.shape == shape and tensor.dtype == dtype and tensor.data_ptr() % 64 == 0
+        assert not tensor.any() and "hg" in mapping_flags(tensor)
+        tensor.fill_(3)
+    ends = [(t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in tensors]
+    assert all(end <= start for (_, end), (start, _) in zip(ends, ends[1:]))  # apart, in order
+    assert [t.sum().item() for t in tensors] == [45, 3 << 20, 42]
+
+
+def test_the_kv_cache_is_on_huge_pages(tiny_checkpoint, monkeypatch):
+    """On the CPU every layer's keys, values and int8 scales are made on huge pages, as zeros (scales ones); where
+    there are none, the same cache in ordinary memory."""
+    model = MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0], quantize="int8")
+    decoder, heads = model.decoder, model.decoder.config.num_attention_heads
+    for huge in (True, False):
+        if not huge:
+            monkeypatch.setattr(heap, "zeros_on_huge_pages", lambda specs: None)
+        decoder.setup_caches(3, 10)
+        buffers = [b for cache in decoder.caches for b in cache.buffers()]
+        assert len(buffers) == 4 * len(decoder.layers) and len({b.data_ptr() for b in buffers}) == len(buffers)
+        assert all(("hg" in mapping_flags(b)) == huge for b in buffers)
+        for cache in decoder.caches:
+            assert cache.k.shape == (3, heads, 10, cache.k.shape[-1]) and cache.v.shape == cache.k.shape
+            assert cache.k.dtype == cache.v.dtype == torch.int8 and not cache.k.any() and not cache.v.any()
+            assert cache.k_scale.shape == cache.v_scale.shape == (3, heads, 10)
+            assert bool((cache.k_scale == 1).all()) and bool((cache.v_scale == 1).all())
+        decoder.free_caches()
 
 
 def test_nothing_to_move():

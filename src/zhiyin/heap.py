@@ -9,7 +9,8 @@ sets them to glibc's usual steady state (32 MB mmap, 64 MB trim threshold) and t
 `large_tensors_mapped()` does the opposite while weights load. Elsewhere than glibc all are no-ops.
 
 `onto_huge_pages()` moves tensors that are read whole at every step (the decoder's weights) into memory that Linux
-backs with 2 MB pages: a stream over them then misses the TLB 512 times less often.
+backs with 2 MB pages: a stream over them then misses the TLB 512 times less often. `zeros_on_huge_pages()` makes
+new ones there (the decoder's KV cache, which every step reads too).
 """
 
 from __future__ import annotations
@@ -92,20 +93,38 @@ def onto_huge_pages(tensors: list[Tensor]) -> bool:
     is no such mapping (not Linux, or no tensors on the CPU); with huge pages off ('never') the mapping has ordinary
     pages."""
     tensors = [t for t in tensors if t.device.type == "cpu"]
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is None or not tensors:
+    places = _huge_page_tensors([(t.shape, t.dtype) for t in tensors]) if tensors else None
+    if places is None:
         return False
-    sizes = [-(-t.numel() * t.element_size() // 64) * 64 for t in tensors]  # each at a cache line
-    # private: a shared anonymous mapping is tmpfs memory, whose huge pages have a setting of their own
+    for tensor, place in zip(tensors, places):
+        tensor.data = place.copy_(tensor.data)
+    return True
+
+
+def zeros_on_huge_pages(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[Tensor] | None:
+    """New CPU tensors of these (shape, dtype), all zeros, in one anonymous mapping backed by transparent huge pages
+    as onto_huge_pages' (anonymous memory starts zeroed: nothing is written, and each page costs only when first
+    used); None where there is no such mapping."""
+    return _huge_page_tensors(specs)
+
+
+def _huge_page_tensors(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[Tensor] | None:
+    """Tensors of these (shape, dtype), each at a cache line, in one private anonymous mapping advised to be backed
+    by huge pages (private: a shared anonymous mapping is tmpfs memory, whose huge pages have a setting of their
+    own); None where madvise has no such advice or refuses it."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None:
+        return None
+    sizes = [-(-torch.Size(shape).numel() * dtype.itemsize // 64) * 64 for shape, dtype in specs]
     mapping = mmap.mmap(-1, sum(sizes) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         mapping.madvise(advice)
     except OSError:
-        return False
+        return None
     memory = torch.frombuffer(mapping, dtype=torch.uint8)  # the tensors made from it hold the mapping
     at = -memory.data_ptr() % HUGE_PAGE  # huge pages cover the 2 MB-aligned part of a mapping
-    for tensor, size in zip(tensors, sizes):
-        copy = memory[at : at + tensor.numel() * tensor.element_size()].view(tensor.dtype).view(tensor.shape)
-        tensor.data = copy.copy_(tensor.data)
+    tensors = []
+    for (shape, dtype), size in zip(specs, sizes):
+        tensors.append(memory[at : at + torch.Size(shape).numel() * dtype.itemsize].view(dtype).view(shape))
         at += size
-    return True
+    return tensors

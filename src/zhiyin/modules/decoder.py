@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import heap
 from ..config import DecoderConfig
 from .quantization import dequantize_int8, quantize_int8
 
@@ -38,14 +39,27 @@ class KVCache(nn.Module):
     """Preallocated self-attention keys/values for one layer: [rows, H, max_len, Dh] each, in float, or in int8 with
     a scale per vector ([rows, H, max_len]; quantization.py). Each row is its own sequence at its own positions."""
 
-    def __init__(self, rows: int, heads: int, max_len: int, head_dim: int, dtype, device):
+    def __init__(self, k: Tensor, v: Tensor, k_scale: Tensor | None = None, v_scale: Tensor | None = None):
         super().__init__()
-        shape = (rows, heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        if dtype == torch.int8:
-            self.register_buffer("k_scale", torch.ones(shape[:3], device=device), persistent=False)
-            self.register_buffer("v_scale", torch.ones(shape[:3], device=device), persistent=False)
+        self.register_buffer("k", k, persistent=False)
+        self.register_buffer("v", v, persistent=False)
+        if k.dtype == torch.int8:
+            self.register_buffer("k_scale", k_scale, persistent=False)
+            self.register_buffer("v_scale", v_scale, persistent=False)
+
+    @staticmethod
+    def zeros(layers: int, shape: tuple[int, int, int, int], dtype: torch.dtype, device) -> list[KVCache]:
+        """Empty caches of `layers` layers, [rows, H, max_len, Dh] each (int8's scales ones). On the CPU in one
+        mapping of huge pages (heap.zeros_on_huge_pages), as the weights are: every step reads the caches whole, a
+        row and head at a time, and from 4 KB pages its attention took ~15 % longer (BENCHMARKS.md, "The KV cache on
+        huge pages")."""
+        scaled = dtype == torch.int8  # the scales after every key and value: filling them touches few pages
+        specs = [(shape, dtype)] * (2 * layers) + [(shape[:3], torch.float32)] * (2 * layers if scaled else 0)
+        made = heap.zeros_on_huge_pages(specs) if torch.device(device).type == "cpu" else None
+        if made is None:
+            made = [torch.zeros(size, dtype=kind, device=device) for size, kind in specs]
+        keys_values, scales = made[: 2 * layers], [scale.fill_(1.0) for scale in made[2 * layers :]]
+        return [KVCache(*keys_values[2 * i : 2 * i + 2], *scales[2 * i : 2 * i + 2]) for i in range(layers)]
 
     def update(self, positions: Tensor, k: Tensor, v: Tensor, rows: slice, length: int | None) -> tuple[Tensor, Tensor]:
         """Write k, v [b, H, T, Dh] of cache rows `rows` at positions [b, T] (each row its own); return those rows'
@@ -201,10 +215,8 @@ class MusicgenDecoder(nn.Module):
         p = self.final_norm.weight
         c = self.config
         dtype = self.cache_dtype or p.dtype
-        self.caches = nn.ModuleList(
-            KVCache(rows, c.num_attention_heads, max_len, c.hidden_size // c.num_attention_heads, dtype, p.device)
-            for _ in self.layers
-        )
+        shape = (rows, c.num_attention_heads, max_len, c.hidden_size // c.num_attention_heads)
+        self.caches = nn.ModuleList(KVCache.zeros(len(self.layers), shape, dtype, p.device))
 
     def free_caches(self) -> None:
         self.caches = None
