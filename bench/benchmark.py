@@ -11,7 +11,8 @@ Measured per mode: load time, T5 ms (one prompt), decoder ms per step (batch 1 w
 with guidance = 8 rows), EnCodec decode ms per second of audio, end-to-end seconds for 10 s of music (one
 prompt, guidance 3, top-k 250, audio decoded), and peak RSS. The floor is the decoder's weight bytes per step
 divided by the read bandwidth measured in the same process just before its decoder timings (a shared VM's bandwidth
-drifts from minute to minute). Timings are the best of 3. transformers is optional: without it, zhiyin's rows alone.
+drifts from minute to minute): at the best of 10 reads, and at their median (a VM's best can be a burst that no
+longer read sustains). Timings are the best of 3. transformers is optional: without it, zhiyin's rows alone.
 On a GPU (--device cuda) every timing waits for the GPU to finish, the bandwidth is the GPU memory's, and the peak
 memory is the GPU's (torch.cuda.max_memory_allocated) beside the process's RSS.
 """
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -63,10 +65,11 @@ def make_checkpoint(shape: str, folder: Path) -> None:
     write_random_checkpoint(folder, shape)
 
 
-def read_bandwidth(device: str) -> float:
+def read_bandwidth(device: str) -> tuple[float, float]:
     """Bytes per second that torch reads from the device's memory (sum over 256 MiB on the CPU, 8x the L3 cache of
     the CPUs we use, on huge pages where Linux gives them, as the decoder's weights are: read faster than from 4 KB
-    pages; 2 GiB on a GPU; best of 10). Small enough not to raise a mode's peak memory much."""
+    pages; 2 GiB on a GPU): the best and the median of 10 reads. On a shared VM the best catches a burst the median
+    does not sustain (BENCHMARKS.md, session 20). Small enough not to raise a mode's peak memory much."""
     import torch
 
     from zhiyin import heap
@@ -75,7 +78,8 @@ def read_bandwidth(device: str) -> float:
     heap.onto_huge_pages([x])  # (on the CPU)
     run = lambda: x.sum().item()  # noqa: E731  (.item(): waits for the GPU)
     run()
-    return x.numel() * 4 / timed(run, repeat=10)
+    seconds = sorted(timed(run) for _ in range(10))
+    return x.numel() * 4 / seconds[0], x.numel() * 4 / statistics.median(seconds)
 
 
 def peak_rss_gb() -> float:
@@ -159,7 +163,7 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
         if library == "transformers":  # time the token loop alone: skip the audio decoding
             decode = model.audio_encoder.decode
             model.audio_encoder.decode = lambda codes, *a, **k: type("Out", (), {"audio_values": torch.zeros(1)})()
-        result["bandwidth"] = read_bandwidth(device)
+        result["bandwidth"], result["bandwidth_median"] = read_bandwidth(device)
         for batch, key in ((1, "step_ms_b1"), (4, "step_ms_b4")):
             decoder_seconds(batch, 8)  # warm up
             short, long = decoder_seconds(batch, 8), decoder_seconds(batch, 8 + steps)
@@ -237,13 +241,16 @@ def print_table(results: list[dict], title: str, seconds: float) -> None:
     print(f"{'':40s}" + "".join(f"{n:>{width}s}" for n in names))
     for label, key, fmt in rows:
         print(f"{label:40s}" + "".join(f"{fmt.format(r[key]):>{width}s}" for r in results))
-    print(
-        f"{'read bandwidth in this run (GB/s)':40s}" + "".join(f"{r['bandwidth'] / 1e9:>{width}.1f}" for r in results)
-    )
-    print(
-        f"{'floor: weight bytes / bandwidth (ms/step)':40s}"
-        + "".join(f"{r['decoder_weight_bytes'] / r['bandwidth'] * 1e3:>{width}.1f}" for r in results)
-    )
+    for which, key in (("best", "bandwidth"), ("median", "bandwidth_median")):
+        print(
+            f"{'read bandwidth, ' + which + ' of 10 (GB/s)':40s}"
+            + "".join(f"{r[key] / 1e9:>{width}.1f}" for r in results)
+        )
+    for which, key in (("best", "bandwidth"), ("median", "bandwidth_median")):
+        print(
+            f"{'floor: weight bytes / ' + which + ' (ms/step)':40s}"
+            + "".join(f"{r['decoder_weight_bytes'] / r[key] * 1e3:>{width}.1f}" for r in results)
+        )
     if reference:
         for label, key in (("speed-up vs transformers-float32, step", "step_ms_b1"), ("speed-up, end to end", "e2e_s")):
             print(f"{label:40s}" + "".join(f"{reference[key] / r[key]:>{width}.2f}" for r in results))
