@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from zhiyin.backends import kernels
-from zhiyin.backends.fused_step import FusedStep
+from zhiyin.backends.fused_step import FusedStep, _text_lengths
 from zhiyin.backends.select import PlainStep, decoder_step, set_kernels_enabled
 from zhiyin.modules.decoder import CrossKV
 
-from decoder_steps import compare_steps, make_decoder, text_condition
+from decoder_steps import compare_steps, make_decoder, text_condition, text_states
 
 # How far the fused step's logits may stray from the plain step's on the same weights. Both multiply integer
 # activations, but their layer norms, GELU and attention (C++ and PyTorch) differ in the last bits, and an
@@ -69,6 +69,21 @@ def test_long_cache_and_text(quantize):
         steps=3,
         tolerance=INTEGER_TOLERANCE.get(quantize, 1e-5),
     )
+
+
+def test_rows_without_text():
+    """The null text of guidance (no valid position, its states zeros, so its keys and values are zeros) attends to
+    nothing and gets zeros, as attention over its equal scores gives; a row with no valid position but values that
+    are not zeros (a mask that leaves nothing) attends to all of them, as the plain step does."""
+    decoder = make_decoder(seed=11)
+    kernels.accelerate_decoder(decoder)
+    states = text_states(decoder, 4, text_len=5)
+    states.mask[1] = 0  # the null text: project_text gives its row zero keys and values
+    cross = states.cross(decoder)
+    cross.mask[2] = torch.finfo(cross.mask.dtype).min  # masked whole, its keys and values kept
+    assert not any(v[1].any() for v in cross.values) and all(v[2].any() for v in cross.values)
+    assert _text_lengths(cross.mask.view(4, 5), cross.values).tolist() == [5, 0, 5, 2]
+    compare_steps(decoder, cross, 4)
 
 
 def test_the_plain_step_runs_where_the_fused_one_does_not_apply():

@@ -111,7 +111,7 @@ class FusedStep:
         heads_weights = (LinearWeights * c.num_codebooks)(*[head.weights(rows) for head in decoder.lm_heads])
         text_len = cross.keys[0].shape[2] if cross is not None else 0
         text_mask = _float(cross.mask).view(rows, text_len) if cross is not None else None
-        text_lengths = _text_lengths(text_mask) if cross is not None else None
+        text_lengths = _text_lengths(text_mask, cross.values) if cross is not None else None
         step = self.step = _Step(
             rows=rows,
             dim=c.hidden_size,
@@ -195,13 +195,17 @@ class FusedStep:
         return logits
 
 
-def _text_lengths(mask: Tensor) -> Tensor:
-    """Additive text mask [rows, S] -> each row's text length [rows] int64: through its last valid position, so
-    that attention over it equals attention over all S (the masked rest adds exact zeros); all S for a row with no
-    valid position (the null text of guidance, whose masked scores are all equal)."""
+def _text_lengths(mask: Tensor, values: list[Tensor]) -> Tensor:
+    """Additive text mask [rows, S] and every layer's text values [rows, H, S, Dh] -> each row's text length [rows]
+    int64: through its last valid position, so that attention over it equals attention over all S (the masked rest
+    adds exact zeros). A row with no valid position has equal scores over all S: its attention is the mean of its
+    values, so 0 where they are all zeros (the null text of guidance, whose attention is then zeros, written without
+    reading its keys and values: csrc/kernels.cpp's attend), else all S."""
     valid = mask == 0
     last = torch.where(valid, torch.arange(1, mask.shape[1] + 1), 0).amax(dim=1)
-    return torch.where(valid.any(dim=1), last, mask.shape[1]).to(torch.int64).contiguous()
+    blank = torch.stack([(v == 0).flatten(1).all(dim=1) for v in values]).all(dim=0)
+    empty = torch.where(blank, 0, mask.shape[1])
+    return torch.where(valid.any(dim=1), last, empty).to(torch.int64).contiguous()
 
 
 _THREAD_COUNT: ThreadCount | None = None

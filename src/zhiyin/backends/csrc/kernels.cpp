@@ -170,10 +170,11 @@ inline void ask_for(const T *row, int64_t n) {  // n elements into the cache, a 
 }
 
 // One query q [dh] against keys/values [length, dh] (float32, bfloat16, or int8 with a scale per position):
-// softmax(q k^T / sqrt(dh) + mask) v -> out [dh]
+// softmax(q k^T / sqrt(dh) + mask) v -> out [dh]; length 0: zeros (a text whose values are all zeros)
 template <typename T>
 void attend(const float *q, const T *keys, const float *key_scales, const T *values, const float *value_scales,
             int64_t length, int64_t dh, const float *mask, float *scores, float *out) {
+    if (length == 0) return std::fill(out, out + dh, 0.f);
     const float scale = 1.f / std::sqrt(float(dh));
     float top = -std::numeric_limits<float>::infinity();
     for (int64_t l = 0; l < std::min(length, KV_AHEAD); l++) ask_for(keys + l * dh, dh);
@@ -276,7 +277,7 @@ struct Step {
     const float *const *embeddings;  // codebooks tables [vocab + 1, dim]
     const float *position_table;     // [max_len, dim] sinusoidal
     const float *text_mask;          // [rows, text_len], additive
-    const int64_t *text_lengths;     // [rows]: each row attends to its text positions 0..text_lengths[row]-1
+    const int64_t *text_lengths;     // [rows]: each row attends to its text positions 0..text_lengths[row]-1 (0: none)
     const float *norm_weight, *norm_bias;
     const Linear *lm_heads;          // codebooks x [vocab, dim]
 };
@@ -424,7 +425,9 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
                 prepare(x.data(), D, L.cross_q, L.cross_norm_weight, L.cross_norm_bias, h.data());
                 product(L.cross_q, q.data(), D, false);
                 team->wait();
-                #pragma omp for schedule(static) nowait
+                // heads dealt in turn: a row without text (guidance's null one, length 0) leaves every thread an
+                // equal share of the rows with text
+                #pragma omp for schedule(static, 1) nowait
                 for (int64_t task = 0; task < M * H; task++) {
                     const int64_t m = task / H, head = task % H, row = s->first_row + m;
                     const int64_t base = (row * H + head) * s->text_len * dh;
