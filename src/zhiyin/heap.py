@@ -93,7 +93,7 @@ def onto_huge_pages(tensors: list[Tensor]) -> bool:
     is no such mapping (not Linux, or no tensors on the CPU); with huge pages off ('never') the mapping has ordinary
     pages."""
     tensors = [t for t in tensors if t.device.type == "cpu"]
-    places = _huge_page_tensors([(t.shape, t.dtype) for t in tensors]) if tensors else None
+    places = zeros_on_huge_pages([(t.shape, t.dtype) for t in tensors]) if tensors else None
     if places is None:
         return False
     for tensor, place in zip(tensors, places):
@@ -102,16 +102,10 @@ def onto_huge_pages(tensors: list[Tensor]) -> bool:
 
 
 def zeros_on_huge_pages(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[Tensor] | None:
-    """New CPU tensors of these (shape, dtype), all zeros, in one anonymous mapping backed by transparent huge pages
-    as onto_huge_pages' (anonymous memory starts zeroed: nothing is written, and each page costs only when first
-    used); None where there is no such mapping."""
-    return _huge_page_tensors(specs)
-
-
-def _huge_page_tensors(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[Tensor] | None:
-    """Tensors of these (shape, dtype), each at a cache line, in one private anonymous mapping advised to be backed
-    by huge pages (private: a shared anonymous mapping is tmpfs memory, whose huge pages have a setting of their
-    own); None where madvise has no such advice or refuses it."""
+    """New CPU tensors of these (shape, dtype), all zeros, each at a cache line, in one private anonymous mapping
+    advised to be backed by transparent huge pages (private: a shared anonymous mapping is tmpfs memory, whose huge
+    pages have a setting of their own). Anonymous memory starts zeroed: nothing is written, and a page costs only
+    when first used. None where madvise has no such advice or refuses it."""
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
     if advice is None:
         return None

@@ -51,7 +51,7 @@ class KVCache(nn.Module):
     def zeros(layers: int, shape: tuple[int, int, int, int], dtype: torch.dtype, device) -> list[KVCache]:
         """Empty caches of `layers` layers, [rows, H, max_len, Dh] each (int8's scales ones). On the CPU in one
         mapping of huge pages (heap.zeros_on_huge_pages), as the weights are: every step reads the caches whole, a
-        row and head at a time, and from 4 KB pages its attention took ~15 % longer (BENCHMARKS.md, "The KV cache on
+        row and head at a time, and from 4 KB pages its attention took 5-15 % longer (BENCHMARKS.md, "The KV cache on
         huge pages")."""
         scaled = dtype == torch.int8  # the scales after every key and value: filling them touches few pages
         specs = [(shape, dtype)] * (2 * layers) + [(shape[:3], torch.float32)] * (2 * layers if scaled else 0)
