@@ -221,13 +221,13 @@ def test_more_rows_than_the_kernel_takes_fall_back_to_pytorch():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 3, 11, 40])
 def test_lstm_products_are_pytorchs_at_any_thread_count(monkeypatch, dtype, rows):
-    """EnCodec's LSTM products on the kernels: PyTorch's numbers up to the order of the sums, and the same bits on 1
-    or 2 threads and whatever rows are beside (BLAS's small products are not, on some CPUs); a weight that is not
-    contiguous goes to PyTorch itself."""
+    """EnCodec's LSTM products on the kernels (the frame-by-frame recurrence's, where it is not one call):
+    PyTorch's numbers up to the order of the sums, and the same bits on 1 or 2 threads and whatever rows are beside
+    (BLAS's small products are not, on some CPUs); a weight that is not contiguous goes to PyTorch itself."""
     g = torch.Generator().manual_seed(rows)
     weight, bias = torch.randn(256, 64, generator=g).to(dtype), torch.randn(256, generator=g).to(dtype)
     x, h = torch.randn(rows, 1, 64, generator=g).to(dtype), torch.randn(rows, 64, generator=g).to(dtype)
-    products = kernels.KernelLSTMProducts
+    products = kernels.KernelLSTMArithmetic
     calls = []
     product = kernels._product
     monkeypatch.setattr(kernels, "_product", lambda *a: calls.append(1) or product(*a))
@@ -255,6 +255,47 @@ def test_lstm_products_are_pytorchs_at_any_thread_count(monkeypatch, dtype, rows
     learned = weight.clone().requires_grad_()  # gradients to record: PyTorch's products, which record them
     assert products.recurrent(inputs[:, 0], h, learned).grad_fn is not None and not calls
     assert torch.equal(products.inputs(x, transposed, bias), F.linear(x, transposed, bias))
+
+
+@pytest.mark.parametrize("channels, batch", [(512, 1), (512, 3), (40, 2)])
+@torch.inference_mode()  # as the codec decodes
+def test_lstm_recurrence_in_one_call_is_pytorchs_at_any_thread_count(channels, batch):
+    """An LSTM layer's recurrence over every frame in one kernel call (zhiyin_lstm): nn.LSTM's outputs and final
+    state up to rounding (its sigmoid and tanh are ours); the same bits on 1 or 2 threads (512 channels: large enough
+    for both) and when the frames come in two calls, the state carried; the caller's state left as it was. Other
+    dtypes go frame by frame."""
+    g = torch.Generator().manual_seed(channels + batch)
+    lstm = torch.nn.LSTM(channels, channels)
+    with torch.no_grad():
+        for weight in lstm.parameters():
+            weight.copy_(torch.randn(weight.shape, generator=g) * 2 / channels**0.5)  # gates well beyond 0.625
+    frames = 23
+    x = torch.randn(frames, batch, channels, generator=g)
+    h, c = torch.randn(batch, channels, generator=g), torch.randn(batch, channels, generator=g)
+    want, (want_h, want_c) = lstm(x, (h[None], c[None]))
+    arithmetic = kernels.KernelLSTMArithmetic
+    inputs = arithmetic.inputs(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    kept = h.clone(), c.clone()
+    previous, got = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            got[threads] = arithmetic.frames(inputs, h, c, lstm.weight_hh_l0)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(h, kept[0]) and torch.equal(c, kept[1])
+    for one, two in zip(got[1], got[2]):
+        assert torch.equal(one, two)
+    y, last_h, last_c = got[2]
+    assert y.shape == want.shape and torch.equal(last_h, y[-1])
+    for ours, theirs in ((y, want), (last_h, want_h[0]), (last_c, want_c[0])):
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+    head, head_h, head_c = arithmetic.frames(inputs[:9], h, c, lstm.weight_hh_l0)
+    tail, tail_h, tail_c = arithmetic.frames(inputs[9:], head_h, head_c, lstm.weight_hh_l0)
+    assert torch.equal(torch.cat([head, tail]), y) and torch.equal(tail_h, last_h) and torch.equal(tail_c, last_c)
+    narrow = [t.to(torch.bfloat16) for t in (inputs, h, c, lstm.weight_hh_l0)]
+    y16 = arithmetic.frames(*narrow)[0]
+    assert y16.dtype == torch.bfloat16 and (y16.float() - want).abs().max() <= 0.1
 
 
 @pytest.mark.parametrize(
@@ -309,8 +350,8 @@ def test_the_codecs_decoder_runs_on_the_kernels(tiny_checkpoint, monkeypatch):
     kinds = (encodec.EncodecConv1d, encodec.EncodecConvTranspose1d)
     convolutions = [m for m in codec.decoder.modules() if isinstance(m, kinds)]
     assert decoding and encoding and convolutions
-    assert all(m.products is kernels.KernelLSTMProducts for m in decoding)
-    assert all(m.products is encodec.LSTMProducts for m in encoding)
+    assert all(m.arithmetic is kernels.KernelLSTMArithmetic for m in decoding)
+    assert all(m.arithmetic is encodec.LSTMArithmetic for m in encoding)
     for m in convolutions:  # those of few output columns keep PyTorch's (the last one, to 1 channel, its own)
         phases = m.conv.stride[0] if isinstance(m, encodec.EncodecConvTranspose1d) else 1
         wide = m.conv.out_channels * phases >= kernels.KERNEL_CONVOLUTION_COLUMNS
@@ -329,7 +370,7 @@ def test_the_codecs_decoder_runs_on_the_kernels(tiny_checkpoint, monkeypatch):
         torch.set_num_threads(previous)
     assert torch.equal(audio[1], audio[2])
     for m in decoding:
-        m.products = encodec.LSTMProducts
+        m.arithmetic = encodec.LSTMArithmetic
     for m in convolutions:
         m.kernel_convolution = None
     plain = model.decode_audio(codes)

@@ -7,7 +7,7 @@ bfloat16, int8 (weight-only, one scale per output row) and int4 (a scale per row
 compute-bound instead: on CPUs with AMX (Intel Xeon since Sapphire Rapids) int8 ones then run on its tiles, the
 weights read from a second copy laid out as tiles, with the same numbers (ZHIYIN_AMX=0 turns that off).
 `csrc/kernels.cpp` runs one such product on its own (KernelLinear, here) or a whole decoder step in one call
-(fused_step.py); EnCodec's decoder takes its LSTM products (KernelLSTMProducts) and its convolutions
+(fused_step.py); EnCodec's decoder takes its LSTM arithmetic (KernelLSTMArithmetic) and its convolutions
 (KernelConvolution, `csrc/convolution.h`) from the kernels too. The sources are compiled once with the system C++
 compiler (`-O3 -march=native -fopenmp`; a compiler without OpenMP builds them for one thread) into ~/.cache/zhiyin (or
 $ZHIYIN_CACHE) and called through ctypes; ZHIYIN_KERNELS_MARCH=x86-64-v3 (any -march) builds them for another CPU
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from .. import heap
 from ..config import QUANTIZE
 from ..files import write_atomic
-from ..modules.encodec import EncodecConv1d, EncodecConvTranspose1d, EncodecLSTM, LSTMProducts
+from ..modules.encodec import EncodecConv1d, EncodecConvTranspose1d, EncodecLSTM, LSTMArithmetic
 from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_weight
 from .precision import Precision, place, plan
 
@@ -114,6 +114,7 @@ def build(march: str = "native", sources: Path = SOURCES) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     p = ctypes.c_void_p
     lib.zhiyin_linear.argtypes = [ctypes.POINTER(LinearWeights), p, p, ctypes.c_int64, ctypes.c_int]
+    lib.zhiyin_lstm.argtypes = [ctypes.POINTER(LinearWeights), p, p, p, p] + [ctypes.c_int64] * 3 + [ctypes.c_int]
     lib.zhiyin_decoder_step.argtypes = [p, p, p, p]
     lib.zhiyin_choose.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_float]
     lib.zhiyin_choose.argtypes += [ctypes.c_int64, p, p]
@@ -303,24 +304,42 @@ def _float_product(x: Tensor, weight: Tensor) -> Tensor | None:
     return _product(lib, LinearWeights(weight.data_ptr(), None, None, N, K, WEIGHT_TYPES[weight.dtype], 0, None), x)
 
 
-class KernelLSTMProducts(LSTMProducts):
-    """EnCodec's LSTM products (modules/encodec.py's LSTMProducts) in the kernels. The recurrent one, one row a frame,
-    streams its weights at the memory's rate (~2x PyTorch's BLAS: BENCHMARKS.md, "Huge pages and prefetching into
-    L2"); and each output is the same sum at any thread count and however many frames are beside it, which BLAS's
-    small products are not on every CPU (MKL on Zen 4 at 5-11 rows), so that chunked decoding on 1 or 2 threads gives
-    the same bits. The sums' order is not BLAS's: the last bits differ from PyTorch's. Elsewhere PyTorch's."""
+class KernelLSTMArithmetic(LSTMArithmetic):
+    """EnCodec's LSTM arithmetic (modules/encodec.py's LSTMArithmetic) in the kernels. In float32 the recurrence over
+    every frame is one call (zhiyin_lstm: each frame's product and gates without a trip through Python, ~2x faster:
+    BENCHMARKS.md, "EnCodec's LSTM in one call"); the recurrent product, one row a frame, streams its weights at the
+    rate of the caches they come from. Each product is the same sum at any thread count and however many frames are
+    beside it, which BLAS's small products are not on every CPU (MKL on Zen 4 at 5-11 rows), so that chunked
+    decoding on 1 or 2 threads gives the same bits. The sums' order and the sigmoid's and tanh's last bits are not
+    PyTorch's. Elsewhere (other dtypes, devices, gradients to record) PyTorch's."""
 
     @staticmethod
     def inputs(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         out = _float_product(x.reshape(-1, x.shape[-1]), weight)
         if out is None:
-            return LSTMProducts.inputs(x, weight, bias)
+            return LSTMArithmetic.inputs(x, weight, bias)
         return (out + bias.float()).to(x.dtype).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def recurrent(inputs: Tensor, h: Tensor, weight: Tensor) -> Tensor:
         out = _float_product(h, weight)
-        return LSTMProducts.recurrent(inputs, h, weight) if out is None else inputs + out.to(inputs.dtype)
+        return LSTMArithmetic.recurrent(inputs, h, weight) if out is None else inputs + out.to(inputs.dtype)
+
+    @classmethod
+    def frames(cls, inputs: Tensor, h: Tensor, c: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lib = library()
+        floats = all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (inputs, h, c))
+        usable = floats and weight.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous()
+        if lib is None or not usable or _recorded(inputs, h, c, weight):
+            return super().frames(inputs, h, c, weight)
+        (T, B, _), (N, C) = inputs.shape, weight.shape
+        inputs = inputs.contiguous()
+        h, c = (state.clone(memory_format=torch.contiguous_format) for state in (h, c))  # the kernel writes them
+        y = torch.empty(T, B, C)
+        w = LinearWeights(weight.data_ptr(), None, None, N, C, WEIGHT_TYPES[weight.dtype], 0, None)
+        threads = usable_threads() if N * C >= PARALLEL_MIN_WEIGHTS else 1
+        lib.zhiyin_lstm(ctypes.byref(w), inputs.data_ptr(), h.data_ptr(), c.data_ptr(), y.data_ptr(), T, B, C, threads)
+        return y, h, c
 
 
 class KernelConvolution:
@@ -391,13 +410,13 @@ class KernelConvolution:
 
 
 def use_kernel_codec(codec: nn.Module) -> None:
-    """The codec's decoder on the kernels where they help: its LSTMs' products (KernelLSTMProducts), their recurrent
+    """The codec's decoder on the kernels where they help: its LSTMs' arithmetic (KernelLSTMArithmetic), their recurrent
     weights on huge pages, and its convolutions (KernelConvolution) but the last one (a few output channels:
     modules/encodec.py's own product is faster there). The encoder keeps PyTorch's arithmetic (its outputs are
     rounded to codes: nearest neighbours that other last bits could change)."""
     for module in codec.decoder.modules():
         if isinstance(module, EncodecLSTM):
-            module.products = KernelLSTMProducts
+            module.arithmetic = KernelLSTMArithmetic
             lstm = module.lstm
             heap.onto_huge_pages([getattr(lstm, f"weight_hh_l{i}") for i in range(lstm.num_layers)])
         if isinstance(module, (EncodecConv1d, EncodecConvTranspose1d)) and _kernel_convolves(module):

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor
 
+from ..heap import large_tensors_from_heap
 from ..modules.encodec import ChunkedDecode, EncodecModel
 
 FIRST_FRAMES = 1  # a listener hears the first frame as soon as it is out
@@ -56,13 +57,14 @@ class AudioStream:
     def chunks(self, final: bool = False) -> list[Tensor]:
         """The chunks that can be decoded now (final: no more frames will come)."""
         chunks, first = [], self.parts[0]
-        while first.done < first.frames:
-            end = min(first.done + self.size, first.frames) if final else first.done + self.size
-            if not first.ready(end, final):
-                break
-            with torch.inference_mode():
-                chunks.append(torch.cat([part.decode(end) for part in self.parts], dim=1).float())
-            self.size = min(CHUNK_GROWTH * self.size, self.chunk_frames)
+        with large_tensors_from_heap():  # one trim after them all: each chunk reuses the last one's memory
+            while first.done < first.frames:
+                end = min(first.done + self.size, first.frames) if final else first.done + self.size
+                if not first.ready(end, final):
+                    break
+                with torch.inference_mode():
+                    chunks.append(torch.cat([part.decode(end) for part in self.parts], dim=1).float())
+                self.size = min(CHUNK_GROWTH * self.size, self.chunk_frames)
         return chunks
 
 

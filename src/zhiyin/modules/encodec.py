@@ -184,9 +184,9 @@ class EncodecConvTranspose1d(nn.Module):
         return y.view(B, C_out, s, T + 1).transpose(2, 3).reshape(B, C_out, (T + 1) * s)
 
 
-class LSTMProducts:
-    """An LSTM layer's two matrix products, PyTorch's way. A backend may give EncodecLSTM a subclass of its own
-    (backends/kernels.py's KernelLSTMProducts)."""
+class LSTMArithmetic:
+    """An LSTM layer's arithmetic, PyTorch's way: the input products of every frame at once, then the recurrence frame
+    by frame. A backend may give EncodecLSTM a subclass of its own (backends/kernels.py's KernelLSTMArithmetic)."""
 
     @staticmethod
     def inputs(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -198,6 +198,19 @@ class LSTMProducts:
         """One frame's gates: inputs [B, 4C] + h [B, C] weight^T."""
         return torch.addmm(inputs, h, weight.t())
 
+    @classmethod
+    def frames(cls, inputs: Tensor, h: Tensor, c: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The recurrence over every frame: the gates' inputs [T, B, 4C] (i, f, g, o), the state h, c [B, C] before
+        the first frame -> the outputs [T, B, C] and the state after the last."""
+        T, B, C = inputs.shape[0], h.shape[0], h.shape[1]
+        y = inputs.new_empty(T, B, C)
+        for t in range(T):
+            gates = cls.recurrent(inputs[t], h, weight)
+            sig = gates.sigmoid()
+            c = torch.addcmul(sig[:, C : 2 * C] * c, sig[:, :C], gates[:, 2 * C : 3 * C].tanh())
+            h = y[t] = sig[:, 3 * C :] * c.tanh()
+        return y, h, c
+
 
 class EncodecLSTM(nn.Module):
     """Multi-layer LSTM over time with a skip connection, on channel-first tensors.
@@ -206,13 +219,13 @@ class EncodecLSTM(nn.Module):
     products for all frames in one matrix product, then per frame the recurrent product and the gates. nn.LSTM's
     own CPU path costs ~30 ms a call before its first frame, which chunked decoding (ChunkedDecode) pays per chunk.
     The recurrent product reads the layer's 4C x C weights at every frame (16 MB for musicgen's codec, half of
-    decoding's time on a CPU). `products` computes both (LSTMProducts, or a backend's faster kind).
+    decoding's time on a CPU). `arithmetic` computes them (LSTMArithmetic, or a backend's faster kind).
     """
 
     def __init__(self, config: EncodecConfig, dim: int):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, config.num_lstm_layers)
-        self.products: type[LSTMProducts] = LSTMProducts
+        self.arithmetic: type[LSTMArithmetic] = LSTMArithmetic
 
     def forward(self, x: Tensor) -> Tensor:  # [B, C, T]
         return self.carry(x, None)[0]
@@ -221,19 +234,13 @@ class EncodecLSTM(nn.Module):
         """forward() from the state (h, c) [layers, B, C] an earlier call ended in (None: zeros); also returns the
         state after its own last frame."""
         x = x.permute(2, 0, 1).contiguous()  # [T, B, C] (the product of a permuted view sums per thread count)
-        (T, B, C), lstm, last = x.shape, self.lstm, ([], [])
+        (_, B, C), lstm, last = x.shape, self.lstm, ([], [])
         y = x
         for layer in range(lstm.num_layers):
-            w_hh = getattr(lstm, f"weight_hh_l{layer}")
             bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
-            inputs = self.products.inputs(y, getattr(lstm, f"weight_ih_l{layer}"), bias)  # [T, B, 4C]: i, f, g, o
+            inputs = self.arithmetic.inputs(y, getattr(lstm, f"weight_ih_l{layer}"), bias)  # [T, B, 4C]: i, f, g, o
             h, c = (y.new_zeros(B, C), y.new_zeros(B, C)) if state is None else (state[0][layer], state[1][layer])
-            y = y.new_empty(T, B, C)
-            for t in range(T):
-                gates = self.products.recurrent(inputs[t], h, w_hh)
-                sig = gates.sigmoid()
-                c = torch.addcmul(sig[:, C : 2 * C] * c, sig[:, :C], gates[:, 2 * C : 3 * C].tanh())
-                h = y[t] = sig[:, 3 * C :] * c.tanh()
+            y, h, c = self.arithmetic.frames(inputs, h, c, getattr(lstm, f"weight_hh_l{layer}"))
             last[0].append(h)
             last[1].append(c)
         return (y + x).permute(1, 2, 0), (torch.stack(last[0]), torch.stack(last[1]))  # [B, C, T]
@@ -512,8 +519,7 @@ class ChunkedDecode:
                 self.hidden_end = needed
             lo = max(self.done - self.body[0], 0)
             x = self.hidden[..., lo - self.hidden_base : needed - self.hidden_base].clone()  # the layers write in x
-            for layer in decoder.layers[2:]:
-                x = layer(x)
+            x = through(decoder.layers[2:], x)
         audio = x[..., (self.done - lo) * hop : (end - lo) * hop]
         self.done = end
         self._forget()

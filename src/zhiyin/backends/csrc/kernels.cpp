@@ -1,6 +1,8 @@
 // zhiyin's CPU kernels, built at first use by kernels.py with the system C++ compiler (-O3 -march=native -fopenmp)
 // and called through ctypes. Its entry points:
-//   zhiyin_linear        y = x W^T (a KernelLinear layer on its own: a few rows, or a prefill's many; EnCodec's LSTM)
+//   zhiyin_linear        y = x W^T (a KernelLinear layer on its own: a few rows, or a prefill's many; EnCodec's LSTM
+//                        input products)
+//   zhiyin_lstm          an EnCodec LSTM layer's recurrence over every frame, in one call and one parallel region
 //   zhiyin_decoder_step  one whole decoder step for one new position per row (each row at its own position, with
 //                        its own text length), in one call and one parallel region: embeddings, every layer (norms,
 //                        attention over the KV cache and the text, FFN), final norm, LM heads. It computes what
@@ -254,6 +256,12 @@ bool has_nan(const float *x, int64_t n) {
     return any;
 }
 
+// An LSTM cell's state c and output h after a frame, from its gates' values (i, f, g, o: inputs + products)
+inline void lstm_cell(vf32 i, vf32 f, vf32 g, vf32 o, vf32 &c, vf32 &h) {
+    c = sigmoid(f) * c + sigmoid(i) * zhiyin::tanh(g);
+    h = sigmoid(o) * zhiyin::tanh(c);
+}
+
 }  // namespace
 
 // The weights and state of one decoder step; fused_step.py mirrors the layout in ctypes (checked at load by size).
@@ -343,6 +351,50 @@ void zhiyin_linear(const Linear *w, const float *x, float *y, int64_t m, int thr
                 matvec(*w, all, y, w->n, false, c * CHUNK_ROWS, std::min(w->n, (c + 1) * CHUNK_ROWS));
         }
     }
+}
+
+// One EnCodec LSTM layer's recurrence over T frames (modules/encodec.py's LSTMArithmetic.frames): at frame t the
+// gates [B, 4C] (blocks i, f, g, o) = inputs[t] + h W^T, then c = sigmoid(f) c + sigmoid(i) tanh(g) and
+// h = y[t] = sigmoid(o) tanh(c). h, c [B, C] hold the state before frame 0 and are left with the one after frame
+// T - 1; inputs [T, B, 4C], y [T, B, C]; W [4C, C] float32 or bfloat16. Each thread owns a share of the channels:
+// the four gate rows of each of its channels, their products (zhiyin_linear's sums: the same bits at any thread
+// count), their c and h. One barrier a frame: the next frame's products read all of h.
+void zhiyin_lstm(const Linear *w, const float *inputs, float *h, float *c, float *y, int64_t T, int64_t B, int64_t C,
+                 int threads) {
+    std::vector<float> gates(B * 4 * C);
+    std::unique_ptr<Team> team;
+    #pragma omp parallel num_threads(threads)
+    {
+        #pragma omp single
+        team = std::make_unique<Team>(omp_get_num_threads());
+        int64_t c0, c1;
+        share(C, omp_get_thread_num(), omp_get_num_threads(), c0, c1);
+        for (int64_t t = 0; t < T; t++) {
+            const Rows state{t == 0 ? h : y + (t - 1) * B * C, nullptr, nullptr, B};
+            for (int64_t g = 0; g < 4; g++) matvec(*w, state, gates.data(), 4 * C, false, g * C + c0, g * C + c1);
+            for (int64_t b = 0; b < B; b++) {
+                const float *in = inputs + (t * B + b) * 4 * C, *gate = gates.data() + b * 4 * C;
+                float *cell = c + b * C, *out = y + (t * B + b) * C;
+                int64_t j = c0;
+                for (; j + LANES <= c1; j += LANES) {
+                    const auto at = [&](int64_t k) { return load(gate + k) + load(in + k); };
+                    vf32 cell_j = load(cell + j), h_j;
+                    lstm_cell(at(j), at(C + j), at(2 * C + j), at(3 * C + j), cell_j, h_j);
+                    store(cell + j, cell_j);
+                    store(out + j, h_j);
+                }
+                for (; j < c1; j++) {  // one channel in the first lane: the same numbers
+                    const auto at = [&](int64_t k) { return splat(gate[k] + in[k]); };
+                    vf32 cell_j = splat(cell[j]), h_j;
+                    lstm_cell(at(j), at(C + j), at(2 * C + j), at(3 * C + j), cell_j, h_j);
+                    cell[j] = cell_j[0];
+                    out[j] = h_j[0];
+                }
+            }
+            team->wait();
+        }
+    }
+    if (T > 0) std::copy(y + (T - 1) * B * C, y + T * B * C, h);
 }
 
 // tokens [rows, codebooks], row m at positions[m] (0-based; its KV cache holds the positions before it) -> logits

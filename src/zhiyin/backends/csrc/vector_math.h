@@ -1,5 +1,5 @@
 // Float vectors of the machine's width (GCC vector extensions; AVX-512 intrinsics where they help) and the few
-// functions the decoder step needs on them: loads from float32 / bfloat16 / int8, horizontal sum, exp, GELU,
+// functions the kernels need on them: loads from float32 / bfloat16 / int8, horizontal sum, exp, GELU, sigmoid, tanh,
 // bfloat16 rounding. The width follows the target: GCC keeps a vector wider than the registers in memory rather than
 // in registers (BENCHMARKS.md, "Other CPUs", has what that cost).
 #pragma once
@@ -119,6 +119,21 @@ inline vf32 exp(vf32 x) {
     p = p * r * r + r + 1.f;
     vi32 e = (__builtin_convertvector(n, vi32) + 127) << 23;
     return p * (vf32)e;
+}
+
+// the logistic function 1 / (1 + e^-x), from exp (a few ulp)
+inline vf32 sigmoid(vf32 x) { return 1.f / (1.f + exp(-x)); }
+
+// tanh: Cephes' single-precision odd polynomial below |x| = 0.625, 1 - 2 / (e^2|x| + 1) with x's sign above (a few ulp)
+inline vf32 tanh(vf32 x) {
+    const vf32 a = select(x < splat(0.f), -x, x), z = x * x;
+    vf32 p = splat(-5.70498872745e-3f);
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    const vf32 large = 1.f - 2.f / (exp(2.f * a) + 1.f);
+    return select(a < splat(0.625f), x + x * z * p, select(x < splat(0.f), -large, large));
 }
 
 // GELU with the exact erf: x/2 (1 + erf(x / sqrt 2)), erfc from Numerical Recipes (relative error < 1.2e-7)
