@@ -300,7 +300,8 @@ def test_lstm_recurrence_in_one_call_is_pytorchs_at_any_thread_count(channels, b
 
 @pytest.mark.parametrize(
     "c_in, c_out, kernel, stride",
-    [(64, 32, 16, 8), (48, 24, 10, 5), (16, 5, 4, 2), (32, 16, 3, 1), (24, 40, 7, 1), (40, 24, 1, 1)],
+    [(64, 32, 16, 8), (48, 24, 10, 5), (16, 5, 4, 2), (32, 16, 3, 1), (24, 40, 7, 1), (40, 24, 1, 1), (64, 1, 7, 1)]
+    + [(24, 72, 3, 1)],  # channels in 9 blocks (on AVX-512; 18 on AVX2) over a few times: split by channels
 )
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("elu", [False, True])
@@ -308,15 +309,16 @@ def test_lstm_recurrence_in_one_call_is_pytorchs_at_any_thread_count(channels, b
 def test_convolutions_are_pytorchs_at_any_thread_count_and_chunk(c_in, c_out, kernel, stride, bias, elu):
     """EnCodec's decoder convolutions on the kernels: the upsampling's transposed ones (kernel 2s, stride s; strides
     whose phases fill the packed panels unevenly, channels that are no multiple of a vector) and stride-1 ones
-    (kernel 7, 3, 1), an ELU before them or not: PyTorch's numbers up to the order of the sums; the same bits on 1
-    or 2 threads, and for the first outputs of a chunk whatever input follows."""
+    (kernel 7, 3, 1; to one channel, as the codec's last; channels that are no multiple of a block), an ELU before
+    them or not: PyTorch's numbers up to the order of the sums; the same bits on 1 or 2 threads, and for the first
+    outputs of a chunk whatever input follows."""
     torch.manual_seed(stride + c_in + kernel)
     make = torch.nn.ConvTranspose1d if stride > 1 else torch.nn.Conv1d
     conv = make(c_in, c_out, kernel, stride, bias=bias)
     convolution = kernels.KernelConvolution(conv)
     previous = torch.get_num_threads()
     try:
-        for frames in (kernel, kernel + 1, kernel + 6, 60):
+        for frames in (kernel, kernel + 1, kernel + 6, 60, 500):
             x = torch.randn(2, c_in, frames)
             got = {}
             for threads in (1, 2):
@@ -339,9 +341,10 @@ def test_convolutions_are_pytorchs_at_any_thread_count_and_chunk(c_in, c_out, ke
 
 @torch.inference_mode()  # as the model and the engine decode
 def test_the_codecs_decoder_runs_on_the_kernels(tiny_checkpoint, monkeypatch):
-    """from_pretrained gives the codec's decoder LSTMs the kernels' products and its convolutions the kernels'
-    (KernelConvolution, where they have enough output columns): the same audio up to rounding, and the
-    same bits on 1 or 2 threads, chunk by chunk too; the encoder keeps PyTorch's, whose outputs become codes."""
+    """from_pretrained gives the codec's decoder LSTMs the kernels' arithmetic and its convolutions the kernels'
+    (KernelConvolution: every stride-1 one, the transposed ones with enough output columns): the same audio up to
+    rounding, and the same bits on 1 or 2 threads, chunk by chunk too; the encoder keeps PyTorch's, whose outputs
+    become codes."""
     monkeypatch.setattr(kernels, "KERNEL_CONVOLUTION_COLUMNS", 16)  # the tiny codec's are narrow
     model = MusicgenForConditionalGeneration.from_pretrained(tiny_checkpoint[0])
     codec = model.audio_encoder
@@ -352,11 +355,12 @@ def test_the_codecs_decoder_runs_on_the_kernels(tiny_checkpoint, monkeypatch):
     assert decoding and encoding and convolutions
     assert all(m.arithmetic is kernels.KernelLSTMArithmetic for m in decoding)
     assert all(m.arithmetic is encodec.LSTMArithmetic for m in encoding)
-    for m in convolutions:  # those of few output columns keep PyTorch's (the last one, to 1 channel, its own)
-        phases = m.conv.stride[0] if isinstance(m, encodec.EncodecConvTranspose1d) else 1
-        wide = m.conv.out_channels * phases >= kernels.KERNEL_CONVOLUTION_COLUMNS
+    for m in convolutions:  # transposed ones of few output columns keep PyTorch's
+        transposed = isinstance(m, encodec.EncodecConvTranspose1d)
+        wide = not transposed or m.conv.out_channels * m.conv.stride[0] >= kernels.KERNEL_CONVOLUTION_COLUMNS
         assert isinstance(m.kernel_convolution, kernels.KernelConvolution) == wide, m
     assert sum(m.kernel_convolution is not None for m in convolutions) >= 4
+    assert convolutions[-1].conv.out_channels == 1 and convolutions[-1].kernel_convolution is not None
     assert not any(m.kernel_convolution for m in codec.encoder.modules() if isinstance(m, kinds))
     codes = torch.randint(0, model.config.audio_encoder.codebook_size, (1, 4, 60), generator=torch.Generator())
     previous, audio = torch.get_num_threads(), {}
@@ -532,8 +536,8 @@ def test_kernels_built_for_older_x86_levels(march, flag):
     extreme = KernelLinear(*quantize_int4(-torch.ones(8, 8192)), in_features=8192)  # every weight -8 x 63
     assert torch.equal(_product(older, extreme, x), _int4_product(extreme, x))
     assert torch.allclose(_product(older, extreme, x), torch.full((2, 8), -8192.0))
-    for conv in (torch.nn.ConvTranspose1d(48, 24, 10, 5), torch.nn.Conv1d(32, 40, 3)):  # EnCodec's, fused ELU
-        x = torch.randn(1, conv.in_channels, 37, generator=g)
+    for conv in (torch.nn.ConvTranspose1d(48, 24, 10, 5), torch.nn.Conv1d(32, 40, 3), torch.nn.Conv1d(64, 1, 7)):
+        x = torch.randn(1, conv.in_channels, 37, generator=g)  # EnCodec's kinds, with their fused ELU
         with torch.no_grad():
             got, want = kernels.KernelConvolution(conv, older)(x, True), kernels.KernelConvolution(conv)(x, True)
         if flag == "avx2":  # one fused multiply-add after another, in the same order on both

@@ -46,8 +46,8 @@ WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8:
 # Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each
 # parallel region can wait a whole scheduler slice for a descheduled team member.
 PARALLEL_MIN_WEIGHTS = 1 << 20
-# the fewest output columns of a codec convolution in the kernels (its output channels, times the phases of a
-# transposed one): with fewer, oneDNN's convolution was as fast or faster (BENCHMARKS.md, "EnCodec's convolutions")
+# the fewest output columns (output channels x phases) of a transposed codec convolution in the kernels' panels: with
+# fewer, PyTorch's product was as fast or faster (BENCHMARKS.md, "EnCodec's convolutions")
 KERNEL_CONVOLUTION_COLUMNS = 256
 
 _library: ctypes.CDLL | None = None
@@ -125,6 +125,12 @@ def build(march: str = "native", sources: Path = SOURCES) -> ctypes.CDLL:
     lib.zhiyin_pack_panels.argtypes = [p, ctypes.c_int64, ctypes.c_int64, p]
     lib.zhiyin_convolution.argtypes = [p] + [ctypes.c_int64] * 4 + [ctypes.c_int, p, p, ctypes.c_int64, ctypes.c_int64]
     lib.zhiyin_convolution.argtypes += [p, ctypes.c_int]
+    lib.zhiyin_direct_floats.argtypes = [ctypes.c_int64] * 2
+    lib.zhiyin_direct_floats.restype = ctypes.c_int64
+    lib.zhiyin_pack_direct.argtypes = [p, ctypes.c_int64, ctypes.c_int64, p]
+    lib.zhiyin_direct_convolution.argtypes = (
+        [p] + [ctypes.c_int64] * 3 + [ctypes.c_int, p, p, ctypes.c_int64, p, ctypes.c_int]
+    )
     check_mirror(lib, LinearWeights, 0)
     return lib
 
@@ -344,12 +350,13 @@ class KernelLSTMArithmetic(LSTMArithmetic):
 
 class KernelConvolution:
     """One of EnCodec's decoder convolutions over time in the kernels (csrc/convolution.h): a stride-1 nn.Conv1d (its
-    input padded by the caller) or the upsampling's nn.ConvTranspose1d (kernel 2s, stride s: the polyphase product,
-    untrimmed), an ELU before it applied as the kernel reads its input where asked. The weights packed once (again if
-    they change); every output summed in registers and written in its place, the bias added last: the same numbers
-    at any thread count and chunk length, PyTorch's up to the order of the sums; the upsampling ~2x faster than
-    PyTorch's product and the passes around it (BENCHMARKS.md, "EnCodec's convolutions"). float32 on the CPU without
-    gradients to record; None elsewhere (the caller's PyTorch)."""
+    input padded by the caller), vectorized over time, or the upsampling's nn.ConvTranspose1d (kernel 2s, stride s:
+    the polyphase product, untrimmed) in panels of output columns; an ELU before it applied as the kernel reads its
+    input where asked. The weights packed once (again if they change); every output summed in registers in one
+    order and written in its place, the bias added last: the same numbers at any thread count and chunk length,
+    PyTorch's up to the order of the sums; ~2x faster than PyTorch's product and the passes around it (BENCHMARKS.md,
+    "EnCodec's convolutions" and "Narrow convolutions vectorized over time"). float32 on the CPU without gradients to
+    record; None elsewhere (the caller's PyTorch)."""
 
     def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d, lib: ctypes.CDLL | None = None):
         self.conv = conv
@@ -357,15 +364,22 @@ class KernelConvolution:
         self.lib = lib  # None: library(), the kernels built for this CPU
         self._packed: tuple | None = None  # (what the weight was, packed)
 
-    def _matrix(self) -> Tensor:
-        """The weight as the kernel's B [K, N]: rows tap by tap, input channel by channel; columns output channel by
-        channel (the transposed convolution's: its s phases each)."""
+    def _pack(self, lib: ctypes.CDLL) -> Tensor:
+        """The weight packed for its kernel. The transposed convolution's as panels of B [K, N]: rows tap by tap,
+        input channel by channel; columns output channel by channel, its s phases each (the tap at t-1 takes
+        W[:, :, s + r], the one at t W[:, :, r]). A stride-1 convolution's as blocks of output channels, from
+        [C_out, C_in k]."""
         w = self.conv.weight.detach().float()
-        if self.transposed:  # [C_in, C_out, 2s]: the tap at t-1 takes W[:, :, s + r], the one at t W[:, :, r]
+        if self.transposed:  # [C_in, C_out, 2s]
             s, c_in = self.conv.stride[0], w.shape[0]
-            return torch.cat([w[:, :, s:].reshape(c_in, -1), w[:, :, :s].reshape(c_in, -1)])
-        c_out, c_in, k = w.shape
-        return w.permute(2, 1, 0).reshape(k * c_in, c_out)
+            matrix = torch.cat([w[:, :, s:].reshape(c_in, -1), w[:, :, :s].reshape(c_in, -1)]).contiguous()
+            packed = torch.empty(lib.zhiyin_panel_floats(*matrix.shape))
+            lib.zhiyin_pack_panels(matrix.data_ptr(), *matrix.shape, packed.data_ptr())
+            return packed
+        matrix = w.reshape(w.shape[0], -1).contiguous()
+        packed = torch.empty(lib.zhiyin_direct_floats(*matrix.shape))
+        lib.zhiyin_pack_direct(matrix.data_ptr(), *matrix.shape, packed.data_ptr())
+        return packed
 
     def __call__(self, x: Tensor, elu: bool = False) -> Tensor | None:
         weight, bias = self.conv.weight, self.conv.bias
@@ -378,42 +392,34 @@ class KernelConvolution:
             return None
         key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
         if self._packed is None or self._packed[0] != key:
-            matrix = self._matrix().contiguous()
-            packed = torch.empty(lib.zhiyin_panel_floats(*matrix.shape))
-            lib.zhiyin_pack_panels(matrix.data_ptr(), *matrix.shape, packed.data_ptr())
-            self._packed = (key, packed)
-        packed = self._packed[1]
+            self._packed = (key, self._pack(lib))
+        packed = self._packed[1].data_ptr()
         (B, c_in, T), k = x.shape, self.conv.kernel_size[0]
-        c_out = weight.shape[1] if self.transposed else weight.shape[0]
-        taps, pad, phases = (2, 1, self.conv.stride[0]) if self.transposed else (k, 0, 1)
-        rows = T + 2 * pad - taps + 1
         x = x.contiguous()
         bias = bias.detach().float().contiguous() if bias is not None else None
-        out = torch.empty(B, c_out, max(rows, 0) * phases)
+        bias_pointer = bias.data_ptr() if bias is not None else None
         threads = usable_threads()
-        for b in range(B):
+        if not self.transposed:
+            c_out = weight.shape[0]
+            out = torch.empty(B, c_out, max(T - k + 1, 0))
+            for b in range(B):
+                lib.zhiyin_direct_convolution(
+                    x[b].data_ptr(), c_in, T, k, int(elu), packed, bias_pointer, c_out, out[b].data_ptr(), threads
+                )
+            return out
+        c_out, s = weight.shape[1], self.conv.stride[0]
+        out = torch.empty(B, c_out, (T + 1) * s)
+        for b in range(B):  # a kernel-2 convolution over x with a row of zeros either side
             lib.zhiyin_convolution(
-                x[b].data_ptr(),
-                c_in,
-                T,
-                pad,
-                taps,
-                int(elu),
-                packed.data_ptr(),
-                bias.data_ptr() if bias is not None else None,
-                c_out,
-                phases,
-                out[b].data_ptr(),
-                threads,
+                x[b].data_ptr(), c_in, T, 1, 2, int(elu), packed, bias_pointer, c_out, s, out[b].data_ptr(), threads
             )
         return out
 
 
 def use_kernel_codec(codec: nn.Module) -> None:
-    """The codec's decoder on the kernels where they help: its LSTMs' arithmetic (KernelLSTMArithmetic), their recurrent
-    weights on huge pages, and its convolutions (KernelConvolution) but the last one (a few output channels:
-    modules/encodec.py's own product is faster there). The encoder keeps PyTorch's arithmetic (its outputs are
-    rounded to codes: nearest neighbours that other last bits could change)."""
+    """The codec's decoder on the kernels where they help: its LSTMs' arithmetic (KernelLSTMArithmetic), their
+    recurrent weights on huge pages, and its convolutions (KernelConvolution). The encoder keeps PyTorch's arithmetic
+    (its outputs are rounded to codes: nearest neighbours that other last bits could change)."""
     for module in codec.decoder.modules():
         if isinstance(module, EncodecLSTM):
             module.arithmetic = KernelLSTMArithmetic
@@ -424,12 +430,12 @@ def use_kernel_codec(codec: nn.Module) -> None:
 
 
 def _kernel_convolves(module: EncodecConv1d | EncodecConvTranspose1d) -> bool:
-    """Whether KernelConvolution computes this convolution, and enough output columns to be worth it."""
+    """Whether KernelConvolution computes this convolution: every plain stride-1 one, and the transposed ones with
+    enough output columns to fill its panels."""
     conv = module.conv
     if isinstance(module, EncodecConvTranspose1d):
         return module.polyphase and conv.out_channels * conv.stride[0] >= KERNEL_CONVOLUTION_COLUMNS
-    plain = module.norm is None and module.stride == 1 and conv.dilation[0] == 1 and conv.groups == 1
-    return plain and conv.out_channels >= KERNEL_CONVOLUTION_COLUMNS
+    return module.norm is None and module.stride == 1 and conv.dilation[0] == 1 and conv.groups == 1
 
 
 def choose(

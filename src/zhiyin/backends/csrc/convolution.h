@@ -14,6 +14,7 @@
 // fuses multiply-adds (AVX2 and AVX-512 builds agree to the bit).
 #pragma once
 #include <algorithm>
+#include <vector>
 
 #include "vector_math.h"
 
@@ -131,4 +132,95 @@ inline void convolution_share(const float *xt, int64_t c_in, int64_t taps, int64
     }
 }
 
+
+// Narrow stride-1 convolutions (few output channels, which panels of PANEL columns would leave mostly empty) are
+// vectorized over time instead: out[c, t] = bias[c] + sum over i, j of W[c, i, j] x[i, t + j], summed in the order
+// (i, j) = (0, 0), (0, 1), ... with fused multiply-adds, each weight broadcast against DIRECT_VECTORS vectors of
+// consecutive times, for DIRECT_ROWS output channels at once. The weights are packed in blocks of DIRECT_ROWS
+// channels [blocks, C_in k, DIRECT_ROWS] (zeros past C_out). Each tile of DIRECT_TIMES times first copies its inputs
+// (and the k - 1 after them) into a window that stays in L1, ELU applied there where asked. Every output is one
+// thread's sum in one order, as the panels' are: the same bits at any thread count, chunk length and vector width.
+constexpr int DIRECT_ROWS = LANES >= 16 ? 8 : 4;
+constexpr int DIRECT_VECTORS = 3;
+constexpr int64_t DIRECT_TIMES = DIRECT_VECTORS * LANES;
+
+inline int64_t direct_blocks(int64_t c_out) { return (c_out + DIRECT_ROWS - 1) / DIRECT_ROWS; }
+
+// w [C_out, K] row-major (K = C_in k: a weight [C_out, C_in, k]) -> packed [blocks, K, DIRECT_ROWS]
+inline void pack_direct(const float *w, int64_t c_out, int64_t K, float *packed) {
+    for (int64_t b = 0; b < direct_blocks(c_out); b++)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t r = 0; r < DIRECT_ROWS; r++) {
+                const int64_t c = b * DIRECT_ROWS + r;
+                packed[(b * K + k) * DIRECT_ROWS + r] = c < c_out ? w[c * K + k] : 0.f;
+            }
+}
+
+// The first R channels of a packed block against a window [C_in, ldw] -> sums[r][v], times v LANES + lane
+template <int R>
+inline void direct_tile(const float *window, int64_t ldw, int64_t c_in, int64_t taps, const float *block,
+                        vf32 (*sums)[DIRECT_VECTORS]) {
+    vf32 acc[R][DIRECT_VECTORS] = {};
+    for (int64_t i = 0; i < c_in; i++)
+        for (int64_t j = 0; j < taps; j++) {
+            const float *x = window + i * ldw + j, *w = block + (i * taps + j) * DIRECT_ROWS;
+            vf32 xv[DIRECT_VECTORS];
+            for (int v = 0; v < DIRECT_VECTORS; v++) xv[v] = load(x + v * LANES);
+            for (int r = 0; r < R; r++) {
+                const vf32 weight = splat(w[r]);
+                for (int v = 0; v < DIRECT_VECTORS; v++) acc[r][v] = multiply_add(weight, xv[v], acc[r][v]);
+            }
+        }
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < DIRECT_VECTORS; v++) sums[r][v] = acc[r][v];
+}
+
+template <int R = DIRECT_ROWS>  // direct_tile for the block's `count` channels (fewer in the last block)
+inline void direct_rows(int64_t count, const float *window, int64_t ldw, int64_t c_in, int64_t taps,
+                        const float *block, vf32 (*sums)[DIRECT_VECTORS]) {
+    if constexpr (R > 1) {
+        if (count < R) return direct_rows<R - 1>(count, window, ldw, c_in, taps, block, sums);
+    }
+    direct_tile<R>(window, ldw, c_in, taps, block, sums);
+}
+
+// This thread's share of a stride-1 convolution of x [C_in, T] (padded by the caller: rows = T - k + 1 outputs)
+// -> out [C_out, rows]: its share of the tiles of DIRECT_TIMES times, or where there are few (a short input) its
+// share of every tile's blocks of channels
+inline void direct_share(const float *x, int64_t c_in, int64_t T, int64_t taps, bool elu_input, const float *packed,
+                         const float *bias, int64_t c_out, float *out, int thread, int threads) {
+    const int64_t rows = T - taps + 1, tiles = (rows + DIRECT_TIMES - 1) / DIRECT_TIMES, K = c_in * taps;
+    const int64_t blocks = direct_blocks(c_out);
+    const bool by_time = tiles >= 4 * threads || blocks < 4 * threads;
+    const int64_t tile0 = by_time ? tiles * thread / threads : 0, tile1 = by_time ? tiles * (thread + 1) / threads : tiles;
+    const int64_t block0 = by_time ? 0 : blocks * thread / threads, block1 = by_time ? blocks : blocks * (thread + 1) / threads;
+    const int64_t ldw = DIRECT_TIMES + (taps - 1 + LANES - 1) / LANES * LANES;  // a tile's inputs, in vectors
+    std::vector<float> window(c_in * ldw);
+    vf32 sums[DIRECT_ROWS][DIRECT_VECTORS];
+    for (int64_t tile = tile0; tile < tile1; tile++) {
+        const int64_t t0 = tile * DIRECT_TIMES, span = std::min(ldw, T - t0);  // inputs there (zeros after)
+        for (int64_t i = 0; i < c_in; i++) {
+            const float *from = x + i * T + t0;
+            float *to = window.data() + i * ldw;
+            int64_t u = 0;
+            for (; u + LANES <= span; u += LANES) store(to + u, elu_input ? elu(load(from + u)) : load(from + u));
+            for (; u < span; u++) to[u] = elu_input ? elu(splat(from[u]))[0] : from[u];
+            std::fill(to + span, to + ldw, 0.f);
+        }
+        const int64_t valid = std::min(DIRECT_TIMES, rows - t0);
+        for (int64_t b = block0; b < block1; b++) {
+            const int64_t first = b * DIRECT_ROWS, count = std::min<int64_t>(DIRECT_ROWS, c_out - first);
+            direct_rows(count, window.data(), ldw, c_in, taps, packed + b * K * DIRECT_ROWS, sums);
+            for (int64_t r = 0; r < count; r++) {
+                float *o = out + (first + r) * rows + t0;
+                const float added = bias ? bias[first + r] : 0.f;
+                if (valid == DIRECT_TIMES) {
+                    for (int v = 0; v < DIRECT_VECTORS; v++) store(o + v * LANES, sums[r][v] + added);
+                } else {
+                    for (int64_t u = 0; u < valid; u++) o[u] = sums[r][u / LANES][u % LANES] + added;
+                }
+            }
+        }
+    }
+}
 }  // namespace zhiyin

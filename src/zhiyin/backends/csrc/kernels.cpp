@@ -9,7 +9,7 @@
 //                        modules/decoder.py's MusicgenDecoder.forward computes for T = 1.
 //   zhiyin_choose        a request's next tokens from its logits (generation/sampling.py's PyTorch ops in one call)
 //   zhiyin_convolution   one of EnCodec's decoder convolutions over time (convolution.h), with its weights packed
-//                        once by zhiyin_pack_panels
+//                        once by zhiyin_pack_panels; zhiyin_direct_convolution a narrow one (zhiyin_pack_direct)
 #ifdef _OPENMP
 #include <omp.h>
 #else  // a compiler without OpenMP (Apple's clang, clang without libomp): one thread, the pragmas ignored
@@ -539,6 +539,18 @@ void zhiyin_convolution(const float *x, int64_t c_in, int64_t T, int64_t pad, in
         #pragma omp barrier
         if (rows > 0) convolution_share(xt.get(), c_in, taps, rows, packed, bias, c_out, phases, out, thread, threads);
     }
+}
+
+// A narrow stride-1 convolution (convolution.h's direct_share): the floats of its packed weights, their packing
+// (w [C_out, C_in k] row-major), and x [C_in, T] (padded by the caller) -> out [C_out, T - k + 1]; bias [C_out] or
+// null; ELU on x first where elu
+int64_t zhiyin_direct_floats(int64_t c_out, int64_t K) { return direct_blocks(c_out) * K * DIRECT_ROWS; }
+void zhiyin_pack_direct(const float *w, int64_t c_out, int64_t K, float *packed) { pack_direct(w, c_out, K, packed); }
+void zhiyin_direct_convolution(const float *x, int64_t c_in, int64_t T, int64_t taps, int elu, const float *packed,
+                               const float *bias, int64_t c_out, float *out, int threads) {
+    if (T < taps) return;
+    #pragma omp parallel num_threads(threads)
+    direct_share(x, c_in, T, taps, elu, packed, bias, c_out, out, omp_get_thread_num(), omp_get_num_threads());
 }
 
 // One request's next tokens, as generation/sampling.py's PyTorch path chooses them: logits [R, K, V], with guidance
