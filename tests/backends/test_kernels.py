@@ -330,6 +330,19 @@ def test_convolutions_are_pytorchs_at_any_thread_count_and_chunk(c_in, c_out, ke
             assert (got[2] - want).abs().max() <= 1e-5 * want.abs().max()
             head = (frames // 2 - kernel + 1) * stride if stride == 1 else frames // 2 * stride  # outputs of x[:half]
             assert torch.equal(convolution(x[:, :, : frames // 2], elu)[..., :head], got[2][..., :head])
+            if stride > 1:
+                continue
+            # a stride-1 one pads x as it reads it (a short x reflected: padded first), the same bits as a padded
+            # copy; x's rows may lie apart (a slice of a longer output): read in place
+            longer = torch.randn(2, c_in, frames + 9)
+            longer[..., :frames] = x
+            for left, right, mode in ((kernel - 1, 0, "reflect"), (3, 2, "reflect"), (kernel // 2, 2, "constant")):
+                padded = encodec.pad1d(x, left, right, mode)
+                once = convolution(padded, elu)
+                assert torch.equal(convolution(x, elu, left, right, mode), once), (left, right, mode)
+                assert torch.equal(convolution(longer[..., :frames], elu, left, right, mode), once)
+                want = conv(F.elu(padded) if elu else padded)
+                assert (once - want).abs().max() <= 1e-5 * want.abs().max()
     finally:
         torch.set_num_threads(previous)
     assert convolution(x.to(torch.bfloat16)) is None  # another dtype: the caller's PyTorch

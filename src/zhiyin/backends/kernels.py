@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from .. import heap
 from ..config import QUANTIZE
 from ..files import write_atomic
-from ..modules.encodec import EncodecConv1d, EncodecConvTranspose1d, EncodecLSTM, LSTMArithmetic
+from ..modules.encodec import EncodecConv1d, EncodecConvTranspose1d, EncodecLSTM, LSTMArithmetic, pad1d
 from ..modules.quantization import dequantize_int4, dequantize_int8, quantize_weight
 from .precision import Precision, place, plan
 
@@ -128,9 +128,8 @@ def build(march: str = "native", sources: Path = SOURCES) -> ctypes.CDLL:
     lib.zhiyin_direct_floats.argtypes = [ctypes.c_int64] * 2
     lib.zhiyin_direct_floats.restype = ctypes.c_int64
     lib.zhiyin_pack_direct.argtypes = [p, ctypes.c_int64, ctypes.c_int64, p]
-    lib.zhiyin_direct_convolution.argtypes = (
-        [p] + [ctypes.c_int64] * 3 + [ctypes.c_int, p, p, ctypes.c_int64, p, ctypes.c_int]
-    )
+    lib.zhiyin_direct_convolution.argtypes = [p] + [ctypes.c_int64] * 5 + [ctypes.c_int, ctypes.c_int64, ctypes.c_int]
+    lib.zhiyin_direct_convolution.argtypes += [p, p, ctypes.c_int64, p, ctypes.c_int]
     check_mirror(lib, LinearWeights, 0)
     return lib
 
@@ -381,7 +380,10 @@ class KernelConvolution:
         lib.zhiyin_pack_direct(matrix.data_ptr(), *matrix.shape, packed.data_ptr())
         return packed
 
-    def __call__(self, x: Tensor, elu: bool = False) -> Tensor | None:
+    def __call__(self, x: Tensor, elu: bool = False, left: int = 0, right: int = 0, mode: str = "constant"):
+        """The convolution of x [B, C_in, T] (of ELU(x) where elu) -> [B, C_out, ...] or None. A stride-1 one's input
+        padded by `left` and `right` as modules/encodec.py's pad1d pads in `mode`: reflected or zeros as the kernel
+        reads it (no padded copy), other modes (and reflect padding longer than x) by pad1d first."""
         weight, bias = self.conv.weight, self.conv.bias
         if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
             return None
@@ -395,18 +397,23 @@ class KernelConvolution:
             self._packed = (key, self._pack(lib))
         packed = self._packed[1].data_ptr()
         (B, c_in, T), k = x.shape, self.conv.kernel_size[0]
-        x = x.contiguous()
         bias = bias.detach().float().contiguous() if bias is not None else None
         bias_pointer = bias.data_ptr() if bias is not None else None
         threads = usable_threads()
         if not self.transposed:
+            if (left or right) and (mode not in ("reflect", "constant") or mode == "reflect" and T <= max(left, right)):
+                x, left, right, T = pad1d(x, left, right, mode), 0, 0, T + left + right
+            x = x if x.stride(-1) == 1 else x.contiguous()  # rows apart (a slice of a longer output) are read in place
             c_out = weight.shape[0]
-            out = torch.empty(B, c_out, max(T - k + 1, 0))
+            out = torch.empty(B, c_out, max(left + T + right - k + 1, 0))
+            layout = (x.stride(1), c_in, T, left, right, int(mode == "reflect"), k, int(elu))
             for b in range(B):
                 lib.zhiyin_direct_convolution(
-                    x[b].data_ptr(), c_in, T, k, int(elu), packed, bias_pointer, c_out, out[b].data_ptr(), threads
+                    x[b].data_ptr(), *layout, packed, bias_pointer, c_out, out[b].data_ptr(), threads
                 )
             return out
+        assert left == right == 0, "a transposed convolution pads itself"
+        x = x.contiguous()
         c_out, s = weight.shape[1], self.conv.stride[0]
         out = torch.empty(B, c_out, (T + 1) * s)
         for b in range(B):  # a kernel-2 convolution over x with a row of zeros either side

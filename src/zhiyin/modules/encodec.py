@@ -24,7 +24,7 @@ from ..heap import large_tensors_from_heap
 IGNORED_CHECKPOINT_SUFFIXES = ("codebook.inited", "codebook.cluster_size", "codebook.embed_avg")
 
 
-def _pad1d(x: Tensor, left: int, right: int, mode: str) -> Tensor:
+def pad1d(x: Tensor, left: int, right: int, mode: str) -> Tensor:
     """F.pad on the last dim; reflect padding on an input shorter than the pad gets zeros appended first."""
     if left == right == 0:
         return x
@@ -66,8 +66,8 @@ class EncodecConv1d(nn.Module):
         # Encoder convs keep the reference's pad-then-conv arithmetic: their outputs feed argmins (codes) that
         # rounding differences can flip.
         self.pad_in_conv = False
-        # a backend's faster convolution of the padded input (backends/kernels.py's KernelConvolution), or None
-        self.kernel_convolution: Callable[[Tensor, bool], Tensor | None] | None = None
+        # a backend's faster convolution, which pads its input itself (backends/kernels.py's KernelConvolution), or None
+        self.kernel_convolution: Callable[..., Tensor | None] | None = None
 
     def forward(self, x: Tensor, elu: bool = False) -> Tensor:  # [B, C_in, T] -> [B, C_out, ceil(T / stride)]
         """The convolution of x, or of ELU(x) where elu."""
@@ -79,8 +79,8 @@ class EncodecConv1d(nn.Module):
         else:
             right = self.padding_total // 2
             left = self.padding_total - right
-        if self.kernel_convolution is not None:
-            y = self.kernel_convolution(_pad1d(x, left, right + extra, self.pad_mode), elu)  # (ELU(0) is 0)
+        if self.kernel_convolution is not None:  # it pads x itself (ELU(0) is 0)
+            y = self.kernel_convolution(x, elu, left, right + extra, self.pad_mode)
             if y is not None:
                 return y if self.norm is None else self.norm(y)
         if elu:
@@ -96,7 +96,7 @@ class EncodecConv1d(nn.Module):
         ):
             x = self._conv_reflect_edges(x, left)  # the same numbers, without copying x into a padded buffer
         else:
-            x = self.conv(_pad1d(x, left, right + extra, self.pad_mode))
+            x = self.conv(pad1d(x, left, right + extra, self.pad_mode))
         return x if self.norm is None else self.norm(x)
 
     def _conv_reflect_edges(self, x: Tensor, pad: int) -> Tensor:
@@ -150,7 +150,7 @@ class EncodecConvTranspose1d(nn.Module):
         self.polyphase = self.norm is None and kernel_size == 2 * stride  # (_polyphase applies)
         self._polyphase_weights: tuple | None = None  # (what the weight was, taps, bias): _polyphase's
         # a backend's faster _polyphase (backends/kernels.py's KernelConvolution), or None
-        self.kernel_convolution: Callable[[Tensor, bool], Tensor | None] | None = None
+        self.kernel_convolution: Callable[..., Tensor | None] | None = None
 
     def forward(self, x: Tensor, elu: bool = False) -> Tensor:  # [B, C_in, T] -> [B, C_out, T * stride]
         """The transposed convolution of x, or of ELU(x) where elu."""

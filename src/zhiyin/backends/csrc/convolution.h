@@ -184,13 +184,33 @@ inline void direct_rows(int64_t count, const float *window, int64_t ldw, int64_t
     direct_tile<R>(window, ldw, c_in, taps, block, sums);
 }
 
-// This thread's share of a stride-1 convolution of x [C_in, T] (padded by the caller: rows = T - k + 1 outputs)
-// -> out [C_out, rows]: its share of the tiles of DIRECT_TIMES times, or where there are few (a short input) its
-// share of every tile's blocks of channels
-inline void direct_share(const float *x, int64_t c_in, int64_t T, int64_t taps, bool elu_input, const float *packed,
-                         const float *bias, int64_t c_out, float *out, int thread, int threads) {
-    const int64_t rows = T - taps + 1, tiles = (rows + DIRECT_TIMES - 1) / DIRECT_TIMES, K = c_in * taps;
-    const int64_t blocks = direct_blocks(c_out);
+// x [C_in, T] padded by `left` and `right` (reflected, as PyTorch's reflect padding, or zeros; reflected needs
+// T > left, right): padded times p0 .. p0 + n - 1 -> to [n], ELU applied where elu_input
+inline void padded_row(const float *x, int64_t T, int64_t left, bool reflect, bool elu_input, int64_t p0, int64_t n,
+                       float *to) {
+    const int64_t s0 = p0 - left;  // the first one's time in x
+    if (s0 >= 0 && s0 + n <= T) {  // all inside x
+        int64_t u = 0;
+        for (; u + LANES <= n; u += LANES) store(to + u, elu_input ? elu(load(x + s0 + u)) : load(x + s0 + u));
+        for (; u < n; u++) to[u] = elu_input ? elu(splat(x[s0 + u]))[0] : x[s0 + u];
+        return;
+    }
+    for (int64_t u = 0; u < n; u++) {
+        int64_t s = s0 + u;
+        if (reflect) s = s < 0 ? -s : s >= T ? 2 * (T - 1) - s : s;
+        const float v = s >= 0 && s < T ? x[s] : 0.f;
+        to[u] = elu_input ? elu(splat(v))[0] : v;
+    }
+}
+
+// This thread's share of a stride-1 convolution of x [C_in, T] (row i at x + i ldx) padded by `left` and `right`
+// (padded_row's) -> out [C_out, rows], rows = left + T + right - k + 1: its share of the tiles of DIRECT_TIMES
+// times, or where there are few (a short input) its share of every tile's blocks of channels
+inline void direct_share(const float *x, int64_t ldx, int64_t c_in, int64_t T, int64_t left, int64_t right, bool reflect,
+                         int64_t taps, bool elu_input, const float *packed, const float *bias, int64_t c_out,
+                         float *out, int thread, int threads) {
+    const int64_t padded = left + T + right, rows = padded - taps + 1, K = c_in * taps;
+    const int64_t tiles = (rows + DIRECT_TIMES - 1) / DIRECT_TIMES, blocks = direct_blocks(c_out);
     const bool by_time = tiles >= 4 * threads || blocks < 4 * threads;
     const int64_t tile0 = by_time ? tiles * thread / threads : 0, tile1 = by_time ? tiles * (thread + 1) / threads : tiles;
     const int64_t block0 = by_time ? 0 : blocks * thread / threads, block1 = by_time ? blocks : blocks * (thread + 1) / threads;
@@ -198,13 +218,10 @@ inline void direct_share(const float *x, int64_t c_in, int64_t T, int64_t taps, 
     std::vector<float> window(c_in * ldw);
     vf32 sums[DIRECT_ROWS][DIRECT_VECTORS];
     for (int64_t tile = tile0; tile < tile1; tile++) {
-        const int64_t t0 = tile * DIRECT_TIMES, span = std::min(ldw, T - t0);  // inputs there (zeros after)
+        const int64_t t0 = tile * DIRECT_TIMES, span = std::min(ldw, padded - t0);  // inputs there (zeros after)
         for (int64_t i = 0; i < c_in; i++) {
-            const float *from = x + i * T + t0;
             float *to = window.data() + i * ldw;
-            int64_t u = 0;
-            for (; u + LANES <= span; u += LANES) store(to + u, elu_input ? elu(load(from + u)) : load(from + u));
-            for (; u < span; u++) to[u] = elu_input ? elu(splat(from[u]))[0] : from[u];
+            padded_row(x + i * ldx, T, left, reflect, elu_input, t0, span, to);
             std::fill(to + span, to + ldw, 0.f);
         }
         const int64_t valid = std::min(DIRECT_TIMES, rows - t0);

@@ -541,16 +541,18 @@ void zhiyin_convolution(const float *x, int64_t c_in, int64_t T, int64_t pad, in
     }
 }
 
-// A narrow stride-1 convolution (convolution.h's direct_share): the floats of its packed weights, their packing
-// (w [C_out, C_in k] row-major), and x [C_in, T] (padded by the caller) -> out [C_out, T - k + 1]; bias [C_out] or
-// null; ELU on x first where elu
+// A stride-1 convolution (convolution.h's direct_share): the floats of its packed weights, their packing
+// (w [C_out, C_in k] row-major), and x [C_in, T] (row i at x + i ldx) padded by left and right (reflected where
+// reflect, else zeros) -> out [C_out, left + T + right - k + 1]; bias [C_out] or null; ELU on x first where elu
 int64_t zhiyin_direct_floats(int64_t c_out, int64_t K) { return direct_blocks(c_out) * K * DIRECT_ROWS; }
 void zhiyin_pack_direct(const float *w, int64_t c_out, int64_t K, float *packed) { pack_direct(w, c_out, K, packed); }
-void zhiyin_direct_convolution(const float *x, int64_t c_in, int64_t T, int64_t taps, int elu, const float *packed,
-                               const float *bias, int64_t c_out, float *out, int threads) {
-    if (T < taps) return;
+void zhiyin_direct_convolution(const float *x, int64_t ldx, int64_t c_in, int64_t T, int64_t left, int64_t right,
+                               int reflect, int64_t taps, int elu, const float *packed, const float *bias,
+                               int64_t c_out, float *out, int threads) {
+    if (left + T + right < taps) return;
     #pragma omp parallel num_threads(threads)
-    direct_share(x, c_in, T, taps, elu, packed, bias, c_out, out, omp_get_thread_num(), omp_get_num_threads());
+    direct_share(x, ldx, c_in, T, left, right, reflect, taps, elu, packed, bias, c_out, out, omp_get_thread_num(),
+                 omp_get_num_threads());
 }
 
 // One request's next tokens, as generation/sampling.py's PyTorch path chooses them: logits [R, K, V], with guidance
