@@ -57,8 +57,10 @@ constexpr int MAX_ROWS = 8;
 // ones they read, so that the next ones are on their way while these are multiplied (the hardware's prefetcher alone
 // left the integer products a quarter slower: BENCHMARKS.md, "int4, and every mode per CPU level"). Into the L2 cache
 // (locality 2), not L1: a core has few L1 misses in flight, and 4 KB of requests held there capped one core's stream
-// at ~15 GB/s on Zen 4 (BENCHMARKS.md, "Huge pages and prefetching into L2").
-constexpr int PREFETCH_BYTES = 4096;
+// at ~15 GB/s on Zen 4 (BENCHMARKS.md, "Huge pages and prefetching into L2"). 8 KB ahead rather than 4: where memory
+// answers at ~50 GB/s, 4 KB in flight held the bfloat16 and int4 products to ~40 and ~38 GB/s (8 KB: ~50, ~45), and
+// where it answers at ~30 both keep up (BENCHMARKS.md, "Two memory speeds").
+constexpr int PREFETCH_BYTES = 8192;
 inline void prefetch(const void *p) { __builtin_prefetch(static_cast<const char *>(p) + PREFETCH_BYTES, 0, 2); }
 #if (defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__) || defined(__aarch64__)
 #define ZHIYIN_INT16 1
