@@ -12,7 +12,9 @@ with guidance = 8 rows), EnCodec decode ms per second of audio, end-to-end secon
 prompt, guidance 3, top-k 250, audio decoded), and peak RSS. The floor is the decoder's weight bytes per step
 divided by the read bandwidth measured in the same process just before its decoder timings (a shared VM's bandwidth
 drifts from minute to minute): at the best of 10 reads, and at their median (a VM's best can be a burst that no
-longer read sustains). Timings are the best of 3. transformers is optional: without it, zhiyin's rows alone.
+longer read sustains); and the step over its floor with the step timed five more times, each between two reads
+(the median of the five ratios: this VM's memory switches between two speeds within seconds). Timings are the best
+of 3. transformers is optional: without it, zhiyin's rows alone.
 On a GPU (--device cuda) every timing waits for the GPU to finish, the bandwidth is the GPU memory's, and the peak
 memory is the GPU's (torch.cuda.max_memory_allocated) beside the process's RSS.
 """
@@ -65,11 +67,10 @@ def make_checkpoint(shape: str, folder: Path) -> None:
     write_random_checkpoint(folder, shape)
 
 
-def read_bandwidth(device: str) -> tuple[float, float]:
-    """Bytes per second that torch reads from the device's memory (sum over 256 MiB on the CPU, 8x the L3 cache of
-    the CPUs we use, on huge pages where Linux gives them, as the decoder's weights are: read faster than from 4 KB
-    pages; 2 GiB on a GPU): the best and the median of 10 reads. On a shared VM the best catches a burst the median
-    does not sustain (BENCHMARKS.md, session 20). Small enough not to raise a mode's peak memory much."""
+def bandwidth_probe(device: str):
+    """A function n -> the rates (bytes per second) of n reads by torch of the device's memory: a sum over 256 MiB on
+    the CPU (8x the L3 cache of the CPUs we use; on huge pages where Linux gives them, as the decoder's weights are:
+    read faster than from 4 KB pages), 2 GiB on a GPU. Small enough not to raise a mode's peak memory much."""
     import torch
 
     from zhiyin import heap
@@ -78,8 +79,14 @@ def read_bandwidth(device: str) -> tuple[float, float]:
     heap.onto_huge_pages([x])  # (on the CPU)
     run = lambda: x.sum().item()  # noqa: E731  (.item(): waits for the GPU)
     run()
-    seconds = sorted(timed(run) for _ in range(10))
-    return x.numel() * 4 / seconds[0], x.numel() * 4 / statistics.median(seconds)
+    return lambda n: [x.numel() * 4 / timed(run) for _ in range(n)]
+
+
+def read_bandwidth(rates) -> tuple[float, float]:
+    """The best and the median of 10 reads (bandwidth_probe's). On a shared VM the best catches a burst the median
+    does not sustain (BENCHMARKS.md, session 20)."""
+    reads = rates(10)
+    return max(reads), statistics.median(reads)
 
 
 def peak_rss_gb() -> float:
@@ -147,7 +154,7 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
         )
         result["t5_ms"] = timed(lambda: encoder(ids[:1], mask[:1]), repeat=5) * 1e3
 
-        def decoder_seconds(batch: int, n: int) -> float:
+        def decoder_seconds(batch: int, n: int, repeat: int = 3) -> float:
             kwargs = dict(
                 input_ids=ids[:batch],
                 attention_mask=mask[:batch],
@@ -157,17 +164,24 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
                 max_new_tokens=n,
             )
             if library == "zhiyin":
-                return timed(lambda: model.generate(**kwargs, return_codes=True), repeat=3)
-            return timed(lambda: model.generate(**kwargs), repeat=3)
+                return timed(lambda: model.generate(**kwargs, return_codes=True), repeat=repeat)
+            return timed(lambda: model.generate(**kwargs), repeat=repeat)
 
         if library == "transformers":  # time the token loop alone: skip the audio decoding
             decode = model.audio_encoder.decode
             model.audio_encoder.decode = lambda codes, *a, **k: type("Out", (), {"audio_values": torch.zeros(1)})()
-        result["bandwidth"], result["bandwidth_median"] = read_bandwidth(device)
+        rates = bandwidth_probe(device)
+        result["bandwidth"], result["bandwidth_median"] = read_bandwidth(rates)
         for batch, key in ((1, "step_ms_b1"), (4, "step_ms_b4")):
             decoder_seconds(batch, 8)  # warm up
             short, long = decoder_seconds(batch, 8), decoder_seconds(batch, 8 + steps)
             result[key] = (long - short) / steps * 1e3
+            if batch == 1:  # the step again, five times, each between two reads of memory at the time it ran
+                result["paired"] = []
+                for _ in range(5):
+                    before = max(rates(3))
+                    step = (decoder_seconds(batch, 8 + steps, repeat=1) - short) / steps
+                    result["paired"].append((step, (before + max(rates(3))) / 2))
         if library == "transformers":
             model.audio_encoder.decode = decode
 
@@ -208,6 +222,13 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
     result["kernels_march"] = os.environ.get("ZHIYIN_KERNELS_MARCH") or "native"
     result["torch_capability"] = torch.backends.cpu.get_cpu_capability()
     return result
+
+
+def paired_ratio(result: dict) -> float:
+    """A mode's batch-1 step over its floor, each of its paired steps (`paired`: step seconds, the mean rate of the
+    reads just before and after it) at its own rate; the median of them. A shared VM's memory can change speed within
+    seconds (BENCHMARKS.md, "Two memory speeds"): a read minutes or seconds away may not be the rate the step saw."""
+    return statistics.median(step * rate / result["decoder_weight_bytes"] for step, rate in result["paired"])
 
 
 def print_table(results: list[dict], title: str, seconds: float) -> None:
@@ -251,6 +272,7 @@ def print_table(results: list[dict], title: str, seconds: float) -> None:
             f"{'floor: weight bytes / ' + which + ' (ms/step)':40s}"
             + "".join(f"{r['decoder_weight_bytes'] / r[key] * 1e3:>{width}.1f}" for r in results)
         )
+    print(f"{'step / floor at the reads around it':40s}" + "".join(f"{paired_ratio(r):>{width}.2f}" for r in results))
     if reference:
         for label, key in (("speed-up vs transformers-float32, step", "step_ms_b1"), ("speed-up, end to end", "e2e_s")):
             print(f"{label:40s}" + "".join(f"{reference[key] / r[key]:>{width}.2f}" for r in results))

@@ -43,6 +43,7 @@ def test_benchmark_runs_zhiyin_and_transformers_side_by_side(tiny_checkpoint, tm
             assert math.isfinite(r[key]), (mode, key)
         assert r["e2e_audio_s"] == pytest.approx(0.5, abs=0.02), mode  # music of the length asked for
         assert r["bandwidth"] >= r["bandwidth_median"] > 1e8 and r["decoder_weight_bytes"] > 0, mode
+        assert len(r["paired"]) == 5 and all(math.isfinite(step) and rate > 1e8 for step, rate in r["paired"]), mode
     # the floor counts what a step reads: int8 weights are a quarter of float32's, int4 about half of int8's (less
     # at the tiny widths, padded to 64 columns)
     assert results["zhiyin-int8"]["decoder_weight_bytes"] < results["zhiyin-float32"]["decoder_weight_bytes"] / 3
@@ -51,6 +52,7 @@ def test_benchmark_runs_zhiyin_and_transformers_side_by_side(tiny_checkpoint, tm
     assert f"checkpoint {folder}" in table and all(mode in table for mode in modes)
     assert table.count("speed-up vs transformers-float32, step") == 1
     assert "floor: weight bytes / best" in table and "floor: weight bytes / median" in table
+    assert table.count("step / floor at the reads around it") == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")
