@@ -39,15 +39,20 @@ constexpr int TILE_ROWS = 6;
 
 inline int64_t panels(int64_t n) { return (n + PANEL - 1) / PANEL; }
 
-// b [K, N] row-major -> packed [panels, K, PANEL] (zeros past N)
-inline void pack_panels(const float *b, int64_t K, int64_t n, float *packed) {
-    for (int64_t p = 0; p < panels(n); p++)
+// A matrix b [K, n] (element (k, j) at b[k * k_step + j * j_step]) -> packed [ceil(n / WIDTH), K, WIDTH]: its
+// columns in groups of WIDTH, each group row by row (zeros past n)
+template <int64_t WIDTH>
+inline void pack_columns(const float *b, int64_t K, int64_t n, int64_t k_step, int64_t j_step, float *packed) {
+    for (int64_t p = 0; p < (n + WIDTH - 1) / WIDTH; p++)
         for (int64_t k = 0; k < K; k++)
-            for (int64_t lane = 0; lane < PANEL; lane++) {
-                const int64_t j = p * PANEL + lane;
-                packed[(p * K + k) * PANEL + lane] = j < n ? b[k * n + j] : 0.f;
+            for (int64_t lane = 0; lane < WIDTH; lane++) {
+                const int64_t j = p * WIDTH + lane;
+                packed[(p * K + k) * WIDTH + lane] = j < n ? b[k * k_step + j * j_step] : 0.f;
             }
 }
+
+// b [K, N] row-major -> packed [panels, K, PANEL]
+inline void pack_panels(const float *b, int64_t K, int64_t n, float *packed) { pack_columns<PANEL>(b, K, n, n, 1, packed); }
 
 // ELU (alpha 1): x, or e^x - 1 where x < 0
 inline vf32 elu(vf32 x) { return select(x > splat(0.f), x, zhiyin::exp(x) - 1.f); }
@@ -148,12 +153,7 @@ inline int64_t direct_blocks(int64_t c_out) { return (c_out + DIRECT_ROWS - 1) /
 
 // w [C_out, K] row-major (K = C_in k: a weight [C_out, C_in, k]) -> packed [blocks, K, DIRECT_ROWS]
 inline void pack_direct(const float *w, int64_t c_out, int64_t K, float *packed) {
-    for (int64_t b = 0; b < direct_blocks(c_out); b++)
-        for (int64_t k = 0; k < K; k++)
-            for (int64_t r = 0; r < DIRECT_ROWS; r++) {
-                const int64_t c = b * DIRECT_ROWS + r;
-                packed[(b * K + k) * DIRECT_ROWS + r] = c < c_out ? w[c * K + k] : 0.f;
-            }
+    pack_columns<DIRECT_ROWS>(w, K, c_out, 1, K, packed);
 }
 
 // The first R channels of a packed block against a window [C_in, ldw] -> sums[r][v], times v LANES + lane
