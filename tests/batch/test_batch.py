@@ -180,7 +180,12 @@ def start_after_first_item(model: str, folder: Path, count: int) -> subprocess.P
     jobs = [{"id": f"p{i}", "prompt": f"piece {i}", "duration": 1.5, "seed": i} for i in range(count)]
     path, out = write_jobs(folder, jobs), folder / "out"
     command = [sys.executable, "-m", "zhiyin", "batch", str(path), "-o", str(out), "--model", model, "--quiet"]
-    process = subprocess.Popen(command + ["--max-batch", "1"], stderr=subprocess.PIPE, text=True)
+    # Ctrl-C at its default in the run (a shell's background job starts with SIGINT ignored: a run started from one
+    # keeps ignoring it, as it should, but this test is about Ctrl-C)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(
+        command + ["--max-batch", "1"], stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     deadline = time.monotonic() + 120
     while not (out / "manifest.jsonl").exists() or not (out / "manifest.jsonl").read_text().strip():
         assert process.poll() is None and time.monotonic() < deadline, "the first item never finished"
