@@ -316,7 +316,8 @@ class KernelLSTMArithmetic(LSTMArithmetic):
     rate of the caches they come from. Each product is the same sum at any thread count and however many frames are
     beside it, which BLAS's small products are not on every CPU (MKL on Zen 4 at 5-11 rows), so that chunked
     decoding on 1 or 2 threads gives the same bits. The sums' order and the sigmoid's and tanh's last bits are not
-    PyTorch's. Elsewhere (other dtypes, devices, gradients to record) PyTorch's."""
+    PyTorch's. In other dtypes the recurrence goes frame by frame (the kernels' products where they apply); on other
+    devices, or with gradients to record, it is PyTorch's."""
 
     @staticmethod
     def inputs(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

@@ -218,8 +218,9 @@ class EncodecLSTM(nn.Module):
     The recurrence is written out (nn.LSTM holds the weights, under the checkpoint's keys): each layer's input
     products for all frames in one matrix product, then per frame the recurrent product and the gates. nn.LSTM's
     own CPU path costs ~30 ms a call before its first frame, which chunked decoding (ChunkedDecode) pays per chunk.
-    The recurrent product reads the layer's 4C x C weights at every frame (16 MB for musicgen's codec, half of
-    decoding's time on a CPU). `arithmetic` computes them (LSTMArithmetic, or a backend's faster kind).
+    The recurrent product reads the layer's 4C x C weights at every frame (16 MB for musicgen's codec; on a CPU a
+    fifth of decoding's time, in the kernels). `arithmetic` computes them (LSTMArithmetic, or a backend's faster
+    kind).
     """
 
     def __init__(self, config: EncodecConfig, dim: int):
