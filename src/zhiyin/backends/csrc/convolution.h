@@ -1,5 +1,6 @@
-// EnCodec's convolutions over time as matrix products: stride-1 convolutions (kernel k) and the upsampling's
-// transposed ones (kernel 2s, stride s), for one item x [C_in, T].
+// EnCodec's convolutions over time, for one item x [C_in, T]: as matrix products in panels of output columns
+// (convolution_share: any kernel k; kernels.py gives it the upsampling's transposed ones, kernel 2s and stride s),
+// and vectorized over time (direct_share, below: the stride-1 ones).
 //
 // Laid out time by time (xt [T', C_in], optionally padded by rows of zeros either side), the inputs of output time t
 // are the k C_in consecutive numbers from xt[t]: a product of rows A[t] = xt[t .. t + k - 1] (K = k C_in) with a
@@ -52,7 +53,9 @@ inline void pack_columns(const float *b, int64_t K, int64_t n, int64_t k_step, i
 }
 
 // b [K, N] row-major -> packed [panels, K, PANEL]
-inline void pack_panels(const float *b, int64_t K, int64_t n, float *packed) { pack_columns<PANEL>(b, K, n, n, 1, packed); }
+inline void pack_panels(const float *b, int64_t K, int64_t n, float *packed) {
+    pack_columns<PANEL>(b, K, n, n, 1, packed);
+}
 
 // ELU (alpha 1): x, or e^x - 1 where x < 0
 inline vf32 elu(vf32 x) { return select(x > splat(0.f), x, zhiyin::exp(x) - 1.f); }
@@ -137,14 +140,14 @@ inline void convolution_share(const float *xt, int64_t c_in, int64_t taps, int64
     }
 }
 
-
-// Narrow stride-1 convolutions (few output channels, which panels of PANEL columns would leave mostly empty) are
-// vectorized over time instead: out[c, t] = bias[c] + sum over i, j of W[c, i, j] x[i, t + j], summed in the order
-// (i, j) = (0, 0), (0, 1), ... with fused multiply-adds, each weight broadcast against DIRECT_VECTORS vectors of
-// consecutive times, for DIRECT_ROWS output channels at once. The weights are packed in blocks of DIRECT_ROWS
-// channels [blocks, C_in k, DIRECT_ROWS] (zeros past C_out). Each tile of DIRECT_TIMES times first copies its inputs
-// (and the k - 1 after them) into a window that stays in L1, ELU applied there where asked. Every output is one
-// thread's sum in one order, as the panels' are: the same bits at any thread count, chunk length and vector width.
+// Stride-1 convolutions vectorized over time (few output channels would leave panels of PANEL columns mostly empty;
+// at the decoder's wide ones this was as fast or faster, with the ELU applied once per input):
+// out[c, t] = bias[c] + sum over i, j of W[c, i, j] x[i, t + j], summed in the order (i, j) = (0, 0), (0, 1), ...
+// with fused multiply-adds, each weight broadcast against DIRECT_VECTORS vectors of consecutive times, for
+// DIRECT_ROWS output channels at once. The weights are packed in blocks of DIRECT_ROWS channels [blocks, C_in k,
+// DIRECT_ROWS] (zeros past C_out). Each tile of DIRECT_TIMES times first copies its inputs (and the k - 1 after them)
+// into a window that stays in L1, ELU applied there where asked. Every output is one thread's sum in one order, as
+// the panels' are: the same bits at any thread count, chunk length and vector width.
 constexpr int DIRECT_ROWS = LANES >= 16 ? 8 : 3;  // 24 sums in 32 registers; 12 in 16 (AVX2: 3 x 4 was 5-15 %
 constexpr int DIRECT_VECTORS = LANES >= 16 ? 3 : 4;  // faster than 4 x 3 at EnCodec's kernel-3 convolutions)
 constexpr int64_t DIRECT_TIMES = DIRECT_VECTORS * LANES;
@@ -206,14 +209,16 @@ inline void padded_row(const float *x, int64_t T, int64_t left, bool reflect, bo
 // This thread's share of a stride-1 convolution of x [C_in, T] (row i at x + i ldx) padded by `left` and `right`
 // (padded_row's) -> out [C_out, rows], rows = left + T + right - k + 1: its share of the tiles of DIRECT_TIMES
 // times, or where there are few (a short input) its share of every tile's blocks of channels
-inline void direct_share(const float *x, int64_t ldx, int64_t c_in, int64_t T, int64_t left, int64_t right, bool reflect,
-                         int64_t taps, bool elu_input, const float *packed, const float *bias, int64_t c_out,
-                         float *out, int thread, int threads) {
+inline void direct_share(const float *x, int64_t ldx, int64_t c_in, int64_t T, int64_t left, int64_t right,
+                         bool reflect, int64_t taps, bool elu_input, const float *packed, const float *bias,
+                         int64_t c_out, float *out, int thread, int threads) {
     const int64_t padded = left + T + right, rows = padded - taps + 1, K = c_in * taps;
     const int64_t tiles = (rows + DIRECT_TIMES - 1) / DIRECT_TIMES, blocks = direct_blocks(c_out);
     const bool by_time = tiles >= 4 * threads || blocks < 4 * threads;
-    const int64_t tile0 = by_time ? tiles * thread / threads : 0, tile1 = by_time ? tiles * (thread + 1) / threads : tiles;
-    const int64_t block0 = by_time ? 0 : blocks * thread / threads, block1 = by_time ? blocks : blocks * (thread + 1) / threads;
+    const int64_t tile0 = by_time ? tiles * thread / threads : 0;
+    const int64_t tile1 = by_time ? tiles * (thread + 1) / threads : tiles;
+    const int64_t block0 = by_time ? 0 : blocks * thread / threads;
+    const int64_t block1 = by_time ? blocks : blocks * (thread + 1) / threads;
     const int64_t ldw = DIRECT_TIMES + (taps - 1 + LANES - 1) / LANES * LANES;  // a tile's inputs, in vectors
     std::vector<float> window(c_in * ldw);
     vf32 sums[DIRECT_ROWS][DIRECT_VECTORS];
@@ -240,4 +245,5 @@ inline void direct_share(const float *x, int64_t ldx, int64_t c_in, int64_t T, i
         }
     }
 }
+
 }  // namespace zhiyin

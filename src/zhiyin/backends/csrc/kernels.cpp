@@ -8,8 +8,9 @@
 //                        attention over the KV cache and the text, FFN), final norm, LM heads. It computes what
 //                        modules/decoder.py's MusicgenDecoder.forward computes for T = 1.
 //   zhiyin_choose        a request's next tokens from its logits (generation/sampling.py's PyTorch ops in one call)
-//   zhiyin_convolution   one of EnCodec's decoder convolutions over time (convolution.h), with its weights packed
-//                        once by zhiyin_pack_panels; zhiyin_direct_convolution a narrow one (zhiyin_pack_direct)
+//   zhiyin_convolution   one of EnCodec's decoder convolutions over time in panels of output columns (convolution.h),
+//                        its weights packed once by zhiyin_pack_panels; zhiyin_direct_convolution a stride-1 one
+//                        vectorized over time (zhiyin_pack_direct)
 #ifdef _OPENMP
 #include <omp.h>
 #else  // a compiler without OpenMP (Apple's clang, clang without libomp): one thread, the pragmas ignored
