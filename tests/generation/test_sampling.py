@@ -67,8 +67,24 @@ def test_kernel_chooses_the_pytorch_tokens(settings):
             logits = (logits * 2).round() / 2
         if seed % 4 == 2:  # scores that are never chosen
             logits[:, :, ::3] = float("-inf")
+        if seed % 8 == 3:  # zeros of both signs around the k-th score (equal as floats, apart as bits)
+            logits = torch.where(logits.abs() < 1, 0.0, logits) * torch.where(
+                torch.rand(logits.shape, generator=g) < 0.5, -1, 1
+            )
         ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-        assert torch.equal(next_tokens(logits, settings, ours), pytorch_next_tokens(logits, settings, theirs))
+        want = pytorch_next_tokens(logits, settings, theirs)
+        if settings.top_p is None:  # the kernel's own call, not a fallback to the ops
+            guidance = settings.guidance_scale if settings.uses_guidance else None
+            top_k = settings.top_k if settings.do_sample else None
+            drawn = ours if settings.do_sample else None
+            got = kernels.choose(logits, guidance, settings.temperature, top_k, drawn)
+            if got is None:  # guided -inf scores are NaN (-inf + (-inf - -inf) x 3): the ops decide, and did above
+                assert guidance is not None and apply_guidance(logits, guidance).isnan().any()
+                ours.set_state(theirs.get_state())
+            else:
+                assert torch.equal(got.view(want.shape), want)
+        else:
+            assert torch.equal(next_tokens(logits, settings, ours), want)
         assert torch.equal(ours.get_state(), theirs.get_state())
 
 
@@ -77,9 +93,39 @@ def test_kernel_leaves_nan_scores_to_pytorch():
     logits = torch.randn(2, 4, 64)
     logits[0, 1, 7] = float("nan")
     settings = SamplingSettings(do_sample=True, guidance_scale=3.0, top_k=10)
-    assert kernels.choose(logits, 3.0, 1.0, 10, exponential_noise((4, 64), "cpu")) is None
+    untouched = torch.Generator().manual_seed(0)
+    assert kernels.choose(logits, 3.0, 1.0, 10, untouched) is None
+    assert torch.equal(untouched.get_state(), torch.Generator().manual_seed(0).get_state())  # nothing drawn
     ours, theirs = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     assert torch.equal(next_tokens(logits, settings, ours), pytorch_next_tokens(logits, settings, theirs))
+
+
+@needs_kernels
+def test_kernel_draws_pytorchs_numbers_from_its_state():
+    """the kernels' own draw of a generator's Exp(1) numbers is exponential_'s, number for number, and leaves the
+    generator where exponential_ leaves it, over several turns of its Mersenne Twister and from any point of one"""
+    assert kernels.draws_like_pytorch()
+    for seed, skip in ((0, 0), (7, 1), (123456789, 1001)):
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for g in (ours, theirs):
+            torch.empty(skip).exponential_(1, generator=g)
+        state, drawn = ours.get_state(), torch.empty(5000)
+        kernels.library().zhiyin_exponential(state.data_ptr(), drawn.numel(), drawn.data_ptr())
+        ours.set_state(state)
+        assert torch.equal(drawn, torch.empty(5000).exponential_(1, generator=theirs))
+        assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+@needs_kernels
+def test_kernel_draws_from_the_global_generator_without_one():
+    settings = SamplingSettings(do_sample=True, guidance_scale=3.0, top_k=250)
+    logits = torch.randn(2, 4, 2048)
+    torch.manual_seed(5)
+    ours = next_tokens(logits, settings)
+    after = torch.default_generator.get_state()
+    torch.manual_seed(5)
+    assert torch.equal(ours, pytorch_next_tokens(logits, settings, None))
+    assert torch.equal(after, torch.default_generator.get_state())
 
 
 @pytest.mark.parametrize("kernel", [True, False])

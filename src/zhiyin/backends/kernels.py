@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from .precision import Precision, place, plan
 SOURCES = Path(__file__).with_name("csrc")  # kernels.cpp and the headers it includes
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]  # and -fopenmp, -march=<target> (_compile)
 MAX_STEP_ROWS = 64  # rows of one fused step
+TORCH_GENERATOR_BYTES = 5056  # a CPU torch.Generator's get_state(), as csrc/kernels.cpp's TorchGenerator reads it
 MAX_ROWS = 8  # rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but for int8/int4 weights
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8: 3}  # csrc/matvec.h's WeightType
 # Smaller weights run on one thread: waking a team costs more than it saves, and on a busy machine each
@@ -116,8 +118,11 @@ def build(march: str = "native", sources: Path = SOURCES) -> ctypes.CDLL:
     lib.zhiyin_linear.argtypes = [ctypes.POINTER(LinearWeights), p, p, ctypes.c_int64, ctypes.c_int]
     lib.zhiyin_lstm.argtypes = [ctypes.POINTER(LinearWeights), p, p, p, p] + [ctypes.c_int64] * 3 + [ctypes.c_int]
     lib.zhiyin_decoder_step.argtypes = [p, p, p, p]
-    lib.zhiyin_choose.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_float]
-    lib.zhiyin_choose.argtypes += [ctypes.c_int64, p, p]
+    lib.holding_gil = ctypes.PyDLL(str(target))  # its functions keep the GIL while they run
+    choose = lib.holding_gil.zhiyin_choose
+    choose.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_float]
+    choose.argtypes += [ctypes.c_int64, p, p]
+    lib.zhiyin_exponential.argtypes = [p, ctypes.c_int64, p]
     lib.zhiyin_struct_size.argtypes = [ctypes.c_int]
     lib.zhiyin_struct_size.restype = ctypes.c_int64
     lib.zhiyin_panel_floats.argtypes = [ctypes.c_int64] * 2
@@ -447,26 +452,28 @@ def _kernel_convolves(module: EncodecConv1d | EncodecConvTranspose1d) -> bool:
 
 
 def choose(
-    logits: Tensor, guidance: float | None, temperature: float, top_k: int | None, noise: Tensor | None
+    logits: Tensor, guidance: float | None, temperature: float, top_k: int | None, generator: torch.Generator | None
 ) -> Tensor | None:
     """One request's next tokens [items * K] from its logits [R, K, V] in one kernel call (csrc/kernels.cpp's
-    zhiyin_choose: guidance, temperature, top-k, softmax, the draw with PyTorch's Exp(1) noise [items * K, V]; no
-    noise: greedy), the tokens generation/sampling.py's PyTorch ops choose (the two softmaxes may differ in the last
-    bit, which decides a draw only where two candidates tie to that bit). None where it does not run: no kernels,
-    logits not float32 on the CPU, or a NaN score."""
+    zhiyin_choose: guidance, temperature, top-k, softmax, the draw with the Exp(1) noise [items * K, V] that
+    `generator`'s exponential_ would give, drawn from its state, which advances as that draw advances it; no
+    generator: greedy), the tokens generation/sampling.py's PyTorch ops choose (the two softmaxes may differ in the
+    last bit, which decides a draw only where two candidates tie to that bit). None, with nothing drawn, where it does
+    not run: no kernels, logits not float32 on the CPU, a generator that is not on the CPU or not drawn as this
+    PyTorch draws (draws_like_pytorch), or a NaN score."""
     if logits.device.type != "cpu" or logits.dtype != torch.float32:
         return None
     lib = library()  # (built at its first use on the CPU: a GPU's generation never compiles it)
-    if lib is None:
+    if lib is None or (generator is not None and (generator.device.type != "cpu" or not draws_like_pytorch())):
         return None
     logits = logits.contiguous()
     R, K, V = logits.shape
     items = R // 2 if guidance is not None else R
     tokens = torch.empty(items * K, dtype=torch.int64)
-    if noise is not None:
-        noise = noise.contiguous()
-        assert noise.shape == (items * K, V) and noise.dtype == torch.float32
-    failed = lib.zhiyin_choose(
+    state = None if generator is None else generator.get_state()
+    # called holding the GIL (lib.holding_gil), so that no other Python thread draws from the generator between
+    # get_state and set_state
+    failed = lib.holding_gil.zhiyin_choose(
         logits.data_ptr(),
         items,
         K,
@@ -474,10 +481,33 @@ def choose(
         guidance or 0.0,
         temperature,
         top_k or 0,
-        None if noise is None else noise.data_ptr(),
+        None if state is None else state.data_ptr(),
         tokens.data_ptr(),
     )
-    return None if failed else tokens
+    if failed:
+        return None
+    if state is not None:
+        generator.set_state(state)
+    return tokens
+
+
+@lru_cache(maxsize=None)
+def draws_like_pytorch() -> bool:
+    """Whether the kernels draw from a generator's state the numbers its exponential_ draws, checked once per
+    process over several turns of its Mersenne Twister: get_state's bytes and the CPU generator's algorithm are
+    PyTorch's own, not a promise of its API, and a PyTorch that changes them leaves sampling to its ops."""
+    lib = library()
+    ours, theirs = torch.Generator().manual_seed(1234), torch.Generator().manual_seed(1234)
+    state = ours.get_state()
+    drawn = torch.empty(3000)
+    if state.numel() == TORCH_GENERATOR_BYTES:
+        lib.zhiyin_exponential(state.data_ptr(), drawn.numel(), drawn.data_ptr())
+        ours.set_state(state)
+    same = torch.equal(drawn, torch.empty(3000).exponential_(1, generator=theirs))
+    if not same or not torch.equal(ours.get_state(), theirs.get_state()):
+        warnings.warn("zhiyin: this PyTorch draws random numbers unlike the kernels; sampling on PyTorch's ops")
+        return False
+    return True
 
 
 def check_quantize(quantize: str | None) -> None:

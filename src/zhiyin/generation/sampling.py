@@ -35,12 +35,11 @@ def filter_top_p(scores: Tensor, p: float) -> Tensor:
 
 def next_tokens(logits: Tensor, settings: SamplingSettings, generator: torch.Generator | None = None) -> Tensor:
     """logits [R, K, V] (R = 2B with guidance) -> tokens [B, K]. On the CPU one kernel call does what the PyTorch
-    ops below do (backends/kernels.py's choose: the same tokens, without ~10 small ops a step); top-p stays here."""
+    ops below do (backends/kernels.py's choose: the same tokens from the same random numbers, drawn there from the
+    generator's state, without ~10 small ops a step); top-p stays here."""
     scores = logits.float()
     guided = settings.uses_guidance
     B, K, V = scores.shape[0] // (2 if guided else 1), *scores.shape[1:]
-    # the filters draw no random numbers, so the noise drawn first is the reference's
-    noise = exponential_noise((B * K, V), scores.device, generator) if settings.do_sample else None
     top_p = settings.top_p if settings.do_sample and settings.top_p is not None and settings.top_p < 1.0 else None
     if top_p is None:
         tokens = kernels.choose(
@@ -48,10 +47,12 @@ def next_tokens(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
             settings.guidance_scale if guided else None,
             settings.temperature if settings.do_sample else 1.0,
             settings.top_k if settings.do_sample else None,
-            noise,
+            (generator or torch.default_generator) if settings.do_sample else None,
         )
         if tokens is not None:
             return tokens.view(B, K)
+    # the filters draw no random numbers, so the noise drawn first is the reference's
+    noise = exponential_noise((B * K, V), scores.device, generator) if settings.do_sample else None
     if guided:
         scores = apply_guidance(scores, settings.guidance_scale)
     scores = scores.reshape(B * K, V)

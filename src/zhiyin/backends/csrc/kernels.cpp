@@ -7,7 +7,8 @@
 //                        its own text length), in one call and one parallel region: embeddings, every layer (norms,
 //                        attention over the KV cache and the text, FFN), final norm, LM heads. It computes what
 //                        modules/decoder.py's MusicgenDecoder.forward computes for T = 1.
-//   zhiyin_choose        a request's next tokens from its logits (generation/sampling.py's PyTorch ops in one call)
+//   zhiyin_choose        a request's next tokens from its logits (generation/sampling.py's PyTorch ops in one call),
+//                        drawing PyTorch's random numbers itself (zhiyin_exponential: the same numbers alone)
 //   zhiyin_convolution   one of EnCodec's decoder convolutions over time in panels of output columns (convolution.h),
 //                        its weights packed once by zhiyin_pack_panels; zhiyin_direct_convolution a stride-1 one
 //                        vectorized over time (zhiyin_pack_direct)
@@ -25,7 +26,6 @@ inline int omp_get_num_threads() { return 1; }
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -262,6 +262,107 @@ inline void lstm_cell(vf32 i, vf32 f, vf32 g, vf32 o, vf32 &c, vf32 &h) {
     c = sigmoid(f) * c + sigmoid(i) * zhiyin::tanh(g);
     h = sigmoid(o) * zhiyin::tanh(c);
 }
+
+// The k-th largest of x [n] (no NaN; 1 <= k <= n), found bit by bit as the largest t with at least k of x >= t, over
+// integer keys that order as the floats do (keys [n] is room for them): counting is branch-free, where a sort's
+// comparisons mispredict on scores it has not seen before
+float kth_largest(const float *x, int64_t n, int64_t k, int32_t *keys) {
+    int64_t lo = std::numeric_limits<int32_t>::max(), hi = std::numeric_limits<int32_t>::min();
+    for (int64_t j = 0; j < n; j++) {
+        int32_t b;
+        std::memcpy(&b, x + j, 4);
+        keys[j] = b ^ ((b >> 31) & 0x7fffffff);  // negative floats' bits count down: flipped, they count up
+        lo = std::min<int64_t>(lo, keys[j]);
+        hi = std::max<int64_t>(hi, keys[j]);
+    }
+    hi += 1;  // at least k keys >= lo, fewer than k >= hi
+    while (hi - lo > 1) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        const int32_t t = int32_t(mid);
+        vi32 count = {};
+        int64_t j = 0, at_least = 0;
+        for (; j + LANES <= n; j += LANES) {
+            vi32 v;
+            std::memcpy(&v, keys + j, sizeof v);
+            count -= v >= (vi32{} + t);  // true lanes are -1
+        }
+        for (int i = 0; i < LANES; i++) at_least += count[i];
+        for (; j < n; j++) at_least += keys[j] >= t;
+        (at_least >= k ? lo : hi) = mid;
+    }
+    const int32_t key = int32_t(lo), b = key ^ ((key >> 31) & 0x7fffffff);
+    float kth;
+    std::memcpy(&kth, &b, 4);
+    return kth;
+}
+
+// PyTorch's CPU random generator (CPUGeneratorImpl) from the bytes its get_state() returns, drawing as it draws: its
+// Mersenne Twister (ATen's mt19937) and uniform_real_distribution<double>. save() writes the advanced state back.
+class TorchGenerator {
+  public:
+    static constexpr int64_t N = 624, M = 397;  // the twister's state words, its offset (get_state: 5056 bytes)
+    explicit TorchGenerator(uint8_t *bytes) : bytes_(bytes) {
+        uint64_t next, word;
+        std::memcpy(&left_, bytes + LEFT, 4);
+        std::memcpy(&next, bytes + NEXT, 8);
+        next_ = int32_t(next);
+        for (int64_t i = 0; i < N; i++) {
+            std::memcpy(&word, bytes + STATE + 8 * i, 8);
+            state_[i] = uint32_t(word);
+        }
+        temper();
+    }
+    void save() const {
+        const uint64_t next = uint64_t(next_);
+        std::memcpy(bytes_ + LEFT, &left_, 4);
+        std::memcpy(bytes_ + NEXT, &next, 8);
+        for (int64_t i = 0; i < N; i++) {
+            const uint64_t word = state_[i];
+            std::memcpy(bytes_ + STATE + 8 * i, &word, 8);
+        }
+    }
+    uint32_t next() {
+        if (--left_ == 0) {
+            twist();
+            temper();
+        }
+        return tempered_[next_++];
+    }
+    double uniform() {  // 53 bits of random64(), which is two draws, the first the high half
+        const uint64_t high = next(), low = next();
+        return double(((high << 32) | low) & ((uint64_t(1) << 53) - 1)) * 0x1p-53;
+    }
+
+  private:
+    // get_state's layout (THGeneratorState): the initial seed, left, seeded, next, the state words as uint64
+    static constexpr int64_t LEFT = 8, NEXT = 16, STATE = 24;
+    static uint32_t mix(uint32_t u, uint32_t v) {
+        return (((u & 0x80000000u) | (v & 0x7fffffffu)) >> 1) ^ (v & 1 ? 0x9908b0dfu : 0u);
+    }
+    void twist() {
+        for (int64_t i = 0; i < N - M; i++) state_[i] = state_[i + M] ^ mix(state_[i], state_[i + 1]);
+        for (int64_t i = N - M; i < N - 1; i++) state_[i] = state_[i + M - N] ^ mix(state_[i], state_[i + 1]);
+        state_[N - 1] = state_[M - 1] ^ mix(state_[N - 1], state_[0]);
+        left_ = N;
+        next_ = 0;
+    }
+    void temper() {  // every word's output, computed at once (the draws then only read them)
+        for (int64_t i = 0; i < N; i++) {
+            uint32_t y = state_[i];
+            y ^= y >> 11;
+            y ^= (y << 7) & 0x9d2c5680u;
+            y ^= (y << 15) & 0xefc60000u;
+            tempered_[i] = y ^ (y >> 18);
+        }
+    }
+    uint8_t *bytes_;
+    int32_t left_, next_;
+    uint32_t state_[N], tempered_[N];
+};
+
+// An Exp(1) number from a uniform one, as PyTorch's CPU exponential_ computes it (in double, then rounded to float)
+inline float exponential(double u) { return float(-1.0 * std::log1p(-u)); }
+
 
 }  // namespace
 
@@ -559,47 +660,66 @@ void zhiyin_direct_convolution(const float *x, int64_t ldx, int64_t c_in, int64_
 // One request's next tokens, as generation/sampling.py's PyTorch path chooses them: logits [R, K, V], with guidance
 // R = 2 * items rows, the conditional ones first (guidance 0: R = items, unguided); the scores divided by
 // temperature, the top_k largest of each row kept (ties with the k-th kept; 0: all), their softmax, and the token
-// that maximizes probability / noise, noise [items * K, V] being the Exp(1) numbers PyTorch drew
-// (torch.multinomial's algorithm); no noise: the largest guided score (greedy). tokens [items * K]. Returns 1 with
-// no token written where a score is NaN (the PyTorch path then decides, as the reference does), else 0.
+// that maximizes probability / noise, the noise being the Exp(1) numbers [items * K, V] that PyTorch's generator
+// would draw next (torch.multinomial's algorithm), drawn here from its state (`generator`, get_state's bytes, advanced
+// in place as PyTorch's draw would advance it); no generator: the largest guided score (greedy). tokens [items * K].
+// Returns 1 with nothing drawn and no token written where a score is NaN (the PyTorch path then decides, as the
+// reference does), else 0.
 int zhiyin_choose(const float *logits, int64_t items, int64_t K, int64_t V, float guidance, float temperature,
-                  int64_t top_k, const float *noise, int64_t *tokens) {
-    std::vector<float> scores(V), kept(V);
-    for (int64_t row = 0; row < items * K; row++) {
-        const float *uncond = guidance > 0 ? logits + (items * K + row) * V : nullptr;
-        guide(logits + row * V, uncond, guidance, V, scores.data());
-        if (has_nan(scores.data(), V)) return 1;
-        if (!noise) {
-            tokens[row] = first_largest(scores.data(), V);
+                  int64_t top_k, uint8_t *generator, int64_t *tokens) {
+    const int64_t rows = items * K;
+    std::vector<float> scores(rows * V), kept(V);
+    std::vector<int32_t> keys(V);
+    for (int64_t row = 0; row < rows; row++) {
+        const float *uncond = guidance > 0 ? logits + (rows + row) * V : nullptr;
+        guide(logits + row * V, uncond, guidance, V, scores.data() + row * V);
+        if (has_nan(scores.data() + row * V, V)) return 1;
+    }
+    std::unique_ptr<TorchGenerator> draw(generator ? new TorchGenerator(generator) : nullptr);
+    for (int64_t row = 0; row < rows; row++) {
+        float *x = scores.data() + row * V;
+        if (!draw) {
+            tokens[row] = first_largest(x, V);
             continue;
         }
         if (temperature != 1.f)
-            for (float &x : scores) x /= temperature;
-        float kth = -std::numeric_limits<float>::infinity();
-        if (top_k > 0 && top_k < V) {
-            kept = scores;
-            std::nth_element(kept.begin(), kept.begin() + (top_k - 1), kept.end(), std::greater<float>());
-            kth = kept[top_k - 1];
-        }
+            for (int64_t j = 0; j < V; j++) x[j] /= temperature;
+        const float kth = top_k > 0 && top_k < V ? kth_largest(x, V, top_k, keys.data())
+                                                 : -std::numeric_limits<float>::infinity();
         // the kept scores' exponentials (0 for the rest), their sum, then the probabilities over the noise
-        const float top = scores[first_largest(scores.data(), V)];
+        const float top = x[first_largest(x, V)];
         vf32 total = {};
         int64_t j = 0;
         for (; j + LANES <= V; j += LANES) {
-            const vf32 x = load(scores.data() + j), e = select(x >= splat(kth), zhiyin::exp(x - top), vf32{});
+            const vf32 e = select(load(x + j) >= splat(kth), zhiyin::exp(load(x + j) - top), vf32{});
             store(kept.data() + j, e);
             total += e;
         }
         float sum = hsum(total);
         for (; j < V; j++) {
-            kept[j] = scores[j] >= kth ? zhiyin::exp(splat(scores[j] - top))[0] : 0.f;
+            kept[j] = x[j] >= kth ? zhiyin::exp(splat(x[j] - top))[0] : 0.f;
             sum += kept[j];
         }
-        const float *n = noise + row * V;
-        for (j = 0; j < V; j++) kept[j] = kept[j] / sum / n[j];
-        tokens[row] = first_largest(kept.data(), V);
+        // every number is drawn, in order; the logarithm only where it decides something: a kept token's, or
+        // a draw of exactly 0, whose noise 0 makes a dropped token's 0 / 0 the NaN that PyTorch's argmax takes
+        for (j = 0; j < V; j++) {
+            const double u = draw->uniform();
+            if (kept[j] != 0.f || u == 0.0) kept[j] = kept[j] / sum / exponential(u);
+        }
+        tokens[row] = has_nan(kept.data(), V) ? std::find_if(kept.begin(), kept.end(), [](float v) {
+            return std::isnan(v);
+        }) - kept.begin() : first_largest(kept.data(), V);
     }
+    if (draw) draw->save();
     return 0;
+}
+
+// n of the Exp(1) numbers PyTorch's CPU generator (get_state's bytes, advanced in place) would draw next into out:
+// what Tensor.exponential_ gives (kernels.py checks that it does before zhiyin_choose draws)
+void zhiyin_exponential(uint8_t *generator, int64_t n, float *out) {
+    TorchGenerator draw(generator);
+    for (int64_t j = 0; j < n; j++) out[j] = exponential(draw.uniform());
+    draw.save();
 }
 
 }  // extern "C"
