@@ -9,6 +9,10 @@ Each run is a process of its own per mode (a process's memory layout moves its f
 `steps` tokens, the steps alternating between the old and the new library on the same weights, KV cache and tokens,
 on a fixed thread count. Printed: each run's median step of either and new/old, then their mean per mode. The old
 revision's csrc/ must have this tree's entry points and structures (the ctypes mirrors are checked against both).
+What it cannot show: a change whose cost or gain lands on the next step (what a step leaves in the caches, work it
+starts between steps) is charged to the other library's step here. Compare such a change over whole generations
+in blocks of steps or in alternating processes (BENCHMARKS.md, session 22: reading the next step's weights between
+steps looked ~1 ms a step faster alternated step by step, and was ~1 ms slower in blocks of 25 steps).
 """
 
 from __future__ import annotations
