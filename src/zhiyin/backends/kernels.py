@@ -496,14 +496,13 @@ def draws_like_pytorch() -> bool:
     """Whether the kernels draw from a generator's state the numbers its exponential_ draws, checked once per
     process over several turns of its Mersenne Twister: get_state's bytes and the CPU generator's algorithm are
     PyTorch's own, not a promise of its API, and a PyTorch that changes them leaves sampling to its ops."""
-    lib = library()
     ours, theirs = torch.Generator().manual_seed(1234), torch.Generator().manual_seed(1234)
-    state = ours.get_state()
-    drawn = torch.empty(3000)
-    if state.numel() == TORCH_GENERATOR_BYTES:
-        lib.zhiyin_exponential(state.data_ptr(), drawn.numel(), drawn.data_ptr())
+    state, drawn = ours.get_state(), torch.empty(3000)
+    same = state.numel() == TORCH_GENERATOR_BYTES
+    if same:
+        library().zhiyin_exponential(state.data_ptr(), drawn.numel(), drawn.data_ptr())
         ours.set_state(state)
-    same = torch.equal(drawn, torch.empty(3000).exponential_(1, generator=theirs))
+        same = torch.equal(drawn, torch.empty(3000).exponential_(1, generator=theirs))
     if not same or not torch.equal(ours.get_state(), theirs.get_state()):
         warnings.warn("zhiyin: this PyTorch draws random numbers unlike the kernels; sampling on PyTorch's ops")
         return False

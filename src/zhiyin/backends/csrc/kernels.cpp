@@ -363,7 +363,6 @@ class TorchGenerator {
 // An Exp(1) number from a uniform one, as PyTorch's CPU exponential_ computes it (in double, then rounded to float)
 inline float exponential(double u) { return float(-1.0 * std::log1p(-u)); }
 
-
 }  // namespace
 
 // The weights and state of one decoder step; fused_step.py mirrors the layout in ctypes (checked at load by size).
@@ -706,9 +705,8 @@ int zhiyin_choose(const float *logits, int64_t items, int64_t K, int64_t V, floa
             const double u = draw->uniform();
             if (kept[j] != 0.f || u == 0.0) kept[j] = kept[j] / sum / exponential(u);
         }
-        tokens[row] = has_nan(kept.data(), V) ? std::find_if(kept.begin(), kept.end(), [](float v) {
-            return std::isnan(v);
-        }) - kept.begin() : first_largest(kept.data(), V);
+        const auto nan = std::find_if(kept.begin(), kept.end(), [](float v) { return std::isnan(v); });
+        tokens[row] = nan != kept.end() ? nan - kept.begin() : first_largest(kept.data(), V);
     }
     if (draw) draw->save();
     return 0;
