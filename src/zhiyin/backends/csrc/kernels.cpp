@@ -705,8 +705,9 @@ int zhiyin_choose(const float *logits, int64_t items, int64_t K, int64_t V, floa
             const double u = draw->uniform();
             if (kept[j] != 0.f || u == 0.0) kept[j] = kept[j] / sum / exponential(u);
         }
-        const auto nan = std::find_if(kept.begin(), kept.end(), [](float v) { return std::isnan(v); });
-        tokens[row] = nan != kept.end() ? nan - kept.begin() : first_largest(kept.data(), V);
+        const auto is_nan = [](float v) { return std::isnan(v); };  // (has_nan: a vector pass, almost always false)
+        tokens[row] = has_nan(kept.data(), V) ? std::find_if(kept.begin(), kept.end(), is_nan) - kept.begin()
+                                              : first_largest(kept.data(), V);
     }
     if (draw) draw->save();
     return 0;
