@@ -80,6 +80,7 @@ def test_kernel_chooses_the_pytorch_tokens(settings):
             got = kernels.choose(logits, guidance, settings.temperature, top_k, drawn)
             if got is None:  # guided -inf scores are NaN (-inf + (-inf - -inf) x 3): the ops decide, and did above
                 assert guidance is not None and apply_guidance(logits, guidance).isnan().any()
+                assert torch.equal(ours.get_state(), torch.Generator().manual_seed(seed).get_state())  # none drawn
                 ours.set_state(theirs.get_state())
             else:
                 assert torch.equal(got.view(want.shape), want)
