@@ -41,7 +41,7 @@ inline int64_t int4_columns(int64_t k) { return (k + INT4_GROUP - 1) / INT4_GROU
 
 // The activation rows a product reads: x [m, k] float32, and for int8 weights (with VNNI) the same rows as
 // int16 with a scale per row (xq [m, k], xscale [m]); for int4 weights as int8 (xb [m, kp], kp = k rounded up to
-// 32, the padding zeros; xscale [m]) with 8 x each 32 columns' sum (xb_offsets [m, kp / 32]).
+// 32, the padding zeros; xscale [m]) with each group's offsets (xb_offsets [m, kp / 32], `offset_halves`).
 struct Rows {
     const float *x;
     const int16_t *xq;
@@ -110,8 +110,19 @@ inline void quantize_rows(const float *x, int64_t m, int64_t k, int16_t *xq, flo
     }
 }
 
+// What int4's value + 8 adds to a group's sum, 8 x the sum of its 32 columns of xb, as one int32 of two int16
+// halves: the low one -8 x the columns 4i and 4i + 1 (i = 0..7), the high one -8 x the columns 4i + 2 and 4i + 3,
+// the columns each int16 lane of AVX2's vpmaddubsw sums (each half at most 8 x 16 x 127 in magnitude)
+inline int32_t offset_halves(const int8_t *group) {
+    int32_t low = 0, high = 0;
+    for (int c = 0; c < INT4_GROUP; c++) (c % 4 < 2 ? low : high) += group[c];
+    return int32_t(uint32_t(uint16_t(-8 * low)) | uint32_t(uint16_t(-8 * high)) << 16);
+}
+// 8 x the group's sum of xb, from its offset_halves
+inline int32_t whole_offset(int32_t offsets) { return -(int32_t(int16_t(offsets)) + int32_t(int16_t(offsets >> 16))); }
+
 // x [m, k] -> xb [m, kp] int8 (-127..127; kp = k rounded up to 32, the padding zeros), xscale [m], and offsets
-// [m, kp / 32]: 8 x the sum of each 32 columns of xb (what int4's value + 8 adds to a group's sum)
+// [m, kp / 32]: each group's offset_halves
 inline void quantize_bytes(const float *x, int64_t m, int64_t k, int8_t *xb, int32_t *offsets, float *xscale) {
     const int64_t kp = int4_columns(k);
     for (int64_t r = 0; r < m; r++) {
@@ -129,11 +140,8 @@ inline void quantize_bytes(const float *x, int64_t m, int64_t k, int8_t *xb, int
         }
         for (; j < k; j++) out[j] = int8_t(std::clamp(std::nearbyint(row[j] * inverse), -127.f, 127.f));
         for (; j < kp; j++) out[j] = 0;
-        for (int64_t g = 0; g < kp / INT4_GROUP; g++) {
-            int32_t sum = 0;
-            for (int c = 0; c < INT4_GROUP; c++) sum += out[g * INT4_GROUP + c];
-            offsets[r * (kp / INT4_GROUP) + g] = 8 * sum;
-        }
+        for (int64_t g = 0; g < kp / INT4_GROUP; g++)
+            offsets[r * (kp / INT4_GROUP) + g] = offset_halves(out + g * INT4_GROUP);
         xscale[r] = scale;
     }
 }
@@ -357,7 +365,7 @@ inline void int4_block_plain(const int8_t *xb, const int32_t *offsets, int64_t k
             int64_t sum = 0;
             for (int64_t g = 0; g < G; g++) {
                 const int8_t *x = xb + m * kp + g * INT4_GROUP;
-                int64_t group = -offsets[m * G + g];
+                int64_t group = -whole_offset(offsets[m * G + g]);
                 for (int t = 0; t < 4; t++)
                     for (int i = 0; i < 4; i++) {
                         const uint8_t byte = bytes[(g * 4 + t) * 4 * R + 4 * j + i];
@@ -402,7 +410,7 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
                 b = _mm512_dpbusd_epi32(b, high[t], _mm512_set1_epi32(four_bytes(x + 8 * t + 4)));
             }
             const __m512i group = _mm512_sub_epi32(_mm512_add_epi32(a, _mm512_srai_epi32(b, 4)),  // b: 16 x its sums
-                                                   _mm512_set1_epi32(offsets[m * G + g]));
+                                                   _mm512_set1_epi32(whole_offset(offsets[m * G + g])));
             acc[m] = _mm512_add_epi32(acc[m], _mm512_mullo_epi32(group, scale));
         }
     }
@@ -413,48 +421,48 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
     }
 }
 #elif defined(__AVX2__)
-// vpmaddubsw: pairs of (value + 8) * xb summed into int16 (at most 2 x 15 x 127), eight of them added in int16 per
-// group (30480 at most), then into int32 with vpmaddwd; each 64-byte run as two halves of 8 rows
+// vpmaddubsw: pairs of (value + 8) * xb summed into int16 (at most 2 x 15 x 127), eight of them added per group to the
+// group's offset halves (`offset_halves`), so that each int16 lane ends at its 16 columns' sum of value * xb (at most
+// 16 x 8 x 127 in magnitude: exact, whatever the additions wrapped through on the way); then vpmaddwd multiplies both
+// halves of a lane by the row's group scale and adds them into int32. Each 64-byte run as two halves of 8 rows, one
+// pass over the block per half, which keeps every sum in a register (16 of them on AVX2).
 #define ZHIYIN_INT4_BLOCKS 1
 constexpr int INT4_PASS_ROWS = 4;
 template <int M>
 inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
                        const int8_t *scales, int64_t *sums) {
     const int64_t G = kp / INT4_GROUP;
-    const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    __m256i acc[2][M];
-    for (int h = 0; h < 2; h++)
-        for (int m = 0; m < M; m++) acc[h][m] = _mm256_setzero_si256();
-    for (int64_t g = 0; g < G; g++) {
-        const uint8_t *p = bytes + g * 256;
-        for (int t = 0; t < 4; t++) prefetch(p + 64 * t);
-        for (int h = 0; h < 2; h++) {
-            __m256i low[4], high[4];
+    const __m256i nibble = _mm256_set1_epi8(15);
+    const __m128i doubled = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    for (int h = 0; h < 2; h++) {
+        __m256i acc[M];
+        for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_si256();
+        for (int64_t g = 0; g < G; g++) {
+            const uint8_t *p = bytes + g * 256;
+            if (h == 0)  // the second pass finds the block in the cache
+                for (int t = 0; t < 4; t++) prefetch(p + 64 * t);
+            __m256i lanes[M];
+            for (int m = 0; m < M; m++) lanes[m] = _mm256_set1_epi32(offsets[m * G + g]);
             for (int t = 0; t < 4; t++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 64 * t + 32 * h));
-                low[t] = _mm256_and_si256(v, nibble), high[t] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-            }
-            int64_t eight_scales;
-            std::memcpy(&eight_scales, scales + g * 16 + 8 * h, 8);
-            const __m256i scale = _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(eight_scales));
-            for (int m = 0; m < M; m++) {
-                const int8_t *x = xb + m * kp + g * INT4_GROUP;
-                __m256i pairs = _mm256_setzero_si256();
-                for (int t = 0; t < 4; t++) {
-                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(low[t], _mm256_set1_epi32(four_bytes(x + 8 * t))));
-                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(high[t], _mm256_set1_epi32(four_bytes(x + 8 * t + 4))));
+                const __m256i low = _mm256_and_si256(v, nibble), high = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                for (int m = 0; m < M; m++) {
+                    const int8_t *x = xb + m * kp + g * INT4_GROUP + 8 * t;
+                    lanes[m] = _mm256_add_epi16(lanes[m], _mm256_maddubs_epi16(low, _mm256_set1_epi32(four_bytes(x))));
+                    lanes[m] = _mm256_add_epi16(lanes[m], _mm256_maddubs_epi16(high, _mm256_set1_epi32(four_bytes(x + 4))));
                 }
-                const __m256i group = _mm256_sub_epi32(_mm256_madd_epi16(pairs, ones), _mm256_set1_epi32(offsets[m * G + g]));
-                acc[h][m] = _mm256_add_epi32(acc[h][m], _mm256_mullo_epi32(group, scale));
             }
+            int64_t eight_scales;  // rows 8h..8h+7, each as two int16 (both halves of its lane)
+            std::memcpy(&eight_scales, scales + g * 16 + 8 * h, 8);
+            const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(eight_scales), doubled));
+            for (int m = 0; m < M; m++) acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(lanes[m], scale));
+        }
+        alignas(32) int32_t out[8];
+        for (int m = 0; m < M; m++) {
+            _mm256_store_si256((__m256i *)out, acc[m]);
+            for (int j = 0; j < 8; j++) sums[(8 * h + j) * M + m] = out[j];
         }
     }
-    alignas(32) int32_t lanes[8];
-    for (int h = 0; h < 2; h++)
-        for (int m = 0; m < M; m++) {
-            _mm256_store_si256((__m256i *)lanes, acc[h][m]);
-            for (int j = 0; j < 8; j++) sums[(8 * h + j) * M + m] = lanes[j];
-        }
 }
 #elif defined(__aarch64__)
 // smlal on bytes: (value + 8) * xb into int16 (eight products a lane, 15240 at most), then pairwise into int32;
@@ -489,7 +497,7 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
                     second = vmlal_high_s8(vmlal_high_s8(second, low[t], a), high[t], b);
                 }
                 const int32x4_t group = vsubq_s32(vpaddq_s32(vpaddlq_s16(first), vpaddlq_s16(second)),
-                                                  vdupq_n_s32(offsets[m * G + g]));
+                                                  vdupq_n_s32(whole_offset(offsets[m * G + g])));
                 acc[q][m] = vmlaq_s32(acc[q][m], group, scale);
             }
         }
