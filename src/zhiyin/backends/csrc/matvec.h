@@ -424,45 +424,52 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
 // vpmaddubsw: pairs of (value + 8) * xb summed into int16 (at most 2 x 15 x 127), eight of them added per group to the
 // group's offset halves (`offset_halves`), so that each int16 lane ends at its 16 columns' sum of value * xb (at most
 // 16 x 8 x 127 in magnitude: exact, whatever the additions wrapped through on the way); then vpmaddwd multiplies both
-// halves of a lane by the row's group scale and adds them into int32. Each 64-byte run as two halves of 8 rows, one
-// pass over the block per half, which keeps every sum in a register (16 of them on AVX2).
+// halves of a lane by the row's group scale and adds them into int32. Each 64-byte run as two halves of 8 rows, the
+// runs one at a time and two activation rows a pass, so that every sum stays in one of AVX2's 16 registers.
 #define ZHIYIN_INT4_BLOCKS 1
-constexpr int INT4_PASS_ROWS = 4;
+constexpr int INT4_PASS_ROWS = 2;
 template <int M>
 inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
                        const int8_t *scales, int64_t *sums) {
     const int64_t G = kp / INT4_GROUP;
     const __m256i nibble = _mm256_set1_epi8(15);
     const __m128i doubled = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    for (int h = 0; h < 2; h++) {
-        __m256i acc[M];
-        for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_si256();
-        for (int64_t g = 0; g < G; g++) {
-            const uint8_t *p = bytes + g * 256;
-            if (h == 0)  // the second pass finds the block in the cache
-                for (int t = 0; t < 4; t++) prefetch(p + 64 * t);
-            __m256i lanes[M];
-            for (int m = 0; m < M; m++) lanes[m] = _mm256_set1_epi32(offsets[m * G + g]);
-            for (int t = 0; t < 4; t++) {
+    __m256i acc[2][M];
+    for (int h = 0; h < 2; h++)
+        for (int m = 0; m < M; m++) acc[h][m] = _mm256_setzero_si256();
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *p = bytes + g * 256;
+        __m256i lanes[2][M];
+        for (int m = 0; m < M; m++) lanes[0][m] = lanes[1][m] = _mm256_set1_epi32(offsets[m * G + g]);
+        for (int t = 0; t < 4; t++) {
+            prefetch(p + 64 * t);
+            __m256i low[2], high[2];
+            for (int h = 0; h < 2; h++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 64 * t + 32 * h));
-                const __m256i low = _mm256_and_si256(v, nibble), high = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-                for (int m = 0; m < M; m++) {
-                    const int8_t *x = xb + m * kp + g * INT4_GROUP + 8 * t;
-                    lanes[m] = _mm256_add_epi16(lanes[m], _mm256_maddubs_epi16(low, _mm256_set1_epi32(four_bytes(x))));
-                    lanes[m] = _mm256_add_epi16(lanes[m], _mm256_maddubs_epi16(high, _mm256_set1_epi32(four_bytes(x + 4))));
+                low[h] = _mm256_and_si256(v, nibble), high[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+            }
+            for (int m = 0; m < M; m++) {
+                const int8_t *x = xb + m * kp + g * INT4_GROUP + 8 * t;
+                const __m256i first = _mm256_set1_epi32(four_bytes(x)), second = _mm256_set1_epi32(four_bytes(x + 4));
+                for (int h = 0; h < 2; h++) {
+                    lanes[h][m] = _mm256_add_epi16(lanes[h][m], _mm256_maddubs_epi16(low[h], first));
+                    lanes[h][m] = _mm256_add_epi16(lanes[h][m], _mm256_maddubs_epi16(high[h], second));
                 }
             }
+        }
+        for (int h = 0; h < 2; h++) {
             int64_t eight_scales;  // rows 8h..8h+7, each as two int16 (both halves of its lane)
             std::memcpy(&eight_scales, scales + g * 16 + 8 * h, 8);
             const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(eight_scales), doubled));
-            for (int m = 0; m < M; m++) acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(lanes[m], scale));
-        }
-        alignas(32) int32_t out[8];
-        for (int m = 0; m < M; m++) {
-            _mm256_store_si256((__m256i *)out, acc[m]);
-            for (int j = 0; j < 8; j++) sums[(8 * h + j) * M + m] = out[j];
+            for (int m = 0; m < M; m++) acc[h][m] = _mm256_add_epi32(acc[h][m], _mm256_madd_epi16(lanes[h][m], scale));
         }
     }
+    alignas(32) int32_t out[8];
+    for (int h = 0; h < 2; h++)
+        for (int m = 0; m < M; m++) {
+            _mm256_store_si256((__m256i *)out, acc[h][m]);
+            for (int j = 0; j < 8; j++) sums[(8 * h + j) * M + m] = out[j];
+        }
 }
 #elif defined(__aarch64__)
 // smlal on bytes: (value + 8) * xb into int16 (eight products a lane, 15240 at most), then pairwise into int32;
