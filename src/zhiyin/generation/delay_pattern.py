@@ -14,6 +14,7 @@ positions hold `length - 1 - max_delay` whole frames. Example, 4 codebooks, leng
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the command line checks its flags without it
@@ -70,9 +71,23 @@ class DelayPattern:
         last = self.frames(sequence.shape[-1]) if last is None else last
         return torch.stack([sequence[:, k, 1 + d + first : 1 + d + last] for k, d in enumerate(self.delays)], dim=1)
 
+    def frame(self, sequence: Tensor, frame: int) -> Tensor:
+        """[B, K, length] delayed sequence -> the aligned codes [B, K, 1] of one frame: undelay(sequence, frame,
+        frame + 1) in one indexing."""
+        codebooks, columns = _frame_index(self.delays, sequence.device)
+        return sequence[:, codebooks, columns + frame].unsqueeze(-1)
+
     def frame_completed_at(self, position: int) -> int:
         """The frame whose last codebook sits at `position` (-1 and less: none yet)."""
         return self.frames(position + 1) - 1
+
+
+@lru_cache(maxsize=None)
+def _frame_index(delays: tuple[int, ...], device) -> tuple[Tensor, Tensor]:
+    """Each codebook's index and the sequence position of its frame 0, as tensors on `device` (made once)."""
+    import torch
+
+    return torch.arange(len(delays), device=device), torch.tensor([1 + d for d in delays], device=device)
 
 
 def first_unknown(pattern: Tensor) -> int:

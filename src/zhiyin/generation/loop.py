@@ -53,6 +53,8 @@ class RequestRows:
         self.length = 1 + request.prompt.shape[-1] + request.max_new_tokens
         self.known = pattern.build(request.prompt, self.length, pad)  # [B, K, length]
         self.sequence = self.known.clone()
+        # the positions with a value known beforehand (the pattern's pads, the prompt's frames): choose keeps those
+        self.partly_known = (self.known != UNKNOWN).flatten(0, 1).any(dim=0).tolist()
         self.position = first_unknown(self.known)  # the next position to choose tokens for
         self.offset = self.condition.prefix_length  # the decoder's position of sequence position 0
 
@@ -86,12 +88,14 @@ class RequestRows:
         """Tokens for this position from its rows' logits; returns the frame [B, K, 1] this position completes
         after the prompt's, if any."""
         tokens = next_tokens(logits, self.request.settings, self.request.generator)  # [B, K]
-        known = self.known[:, :, self.position]
-        self.sequence[:, :, self.position] = torch.where(known == UNKNOWN, tokens, known)
+        if self.partly_known[self.position]:
+            known = self.known[:, :, self.position]
+            tokens = torch.where(known == UNKNOWN, tokens, known)
+        self.sequence[:, :, self.position] = tokens
         frame = self.pattern.frame_completed_at(self.position)
         self.position += 1
         if frame >= self.request.prompt.shape[-1]:
-            return self.pattern.undelay(self.sequence, frame, frame + 1)
+            return self.pattern.frame(self.sequence, frame)
         return None
 
     def step_inputs(self) -> tuple[Tensor, Tensor]:
@@ -124,7 +128,7 @@ def generate_together(
             if all(g.done for g in groups):
                 break
             tokens, positions = zip(*(g.step_inputs() for g in groups))
-            out = step(torch.cat(tokens), torch.cat(positions))
+            out = step(*(parts[0] if len(parts) == 1 else torch.cat(parts) for parts in (tokens, positions)))
             logits = [out[g.rows] for g in groups]
     finally:
         decoder.free_caches()
