@@ -42,8 +42,8 @@ from .precision import Precision, place, plan
 SOURCES = Path(__file__).with_name("csrc")  # kernels.cpp and the headers it includes
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-Wno-psabi"]  # and -fopenmp, -march=<target> (_compile)
 MAX_STEP_ROWS = 64  # rows of one fused step
-# rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but not for int8/int4 weights (the kernels
-# take any number of rows of those: PyTorch would need them dequantized first)
+# rows of one product in the kernels; more rows (prefill) go to PyTorch's BLAS, but not for int8/int4 weights (the
+# kernels take any number of rows of those: PyTorch would need them dequantized first)
 MAX_ROWS = 8
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8: 3}  # csrc/matvec.h's WeightType
 TORCH_GENERATOR_BYTES = 5056  # a CPU torch.Generator's get_state(), as csrc/kernels.cpp's TorchGenerator reads it
