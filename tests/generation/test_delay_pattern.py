@@ -48,4 +48,4 @@ def test_the_pattern_is_the_table(codebooks, channels, text):
     codes = pattern.undelay(generated)  # [1, K, 4]: the prompt's 2 frames, then the 2 generated ones
     assert torch.equal(codes[..., :2], prompt) and (codes[..., 2:] == 7).all()
     for f in range(4):  # one frame at a time, as the token loop takes each frame out
-        assert torch.equal(pattern.frame(generated, f), codes[..., f : f + 1])
+        assert torch.equal(pattern.undelay(generated, f, f + 1), codes[..., f : f + 1])

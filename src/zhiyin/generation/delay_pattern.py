@@ -65,17 +65,12 @@ class DelayPattern:
 
     def undelay(self, sequence: Tensor, first: int = 0, last: int | None = None) -> Tensor:
         """[B, K, length] delayed sequence -> [B, K, last - first] aligned audio codes of frames first..last-1
-        (default: every whole frame)."""
+        (default: every whole frame), in one indexing (the token loop takes each frame out as it completes)."""
         import torch
 
         last = self.frames(sequence.shape[-1]) if last is None else last
-        return torch.stack([sequence[:, k, 1 + d + first : 1 + d + last] for k, d in enumerate(self.delays)], dim=1)
-
-    def frame(self, sequence: Tensor, frame: int) -> Tensor:
-        """[B, K, length] delayed sequence -> the aligned codes [B, K, 1] of one frame: undelay(sequence, frame,
-        frame + 1) in one indexing."""
-        codebooks, columns = _frame_index(self.delays, sequence.device)
-        return sequence[:, codebooks, columns + frame].unsqueeze(-1)
+        codebooks, columns = _frame_index(self.delays, sequence.device)  # [K, 1] each
+        return sequence[:, codebooks, columns + torch.arange(first, last, device=sequence.device)]
 
     def frame_completed_at(self, position: int) -> int:
         """The frame whose last codebook sits at `position` (-1 and less: none yet)."""
@@ -84,10 +79,12 @@ class DelayPattern:
 
 @lru_cache(maxsize=None)
 def _frame_index(delays: tuple[int, ...], device) -> tuple[Tensor, Tensor]:
-    """Each codebook's index and the sequence position of its frame 0, as tensors on `device` (made once)."""
+    """Each codebook's index and the sequence position of its frame 0, as [K, 1] tensors on `device` (made once)."""
     import torch
 
-    return torch.arange(len(delays), device=device), torch.tensor([1 + d for d in delays], device=device)
+    codebooks = torch.arange(len(delays), device=device)
+    columns = torch.tensor([1 + d for d in delays], device=device)
+    return codebooks[:, None], columns[:, None]
 
 
 def first_unknown(pattern: Tensor) -> int:

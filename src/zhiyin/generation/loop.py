@@ -95,7 +95,7 @@ class RequestRows:
         frame = self.pattern.frame_completed_at(self.position)
         self.position += 1
         if frame >= self.request.prompt.shape[-1]:
-            return self.pattern.frame(self.sequence, frame)
+            return self.pattern.undelay(self.sequence, frame, frame + 1)
         return None
 
     def step_inputs(self) -> tuple[Tensor, Tensor]:
