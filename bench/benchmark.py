@@ -354,12 +354,14 @@ def main() -> None:
             print(f"{mode} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
             continue
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        got = results[-1]
+        print(f"  {mode}: step {got['step_ms_b1']:.2f} ms, end to end {got['e2e_s']:.2f} s", file=sys.stderr)
+        if args.json:  # after every mode: a run stopped midway keeps the modes it finished
+            args.json.write_text(json.dumps({"results": results}, indent=2))
     if not results:
         sys.exit("no mode ran")
     title = f"checkpoint {folder}" if args.checkpoint else f"musicgen-{args.shape} shapes, random weights"
     print_table(results, title, args.seconds)
-    if args.json:
-        args.json.write_text(json.dumps({"results": results}, indent=2))
 
 
 if __name__ == "__main__":

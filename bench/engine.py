@@ -2,6 +2,7 @@
 against one such job alone, in one run.
 
     python bench/engine.py [--checkpoint DIR | --shape small] [--quantize int8|int4|none] [--clients 8] [--seconds 10]
+    python bench/engine.py --device cuda --dtype bfloat16 --quantize none --clients 32   # on a GPU
 
 Prints, for both: wall time, decoder steps, the time spent decoding audio (EnCodec, in the engine's thread) and in
 how many chunks, and the latest first chunk; and the ratio of N jobs one after another (N x the one alone) to N
@@ -83,6 +84,8 @@ def main() -> None:
     parser.add_argument("--quantize", choices=["int8", "int4", "none"], default="int8")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (int8 and int4 run on the CPU only)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = parser.parse_args()
     folder = checkpoint(args.checkpoint, args.shape)
 
@@ -91,7 +94,9 @@ def main() -> None:
     from zhiyin.modules.encodec import ChunkedDecode
 
     quantize = None if args.quantize == "none" else args.quantize
-    model = MusicgenForConditionalGeneration.from_pretrained(folder, quantize=quantize)
+    model = MusicgenForConditionalGeneration.from_pretrained(
+        folder, quantize=quantize, dtype=args.dtype, device=args.device
+    )
     processor = MusicgenProcessor.from_pretrained(folder)
     decoding, decode = {}, ChunkedDecode.decode
 
@@ -112,8 +117,9 @@ def main() -> None:
     finally:
         engine.close()
     print(
-        f"\n{args.clients} jobs of {args.seconds:g} s, musicgen-{args.shape} shapes, {args.quantize}, "
-        f"{torch.get_num_threads()} threads\n"
+        f"\n{args.clients} jobs of {args.seconds:g} s, musicgen-{args.shape} shapes, {args.dtype}, {args.quantize}, "
+        + (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU")
+        + f", {torch.get_num_threads()} threads\n"
     )
     print(f"{'':26s}{'one alone':>12s}{'together':>12s}")
     for key in alone:
