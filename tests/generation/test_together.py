@@ -51,6 +51,8 @@ def run(decoder, step_of, rows: list[tuple[TextCondition, torch.Tensor]], steps:
 def test_rows_at_their_own_positions_step_together_as_alone(backend, quantize):
     if quantize and backend != "fused":
         pytest.skip("int8 weights: the fused step's case")
+    if backend == "fused" and kernels.library() is None:
+        pytest.skip("no C++ kernels here: the fused step cannot run")
     decoder = make_decoder(seed=21)
     if backend == "fused":
         kernels.accelerate_decoder(decoder, quantize)

@@ -220,7 +220,7 @@ class EncodecLSTM(nn.Module):
     own CPU path costs ~30 ms a call before its first frame, which chunked decoding (ChunkedDecode) pays per chunk.
     The recurrent product reads the layer's 4C x C weights at every frame (16 MB for musicgen's codec; on a CPU a
     fifth of decoding's time, in the kernels). `arithmetic` computes them (LSTMArithmetic, or a backend's faster
-    kind).
+    kind). On a GPU, where each of those small steps is a kernel launch, nn.LSTM itself runs (cuDNN).
     """
 
     def __init__(self, config: EncodecConfig, dim: int):
@@ -235,6 +235,9 @@ class EncodecLSTM(nn.Module):
         """forward() from the state (h, c) [layers, B, C] an earlier call ended in (None: zeros); also returns the
         state after its own last frame."""
         x = x.permute(2, 0, 1).contiguous()  # [T, B, C] (the product of a permuted view sums per thread count)
+        if x.is_cuda:  # cuDNN's LSTM: all frames in one call (written out, each frame is a few kernel launches)
+            y, state = self.lstm(x, state)
+            return (y + x).permute(1, 2, 0), state
         (_, B, C), lstm, last = x.shape, self.lstm, ([], [])
         y = x
         for layer in range(lstm.num_layers):

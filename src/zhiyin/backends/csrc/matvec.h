@@ -642,7 +642,7 @@ void int16_matvec(const W &w, const Rows &r, const float *scale, int64_t K, floa
 // columns 4q..4q+3 of each of the 16 output rows in turn (the pairs' layout that the tile product reads).
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__) && ZHIYIN_INT16
 #define ZHIYIN_AMX 1
-constexpr int TILE_ROWS = 16, TILE_COLUMNS = 64, TILE_BYTES = TILE_ROWS * TILE_COLUMNS;
+constexpr int AMX_TILE_ROWS = 16, AMX_TILE_COLUMNS = 64, AMX_TILE_BYTES = AMX_TILE_ROWS * AMX_TILE_COLUMNS;
 
 struct TileConfig {
     uint8_t palette, start_row, reserved[14];
@@ -655,7 +655,7 @@ struct TileConfig {
 inline void configure_tiles() {
     TileConfig c{};
     c.palette = 1;
-    for (int t = 0; t < 8; t++) c.rows[t] = TILE_ROWS, c.bytes_per_row[t] = TILE_COLUMNS;
+    for (int t = 0; t < 8; t++) c.rows[t] = AMX_TILE_ROWS, c.bytes_per_row[t] = AMX_TILE_COLUMNS;
     _tile_loadconfig(&c);
 }
 
@@ -663,7 +663,7 @@ inline void configure_tiles() {
 // each against the activation rows 16 at a time (a tile product costs the same for fewer: the last 16 are padded
 // with zeros)
 inline void amx_int8_range(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
-    const int64_t K = w.k, blocks = K / TILE_COLUMNS, M = (r.m + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS;
+    const int64_t K = w.k, blocks = K / AMX_TILE_COLUMNS, M = (r.m + AMX_TILE_ROWS - 1) / AMX_TILE_ROWS * AMX_TILE_ROWS;
     thread_local std::vector<int8_t> high_bytes;
     thread_local std::vector<uint8_t> low_bytes;
     high_bytes.resize(M * K), low_bytes.resize(M * K);
@@ -671,36 +671,38 @@ inline void amx_int8_range(const Linear &w, const Rows &r, float *y, int64_t ldy
     uint8_t *low = low_bytes.data();
     for (int64_t i = 0; i < M; i++)  // as tiles too: 16 rows x 64 columns, 1 KiB each (rows K apart share a cache set)
         for (int64_t b = 0; b < blocks; b++) {
-            const int64_t at = (i / TILE_ROWS * blocks + b) * TILE_BYTES + i % TILE_ROWS * TILE_COLUMNS;
+            const int64_t at = (i / AMX_TILE_ROWS * blocks + b) * AMX_TILE_BYTES + i % AMX_TILE_ROWS * AMX_TILE_COLUMNS;
             if (i >= r.m) {  // the padding rows
-                std::memset(high + at, 0, TILE_COLUMNS), std::memset(low + at, 0, TILE_COLUMNS);
+                std::memset(high + at, 0, AMX_TILE_COLUMNS), std::memset(low + at, 0, AMX_TILE_COLUMNS);
                 continue;
             }
-            const int16_t *x = r.xq + i * K + b * TILE_COLUMNS;
-            for (int c = 0; c < TILE_COLUMNS; c++) high[at + c] = int8_t(x[c] >> 8), low[at + c] = uint8_t(x[c] & 255);
+            const int16_t *x = r.xq + i * K + b * AMX_TILE_COLUMNS;
+            for (int c = 0; c < AMX_TILE_COLUMNS; c++)
+                high[at + c] = int8_t(x[c] >> 8), low[at + c] = uint8_t(x[c] & 255);
         }
-    alignas(64) int32_t sums[4][TILE_ROWS * 16];
+    alignas(64) int32_t sums[4][AMX_TILE_ROWS * 16];
     configure_tiles();
-    for (int64_t n = n0; n < n1; n += 2 * TILE_ROWS) {
-        const bool two = n + 2 * TILE_ROWS <= n1;
-        const int8_t *first = w.tiles + n / TILE_ROWS * blocks * TILE_BYTES, *second = first + blocks * TILE_BYTES;
-        for (int64_t i = 0; i < M; i += TILE_ROWS) {
+    for (int64_t n = n0; n < n1; n += 2 * AMX_TILE_ROWS) {
+        const bool two = n + 2 * AMX_TILE_ROWS <= n1;
+        const int8_t *first = w.tiles + n / AMX_TILE_ROWS * blocks * AMX_TILE_BYTES;
+        const int8_t *second = first + blocks * AMX_TILE_BYTES;
+        for (int64_t i = 0; i < M; i += AMX_TILE_ROWS) {
             _tile_zero(4);
             _tile_zero(5);
             _tile_zero(6);
             _tile_zero(7);
             for (int64_t b = 0; b < blocks; b++) {
-                _tile_loadd(0, high + (i / TILE_ROWS * blocks + b) * TILE_BYTES, TILE_COLUMNS);
-                _tile_loadd(1, low + (i / TILE_ROWS * blocks + b) * TILE_BYTES, TILE_COLUMNS);
-                for (int line = 0; line < TILE_BYTES; line += 64) {  // the next weight tiles on their way
-                    _mm_prefetch((const char *)first + (b + 1) * TILE_BYTES + line, _MM_HINT_T0);
-                    if (two) _mm_prefetch((const char *)second + (b + 1) * TILE_BYTES + line, _MM_HINT_T0);
+                _tile_loadd(0, high + (i / AMX_TILE_ROWS * blocks + b) * AMX_TILE_BYTES, AMX_TILE_COLUMNS);
+                _tile_loadd(1, low + (i / AMX_TILE_ROWS * blocks + b) * AMX_TILE_BYTES, AMX_TILE_COLUMNS);
+                for (int line = 0; line < AMX_TILE_BYTES; line += 64) {  // the next weight tiles on their way
+                    _mm_prefetch((const char *)first + (b + 1) * AMX_TILE_BYTES + line, _MM_HINT_T0);
+                    if (two) _mm_prefetch((const char *)second + (b + 1) * AMX_TILE_BYTES + line, _MM_HINT_T0);
                 }
-                _tile_loadd(2, first + b * TILE_BYTES, TILE_COLUMNS);
+                _tile_loadd(2, first + b * AMX_TILE_BYTES, AMX_TILE_COLUMNS);
                 _tile_dpbssd(4, 0, 2);
                 _tile_dpbusd(5, 1, 2);
                 if (two) {
-                    _tile_loadd(3, second + b * TILE_BYTES, TILE_COLUMNS);
+                    _tile_loadd(3, second + b * AMX_TILE_BYTES, AMX_TILE_COLUMNS);
                     _tile_dpbssd(6, 0, 3);
                     _tile_dpbusd(7, 1, 3);
                 }
@@ -711,11 +713,11 @@ inline void amx_int8_range(const Linear &w, const Rows &r, float *y, int64_t ldy
                 _tile_stored(6, sums[2], 64);
                 _tile_stored(7, sums[3], 64);
             }
-            const int rows = int(std::min<int64_t>(TILE_ROWS, r.m - i));
+            const int rows = int(std::min<int64_t>(AMX_TILE_ROWS, r.m - i));
             for (int t = 0; t < (two ? 2 : 1); t++)
                 for (int m = 0; m < rows; m++)
-                    for (int c = 0; c < TILE_ROWS; c++) {
-                        const int64_t column = n + t * TILE_ROWS + c;
+                    for (int c = 0; c < AMX_TILE_ROWS; c++) {
+                        const int64_t column = n + t * AMX_TILE_ROWS + c;
                         const int64_t sum = 256 * int64_t(sums[2 * t][m * 16 + c]) + sums[2 * t + 1][m * 16 + c];
                         float *out = y + (i + m) * ldy + column;
                         const float value = rounded(float(sum) * (w.scale[column] * r.xscale[i + m]));
@@ -735,7 +737,8 @@ inline void matvec(const Linear &w, const Rows &r, float *y, int64_t ldy, bool a
         const Int8Weights rows{(const int8_t *)w.weight, w.k};
 #if ZHIYIN_AMX
         // more rows than the streamed ones on the tile unit, whole tiles of output rows only
-        const int64_t a = std::min(n1, (n0 + TILE_ROWS - 1) / TILE_ROWS * TILE_ROWS), b = std::max(a, n1 / TILE_ROWS * TILE_ROWS);
+        const int64_t a = std::min(n1, (n0 + AMX_TILE_ROWS - 1) / AMX_TILE_ROWS * AMX_TILE_ROWS);
+        const int64_t b = std::max(a, n1 / AMX_TILE_ROWS * AMX_TILE_ROWS);
         if (w.tiles && r.m > STREAMED_ROWS && a < b) {
             int16_matvec(rows, r, w.scale, w.k, y, ldy, add, n0, a);
             amx_int8_range(w, r, y, ldy, add, a, b);
