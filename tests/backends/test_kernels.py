@@ -73,6 +73,38 @@ def test_int8_rows_do_not_depend_on_the_rows_beside_them(N):
         assert torch.equal(layer(x[:rows]), alone[:rows]), rows
 
 
+@pytest.fixture(scope="module")
+def fma_shy_kernels(tmp_path_factory):
+    """The kernels as GCC builds them where its tuning avoids chains of fused multiply-adds (as for some CPUs it
+    does): then it fused a product with its add in some block sizes' loops and not in others'; None with another
+    compiler."""
+    folder = tmp_path_factory.mktemp("fma-shy")
+    wrapper = folder / "c++"
+    wrapper.write_text(f'#!/bin/sh\nexec {kernels._compiler()} "$@" --param=avoid-fma-max-bits=512\n')
+    wrapper.chmod(0o755)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CXX", str(wrapper))
+        patch.setenv("ZHIYIN_CACHE", str(folder / "cache"))
+        try:
+            return kernels.build()
+        except RuntimeError:
+            return None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("K", [64, 1000, 8193])  # whole vectors; 8 and 1 columns past them (the scalar tail)
+def test_float_rows_do_not_depend_on_the_rows_beside_them(fma_shy_kernels, dtype, K):
+    """float32 and bfloat16 weights too (EnCodec's LSTM products, of any row count): each block size sums a row in
+    the same order with the same fused multiply-adds, written out, whatever the compiler's tuning prefers (a
+    Sapphire Rapids build summed rows of 64 columns one way alone and another beside others)."""
+    g = torch.Generator().manual_seed(K)
+    layer, x = KernelLinear(torch.randn(40, K, generator=g).to(dtype)), torch.randn(40, K, generator=g)
+    for library in [kernels.library()] + ([fma_shy_kernels] if fma_shy_kernels else []):
+        alone = torch.cat([_product(library, layer, row[None]) for row in x])
+        for rows in (2, 3, 4, 5, 8, 11, 40):
+            assert torch.equal(_product(library, layer, x[:rows]), alone[:rows]), rows
+
+
 def _on_and_off_amx(monkeypatch, run):
     """run() with int8 products on AMX tiles, then on the vector units (ZHIYIN_AMX=0)."""
     if kernels.amx_rows() is None:

@@ -21,19 +21,6 @@
 
 namespace zhiyin {
 
-// a * b + c, rounded once where the CPU has fused multiply-adds
-inline vf32 multiply_add(vf32 a, vf32 b, vf32 c) {
-#if defined(__AVX512F__)
-    return (vf32)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif defined(__FMA__)
-    return (vf32)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#elif defined(__aarch64__)
-    return (vf32)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
-#else
-    return a * b + c;
-#endif
-}
-
 constexpr int PANEL_VECTORS = LANES >= 16 ? 4 : 2;  // a panel's vectors: 24 or 12 sums in registers
 constexpr int64_t PANEL = PANEL_VECTORS * LANES;
 constexpr int TILE_ROWS = 6;

@@ -168,7 +168,7 @@ inline void float_block(const float *x, const W *w, const float *scale, int64_t 
         for (int b = 0; b < NB; b++) {
             prefetch(w + (n + b) * K + k);
             vf32 wv = load(w + (n + b) * K + k);
-            for (int m = 0; m < M; m++) acc[b][m] += wv * xv[m];
+            for (int m = 0; m < M; m++) acc[b][m] = multiply_add(wv, xv[m], acc[b][m]);
         }
     }
     for (int b = 0; b < NB; b++) {
@@ -176,7 +176,7 @@ inline void float_block(const float *x, const W *w, const float *scale, int64_t 
         const float s_n = scale ? scale[n + b] : 1.0f;
         for (int m = 0; m < M; m++) {
             float s = hsum(acc[b][m]);
-            for (int64_t j = k; j < K; j++) s += one(row + j) * x[m * K + j];
+            for (int64_t j = k; j < K; j++) s = multiply_add(one(row + j), x[m * K + j], s);
             put(y + m * ldy + n + b, s * s_n, add);
         }
     }

@@ -32,6 +32,28 @@ inline vf32 splat(float v) { return vf32{} + v; }
 inline vf32 load(const float *p) { vf32 v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float *p, vf32 v) { std::memcpy(p, &v, sizeof v); }
 
+// a * b + c, rounded once where the CPU has fused multiply-adds. Written out wherever a kernel's numbers must not
+// depend on how the compiler built it: left to itself GCC may fuse a product with the add after it in one
+// instantiation of a kernel and not in another, so that a row's sums depended on the rows beside it.
+inline vf32 multiply_add(vf32 a, vf32 b, vf32 c) {
+#if defined(__AVX512F__)
+    return (vf32)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+    return (vf32)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#elif defined(__aarch64__)
+    return (vf32)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+#else
+    return a * b + c;  // (no fused multiply-add to fuse into)
+#endif
+}
+inline float multiply_add(float a, float b, float c) {
+#if defined(__FMA__) || defined(__aarch64__)
+    return __builtin_fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
 #if defined(__AVX512F__)
 inline vf32 load(const uint16_t *p) {  // bfloat16: the top half of a float32
     __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
