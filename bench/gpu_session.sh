@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures in one call on a lent GPU machine (the `device` tool's `run`), so that its short time goes to
-# measuring: the packages its image lacks, the CUDA tests, the benchmark with 30 s of music (issue 3's H100 target),
-# then the engine with 32 jobs at once.
+# measuring: the packages its image lacks, the CUDA tests (and the CPU kernels' on its Xeon, which has AMX), the
+# benchmark with 30 s of music (issue 3's H100 target), then bench/gpu_profile.py (steps at growing lengths, EnCodec,
+# the engine with 32 jobs at once): about 8 minutes of the 15 a session has, and a minute for the machine's start.
 #
 # That machine has no network and its image has torch, transformers 5.17, safetensors, tokenizers, huggingface_hub
 # and tqdm, but not soundfile / soxr / cffi / pycparser / pyloudnorm nor transformers 5.24 (the tests' oracle). So
@@ -14,7 +15,7 @@
 #   mkdir -p .shared && cp -r ../shared/audio .shared/
 # then: run(command="bash bench/gpu_session.sh", carry=[".whl", ".shared"], timeout_s=600). Everything it prints is
 # also kept under $OUT (bench/gpu-results without one), each stage as it ends: nvidia-smi.txt, tests.txt,
-# benchmark.txt, results-small-gpu.json (written after every mode), engine.txt. Each stage has its own time limit,
+# benchmark.txt, results-small-gpu.json (written after every mode), profile.txt. Each stage has its own time limit,
 # so that a stage that hangs leaves the others their time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,13 +32,12 @@ if [ ! -d ../shared/audio ] && [ -d .shared/audio ]; then
     mkdir -p ../shared && ln -sfn "$PWD/.shared/audio" ../shared/audio
 fi
 nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt"
-# the tests of the CUDA graph (4 run only on a GPU), of sampling, of the model and of requests stepped together
-timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/backends/test_cuda_graph.py \
-    tests/backends/test_precision.py tests/generation/test_sampling.py tests/generation/test_together.py \
-    tests/test_model.py 2>&1 | tee "$out/tests.txt"
+# the tests of the CUDA graph (4 run only on a GPU), of sampling, of requests stepped together, and of the kernels
+timeout 100 python3 -m pytest -q -p no:cacheprovider -rs tests/backends/test_cuda_graph.py \
+    tests/backends/test_kernels.py tests/generation/test_sampling.py tests/generation/test_together.py 2>&1 \
+    | tee "$out/tests.txt"
 # every mode, the most telling first (a mode the time limit cuts off is missing from the table and the JSON)
-timeout 330 python3 bench/benchmark.py --device cuda --seconds 30 --json "$out/results-small-gpu.json" --modes \
+timeout 300 python3 bench/benchmark.py --device cuda --seconds 30 --json "$out/results-small-gpu.json" --modes \
     zhiyin-bfloat16 transformers-bfloat16 zhiyin-float32 transformers-float32 zhiyin-bfloat16-eager zhiyin-float16 \
-    transformers-float16 2>&1 | tee "$out/benchmark.txt"
-timeout 120 python3 bench/engine.py --device cuda --dtype bfloat16 --quantize none --clients 32 --seconds 10 2>&1 \
-    | tee "$out/engine.txt"
+    2>&1 | tee "$out/benchmark.txt"
+timeout 150 python3 bench/gpu_profile.py 2>&1 | tee "$out/profile.txt"
