@@ -34,7 +34,7 @@ inline void store(float *p, vf32 v) { std::memcpy(p, &v, sizeof v); }
 
 // a * b + c, rounded once where the CPU has fused multiply-adds. Written out wherever a kernel's numbers must not
 // depend on how the compiler built it: left to itself GCC may fuse a product with the add after it in one
-// instantiation of a kernel and not in another, so that a row's sums depended on the rows beside it.
+// instantiation of a kernel and not in another, and a row's sums would depend on the rows beside it.
 inline vf32 multiply_add(vf32 a, vf32 b, vf32 c) {
 #if defined(__AVX512F__)
     return (vf32)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
