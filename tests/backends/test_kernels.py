@@ -95,8 +95,8 @@ def fma_shy_kernels(tmp_path_factory):
 @pytest.mark.parametrize("K", [64, 1000, 8193])  # whole vectors; 8 and 1 columns past them (the scalar tail)
 def test_float_rows_do_not_depend_on_the_rows_beside_them(fma_shy_kernels, dtype, K):
     """float32 and bfloat16 weights too (EnCodec's LSTM products, of any row count): each block size sums a row in
-    the same order with the same fused multiply-adds, written out, whatever the compiler's tuning prefers (GCC's
-    for Sapphire Rapids fuses them in some block sizes and not in others)."""
+    the same order with the same fused multiply-adds, written out, whatever the compiler's tuning prefers (GCC,
+    tuned for some CPUs, fuses them in some block sizes and not in others)."""
     g = torch.Generator().manual_seed(K)
     layer, x = KernelLinear(torch.randn(40, K, generator=g).to(dtype)), torch.randn(40, K, generator=g)
     for library in [kernels.library()] + ([fma_shy_kernels] if fma_shy_kernels else []):
