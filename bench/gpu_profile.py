@@ -4,15 +4,19 @@
 
 For float32 and bfloat16 (CUDA graphs on): the decoder's ms per step over the steps between 100 and n positions
 (n = 500, 1500: does a step slow as the KV cache fills?), EnCodec's decoding of 30 s, and the parts of 30 s of music
-end to end. Then the engine with `--clients` jobs of 10 s at once (bfloat16): the wall time of its loop's parts
-(steps of every slot, steps of new jobs' rows alone, the step rebuilt, audio decoded, tokens chosen), counted and
-summed, each one's GPU work finished inside it (a synchronize at its end), so that the sums say where the time goes.
+end to end. Then one layer's self-attention of a step as the decoder runs it on a GPU (a query per row and head over
+the whole cache of 1536 positions, a mask of the written ones) with each of PyTorch's attention kernels, both
+dtypes. Then the engine with `--clients` jobs of 10 s at once (bfloat16), as it is and with new jobs never stepping
+alone: the wall time of its loop's parts (steps of every slot, steps of new jobs' rows alone, the step rebuilt,
+audio decoded, tokens chosen), counted and summed, each one's GPU work finished inside it (a synchronize at its
+end), so that the sums say where the time goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -56,6 +60,35 @@ def generation(folder: Path, dtype: str, device: str) -> None:
         print(f"{dtype}: 30 s of music end to end {whole:.2f} s")
 
 
+def attention(device: str, positions: int = 1536, written: int = 1503) -> None:
+    """One layer's self-attention of a batch-1 step with guidance (2 rows x 16 heads of 64), over the whole cache
+    with a mask, as modules/decoder.py calls it on a GPU: us a call, by PyTorch's own choice and by each kernel."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    mask = (torch.arange(positions, device=device) < written)[None, None, None].expand(2, 1, 1, positions)
+    for dtype in (torch.float32, torch.bfloat16):
+        q = torch.randn(2, 16, 1, 64, device=device, dtype=dtype)
+        k, v = (torch.randn(2, 16, positions, 64, device=device, dtype=dtype) for _ in range(2))
+        times = []
+        for name, backends in [("default", None)] + [
+            (name.lower(), [getattr(SDPBackend, name)])
+            for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+        ]:
+            try:
+                with sdpa_kernel(backends) if backends else contextlib.nullcontext():
+                    F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                    seconds = timed(
+                        lambda: [F.scaled_dot_product_attention(q, k, v, attn_mask=mask) for _ in range(100)]
+                    )
+                times.append(f"{name} {seconds * 1e4:.1f}")
+            except RuntimeError:
+                times.append(f"{name} -")
+        print(
+            f"attention over {positions} positions, {str(dtype).removeprefix('torch.')}, us a call: " + ", ".join(times)
+        )
+
+
 def engine(folder: Path, clients: int, device: str) -> None:
     from zhiyin import MusicgenForConditionalGeneration, MusicgenProcessor
     from zhiyin import engine as engine_module
@@ -91,8 +124,10 @@ def engine(folder: Path, clients: int, device: str) -> None:
     model = MusicgenForConditionalGeneration.from_pretrained(folder, dtype="bfloat16", device=device)
     processor = MusicgenProcessor.from_pretrained(folder)
     running = Engine(model, max_batch=clients)
+    sound = Engine._sound
     try:
-        for count in (1, clients):
+        for count, way in ((1, "as it is"), (clients, "as it is"), (clients, "new jobs never stepping alone")):
+            Engine._sound = sound if way == "as it is" else (lambda self: False)
             parts.clear()
             began, steps = time.perf_counter(), running.steps
             jobs = [
@@ -105,10 +140,11 @@ def engine(folder: Path, clients: int, device: str) -> None:
             for thread in threads:
                 thread.join()
             wall = time.perf_counter() - began
-            print(f"\nengine, {count} jobs of 10 s: {wall:.2f} s, {running.steps - steps} steps")
+            print(f"\nengine, {count} jobs of 10 s, {way}: {wall:.2f} s, {running.steps - steps} steps")
             for key, (n, seconds) in sorted(parts.items(), key=lambda item: -item[1][1]):
                 print(f"  {key:28s} {n:6d} calls {seconds:8.2f} s {seconds / n * 1e3:8.2f} ms each")
     finally:
+        Engine._sound = sound
         running.close()
 
 
@@ -123,6 +159,7 @@ def main() -> None:
     print(torch.cuda.get_device_name() if args.device == "cuda" else args.device, flush=True)
     for dtype in ("float32", "bfloat16"):
         generation(folder, dtype, args.device)
+    attention(args.device)
     engine(folder, args.clients, args.device)
 
 
