@@ -81,3 +81,39 @@ def test_ab_kernels_alternates_this_trees_kernels_with_a_revisions(tiny_checkpoi
     assert math.isfinite(float(rows[2][3]))
     done = subprocess.run([*command[:4], "--old", "no-such-revision"], capture_output=True, text=True, timeout=600)
     assert done.returncode != 0 and "--old no-such-revision" in done.stderr
+
+
+def test_the_gpu_session_script_names_files_and_modes_that_exist():
+    """bench/gpu_session.sh runs on a lent GPU machine, rarely: what it names must still be there when it does (its
+    first run found test paths that had moved)."""
+    import re
+
+    sys.path.insert(0, str(BENCHMARK.parent))
+    try:
+        import benchmark
+    finally:
+        sys.path.pop(0)
+    script = BENCHMARK.with_name("gpu_session.sh").read_text()
+    paths = re.findall(r"\b((?:tests|bench)/[\w/]+\.py)\b", script)
+    assert len(paths) >= 6
+    for path in paths:
+        assert (BENCHMARK.parents[1] / path).is_file(), path
+    modes = script.split("--modes", 1)[1].split("2>&1", 1)[0].replace("\\", " ").split()
+    assert modes and set(modes) <= set(benchmark.CUDA_MODES), modes
+
+
+def test_gpu_profile_runs_on_the_cpu_as_a_dry_run(tiny_checkpoint):
+    """bench/gpu_profile.py's machinery (generations at growing lengths, the attention kernels, the engine timed part
+    by part) on the CPU, so that the GPU's few minutes are not spent finding its bugs."""
+    folder, _ = tiny_checkpoint
+    command = [sys.executable, str(BENCHMARK.with_name("gpu_profile.py")), "--checkpoint", str(folder)]
+    done = subprocess.run([*command, "--device", "cpu", "--clients", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in (
+        "float32: decoder",
+        "bfloat16: 30 s of music end to end",
+        "attention over 1536 positions, float32",
+        "engine, 2 jobs of 10 s, new jobs never stepping alone",
+        "_advance",
+    ):
+        assert line in done.stdout, line
