@@ -2,7 +2,7 @@
 # The GPU figures in one call on a lent GPU machine (the `device` tool's `run`), so that its short time goes to
 # measuring: the packages its image lacks, the CUDA tests (and the CPU kernels' on its Xeon, which has AMX), the
 # benchmark with 30 s of music (issue 3's H100 target), then bench/gpu_profile.py (steps at growing lengths, EnCodec,
-# the engine with 32 jobs at once): about 8 minutes of the 15 a session has, and a minute for the machine's start.
+# the engine with 32 jobs at once): at most 9.5 minutes of the 15 a session has, and a minute for the machine's start.
 #
 # That machine has no network and its image has torch, transformers 5.17, safetensors, tokenizers, huggingface_hub
 # and tqdm, but not soundfile / soxr / cffi / pycparser / pyloudnorm nor transformers 5.24 (the tests' oracle). So
@@ -33,11 +33,11 @@ if [ ! -d ../shared/audio ] && [ -d .shared/audio ]; then
 fi
 nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt"
 # the tests of the CUDA graph (4 run only on a GPU), of sampling, of requests stepped together, and of the kernels
-timeout 100 python3 -m pytest -q -p no:cacheprovider -rs tests/backends/test_cuda_graph.py \
+timeout 130 python3 -m pytest -q -p no:cacheprovider -rs tests/backends/test_cuda_graph.py \
     tests/backends/test_kernels.py tests/generation/test_sampling.py tests/generation/test_together.py 2>&1 \
     | tee "$out/tests.txt"
 # every mode, the most telling first (a mode the time limit cuts off is missing from the table and the JSON)
 timeout 300 python3 bench/benchmark.py --device cuda --seconds 30 --json "$out/results-small-gpu.json" --modes \
     zhiyin-bfloat16 transformers-bfloat16 zhiyin-float32 transformers-float32 zhiyin-bfloat16-eager zhiyin-float16 \
     2>&1 | tee "$out/benchmark.txt"
-timeout 150 python3 bench/gpu_profile.py 2>&1 | tee "$out/profile.txt"
+timeout 130 python3 bench/gpu_profile.py 2>&1 | tee "$out/profile.txt"
