@@ -237,3 +237,36 @@ def test_a_rows_numbers_do_not_depend_on_its_place_in_the_step(quantize):
         for p in range(4):
             out = step(tokens[:, :, p].repeat(3, 1), torch.full((6,), p))
             assert all(torch.equal(out[2 * i : 2 * i + 2], alone[p]) for i in range(3)), p
+
+
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
+def test_a_step_is_the_same_bits_at_any_thread_count(quantize):
+    """Each thread computes its share of a product's weight rows but the share's tail, then blocks from the pool of
+    every share's tail, whichever thread is free first: whoever computes a row, and however many threads there are,
+    the logits and the cache entries are the same bits. Published widths, where every share has a tail."""
+    decoder = make_decoder(
+        seed=4,
+        hidden_size=1024,
+        num_attention_heads=16,
+        ffn_dim=4096,
+        num_hidden_layers=2,
+        vocab_size=2048,
+        pad_token_id=2048,
+        bos_token_id=2048,
+    )
+    kernels.accelerate_decoder(decoder, quantize)
+    cross, K = text_condition(decoder, 2), decoder.config.num_codebooks
+    tokens = torch.randint(0, 2048, (2, K, 3), generator=torch.Generator().manual_seed(0))
+    runs = []
+    with torch.inference_mode():
+        for threads in (1, 2, 3, 4):
+            decoder.setup_caches(2, 4)
+            step = FusedStep.build(decoder, cross)
+            step.step.threads = threads
+            logits = [step._run(tokens[:, :, p], torch.full((2,), p), 0) for p in range(3)]
+            runs.append((logits, [(c.k.clone(), c.v.clone()) for c in decoder.caches]))
+    decoder.free_caches()
+    (want, want_caches), others = runs[0], runs[1:]
+    for got, caches in others:
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(caches, want_caches))

@@ -38,6 +38,9 @@ using namespace zhiyin;
 namespace {
 
 constexpr int64_t CHUNK_ROWS = 64;  // weight rows that stay in cache while many activation rows use them
+// The fused step's products leave the last 1/POOL_PART of each thread's share of weight rows to a pool that the threads
+// take from in blocks of POOL_BLOCK rows (whole int4 blocks and AMX tiles) once their own part is done
+constexpr int64_t POOL_PART = 16, POOL_BLOCK = 32;
 
 // The fused step's barrier. A thread that arrives first spins a little (the others are microseconds behind when the
 // machine is ours), then yields its CPU until they arrive: with another busy process on the machine a teammate may
@@ -517,6 +520,10 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
     }
     input.reserve(M, D, s->lm_heads[0]);
     std::unique_ptr<Team> team;  // made inside the parallel region, which knows how many threads it got
+    // each product's count of the blocks taken from its pool (product, below)
+    const int64_t products = s->layers * 6 + s->codebooks;
+    std::unique_ptr<std::atomic<int64_t>[]> taken(new std::atomic<int64_t>[products]);
+    for (int64_t i = 0; i < products; i++) taken[i].store(0, std::memory_order_relaxed);
     const auto self_attend = s->cache_type == BF16 ? cache_and_attend<uint16_t>
                              : s->cache_type == I8 ? cache_and_attend<int8_t> : cache_and_attend<float>;
 
@@ -538,13 +545,37 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
             team->wait();
             rows = input.rows(dst, M, w);
         };
-        // y (+)= rows . W^T on this thread's share of W's rows (each row's numbers do not depend on the rows
-        // beside it)
-        auto product = [&](const Linear &w, float *y, int64_t ldy, bool add) {
+        // y (+)= rows . W^T over W's rows: this thread's share but its tail, then blocks from the pool of every
+        // share's tail, whichever thread is free first: a thread that runs late at this product leaves some of its
+        // rows to the other (each row's numbers do not depend on who computes it or the rows beside it); then(n0, n1)
+        // after each range this thread computed. Each product of the step has its pool (taken, counted by calls).
+        int64_t calls = 0;
+        auto product = [&](const Linear &w, float *y, int64_t ldy, bool add, auto &&then) {
+            std::atomic<int64_t> &pool = taken[calls++];
+            const auto tail = [&](int t, int64_t &n0, int64_t &n1) {  // thread t's share and the start of its tail
+                share(w.n, t, threads, n0, n1);
+                return threads > 1 ? n1 - (n1 - n0) / POOL_PART / POOL_BLOCK * POOL_BLOCK : n1;
+            };
             int64_t n0, n1;
-            share(w.n, thread, threads, n0, n1);
-            matvec(w, rows, y, ldy, add, n0, n1);
+            const int64_t own = tail(thread, n0, n1);
+            matvec(w, rows, y, ldy, add, n0, own);
+            then(n0, own);
+            for (;;) {
+                int64_t b = pool.fetch_add(1, std::memory_order_relaxed), start = 0, a0, a1;
+                int t = 0;
+                for (; t < threads; t++) {  // block b of the tails, in thread order
+                    start = tail(t, a0, a1);
+                    const int64_t blocks = (a1 - start + POOL_BLOCK - 1) / POOL_BLOCK;
+                    if (b < blocks) break;
+                    b -= blocks;
+                }
+                if (t == threads) break;
+                const int64_t m0 = start + b * POOL_BLOCK, m1 = std::min(a1, m0 + POOL_BLOCK);
+                matvec(w, rows, y, ldy, add, m0, m1);
+                then(m0, m1);
+            }
         };
+        const auto nothing = [](int64_t, int64_t) {};
 
         #pragma omp for schedule(static) nowait
         for (int64_t m = 0; m < M; m++) {  // token embeddings, summed over codebooks, scaled, plus the position's
@@ -561,7 +592,7 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
             const Layer &L = s->layer[i];
             // self-attention: this position's keys/values into the cache, then one query per row and head
             prepare(x.data(), D, L.qkv, L.self_norm_weight, L.self_norm_bias, h.data());
-            product(L.qkv, qkv.data(), 3 * D, false);
+            product(L.qkv, qkv.data(), 3 * D, false, nothing);
             team->wait();
             #pragma omp for schedule(static) nowait
             for (int64_t task = 0; task < M * H; task++) {
@@ -572,11 +603,11 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
             }
             team->wait();
             prepare(attention.data(), D, L.self_out, nullptr, nullptr, attention.data());
-            product(L.self_out, x.data(), D, true);  // + residual
+            product(L.self_out, x.data(), D, true, nothing);  // + residual
             team->wait();
             if (L.cross_norm_weight) {  // cross-attention over the text (its keys/values were computed once)
                 prepare(x.data(), D, L.cross_q, L.cross_norm_weight, L.cross_norm_bias, h.data());
-                product(L.cross_q, q.data(), D, false);
+                product(L.cross_q, q.data(), D, false, nothing);
                 team->wait();
                 // heads dealt in turn: a row without text (guidance's null one, length 0) leaves every thread an
                 // equal share of the rows with text
@@ -590,32 +621,32 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
                 }
                 team->wait();
                 prepare(attention.data(), D, L.cross_out, nullptr, nullptr, attention.data());
-                product(L.cross_out, x.data(), D, true);
+                product(L.cross_out, x.data(), D, true, nothing);
                 team->wait();
             }
-            // feed-forward: each thread applies the activation to the fc1 outputs it computed itself (the share of
-            // fc1's F output columns that `product` gave it), so no barrier is needed between the two
+            // feed-forward: each thread applies the activation to the fc1 outputs it computed itself (the ranges
+            // `product` hands to `then`), so no barrier is needed between the two
             prepare(x.data(), D, L.fc1, L.ffn_norm_weight, L.ffn_norm_bias, h.data());
-            product(L.fc1, hidden.data(), F, false);
-            int64_t f0, f1;
-            share(F, thread, threads, f0, f1);
-            for (int64_t m = 0; m < M; m++) {
-                float *row = hidden.data() + m * F;
-                int64_t j = f0;
-                if (s->gelu) {
-                    for (; j + LANES <= f1; j += LANES) store(row + j, gelu(load(row + j)));
-                    for (; j < f1; j++) row[j] = gelu(splat(row[j]))[0];
-                } else {
-                    for (; j < f1; j++) row[j] = std::max(row[j], 0.f);
+            product(L.fc1, hidden.data(), F, false, [&](int64_t f0, int64_t f1) {
+                for (int64_t m = 0; m < M; m++) {
+                    float *row = hidden.data() + m * F;
+                    int64_t j = f0;
+                    if (s->gelu) {
+                        for (; j + LANES <= f1; j += LANES) store(row + j, gelu(load(row + j)));
+                        for (; j < f1; j++) row[j] = gelu(splat(row[j]))[0];
+                    } else {
+                        for (; j < f1; j++) row[j] = std::max(row[j], 0.f);
+                    }
                 }
-            }
+            });
             team->wait();
             prepare(hidden.data(), F, L.fc2, nullptr, nullptr, hidden.data());
-            product(L.fc2, x.data(), D, true);
+            product(L.fc2, x.data(), D, true, nothing);
             team->wait();
         }
         prepare(x.data(), D, s->lm_heads[0], s->norm_weight, s->norm_bias, h.data());
-        for (int64_t c = 0; c < s->codebooks; c++) product(s->lm_heads[c], logits + c * V, s->codebooks * V, false);
+        for (int64_t c = 0; c < s->codebooks; c++)
+            product(s->lm_heads[c], logits + c * V, s->codebooks * V, false, nothing);
     }
     return 0;
 }
