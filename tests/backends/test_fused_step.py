@@ -116,12 +116,10 @@ def test_the_plain_step_runs_where_the_fused_one_does_not_apply():
     decoder.free_caches()
 
 
-@pytest.mark.parametrize("width, heads, ffn", [(1536, 24, 6144), (2048, 32, 8192)])  # musicgen-medium, -large
-@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
-def test_published_widths(width, heads, ffn, quantize):
-    """Two layers of the medium and large decoders' widths (large: the longest rows the int16 products take)."""
-    decoder = make_decoder(
-        seed=8,
+def two_published_layers(seed: int, width: int, heads: int, ffn: int):
+    """Two decoder layers of a published model's widths, its 2048 codes a codebook."""
+    return make_decoder(
+        seed=seed,
         hidden_size=width,
         num_attention_heads=heads,
         ffn_dim=ffn,
@@ -130,6 +128,13 @@ def test_published_widths(width, heads, ffn, quantize):
         pad_token_id=2048,
         bos_token_id=2048,
     )
+
+
+@pytest.mark.parametrize("width, heads, ffn", [(1536, 24, 6144), (2048, 32, 8192)])  # musicgen-medium, -large
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
+def test_published_widths(width, heads, ffn, quantize):
+    """Two layers of the medium and large decoders' widths (large: the longest rows the int16 products take)."""
+    decoder = two_published_layers(8, width, heads, ffn)
     with torch.no_grad():
         for p in decoder.parameters():
             if p.dim() > 1:
@@ -244,16 +249,7 @@ def test_a_step_is_the_same_bits_at_any_thread_count(quantize):
     """Each thread computes its share of a product's weight rows but the share's tail, then blocks from the pool of
     every share's tail, whichever thread is free first: whoever computes a row, and however many threads there are,
     the logits and the cache entries are the same bits. Published widths, where every share has a tail."""
-    decoder = make_decoder(
-        seed=4,
-        hidden_size=1024,
-        num_attention_heads=16,
-        ffn_dim=4096,
-        num_hidden_layers=2,
-        vocab_size=2048,
-        pad_token_id=2048,
-        bos_token_id=2048,
-    )
+    decoder = two_published_layers(4, 1024, 16, 4096)  # musicgen-small's
     kernels.accelerate_decoder(decoder, quantize)
     cross, K = text_condition(decoder, 2), decoder.config.num_codebooks
     tokens = torch.randint(0, 2048, (2, K, 3), generator=torch.Generator().manual_seed(0))
