@@ -520,7 +520,7 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
     }
     input.reserve(M, D, s->lm_heads[0]);
     std::unique_ptr<Team> team;  // made inside the parallel region, which knows how many threads it got
-    // each product's count of the blocks taken from its pool (product, below)
+    // each product's count of the blocks taken from its pool (product, below): at most six a layer, then the LM heads
     const int64_t products = s->layers * 6 + s->codebooks;
     std::unique_ptr<std::atomic<int64_t>[]> taken(new std::atomic<int64_t>[products]);
     for (int64_t i = 0; i < products; i++) taken[i].store(0, std::memory_order_relaxed);
