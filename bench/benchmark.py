@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import worker_environment
+from common import timed, worker_environment
 
 HERE = Path(__file__).resolve().parent
 MODES = [
@@ -91,21 +91,6 @@ def read_bandwidth(rates) -> tuple[float, float]:
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-
-
-def timed(fn, repeat: int = 1) -> float:
-    """Best wall time of `repeat` calls of fn, waiting for the GPU (if one is in use) before and after each."""
-    import torch
-
-    wait = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
-    best = float("inf")
-    for _ in range(repeat):
-        wait()
-        start = time.perf_counter()
-        fn()
-        wait()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str) -> dict:

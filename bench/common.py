@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,3 +38,23 @@ def checkpoint(folder: Path | None, shape: str) -> Path:
         print(f"making a random musicgen-{shape} checkpoint in {folder} ...", file=sys.stderr)
         write_random_checkpoint(folder, shape)
     return folder
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work, if a GPU is in use."""
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeat: int = 1) -> float:
+    """Best wall time of `repeat` calls of fn, waiting for the GPU (if one is in use) before and after each."""
+    best = float("inf")
+    for _ in range(repeat):
+        synchronize()
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -23,20 +23,7 @@ from pathlib import Path
 
 import torch
 
-from common import checkpoint
-
-
-def synchronize() -> None:
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-def timed(fn) -> float:
-    synchronize()
-    start = time.perf_counter()
-    fn()
-    synchronize()
-    return time.perf_counter() - start
+from common import checkpoint, synchronize, timed
 
 
 def generation(folder: Path, dtype: str, device: str) -> None:
