@@ -147,17 +147,19 @@ def test_sampling_same_seed_same_tokens_as_reference(shaped):
 def test_sampled_tokens_stay_in_top_k(pair, monkeypatch):
     """Record each step's guided logits and check every sampled token is among their top k."""
     import zhiyin.generation.loop as generation
-    from zhiyin.generation.sampling import apply_guidance, next_tokens
+    from zhiyin.generation.sampling import apply_guidance
 
     folder, reference, ours, processor = pair
     steps = []
+    choose = generation.TokenChoice.__call__
 
-    def recording_next_tokens(logits, settings, generator=None):
-        tokens = next_tokens(logits, settings, generator)
-        steps.append((apply_guidance(logits.float(), settings.guidance_scale), tokens))
+    def recording_choice(self, logits, out=None):
+        tokens = choose(self, logits, out)
+        guided = apply_guidance(logits.float(), self.settings.guidance_scale)
+        steps.append((guided, tokens[: guided.shape[0]].clone()))
         return tokens
 
-    monkeypatch.setattr(generation, "next_tokens", recording_next_tokens)
+    monkeypatch.setattr(generation.TokenChoice, "__call__", recording_choice)
     inputs = processor(text=TEXTS, padding=True, return_tensors="pt")
     ours.generate(**inputs, do_sample=True, guidance_scale=3, top_k=3, temperature=2.0, max_new_tokens=30)
     assert len(steps) == 30

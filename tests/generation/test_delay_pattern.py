@@ -45,7 +45,14 @@ def test_the_pattern_is_the_table(codebooks, channels, text):
     assert first_unknown(laid) == 3
     assert [pattern.frame_completed_at(p) for p in range(8)] == [-4, -3, -2, -1, 0, 1, 2, 3]
     generated = laid.masked_fill(laid == UNKNOWN, 7)
-    codes = pattern.undelay(generated)  # [1, K, 4]: the prompt's 2 frames, then the 2 generated ones
-    assert torch.equal(codes[..., :2], prompt) and (codes[..., 2:] == 7).all()
+    # position-major, as the token loop keeps them: [8 positions, 2 rows, K], the second row another item
+    tokens = torch.cat([generated, generated + 1000]).permute(2, 0, 1).contiguous()
     for f in range(4):  # one frame at a time, as the token loop takes each frame out
-        assert torch.equal(pattern.undelay(generated, f, f + 1), codes[..., f : f + 1])
+        expected = prompt[..., f : f + 1] if f < 2 else torch.full((1, codebooks, 1), 7)
+        assert torch.equal(pattern.frame(tokens, f, 1), expected)
+    assert torch.equal(pattern.frame(tokens, 1, 2)[1], prompt[0, :, 1:2] + 1000)
+
+
+def test_a_pattern_is_musicgens():
+    with pytest.raises(ValueError, match="k // channels"):
+        DelayPattern((0, 2, 1, 3))

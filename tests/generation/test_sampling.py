@@ -7,7 +7,7 @@ import torch
 from zhiyin.backends import kernels
 from zhiyin.backends.select import set_kernels_enabled
 from zhiyin.generation.options import SamplingSettings
-from zhiyin.generation.sampling import apply_guidance, exponential_noise, filter_top_k, next_tokens
+from zhiyin.generation.sampling import TokenChoice, apply_guidance, exponential_noise, filter_top_k, next_tokens
 
 needs_kernels = pytest.mark.skipif(kernels.library() is None, reason="no C++ compiler: the kernels cannot be built")
 
@@ -77,8 +77,9 @@ def test_kernel_chooses_the_pytorch_tokens(settings):
             guidance = settings.guidance_scale if settings.uses_guidance else None
             top_k = settings.top_k if settings.do_sample else None
             drawn = ours if settings.do_sample else None
-            got = kernels.choose(logits, guidance, settings.temperature, top_k, drawn)
-            if got is None:  # guided -inf scores are NaN (-inf + (-inf - -inf) x 3): the ops decide, and did above
+            got = torch.empty(logits.shape[0] // (2 if guidance else 1), 4, dtype=torch.long)
+            # (not chosen: guided -inf scores are NaN (-inf + (-inf - -inf) x 3): the ops decide, and did above)
+            if not kernels.chooser(guidance, settings.temperature, top_k, drawn)(logits, got):
                 assert guidance is not None and apply_guidance(logits, guidance).isnan().any()
                 assert torch.equal(ours.get_state(), torch.Generator().manual_seed(seed).get_state())  # none drawn
                 ours.set_state(theirs.get_state())
@@ -95,7 +96,7 @@ def test_kernel_leaves_nan_scores_to_pytorch():
     logits[0, 1, 7] = float("nan")
     settings = SamplingSettings(do_sample=True, guidance_scale=3.0, top_k=10)
     untouched = torch.Generator().manual_seed(0)
-    assert kernels.choose(logits, 3.0, 1.0, 10, untouched) is None
+    assert not kernels.chooser(3.0, 1.0, 10, untouched)(logits, torch.empty(1, 4, dtype=torch.long))
     assert torch.equal(untouched.get_state(), torch.Generator().manual_seed(0).get_state())  # nothing drawn
     ours, theirs = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     assert torch.equal(next_tokens(logits, settings, ours), pytorch_next_tokens(logits, settings, theirs))
@@ -144,4 +145,27 @@ def test_draws_follow_the_probabilities(kernel):
 def test_the_kernel_is_not_built_for_logits_off_the_cpu(monkeypatch):
     """a GPU's generation samples with PyTorch's ops and never compiles the CPU kernels"""
     monkeypatch.setattr(kernels, "library", lambda: pytest.fail("the kernels were asked for"))
-    assert kernels.choose(torch.zeros(2, 4, 8, device="meta"), 3.0, 1.0, 5, None) is None
+    settings = SamplingSettings(do_sample=True, guidance_scale=3.0, top_k=5)
+    assert TokenChoice(settings, None, torch.device("meta")).kernel is None
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("settings", [SETTINGS[0], SETTINGS[3], SETTINGS[-1]], ids=["guided", "unguided", "top-p"])
+def test_tokens_into_out_once_per_copy(kernel, settings):
+    """With out [copies * B, K] (the token loop's rows: a guided request's twice), each copy gets the tokens
+    next_tokens returns, and out is what comes back."""
+    if kernel and kernels.library() is None:
+        pytest.skip("no C++ compiler: the kernels cannot be built")
+    rows = 4 if settings.uses_guidance else 2
+    logits = torch.randn(rows, 4, 2048, generator=torch.Generator().manual_seed(3)) * 4
+    previous = set_kernels_enabled(kernel)
+    try:
+        want = next_tokens(logits, settings, torch.Generator().manual_seed(1))  # [2, 4]
+        out = torch.full((4, 4), -5, dtype=torch.long)
+        got = TokenChoice(settings, torch.Generator().manual_seed(1), logits.device)(logits, out)
+    finally:
+        set_kernels_enabled(previous)
+    assert got is out and torch.equal(out, torch.cat([want, want]))
+    if kernel:
+        with pytest.raises(ValueError, match="copies of 8 tokens"):
+            kernels.chooser(None, 1.0, None, None)(logits[:2], torch.empty(7, dtype=torch.long))

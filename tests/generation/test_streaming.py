@@ -82,8 +82,8 @@ def test_decode_stream_takes_any_blocks(model):
 def test_chunks_arrive_while_the_codes_are_made(model, inputs, monkeypatch):
     """The first chunk needs its 25 frames + the lookahead + the codebook delay: a fraction of the steps."""
     steps = []
-    real = generation.next_tokens
-    monkeypatch.setattr(generation, "next_tokens", lambda *a: steps.append(1) or real(*a))
+    real = generation.TokenChoice.__call__
+    monkeypatch.setattr(generation.TokenChoice, "__call__", lambda *a, **k: steps.append(1) or real(*a, **k))
     started, arrivals, when = time.perf_counter(), [], []
     for chunk in model.generate_stream(**inputs, duration=3.0, chunk_seconds=0.5, do_sample=False, guidance_scale=3):
         arrivals.append(len(steps))

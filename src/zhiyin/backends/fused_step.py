@@ -171,8 +171,11 @@ class FusedStep:
         return logits
 
     def _run(self, tokens: Tensor, positions: Tensor, first_row: int) -> Tensor:
-        tokens = tokens.to(torch.int64).contiguous()  # [n, K]: the first n rows
-        positions = positions.to(torch.int64).contiguous()  # [n]
+        # [n, K] tokens of the first n rows, [n] positions: as the C++ side reads them (as the loop keeps them, no copy)
+        if tokens.dtype != torch.int64 or not tokens.is_contiguous():
+            tokens = tokens.to(torch.int64).contiguous()
+        if positions.dtype != torch.int64 or not positions.is_contiguous():
+            positions = positions.to(torch.int64).contiguous()
         rows, K, V = self.shape
         n = tokens.shape[0]
         # shapes here; the C++ side checks the values (a token or position outside its range: nothing computed)

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def build(march: str = "native", sources: Path = SOURCES) -> ctypes.CDLL:
     lib.holding_gil = ctypes.PyDLL(str(target))  # its functions keep the GIL while they run
     choose = lib.holding_gil.zhiyin_choose
     choose.argtypes = [p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_float]
-    choose.argtypes += [ctypes.c_int64, p, p]
+    choose.argtypes += [ctypes.c_int64, p, p, ctypes.c_int64]
     lib.zhiyin_exponential.argtypes = [p, ctypes.c_int64, p]
     lib.zhiyin_struct_size.argtypes = [ctypes.c_int]
     lib.zhiyin_struct_size.restype = ctypes.c_int64
@@ -453,44 +454,53 @@ def _kernel_convolves(module: EncodecConv1d | EncodecConvTranspose1d) -> bool:
     return module.norm is None and module.stride == 1 and conv.dilation[0] == 1 and conv.groups == 1
 
 
-def choose(
-    logits: Tensor, guidance: float | None, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> Tensor | None:
-    """One request's next tokens [items * K] from its logits [R, K, V] in one kernel call (csrc/kernels.cpp's
-    zhiyin_choose: guidance, temperature, top-k, softmax, the draw with the Exp(1) noise [items * K, V] that
-    `generator`'s exponential_ would give, drawn from its state, which advances as that draw advances it; no
-    generator: greedy), the tokens generation/sampling.py's PyTorch ops choose (the two softmaxes may differ in the
-    last bit, which decides a draw only where two candidates tie to that bit). None, with nothing drawn, where it does
-    not run: no kernels, logits not float32 on the CPU, a generator that is not on the CPU or not drawn as this
-    PyTorch draws (draws_like_pytorch), or a NaN score."""
-    if logits.device.type != "cpu" or logits.dtype != torch.float32:
-        return None
+def chooser(
+    guidance: float | None, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> Callable[[Tensor, Tensor], bool] | None:
+    """One request's token choice in one kernel call a step (csrc/kernels.cpp's zhiyin_choose: guidance, temperature,
+    top-k, softmax, the draw with the Exp(1) noise [items * K, V] that `generator`'s exponential_ would give, drawn
+    from its state, which advances as that draw advances it; no generator: greedy), with these settings: a function
+    (logits [R, K, V], out) -> whether it chose, writing the tokens [items * K] into each copy of them that out
+    (int64, contiguous, on the CPU) holds. They are the tokens generation/sampling.py's PyTorch ops choose (the two
+    softmaxes may differ in the last bit, which decides a draw only where two candidates tie to that bit). Everything
+    but the logits is checked here, once: between two steps each check costs tens of microseconds, the caches being
+    cold (BENCHMARKS.md, session 25). None where it does not run: no kernels, or a generator that is not on the CPU or
+    not drawn as this PyTorch draws (draws_like_pytorch); the function chooses nothing, and draws nothing, for logits
+    not float32 and contiguous on the CPU, or with a NaN score."""
     lib = library()  # (built at its first use on the CPU: a GPU's generation never compiles it)
     if lib is None or (generator is not None and (generator.device.type != "cpu" or not draws_like_pytorch())):
         return None
-    logits = logits.contiguous()
-    R, K, V = logits.shape
-    items = R // 2 if guidance is not None else R
-    tokens = torch.empty(items * K, dtype=torch.int64)
-    state = None if generator is None else generator.get_state()
-    # called holding the GIL (lib.holding_gil), so that no other Python thread draws from the generator between
-    # get_state and set_state
-    failed = lib.holding_gil.zhiyin_choose(
-        logits.data_ptr(),
-        items,
-        K,
-        V,
-        guidance or 0.0,
-        temperature,
-        top_k or 0,
-        None if state is None else state.data_ptr(),
-        tokens.data_ptr(),
-    )
-    if failed:
-        return None
-    if state is not None:
-        generator.set_state(state)
-    return tokens
+    # holding the GIL while it runs: no other Python thread draws from the generator between get_state and set_state
+    call = lib.holding_gil.zhiyin_choose
+    settings = (guidance or 0.0, temperature, top_k or 0)
+    float32 = torch.float32
+
+    def choose(logits: Tensor, out: Tensor) -> bool:
+        if logits.dtype != float32 or not logits.is_cpu or not logits.is_contiguous():
+            return False
+        R, K, V = logits.shape
+        items = R // 2 if guidance is not None else R
+        copies = out.numel() // (items * K)
+        if out.dtype != torch.int64 or not out.is_cpu or not out.is_contiguous() or copies * items * K != out.numel():
+            raise ValueError(
+                f"out must be contiguous int64 on the CPU, copies of {items * K} tokens: got {out.dtype} {out.shape}"
+            )
+        state = None if generator is None else generator.get_state()
+        failed = call(
+            logits.data_ptr(),
+            items,
+            K,
+            V,
+            *settings,
+            state if state is None else state.data_ptr(),
+            out.data_ptr(),
+            copies,
+        )
+        if not failed and state is not None:
+            generator.set_state(state)
+        return not failed
+
+    return choose
 
 
 @lru_cache(maxsize=None)

@@ -14,7 +14,6 @@ positions hold `length - 1 - max_delay` whole frames. Example, 4 codebooks, leng
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the command line checks its flags without it
@@ -25,7 +24,13 @@ UNKNOWN = -1  # a position the model has to fill in
 
 @dataclass(frozen=True)
 class DelayPattern:
-    delays: tuple[int, ...]
+    delays: tuple[int, ...]  # codebook k's: k // channels (`of`)
+
+    def __post_init__(self):
+        if self.delays != tuple(k // self.channels for k in range(len(self.delays))):
+            raise ValueError(
+                f"delays {self.delays}: MusicGen's delay codebook k by k // channels steps (DelayPattern.of)"
+            )
 
     @classmethod
     def of(cls, num_codebooks: int, audio_channels: int = 1) -> DelayPattern:
@@ -63,28 +68,25 @@ class DelayPattern:
             pattern[:, k, 1 + d : 1 + d + P] = prompt[:, k]
         return pattern
 
-    def undelay(self, sequence: Tensor, first: int = 0, last: int | None = None) -> Tensor:
-        """[B, K, length] delayed sequence -> [B, K, last - first] aligned audio codes of frames first..last-1
-        (default: every whole frame), in one indexing (the token loop takes each frame out as it completes)."""
-        import torch
+    @property
+    def channels(self) -> int:
+        """Codebooks that share each delay (mono 1, stereo 2)."""
+        return len(self.delays) // (self.max_delay + 1)
 
-        last = self.frames(sequence.shape[-1]) if last is None else last
-        codebooks, columns = _frame_index(self.delays, sequence.device)  # [K, 1] each
-        return sequence[:, codebooks, columns + torch.arange(first, last, device=sequence.device)]
+    def frame(self, tokens: Tensor, frame: int, items: int) -> Tensor:
+        """Audio frame `frame` [items, K, 1] of a delayed sequence kept position-major, tokens [length, rows, K] (its
+        first `items` rows; contiguous): codebook k's token lies at position 1 + k // channels + frame, so one strided
+        view of tokens holds them (mono: the frame is that view; stereo: its copy). The token loop takes each frame
+        out so as it completes."""
+        length, rows, K = tokens.shape
+        C = self.channels
+        offset = tokens.storage_offset() + (1 + frame) * rows * K
+        view = tokens.as_strided((items, K // C, C), (K, rows * K + C, 1), offset)
+        return view.reshape(items, K, 1)
 
     def frame_completed_at(self, position: int) -> int:
         """The frame whose last codebook sits at `position` (-1 and less: none yet)."""
         return self.frames(position + 1) - 1
-
-
-@lru_cache(maxsize=None)
-def _frame_index(delays: tuple[int, ...], device) -> tuple[Tensor, Tensor]:
-    """Each codebook's index and the sequence position of its frame 0, as [K, 1] tensors on `device` (made once)."""
-    import torch
-
-    codebooks = torch.arange(len(delays), device=device)
-    columns = torch.tensor([1 + d for d in delays], device=device)
-    return codebooks[:, None], columns[:, None]
 
 
 def first_unknown(pattern: Tensor) -> int:

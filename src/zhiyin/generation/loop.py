@@ -25,7 +25,7 @@ from ..modules.decoder import CrossKV, MusicgenDecoder
 from .conditioning import Condition
 from .delay_pattern import UNKNOWN, DelayPattern, first_unknown
 from .options import SamplingSettings
-from .sampling import next_tokens
+from .sampling import TokenChoice
 
 
 @dataclass
@@ -42,7 +42,10 @@ class Request:
 
 
 class RequestRows:
-    """A request's rows in the batch and its place in its sequence."""
+    """A request's rows in the batch and its place in its sequence. Its tokens are kept position-major, every
+    decoder row's (guidance's copy too): a position's tokens are the step's input as they lie, and the choice writes
+    them there in place (between two steps every tensor made costs ~25 us, the caches being cold: BENCHMARKS.md,
+    session 25)."""
 
     def __init__(self, request: Request, pattern: DelayPattern, pad: int, first_row: int):
         self.request, self.pattern = request, pattern
@@ -52,11 +55,15 @@ class RequestRows:
         self.rows = slice(first_row, first_row + self.condition.rows)
         self.length = 1 + request.prompt.shape[-1] + request.max_new_tokens
         self.known = pattern.build(request.prompt, self.length, pad)  # [B, K, length]
-        self.sequence = self.known.clone()
+        self.items = self.known.shape[0]
+        self.tokens = self.inputs(self.known).permute(2, 0, 1).contiguous()  # [length, rows, K]
         # the positions with a value known beforehand (the pattern's pads, the prompt's frames): choose keeps those
         self.partly_known = (self.known != UNKNOWN).flatten(0, 1).any(dim=0).tolist()
         self.position = first_unknown(self.known)  # the next position to choose tokens for
         self.offset = self.condition.prefix_length  # the decoder's position of sequence position 0
+        self.choice = TokenChoice(request.settings, request.generator, self.known.device)
+        rows = self.condition.rows  # each row's decoder position at each sequence position (on the CPU)
+        self.positions = (self.offset + torch.arange(self.length))[:, None].expand(-1, rows).contiguous()
 
     def inputs(self, columns: Tensor) -> Tensor:  # [B, K, ...] -> the decoder's rows
         return torch.cat([columns] * self.copies) if self.copies > 1 else columns
@@ -77,7 +84,7 @@ class RequestRows:
         forward, all at once."""
         if self.starts_with_a_step:
             return step(*self.step_inputs(), first_row=self.rows.start)
-        tokens = self.inputs(self.sequence[:, :, : self.position])
+        tokens = self.tokens[: self.position].permute(1, 2, 0)  # [rows, K, position]
         prefix = self.condition.prefix()
         total = self.offset + self.position
         positions = torch.arange(total, device=tokens.device)[None].expand(tokens.shape[0], total)
@@ -87,23 +94,22 @@ class RequestRows:
     def choose(self, logits: Tensor) -> Tensor | None:
         """Tokens for this position from its rows' logits; returns the frame [B, K, 1] this position completes
         after the prompt's, if any."""
-        tokens = next_tokens(logits, self.request.settings, self.request.generator)  # [B, K]
+        column = self.tokens[self.position]  # [rows, K]: each item's tokens, once per copy
+        self.choice(logits, out=column)
         if self.partly_known[self.position]:
-            known = self.known[:, :, self.position]
-            tokens = torch.where(known == UNKNOWN, tokens, known)
-        self.sequence[:, :, self.position] = tokens
+            known = self.inputs(self.known[:, :, self.position])
+            column.copy_(torch.where(known == UNKNOWN, column, known))
         frame = self.pattern.frame_completed_at(self.position)
         self.position += 1
         if frame >= self.request.prompt.shape[-1]:
-            return self.pattern.undelay(self.sequence, frame, frame + 1)
+            return self.pattern.frame(self.tokens, frame, self.items)
         return None
 
     def step_inputs(self) -> tuple[Tensor, Tensor]:
-        """The decoder's inputs for the next step: the last chosen tokens [rows, K] at their positions [rows]. A
-        finished request repeats its last position (its rows are stepped, their logits unused)."""
+        """The decoder's inputs for the next step: the last chosen tokens [rows, K] at their positions [rows] (views of
+        its own). A finished request repeats its last position (its rows are stepped, their logits unused)."""
         at = min(self.position, self.length) - 1
-        tokens = self.inputs(self.sequence[:, :, at])
-        return tokens, torch.full((tokens.shape[0],), self.offset + at, dtype=torch.long)  # positions on the CPU
+        return self.tokens[at], self.positions[at]
 
 
 @torch.inference_mode()
@@ -129,7 +135,7 @@ def generate_together(
                 break
             tokens, positions = zip(*(g.step_inputs() for g in groups))
             out = step(*(parts[0] if len(parts) == 1 else torch.cat(parts) for parts in (tokens, positions)))
-            logits = [out[g.rows] for g in groups]
+            logits = [out] if len(groups) == 1 else [out[g.rows] for g in groups]
     finally:
         decoder.free_caches()
 

@@ -33,24 +33,50 @@ def filter_top_p(scores: Tensor, p: float) -> Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
+class TokenChoice:
+    """A request's choice of its next tokens at every step, decided once: logits [R, K, V] (R = 2B with guidance)
+    -> tokens [B, K], drawn from `generator` (None: PyTorch's global one) as the settings say. On the CPU one kernel
+    call a step does what PyTorch's ops below do (backends/kernels.py's chooser: the same tokens from the same random
+    numbers, drawn there from the generator's state, without ~10 small ops a step); top-p, other devices, and logits
+    the kernel does not take go through the ops. `device`: the logits'."""
+
+    def __init__(self, settings: SamplingSettings, generator: torch.Generator | None, device: torch.device):
+        self.settings, self.generator = settings, generator
+        sample = settings.do_sample
+        self.top_p = settings.top_p if sample and settings.top_p is not None and settings.top_p < 1.0 else None
+        self.kernel = None
+        if self.top_p is None and torch.device(device).type == "cpu":  # (a GPU's generation never builds the kernels)
+            self.kernel = kernels.chooser(
+                settings.guidance_scale if settings.uses_guidance else None,
+                settings.temperature if sample else 1.0,
+                settings.top_k if sample else None,
+                (generator or torch.default_generator) if sample else None,
+            )
+
+    def __call__(self, logits: Tensor, out: Tensor | None = None) -> Tensor:
+        """The tokens [B, K]; with `out` [copies * B, K] (int64, on the logits' device) they go into each of its
+        copies, and out is returned."""
+        if self.kernel is not None:
+            B = logits.shape[0] // (2 if self.settings.uses_guidance else 1)
+            tokens = out if out is not None else torch.empty(B, logits.shape[1], dtype=torch.int64)
+            if self.kernel(logits, tokens):
+                return tokens
+        tokens = _sampled(logits.float(), self.settings, self.top_p, self.generator)
+        if out is not None:
+            out.view(-1, *tokens.shape).copy_(tokens)  # (broadcast over the copies)
+            return out
+        return tokens
+
+
 def next_tokens(logits: Tensor, settings: SamplingSettings, generator: torch.Generator | None = None) -> Tensor:
-    """logits [R, K, V] (R = 2B with guidance) -> tokens [B, K]. On the CPU one kernel call does what the PyTorch
-    ops below do (backends/kernels.py's choose: the same tokens from the same random numbers, drawn there from the
-    generator's state, without ~10 small ops a step); top-p stays here."""
-    scores = logits.float()
+    """logits [R, K, V] (R = 2B with guidance) -> tokens [B, K]: one step's TokenChoice."""
+    return TokenChoice(settings, generator, logits.device)(logits)
+
+
+def _sampled(scores: Tensor, settings: SamplingSettings, top_p: float | None, generator: torch.Generator | None):
+    """TokenChoice on PyTorch's ops: scores [R, K, V] float32 -> tokens [B, K]."""
     guided = settings.uses_guidance
     B, K, V = scores.shape[0] // (2 if guided else 1), *scores.shape[1:]
-    top_p = settings.top_p if settings.do_sample and settings.top_p is not None and settings.top_p < 1.0 else None
-    if top_p is None:
-        tokens = kernels.choose(
-            scores,
-            settings.guidance_scale if guided else None,
-            settings.temperature if settings.do_sample else 1.0,
-            settings.top_k if settings.do_sample else None,
-            (generator or torch.default_generator) if settings.do_sample else None,
-        )
-        if tokens is not None:
-            return tokens.view(B, K)
     # the filters draw no random numbers, so the noise drawn first is the reference's
     noise = exponential_noise((B * K, V), scores.device, generator) if settings.do_sample else None
     if guided:

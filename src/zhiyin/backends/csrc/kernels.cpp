@@ -692,11 +692,12 @@ void zhiyin_direct_convolution(const float *x, int64_t ldx, int64_t c_in, int64_
 // temperature, the top_k largest of each row kept (ties with the k-th kept; 0: all), their softmax, and the token
 // that maximizes probability / noise, the noise being the Exp(1) numbers [items * K, V] that PyTorch's generator
 // would draw next (torch.multinomial's algorithm), drawn here from its state (`generator`, get_state's bytes, advanced
-// in place as PyTorch's draw would advance it); no generator: the largest guided score (greedy). tokens [items * K].
+// in place as PyTorch's draw would advance it); no generator: the largest guided score (greedy). tokens
+// [copies, items * K]: each copy the same tokens (a guided request's decoder rows take its items' tokens twice).
 // Returns 1 with nothing drawn and no token written where a score is NaN (the PyTorch path then decides, as the
 // reference does), else 0.
 int zhiyin_choose(const float *logits, int64_t items, int64_t K, int64_t V, float guidance, float temperature,
-                  int64_t top_k, uint8_t *generator, int64_t *tokens) {
+                  int64_t top_k, uint8_t *generator, int64_t *tokens, int64_t copies) {
     const int64_t rows = items * K;
     std::vector<float> scores(rows * V), kept(V);
     std::vector<int32_t> keys(V);
@@ -741,6 +742,7 @@ int zhiyin_choose(const float *logits, int64_t items, int64_t K, int64_t V, floa
                                               : first_largest(kept.data(), V);
     }
     if (draw) draw->save();
+    for (int64_t copy = 1; copy < copies; copy++) std::copy(tokens, tokens + rows, tokens + copy * rows);
     return 0;
 }
 
