@@ -13,7 +13,9 @@ rows than the kernels take); select.py then picks another step.
 from __future__ import annotations
 
 import ctypes
+import statistics
 import time
+from collections import deque
 
 import torch
 from torch import Tensor, nn
@@ -227,31 +229,43 @@ class ThreadCount:
     """How many threads the next decoder step runs on: of the usable count, half of it and one, the one whose recent
     steps were fastest. On a machine of our own that is all of them; with another busy process, a team whose members
     wait for a CPU can be slower than one thread, and then fewer threads win (BENCHMARKS.md, "Beside a busy
-    process"). Every PROBE_EVERY steps each count runs one step, back to back, so the times compared are of
-    neighbouring positions. The step's numbers do not depend on the count, so switching never changes the music."""
+    process"). Every PROBE_EVERY steps each other count runs one step, and the window's choice is the fastest of those
+    probes and the chosen count's own recent steps (the median of its last RECENT: one slow step of it, a page fault
+    or the machine's memory changing speed, does not hand a window to a count that is slower in truth; BENCHMARKS.md,
+    session 25). A count without a time yet (the first window, new rows) is probed too. The step's numbers do not
+    depend on the count, so switching never changes the music."""
 
     PROBE_EVERY = 64
+    RECENT = 8
 
     def __init__(self, most: int):
         self.counts = sorted({most, max(1, most // 2), 1}, reverse=True)
-        self.seconds: dict[int, float] = {}  # each count's recent step time, at `rows` rows
-        self.steps, self.probing, self.rows, self.choice = 0, False, None, most
+        self.seconds: dict[int, float] = {}  # each count's time at `rows` rows: a probe's, the chosen's recent median
+        self.recent: deque[float] = deque(maxlen=self.RECENT)  # the chosen count's last steps
+        self.steps, self.probes, self.probing, self.rows, self.choice = 0, [], False, None, most
 
     def next(self, rows: int = 0) -> int:
         """The count for a step of `rows` rows. Times of steps of other row counts do not compare: when the rows
-        change they are forgotten, and the last choice stands until the next probe."""
+        change they are forgotten, and the last choice stands until the next window."""
         if rows != self.rows:
-            self.rows, self.seconds = rows, {}
-        probe = self.steps % self.PROBE_EVERY
+            self.rows, self.seconds, self.probes = rows, {}, []
+            self.recent.clear()
+        if self.steps % self.PROBE_EVERY == 0:
+            self.probes = [c for c in self.counts if c != self.choice or c not in self.seconds]
         self.steps += 1
-        self.probing = probe < len(self.counts)
-        if self.probing:
-            return self.counts[probe]
-        if self.seconds:
-            self.choice = min(self.seconds, key=self.seconds.get)
-        return self.choice
+        self.probing = bool(self.probes)
+        return self.probes.pop(0) if self.probing else self.choice
 
     def record(self, count: int, seconds: float) -> None:
-        """A probe's time replaces the count's; the chosen count's steps keep a running average."""
-        before = self.seconds.get(count)
-        self.seconds[count] = seconds if before is None or self.probing else 0.7 * before + 0.3 * seconds
+        """A step's time: a probe's replaces its count's; the chosen count's steps keep their recent median. The
+        window's last probe chooses."""
+        if count == self.choice and not self.probing:
+            self.recent.append(seconds)
+            self.seconds[count] = statistics.median(self.recent)
+            return
+        self.seconds[count] = seconds
+        if self.probing and not self.probes:
+            choice = min(self.seconds, key=self.seconds.get)
+            if choice != self.choice:
+                self.choice = choice
+                self.recent.clear()
