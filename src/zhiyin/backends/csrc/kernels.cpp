@@ -41,6 +41,13 @@ constexpr int64_t CHUNK_ROWS = 64;  // weight rows that stay in cache while many
 // The fused step's products leave the last 1/POOL_PART of each thread's share of weight rows to a pool that the threads
 // take from in blocks of POOL_BLOCK rows (whole int4 blocks and AMX tiles) once their own part is done
 constexpr int64_t POOL_PART = 16, POOL_BLOCK = 32;
+// At most this many bytes of a thread's share of the next product asked for while it waits at a barrier
+constexpr int64_t AHEAD_BYTES = 256 << 10;
+
+// The bytes of one row of w's weights (as matvec reads them; int4's group scales, int8's row scales aside)
+inline int64_t weight_row_bytes(const Linear &w) {
+    return w.type == I4 ? int4_columns(w.k) / 2 : w.type == I8 ? w.k : w.type == BF16 ? 2 * w.k : 4 * w.k;
+}
 
 // The fused step's barrier. A thread that arrives first spins a little (the others are microseconds behind when the
 // machine is ours), then yields its CPU until they arrive: with another busy process on the machine a teammate may
@@ -48,7 +55,12 @@ constexpr int64_t POOL_PART = 16, POOL_BLOCK = 32;
 class Team {
   public:
     explicit Team(int threads) : threads_(threads) {}
-    void wait() {
+    // ahead: bytes this thread reads next, asked for into the L2 cache while it waits, a few lines a turn, from
+    // ahead.next on (which moves on past them) to ahead.end
+    struct Ahead {
+        const char *next = nullptr, *end = nullptr;
+    };
+    void wait(Ahead *ahead = nullptr) {
         if (threads_ == 1) return;
         const int generation = generation_.load(std::memory_order_acquire);
         if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
@@ -57,7 +69,10 @@ class Team {
             return;
         }
         for (int spin = 0; generation_.load(std::memory_order_acquire) == generation; spin++) {
-            if (spin < SPINS) {
+            if (ahead && ahead->next < ahead->end) {
+                for (int line = 0; line < AHEAD_LINES && ahead->next < ahead->end; line++, ahead->next += 64)
+                    __builtin_prefetch(ahead->next, 0, 2);
+            } else if (spin < SPINS) {
                 relax();
             } else {
                 sched_yield();
@@ -67,6 +82,7 @@ class Team {
 
   private:
     static constexpr int SPINS = 2000;  // tens of microseconds
+    static constexpr int AHEAD_LINES = 8;
     static void relax() {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
@@ -520,10 +536,18 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
     }
     input.reserve(M, D, s->lm_heads[0]);
     std::unique_ptr<Team> team;  // made inside the parallel region, which knows how many threads it got
-    // each product's count of the blocks taken from its pool (product, below): at most six a layer, then the LM heads
-    const int64_t products = s->layers * 6 + s->codebooks;
-    std::unique_ptr<std::atomic<int64_t>[]> taken(new std::atomic<int64_t>[products]);
-    for (int64_t i = 0; i < products; i++) taken[i].store(0, std::memory_order_relaxed);
+    // the products in the order the step runs them (at a barrier each thread asks for the start of its share of the
+    // next one's weights: Team::wait's ahead), and each one's count of the blocks taken from its pool (product, below)
+    std::vector<const Linear *> order;
+    for (int64_t i = 0; i < s->layers; i++) {
+        const Layer &L = s->layer[i];
+        order.insert(order.end(), {&L.qkv, &L.self_out});
+        if (L.cross_norm_weight) order.insert(order.end(), {&L.cross_q, &L.cross_out});
+        order.insert(order.end(), {&L.fc1, &L.fc2});
+    }
+    for (int64_t c = 0; c < s->codebooks; c++) order.push_back(&s->lm_heads[c]);
+    std::unique_ptr<std::atomic<int64_t>[]> taken(new std::atomic<int64_t>[order.size()]);
+    for (size_t i = 0; i < order.size(); i++) taken[i].store(0, std::memory_order_relaxed);
     const auto self_attend = s->cache_type == BF16 ? cache_and_attend<uint16_t>
                              : s->cache_type == I8 ? cache_and_attend<int8_t> : cache_and_attend<float>;
 
@@ -534,6 +558,21 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
         team = std::make_unique<Team>(threads);  // single ends in a barrier: every thread sees the team
         float *my_scores = scores.data() + thread * longest;
         Rows rows{};
+        int64_t calls = 0;  // the products this thread has started
+        Team::Ahead ahead;
+        int64_t ahead_of = -1;  // the product whose weights `ahead` holds
+        auto wait = [&] {
+            if (ahead_of != calls && calls < int64_t(order.size())) {
+                ahead_of = calls;
+                const Linear &w = *order[calls];
+                int64_t n0, n1;
+                share(w.n, thread, threads, n0, n1);
+                const int64_t row = weight_row_bytes(w);
+                ahead.next = w.tiles ? nullptr : static_cast<const char *>(w.weight) + n0 * row;
+                ahead.end = w.tiles ? nullptr : ahead.next + std::min((n1 - n0) * row, AHEAD_BYTES);
+            }
+            team->wait(&ahead);
+        };
         // rows of src [M, k] -> (layer-normed into dst if norm_weight) ready for w; split by rows, ends in a barrier
         auto prepare = [&](const float *src, int64_t k, const Linear &w, const float *norm_weight,
                            const float *norm_bias, float *dst) {
@@ -542,14 +581,13 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
                 if (norm_weight) layer_norm(src + m * k, norm_weight, norm_bias, s->eps, k, dst + m * k);
                 input.quantize(dst, m, k, w);
             }
-            team->wait();
+            wait();
             rows = input.rows(dst, M, w);
         };
         // y (+)= rows . W^T over W's rows: this thread's share but its tail, then blocks from the pool of every
         // share's tail, whichever thread is free first: a thread that runs late at this product leaves some of its
         // rows to the other (each row's numbers do not depend on who computes it or the rows beside it); then(n0, n1)
         // after each range this thread computed. Each product of the step has its pool (taken, counted by calls).
-        int64_t calls = 0;
         auto product = [&](const Linear &w, float *y, int64_t ldy, bool add, auto &&then) {
             std::atomic<int64_t> &pool = taken[calls++];
             const auto tail = [&](int t, int64_t &n0, int64_t &n1) {  // thread t's share and the start of its tail
@@ -587,13 +625,13 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
             const float *p = s->position_table + positions[m] * D;
             for (int64_t j = 0; j < D; j++) row[j] = row[j] * s->embed_scale + p[j];
         }
-        team->wait();
+        wait();
         for (int64_t i = 0; i < s->layers; i++) {
             const Layer &L = s->layer[i];
             // self-attention: this position's keys/values into the cache, then one query per row and head
             prepare(x.data(), D, L.qkv, L.self_norm_weight, L.self_norm_bias, h.data());
             product(L.qkv, qkv.data(), 3 * D, false, nothing);
-            team->wait();
+            wait();
             #pragma omp for schedule(static) nowait
             for (int64_t task = 0; task < M * H; task++) {
                 const int64_t m = task / H, head = task % H;
@@ -601,14 +639,14 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
                 self_attend(L, s->max_len, (s->first_row + m) * H + head, positions[m], dh, qh, kh, vh, my_scores,
                             attention.data() + m * D + head * dh);
             }
-            team->wait();
+            wait();
             prepare(attention.data(), D, L.self_out, nullptr, nullptr, attention.data());
             product(L.self_out, x.data(), D, true, nothing);  // + residual
-            team->wait();
+            wait();
             if (L.cross_norm_weight) {  // cross-attention over the text (its keys/values were computed once)
                 prepare(x.data(), D, L.cross_q, L.cross_norm_weight, L.cross_norm_bias, h.data());
                 product(L.cross_q, q.data(), D, false, nothing);
-                team->wait();
+                wait();
                 // heads dealt in turn: a row without text (guidance's null one, length 0) leaves every thread an
                 // equal share of the rows with text
                 #pragma omp for schedule(static, 1) nowait
@@ -619,10 +657,10 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
                            s->text_lengths[row], dh, s->text_mask + row * s->text_len, my_scores,
                            attention.data() + m * D + head * dh);
                 }
-                team->wait();
+                wait();
                 prepare(attention.data(), D, L.cross_out, nullptr, nullptr, attention.data());
                 product(L.cross_out, x.data(), D, true, nothing);
-                team->wait();
+                wait();
             }
             // feed-forward: each thread applies the activation to the fc1 outputs it computed itself (the ranges
             // `product` hands to `then`), so no barrier is needed between the two
@@ -639,10 +677,10 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
                     }
                 }
             });
-            team->wait();
+            wait();
             prepare(hidden.data(), F, L.fc2, nullptr, nullptr, hidden.data());
             product(L.fc2, x.data(), D, true, nothing);
-            team->wait();
+            wait();
         }
         prepare(x.data(), D, s->lm_heads[0], s->norm_weight, s->norm_bias, h.data());
         for (int64_t c = 0; c < s->codebooks; c++)
