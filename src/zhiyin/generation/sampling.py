@@ -73,7 +73,9 @@ def next_tokens(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
     return TokenChoice(settings, generator, logits.device)(logits)
 
 
-def _sampled(scores: Tensor, settings: SamplingSettings, top_p: float | None, generator: torch.Generator | None):
+def _sampled(
+    scores: Tensor, settings: SamplingSettings, top_p: float | None, generator: torch.Generator | None
+) -> Tensor:
     """TokenChoice on PyTorch's ops: scores [R, K, V] float32 -> tokens [B, K]."""
     guided = settings.uses_guidance
     B, K, V = scores.shape[0] // (2 if guided else 1), *scores.shape[1:]
