@@ -150,49 +150,60 @@ def test_published_widths(width, heads, ffn, quantize):
     )
 
 
+def run_thread_count(chooser, times, steps: int) -> list[int]:
+    """`steps` steps of a ThreadCount whose counts take times[count] seconds a step: the counts it ran."""
+    ran = []
+    for _ in range(steps):
+        ran.append(chooser.next())
+        chooser.record(ran[-1], times[ran[-1]])
+    return ran
+
+
 def test_thread_count_follows_the_fastest_recent_steps():
-    """Every PROBE_EVERY steps each other count runs one step (each count, the first time); the others run on the
-    count that was fastest (here the team is slow at first, as beside a busy process, then fast, as when that
-    process ends)."""
+    """At a window each other count runs one step (each count, the first time); the others run on the count that
+    was fastest (here the team is slow at first, as beside a busy process, then fast, as when that process ends)."""
     from zhiyin.backends.fused_step import ThreadCount
 
-    chooser, chosen = ThreadCount(4), []
+    chooser = ThreadCount(4)
     assert chooser.counts == [4, 2, 1]
-    for step in range(2 * ThreadCount.PROBE_EVERY):
-        count = chooser.next()
-        chosen.append(count)
-        slow_team = step < ThreadCount.PROBE_EVERY
-        chooser.record(count, {4: 3.0 if slow_team else 0.5, 2: 2.0 if slow_team else 0.8, 1: 1.0}[count])
-    assert chosen[:3] == [4, 2, 1] and set(chosen[3 : ThreadCount.PROBE_EVERY]) == {1}
-    probe = ThreadCount.PROBE_EVERY
-    assert chosen[probe : probe + 2] == [4, 2]  # the others than the chosen 1
-    assert set(chosen[probe + 2 :]) == {4}  # once 4 threads are fast again, after one probe in the new regime
-    assert [chooser.next(), chooser.next()] == [2, 1]  # (the next window's probes)
+    ran = run_thread_count(chooser, {4: 3.0, 2: 2.0, 1: 1.0}, 3 + ThreadCount.PROBE_EVERY)
+    assert ran[:3] == [4, 2, 1] and set(ran[3:]) == {1}
+    # the team fast again: on fewer threads than there are, the next window comes PROBE_EVERY steps after the last
+    ran = run_thread_count(chooser, {4: 0.5, 2: 0.8, 1: 1.0}, ThreadCount.PROBE_EVERY)
+    assert ran[:2] == [4, 2] and set(ran[2:]) == {4}  # the others than the chosen 1, then 4 threads
     assert chooser.next(rows=6) == 4 and chooser.next(rows=8) == 4  # other rows: the choice stands, no probe
     assert ThreadCount(1).counts == [1] and ThreadCount(2).counts == [2, 1]
 
 
-def test_thread_count_keeps_its_choice_through_one_slow_step():
-    """A probe is compared with the chosen count's recent median, not with one step of it: a slow step just before a
-    window (a page fault, a memory hiccup) does not hand the window to a count that is slower in truth."""
+def test_thread_count_probes_less_while_all_threads_win():
+    """On a machine of our own every probe of one thread is a slow step: while all the threads win by far, the
+    windows space out (each twice as far after the last, up to PROBE_AT_MOST), and close up once a window is close."""
     from zhiyin.backends.fused_step import ThreadCount
 
     chooser = ThreadCount(2)
-    chooser.record(chooser.next(), 7.0)  # the first window: each count probed
-    chooser.record(chooser.next(), 10.0)
+    ran = run_thread_count(chooser, {2: 7.0, 1: 10.0}, 3000)
+    probes = [i for i, count in enumerate(ran) if count == 1]
+    assert probes[:2] == [0 + 1, 2 + 128] and {b - a for a, b in zip(probes[2:], probes[3:])} == {513}
+    assert probes[2] - probes[1] == 257
+    ran = run_thread_count(chooser, {2: 7.0, 1: 8.0}, 1100)  # one thread about as fast: probed every 64 steps
+    probes = [i for i, count in enumerate(ran) if count == 1]
+    assert probes[0] <= 513 and {b - a for a, b in zip(probes, probes[1:])} == {1 + ThreadCount.PROBE_EVERY}
+
+
+def test_thread_count_keeps_its_choice_through_one_slow_step():
+    """A probe is compared with the chosen count's recent median, not with one step of it: a slow step just before a
+    window (a page fault, a memory hiccup) does not hand the window to a count that is slower in truth. A lasting
+    slowdown (a busy process) calls a window at once."""
+    from zhiyin.backends.fused_step import ThreadCount
+
+    chooser = ThreadCount(2)
+    run_thread_count(chooser, {2: 7.0, 1: 10.0}, 2)  # the first window: each count probed
     assert chooser.choice == 2
-    for step in range(2, ThreadCount.PROBE_EVERY):
-        assert chooser.next() == 2
-        chooser.record(2, 25.0 if step == ThreadCount.PROBE_EVERY - 1 else 7.0)  # the last one slow
-    assert chooser.next() == 1  # the window's probe
-    chooser.record(1, 10.0)
-    assert chooser.choice == 2 and chooser.next() == 2
-    # a competitor slows the team for good: the next window hands the steps to one thread
-    for _ in range(ThreadCount.PROBE_EVERY - 2):
-        chooser.record(chooser.next(), 30.0)
-    assert chooser.next() == 1
-    chooser.record(1, 11.0)
-    assert chooser.choice == 1 and chooser.next() == 1
+    run_thread_count(chooser, {2: 7.0}, chooser.window - chooser.steps - 1)
+    run_thread_count(chooser, {2: 25.0}, 1)  # the last step before the window slow
+    assert run_thread_count(chooser, {2: 7.0, 1: 10.0}, 2) == [1, 2] and chooser.choice == 2
+    ran = run_thread_count(chooser, {2: 30.0, 1: 11.0}, 12)  # a competitor slows the team for good
+    assert ran.index(1) <= ThreadCount.RECENT and chooser.choice == 1 and ran[-1] == 1
 
 
 def test_a_fused_steps_first_call_is_not_a_thread_probe():

@@ -229,43 +229,59 @@ class ThreadCount:
     """How many threads the next decoder step runs on: of the usable count, half of it and one, the one whose recent
     steps were fastest. On a machine of our own that is all of them; with another busy process, a team whose members
     wait for a CPU can be slower than one thread, and then fewer threads win (BENCHMARKS.md, "Beside a busy
-    process"). Every PROBE_EVERY steps each other count runs one step, and the window's choice is the fastest of those
-    probes and the chosen count's own recent steps (the median of its last RECENT: one slow step of it, a page fault
-    or the machine's memory changing speed, does not hand a window to a count that is slower in truth; BENCHMARKS.md,
-    session 25). A count without a time yet (the first window, new rows) is probed too. The step's numbers do not
-    depend on the count, so switching never changes the music."""
+    process"). At each window each other count runs one step, and the window's choice is the fastest of those probes
+    and the chosen count's own recent steps (the median of its last RECENT: one slow step of it, a page fault or the
+    machine's memory changing speed, does not hand a window to a count that is slower in truth). Windows come every
+    PROBE_EVERY steps; while all the threads win by FAR, twice as far apart each time, up to PROBE_AT_MOST (each probe
+    of one thread costs a slow step); and at once when the chosen count's median grows FAR above its time at the last
+    window (a busy process has come). A count without a time yet (the first window, new rows) is probed too
+    (BENCHMARKS.md, session 25). The step's numbers do not depend on the count, so switching never changes the music."""
 
-    PROBE_EVERY = 64
+    PROBE_EVERY, PROBE_AT_MOST = 64, 512
     RECENT = 8
+    FAR = 1.25
 
     def __init__(self, most: int):
         self.counts = sorted({most, max(1, most // 2), 1}, reverse=True)
         self.seconds: dict[int, float] = {}  # each count's time at `rows` rows: a probe's, the chosen's recent median
         self.recent: deque[float] = deque(maxlen=self.RECENT)  # the chosen count's last steps
         self.steps, self.probes, self.probing, self.rows, self.choice = 0, [], False, None, most
+        self.window, self.every, self.settled = 0, self.PROBE_EVERY, None  # the next window's step, the spacing, and
+        # the chosen count's time at the last window
 
     def next(self, rows: int = 0) -> int:
         """The count for a step of `rows` rows. Times of steps of other row counts do not compare: when the rows
         change they are forgotten, and the last choice stands until the next window."""
         if rows != self.rows:
-            self.rows, self.seconds, self.probes = rows, {}, []
+            self.rows, self.seconds, self.probes, self.settled = rows, {}, [], None
             self.recent.clear()
-        if self.steps % self.PROBE_EVERY == 0:
+        if self.steps >= self.window:
             self.probes = [c for c in self.counts if c != self.choice or c not in self.seconds]
+            self.window = self.steps + self.every
         self.steps += 1
         self.probing = bool(self.probes)
         return self.probes.pop(0) if self.probing else self.choice
 
     def record(self, count: int, seconds: float) -> None:
         """A step's time: a probe's replaces its count's; the chosen count's steps keep their recent median. The
-        window's last probe chooses."""
+        window's last probe chooses, and sets when the next window comes."""
         if count == self.choice and not self.probing:
             self.recent.append(seconds)
             self.seconds[count] = statistics.median(self.recent)
+            full = len(self.recent) == self.RECENT
+            if self.settled is not None and full and self.seconds[count] > self.FAR * self.settled:
+                self.window, self.every = self.steps, self.PROBE_EVERY  # slower for good: a window now
             return
         self.seconds[count] = seconds
-        if self.probing and not self.probes:
-            choice = min(self.seconds, key=self.seconds.get)
-            if choice != self.choice:
-                self.choice = choice
-                self.recent.clear()
+        if not (self.probing and not self.probes):
+            return
+        choice = min(self.seconds, key=self.seconds.get)
+        far = all(t > self.FAR * self.seconds[choice] for c, t in self.seconds.items() if c != choice)
+        if choice == self.choice == self.counts[0] and far:
+            self.every = min(2 * self.every, self.PROBE_AT_MOST)
+        else:
+            self.every = self.PROBE_EVERY  # (fewer threads than there are: soon see whether the others are back)
+        if choice != self.choice:
+            self.choice = choice
+            self.recent.clear()
+        self.settled, self.window = self.seconds[choice], self.steps + self.every
