@@ -59,8 +59,15 @@ constexpr int MAX_ROWS = 8;
 // (locality 2), not L1: a core has few L1 misses in flight, and 4 KB of requests held there capped one core's stream
 // at ~15 GB/s on Zen 4 (BENCHMARKS.md, "Huge pages and prefetching into L2"). 8 KB ahead rather than 4: where memory
 // answers at ~50 GB/s, 4 KB in flight held the bfloat16 and int4 products to ~40 and ~38 GB/s (8 KB: ~50, ~45), and
-// where it answers at ~30 both keep up (BENCHMARKS.md, "Two memory speeds").
+// where it answers at ~30 both keep up (BENCHMARKS.md, "Two memory speeds"). Built for AVX-512, 6 KB: its loops
+// take a 64-byte line a load, and 6 KB ahead left Zen 4's fused step 2-4 % faster than 8 KB in both memory speeds
+// (int4, int8, float32; bfloat16 the same), where AVX2's builds were as fast or faster at 8 KB (BENCHMARKS.md,
+// "Asked-for bytes 6 KB ahead").
+#if defined(__AVX512F__)
+constexpr int PREFETCH_BYTES = 6144;
+#else
 constexpr int PREFETCH_BYTES = 8192;
+#endif
 inline void prefetch(const void *p) { __builtin_prefetch(static_cast<const char *>(p) + PREFETCH_BYTES, 0, 2); }
 #if (defined(__AVX512VNNI__) && defined(__AVX512BW__)) || defined(__AVX2__) || defined(__aarch64__)
 #define ZHIYIN_INT16 1
