@@ -59,10 +59,10 @@ constexpr int MAX_ROWS = 8;
 // (locality 2), not L1: a core has few L1 misses in flight, and 4 KB of requests held there capped one core's stream
 // at ~15 GB/s on Zen 4 (BENCHMARKS.md, "Huge pages and prefetching into L2"). 8 KB ahead rather than 4: where memory
 // answers at ~50 GB/s, 4 KB in flight held the bfloat16 and int4 products to ~40 and ~38 GB/s (8 KB: ~50, ~45), and
-// where it answers at ~30 both keep up (BENCHMARKS.md, "Two memory speeds"). Built for AVX-512, 6 KB: its loops
-// take a 64-byte line a load, and 6 KB ahead left Zen 4's fused step 2-4 % faster than 8 KB in both memory speeds
-// (int4, int8, float32; bfloat16 the same), where AVX2's builds were as fast or faster at 8 KB (BENCHMARKS.md,
-// "Asked-for bytes 6 KB ahead").
+// where it answers at ~30 both keep up (BENCHMARKS.md, "Two memory speeds"). Built for AVX-512, 6 KB: on Zen 4 the
+// int4 products ran ~5 % faster than at 8 KB where memory answered at ~30 GB/s and ~3 % where at ~45, and the fused
+// step 2-4 % (int4, int8, float32; bfloat16 the same), where AVX2's builds were as fast or faster at 8 KB
+// (BENCHMARKS.md, "Weights asked for 6 KB ahead").
 #if defined(__AVX512F__)
 constexpr int PREFETCH_BYTES = 6144;
 #else
