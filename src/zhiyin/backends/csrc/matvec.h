@@ -363,9 +363,9 @@ inline void int16_dots(const int16_t *xq, const int8_t *row, int64_t K, int64_t 
 // columns, quantize_int4's limit) stay within int32. Every CPU computes these exact sums: the same numbers.
 
 // int4_block<M>: one block of R <= 16 weight rows (bytes, group scales) against M rows of xb (kp apart, their
-// offsets G apart) -> sums[j * M + m]; the plain C++ for any R, and for blocks of 16 on the vector units below
+// offsets G apart) -> sums[m * 16 + j]; the plain C++ for any R, and for blocks of 16 on the vector units below
 inline void int4_block_plain(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
-                             const int8_t *scales, int R, int M, int64_t *sums) {
+                             const int8_t *scales, int R, int M, int32_t *sums) {
     const int64_t G = kp / INT4_GROUP;
     for (int j = 0; j < R; j++)
         for (int m = 0; m < M; m++) {
@@ -380,7 +380,7 @@ inline void int4_block_plain(const int8_t *xb, const int32_t *offsets, int64_t k
                     }
                 sum += group * scales[g * R + j];
             }
-            sums[j * M + m] = sum;
+            sums[m * INT4_ROWS + j] = int32_t(sum);
         }
 }
 
@@ -395,7 +395,7 @@ inline int32_t four_bytes(const int8_t *p) {  // 4 activation bytes as one int32
 constexpr int INT4_PASS_ROWS = 8;
 template <int M>
 inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
-                       const int8_t *scales, int64_t *sums) {
+                       const int8_t *scales, int32_t *sums) {
     const int64_t G = kp / INT4_GROUP;
     const __m512i nibble = _mm512_set1_epi8(15), high_nibble = _mm512_set1_epi8(char(0xf0));
     __m512i acc[M];
@@ -421,11 +421,7 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
             acc[m] = _mm512_add_epi32(acc[m], _mm512_mullo_epi32(group, scale));
         }
     }
-    alignas(64) int32_t lanes[16];
-    for (int m = 0; m < M; m++) {
-        _mm512_store_si512(lanes, acc[m]);
-        for (int j = 0; j < 16; j++) sums[j * M + m] = lanes[j];
-    }
+    for (int m = 0; m < M; m++) _mm512_storeu_si512(sums + m * INT4_ROWS, acc[m]);
 }
 #elif defined(__AVX2__)
 // vpmaddubsw: pairs of (value + 8) * xb summed into int16 (at most 2 x 15 x 127), eight of them added per group to the
@@ -437,7 +433,7 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
 constexpr int INT4_PASS_ROWS = 2;
 template <int M>
 inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
-                       const int8_t *scales, int64_t *sums) {
+                       const int8_t *scales, int32_t *sums) {
     const int64_t G = kp / INT4_GROUP;
     const __m256i nibble = _mm256_set1_epi8(15);
     const __m128i doubled = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
@@ -471,12 +467,8 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
             for (int m = 0; m < M; m++) acc[h][m] = _mm256_add_epi32(acc[h][m], _mm256_madd_epi16(lanes[h][m], scale));
         }
     }
-    alignas(32) int32_t out[8];
     for (int h = 0; h < 2; h++)
-        for (int m = 0; m < M; m++) {
-            _mm256_store_si256((__m256i *)out, acc[h][m]);
-            for (int j = 0; j < 8; j++) sums[(8 * h + j) * M + m] = out[j];
-        }
+        for (int m = 0; m < M; m++) _mm256_storeu_si256((__m256i *)(sums + m * INT4_ROWS + 8 * h), acc[h][m]);
 }
 #elif defined(__aarch64__)
 // smlal on bytes: (value + 8) * xb into int16 (eight products a lane, 15240 at most), then pairwise into int32;
@@ -485,7 +477,7 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
 constexpr int INT4_PASS_ROWS = 4;
 template <int M>
 inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
-                       const int8_t *scales, int64_t *sums) {
+                       const int8_t *scales, int32_t *sums) {
     const int64_t G = kp / INT4_GROUP;
     const uint8x16_t nibble = vdupq_n_u8(15);
     int32x4_t acc[4][M];
@@ -516,24 +508,40 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
             }
         }
     }
-    int32_t lanes[4];
     for (int q = 0; q < 4; q++)
-        for (int m = 0; m < M; m++) {
-            vst1q_s32(lanes, acc[q][m]);
-            for (int j = 0; j < 4; j++) sums[(4 * q + j) * M + m] = lanes[j];
-        }
+        for (int m = 0; m < M; m++) vst1q_s32(sums + m * INT4_ROWS + 4 * q, acc[q][m]);
 }
 #else
 #define ZHIYIN_INT4_BLOCKS 0
 constexpr int INT4_PASS_ROWS = 8;
 #endif
 
+// y[n] (+)= sum x scale[n] x xscale for the rows n0..n1-1 of a block that starts at `first` (sums [16], its rows'):
+// a whole block a vector at a time, each product rounded to a float before it is added (as `rounded` does)
+inline void finish_int4_block(const int32_t *sums, const float *scale, float xscale, int64_t first, int64_t n0,
+                              int64_t n1, float *y, bool add) {
+    if (n0 == first && n1 == first + INT4_ROWS && INT4_ROWS % LANES == 0) {
+        for (int j = 0; j < INT4_ROWS; j += LANES) {
+            vi32 integers;
+            std::memcpy(&integers, sums + j, sizeof integers);
+            volatile vf32 kept = __builtin_convertvector(integers, vf32) * (load(scale + first + j) * xscale);
+            const vf32 value = kept;
+            store(y + first + j, add ? load(y + first + j) + value : value);
+        }
+        return;
+    }
+    for (int64_t n = n0; n < n1; n++) {
+        const float value = rounded(float(sums[n - first]) * (scale[n] * xscale));
+        y[n] = add ? y[n] + value : value;
+    }
+}
+
 // Weight rows [n0, n1) against all rows of r: block by block (16 rows), the activation rows INT4_PASS_ROWS at a
 // time (registers); a block the range cuts is computed whole and only the range's rows written
 inline void int4_range(const Linear &w, const Rows &r, float *y, int64_t ldy, bool add, int64_t n0, int64_t n1) {
     const int64_t kp = int4_columns(w.k), G = kp / INT4_GROUP;
     const uint8_t *weight = (const uint8_t *)w.weight;
-    int64_t sums[INT4_ROWS * INT4_PASS_ROWS];
+    int32_t sums[INT4_ROWS * INT4_PASS_ROWS];
     for (int64_t first = n0 / INT4_ROWS * INT4_ROWS; first < n1; first += INT4_ROWS) {
         const int R = int(std::min<int64_t>(INT4_ROWS, w.n - first));
         const uint8_t *bytes = weight + first * (kp / 2);
@@ -557,13 +565,9 @@ inline void int4_range(const Linear &w, const Rows &r, float *y, int64_t ldy, bo
             } else
 #endif
                 int4_block_plain(xb, offsets, kp, bytes, scales, R, M, sums);
-            for (int64_t n = std::max(n0, first); n < std::min(n1, first + R); n++)
-                for (int m = 0; m < M; m++) {
-                    float *out = y + (i + m) * ldy + n;
-                    const float value =
-                        rounded(float(sums[(n - first) * M + m]) * (w.scale[n] * r.xscale[i + m]));
-                    *out = add ? *out + value : value;
-                }
+            for (int m = 0; m < M; m++)
+                finish_int4_block(sums + m * INT4_ROWS, w.scale, r.xscale[i + m], first, std::max(n0, first),
+                                  std::min(n1, first + R), y + (i + m) * ldy, add);
         }
     }
 }
