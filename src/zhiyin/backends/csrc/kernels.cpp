@@ -151,9 +151,9 @@ template <typename T>
 float dot(const float *q, const T *k, int64_t n) {
     vf32 acc = {};
     int64_t j = 0;
-    for (; j + LANES <= n; j += LANES) acc += load(q + j) * load(k + j);
+    for (; j + LANES <= n; j += LANES) acc = multiply_add(load(q + j), load(k + j), acc);
     float s = hsum(acc);
-    for (; j < n; j++) s += q[j] * one(k + j);
+    for (; j < n; j++) s = multiply_add(q[j], one(k + j), s);
     return s;
 }
 
@@ -164,14 +164,22 @@ void store_vector(const float *x, int64_t n, uint16_t *to, float *) {
     for (int64_t j = 0; j < n; j++) to[j] = to_bf16(x[j]);
 }
 void store_vector(const float *x, int64_t n, int8_t *to, float *scale) {
-    float top = 0.f;
-    for (int64_t j = 0; j < n; j++) top = std::max(top, std::fabs(x[j]));
+    const float top = largest_magnitude(x, n);
     const float s = std::max(top / 127.f, 1e-12f);
     for (int64_t j = 0; j < n; j++) to[j] = int8_t(std::min(127.f, std::max(-127.f, std::nearbyint(x[j] / s))));
     *scale = s;
 }
 
-constexpr int64_t KV_AHEAD = 16;  // positions
+// Attention reads a KV cache that the step's weights pushed out of the CPU's caches, a short run of rows per query:
+// it asks for them ahead, into the L2 cache (as the products do: into L1, the requests in flight capped a core's
+// stream, BENCHMARKS.md, "Attention's reads"). While it reads a query's keys it asks for those KV_AHEAD positions
+// on and for the values, which it reads next.
+constexpr int64_t KV_AHEAD = 32;  // positions
+
+template <typename T>
+inline void ask_for(const T *row, int64_t n) {  // n elements into the cache, a line at a time (a hint: never faults)
+    for (int64_t b = 0; b < n * int64_t(sizeof(T)); b += 64) __builtin_prefetch((const char *)row + b, 0, 2);
+}
 
 // out [V * LANES] = sum over t of p_t * values[t] (p_t = scores[t] x the value's scale), the sums held in registers
 // (in memory, each position's adds waited for the last one's stores), added in the same order: the same numbers
@@ -186,29 +194,40 @@ inline void weighted_values(const float *scores, const T *values, const float *v
     for (int i = 0; i < V; i++) store(out + i * LANES, acc[i]);
 }
 
-template <typename T>
-inline void ask_for(const T *row, int64_t n) {  // n elements into the cache, a line at a time (a hint: never faults)
-    for (int64_t b = 0; b < n * int64_t(sizeof(T)); b += 64) __builtin_prefetch((const char *)row + b);
-}
-
-// One query q [dh] against keys/values [length, dh] (float32, bfloat16, or int8 with a scale per position):
-// softmax(q k^T / sqrt(dh) + mask) v -> out [dh]; length 0: zeros (a text whose values are all zeros)
-template <typename T>
-void attend(const float *q, const T *keys, const float *key_scales, const T *values, const float *value_scales,
-            int64_t length, int64_t dh, const float *mask, float *scores, float *out) {
-    if (length == 0) return std::fill(out, out + dh, 0.f);
-    const float scale = 1.f / std::sqrt(float(dh));
+// q . keys[l] for l in [0, length) -> scores[l], scaled (by `scale`, and int8's scale per position) and masked,
+// keys [length, dh]; returns the largest. V: dh as V whole vectors, known when compiled (a key's products added as
+// `dot` adds them: the same numbers); 0: any dh.
+template <int V, typename T>
+float key_scores(const float *q, const T *keys, const float *key_scales, const T *values, int64_t length, int64_t dh,
+                 float scale, const float *mask, float *scores) {
+    const int64_t row = V > 0 ? V * LANES : dh;  // (a constant where it can be: a request a line, no loop)
+    for (int64_t l = 0; l < std::min(length, KV_AHEAD); l++) ask_for(keys + l * dh, row);
     float top = -std::numeric_limits<float>::infinity();
-    for (int64_t l = 0; l < std::min(length, KV_AHEAD); l++) ask_for(keys + l * dh, dh);
     for (int64_t l = 0; l < length; l++) {
-        // the cache's rows were pushed out of the CPU's caches by the step's weights: the keys a few positions ahead
-        // and the values (read next) asked for now, or each short run of rows waits on memory for its first ones
-        ask_for(keys + (l + KV_AHEAD) * dh, dh);
-        ask_for(values + l * dh, dh);
-        float s = dot(q, keys + l * dh, dh) * (key_scales ? key_scales[l] * scale : scale) + (mask ? mask[l] : 0.f);
+        ask_for(keys + (l + KV_AHEAD) * dh, row);
+        ask_for(values + l * dh, row);
+        float sum;
+        if constexpr (V > 0) {
+            vf32 acc = {};
+            for (int j = 0; j < V; j++) acc = multiply_add(load(q + j * LANES), load(keys + l * dh + j * LANES), acc);
+            sum = hsum(acc);
+        } else {
+            sum = dot(q, keys + l * dh, dh);
+        }
+        const float s = multiply_add(sum, key_scales ? key_scales[l] * scale : scale, mask ? mask[l] : 0.f);
         scores[l] = s;
         top = std::max(top, s);
     }
+    return top;
+}
+
+// One query q [dh] against keys/values [length, dh] (float32, bfloat16, or int8 with a scale per position):
+// softmax(q k^T / sqrt(dh) + mask) v -> out [dh]; length 0: zeros (a text whose values are all zeros). V: dh as V
+// whole vectors, known when compiled (the published models' 64); 0: any dh.
+template <int V, typename T>
+void attend_width(const float *q, const T *keys, const float *key_scales, const T *values, const float *value_scales,
+                  int64_t length, int64_t dh, const float *mask, float *scores, float *out) {
+    const float top = key_scores<V>(q, keys, key_scales, values, length, dh, 1.f / std::sqrt(float(dh)), mask, scores);
     vf32 total = {};
     int64_t l = 0;
     for (; l + LANES <= length; l += LANES) {
@@ -222,10 +241,9 @@ void attend(const float *q, const T *keys, const float *key_scales, const T *val
         scores[l] = e[0];
         sum += e[0];
     }
-    switch (dh == 4 * LANES ? 4 : dh == 8 * LANES ? 8 : 0) {  // the published models' 64
-    case 4: weighted_values<4>(scores, values, value_scales, length, out); break;
-    case 8: weighted_values<8>(scores, values, value_scales, length, out); break;
-    default:
+    if constexpr (V > 0) {
+        weighted_values<V>(scores, values, value_scales, length, out);
+    } else {
         std::fill(out, out + dh, 0.f);
         for (int64_t t = 0; t < length; t++) {
             const float p = value_scales ? scores[t] * value_scales[t] : scores[t];
@@ -237,6 +255,17 @@ void attend(const float *q, const T *keys, const float *key_scales, const T *val
     }
     const float inverse = 1.f / sum;
     for (int64_t j = 0; j < dh; j++) out[j] *= inverse;
+}
+
+template <typename T>
+void attend(const float *q, const T *keys, const float *key_scales, const T *values, const float *value_scales,
+            int64_t length, int64_t dh, const float *mask, float *scores, float *out) {
+    if (length == 0) return std::fill(out, out + dh, 0.f);
+    switch (dh == 4 * LANES ? 4 : dh == 8 * LANES ? 8 : 0) {
+    case 4: return attend_width<4>(q, keys, key_scales, values, value_scales, length, dh, mask, scores, out);
+    case 8: return attend_width<8>(q, keys, key_scales, values, value_scales, length, dh, mask, scores, out);
+    default: return attend_width<0>(q, keys, key_scales, values, value_scales, length, dh, mask, scores, out);
+    }
 }
 
 // Guided scores of one codebook's row: uncond + (cond - uncond) * guidance, rounded as PyTorch's three float ops are
