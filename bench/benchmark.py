@@ -14,7 +14,8 @@ divided by the read bandwidth measured in the same process just before its decod
 drifts from minute to minute): at the best of 10 reads, and at their median (a VM's best can be a burst that no
 longer read sustains); and the step over its floor with the step timed five more times, each between two reads
 (the median of the five ratios: this VM's memory switches between two speeds within seconds). Timings are the best
-of 3. transformers is optional: without it, zhiyin's rows alone.
+of 3; EnCodec's of 5 (its 5 s decodes moved by 10-25 % from one to the next in a slow spell of this VM).
+transformers is optional: without it, zhiyin's rows alone.
 On a GPU (--device cuda) every timing waits for the GPU to finish, the bandwidth is the GPU memory's, and the peak
 memory is the GPU's (torch.cuda.max_memory_allocated) beside the process's RSS.
 """
@@ -180,7 +181,7 @@ def worker(mode: str, folder: Path, steps: int, e2e_seconds: float, device: str)
             return model.audio_encoder.decode(codes[None], [None])
 
         run()
-        result["encodec_ms_per_s"] = timed(run, repeat=2) * 1e3 / 5
+        result["encodec_ms_per_s"] = timed(run, repeat=5) * 1e3 / 5
 
         frames = round(e2e_seconds * frame_rate)
         kwargs = dict(
