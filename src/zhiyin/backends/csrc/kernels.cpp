@@ -173,7 +173,8 @@ void store_vector(const float *x, int64_t n, int8_t *to, float *scale) {
 // Attention reads a KV cache that the step's weights pushed out of the CPU's caches, a short run of rows per query:
 // it asks for them ahead, into the L2 cache (as the products do: into L1, the requests in flight capped a core's
 // stream, BENCHMARKS.md, "Attention's reads"). While it reads a query's keys it asks for those KV_AHEAD positions
-// on and for the values, which it reads next.
+// on and for the values, which it reads next; while it reads the values, for the keys of the query that comes next
+// (NextKeys), so that the memory is busy in both passes.
 constexpr int64_t KV_AHEAD = 32;  // positions
 
 template <typename T>
@@ -181,16 +182,25 @@ inline void ask_for(const T *row, int64_t n) {  // n elements into the cache, a 
     for (int64_t b = 0; b < n * int64_t(sizeof(T)); b += 64) __builtin_prefetch((const char *)row + b, 0, 2);
 }
 
+// The keys [length, dh] of the query a thread attends with next (none: null)
+template <typename T>
+struct NextKeys {
+    const T *keys = nullptr;
+    int64_t length = 0;
+};
+
 // out [V * LANES] = sum over t of p_t * values[t] (p_t = scores[t] x the value's scale), the sums held in registers
 // (in memory, each position's adds waited for the last one's stores), added in the same order: the same numbers
 template <int V, typename T>
 inline void weighted_values(const float *scores, const T *values, const float *value_scales, int64_t length,
-                            float *out) {
+                            const NextKeys<T> &next, float *out) {
     vf32 acc[V] = {};
     for (int64_t t = 0; t < length; t++) {
+        if (t < next.length) ask_for(next.keys + t * V * LANES, V * LANES);
         const float p = value_scales ? scores[t] * value_scales[t] : scores[t];
         for (int i = 0; i < V; i++) acc[i] += p * load(values + t * V * LANES + i * LANES);
     }
+    for (int64_t t = length; t < next.length; t++) ask_for(next.keys + t * V * LANES, V * LANES);
     for (int i = 0; i < V; i++) store(out + i * LANES, acc[i]);
 }
 
@@ -222,11 +232,12 @@ float key_scores(const float *q, const T *keys, const float *key_scales, const T
 }
 
 // One query q [dh] against keys/values [length, dh] (float32, bfloat16, or int8 with a scale per position):
-// softmax(q k^T / sqrt(dh) + mask) v -> out [dh]; length 0: zeros (a text whose values are all zeros). V: dh as V
-// whole vectors, known when compiled (the published models' 64); 0: any dh.
+// softmax(q k^T / sqrt(dh) + mask) v -> out [dh]; length 0: zeros (a text whose values are all zeros); next: the
+// keys this thread reads after these, asked for meanwhile. V: dh as V whole vectors, known when compiled (the
+// published models' 64); 0: any dh.
 template <int V, typename T>
 void attend_width(const float *q, const T *keys, const float *key_scales, const T *values, const float *value_scales,
-                  int64_t length, int64_t dh, const float *mask, float *scores, float *out) {
+                  int64_t length, int64_t dh, const float *mask, const NextKeys<T> &next, float *scores, float *out) {
     const float top = key_scores<V>(q, keys, key_scales, values, length, dh, 1.f / std::sqrt(float(dh)), mask, scores);
     vf32 total = {};
     int64_t l = 0;
@@ -242,8 +253,9 @@ void attend_width(const float *q, const T *keys, const float *key_scales, const 
         sum += e[0];
     }
     if constexpr (V > 0) {
-        weighted_values<V>(scores, values, value_scales, length, out);
+        weighted_values<V>(scores, values, value_scales, length, next, out);
     } else {
+        for (int64_t t = 0; t < next.length; t++) ask_for(next.keys + t * dh, dh);
         std::fill(out, out + dh, 0.f);
         for (int64_t t = 0; t < length; t++) {
             const float p = value_scales ? scores[t] * value_scales[t] : scores[t];
@@ -259,12 +271,12 @@ void attend_width(const float *q, const T *keys, const float *key_scales, const 
 
 template <typename T>
 void attend(const float *q, const T *keys, const float *key_scales, const T *values, const float *value_scales,
-            int64_t length, int64_t dh, const float *mask, float *scores, float *out) {
+            int64_t length, int64_t dh, const float *mask, const NextKeys<T> &next, float *scores, float *out) {
     if (length == 0) return std::fill(out, out + dh, 0.f);
     switch (dh == 4 * LANES ? 4 : dh == 8 * LANES ? 8 : 0) {
-    case 4: return attend_width<4>(q, keys, key_scales, values, value_scales, length, dh, mask, scores, out);
-    case 8: return attend_width<8>(q, keys, key_scales, values, value_scales, length, dh, mask, scores, out);
-    default: return attend_width<0>(q, keys, key_scales, values, value_scales, length, dh, mask, scores, out);
+    case 4: return attend_width<4>(q, keys, key_scales, values, value_scales, length, dh, mask, next, scores, out);
+    case 8: return attend_width<8>(q, keys, key_scales, values, value_scales, length, dh, mask, next, scores, out);
+    default: return attend_width<0>(q, keys, key_scales, values, value_scales, length, dh, mask, next, scores, out);
     }
 }
 
@@ -441,16 +453,19 @@ struct Step {
 
 // One row and head of self-attention at `position`: its key k and value v [dh] into the layer's cache at `slot`
 // (row * heads + head: keys/values [max_len, dh], for int8 their scales [max_len]), then its query q over the
-// positions 0..position of that slot.
+// positions 0..position of that slot; next_slot, next_length: the slot and length this thread attends over next (-1:
+// none).
 template <typename T>
 void cache_and_attend(const Layer &L, int64_t max_len, int64_t slot, int64_t position, int64_t dh, const float *q,
-                      const float *k, const float *v, float *scores, float *out) {
+                      const float *k, const float *v, int64_t next_slot, int64_t next_length, float *scores, float *out) {
     T *keys = static_cast<T *>(L.cache_k) + slot * max_len * dh, *values = static_cast<T *>(L.cache_v) + slot * max_len * dh;
     float *k_scales = L.cache_k_scale ? L.cache_k_scale + slot * max_len : nullptr;
     float *v_scales = L.cache_v_scale ? L.cache_v_scale + slot * max_len : nullptr;
     store_vector(k, dh, keys + position * dh, k_scales ? k_scales + position : nullptr);
     store_vector(v, dh, values + position * dh, v_scales ? v_scales + position : nullptr);
-    attend(q, keys, k_scales, values, v_scales, position + 1, dh, nullptr, scores, out);
+    NextKeys<T> next;
+    if (next_slot >= 0) next = {static_cast<const T *>(L.cache_k) + next_slot * max_len * dh, next_length};
+    attend(q, keys, k_scales, values, v_scales, position + 1, dh, nullptr, next, scores, out);
 }
 
 extern "C" {
@@ -661,12 +676,16 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
             prepare(x.data(), D, L.qkv, L.self_norm_weight, L.self_norm_bias, h.data());
             product(L.qkv, qkv.data(), 3 * D, false, nothing);
             wait();
-            #pragma omp for schedule(static) nowait
-            for (int64_t task = 0; task < M * H; task++) {
-                const int64_t m = task / H, head = task % H;
-                const float *qh = qkv.data() + m * 3 * D + head * dh, *kh = qh + D, *vh = qh + 2 * D;
-                self_attend(L, s->max_len, (s->first_row + m) * H + head, positions[m], dh, qh, kh, vh, my_scores,
-                            attention.data() + m * D + head * dh);
+            {  // this thread's run of the (row, head) queries, each asking for the next one's keys as it ends
+                const int64_t first = M * H * thread / threads, end = M * H * (thread + 1) / threads;
+                for (int64_t task = first; task < end; task++) {
+                    const int64_t m = task / H, head = task % H, next = task + 1;
+                    const float *qh = qkv.data() + m * 3 * D + head * dh, *kh = qh + D, *vh = qh + 2 * D;
+                    self_attend(L, s->max_len, (s->first_row + m) * H + head, positions[m], dh, qh, kh, vh,
+                                next < end ? (s->first_row + next / H) * H + next % H : -1,
+                                next < end ? positions[next / H] + 1 : 0, my_scores,
+                                attention.data() + m * D + head * dh);
+                }
             }
             wait();
             prepare(attention.data(), D, L.self_out, nullptr, nullptr, attention.data());
@@ -678,13 +697,17 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
                 wait();
                 // heads dealt in turn: a row without text (guidance's null one, length 0) leaves every thread an
                 // equal share of the rows with text
-                #pragma omp for schedule(static, 1) nowait
-                for (int64_t task = 0; task < M * H; task++) {
+                const auto text_keys = [&](int64_t task) {  // a (row, head) query's text keys (none past the last)
+                    if (task >= M * H) return NextKeys<float>{};
+                    const int64_t row = s->first_row + task / H;
+                    return NextKeys<float>{L.text_k + (row * H + task % H) * s->text_len * dh, s->text_lengths[row]};
+                };
+                for (int64_t task = thread; task < M * H; task += threads) {
                     const int64_t m = task / H, head = task % H, row = s->first_row + m;
                     const int64_t base = (row * H + head) * s->text_len * dh;
                     attend(q.data() + m * D + head * dh, L.text_k + base, nullptr, L.text_v + base, nullptr,
-                           s->text_lengths[row], dh, s->text_mask + row * s->text_len, my_scores,
-                           attention.data() + m * D + head * dh);
+                           s->text_lengths[row], dh, s->text_mask + row * s->text_len, text_keys(task + threads),
+                           my_scores, attention.data() + m * D + head * dh);
                 }
                 wait();
                 prepare(attention.data(), D, L.cross_out, nullptr, nullptr, attention.data());
