@@ -431,6 +431,10 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
 // runs one at a time and two activation rows a pass, so that every sum stays in one of AVX2's 16 registers.
 #define ZHIYIN_INT4_BLOCKS 1
 constexpr int INT4_PASS_ROWS = 2;
+// v held in a register at this point: left to itself GCC reorders the block's chains of integer adds into trees
+// whose partial sums no longer fit in AVX2's 16 registers (~60 of them went through the stack in every group, and
+// the products ran at half the speed from cache: BENCHMARKS.md, "Attention's reads")
+inline void in_register(__m256i &v) { asm("" : "+x"(v)); }
 template <int M>
 inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
                        const int8_t *scales, int32_t *sums) {
@@ -457,6 +461,7 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
                 for (int h = 0; h < 2; h++) {
                     lanes[h][m] = _mm256_add_epi16(lanes[h][m], _mm256_maddubs_epi16(low[h], first));
                     lanes[h][m] = _mm256_add_epi16(lanes[h][m], _mm256_maddubs_epi16(high[h], second));
+                    in_register(lanes[h][m]);
                 }
             }
         }
