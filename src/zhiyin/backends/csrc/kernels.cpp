@@ -190,7 +190,8 @@ struct NextKeys {
 };
 
 // out [V * LANES] = sum over t of p_t * values[t] (p_t = scores[t] x the value's scale), the sums held in registers
-// (in memory, each position's adds waited for the last one's stores), added in the same order: the same numbers
+// (in memory, each position's adds waited for the last one's stores), added in the same order: the same numbers;
+// meanwhile next's keys asked for, a row a position
 template <int V, typename T>
 inline void weighted_values(const float *scores, const T *values, const float *value_scales, int64_t length,
                             const NextKeys<T> &next, float *out) {
@@ -205,8 +206,8 @@ inline void weighted_values(const float *scores, const T *values, const float *v
 }
 
 // q . keys[l] for l in [0, length) -> scores[l], scaled (by `scale`, and int8's scale per position) and masked,
-// keys [length, dh]; returns the largest. V: dh as V whole vectors, known when compiled (a key's products added as
-// `dot` adds them: the same numbers); 0: any dh.
+// keys [length, dh], asking for the values [length, dh] as it goes; returns the largest. V: dh as V whole vectors,
+// known when compiled (a key's products added as `dot` adds them: the same numbers); 0: any dh.
 template <int V, typename T>
 float key_scores(const float *q, const T *keys, const float *key_scales, const T *values, int64_t length, int64_t dh,
                  float scale, const float *mask, float *scores) {
@@ -457,7 +458,8 @@ struct Step {
 // none).
 template <typename T>
 void cache_and_attend(const Layer &L, int64_t max_len, int64_t slot, int64_t position, int64_t dh, const float *q,
-                      const float *k, const float *v, int64_t next_slot, int64_t next_length, float *scores, float *out) {
+                      const float *k, const float *v, int64_t next_slot, int64_t next_length, float *scores,
+                      float *out) {
     T *keys = static_cast<T *>(L.cache_k) + slot * max_len * dh, *values = static_cast<T *>(L.cache_v) + slot * max_len * dh;
     float *k_scales = L.cache_k_scale ? L.cache_k_scale + slot * max_len : nullptr;
     float *v_scales = L.cache_v_scale ? L.cache_v_scale + slot * max_len : nullptr;
