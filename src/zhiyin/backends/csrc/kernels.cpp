@@ -679,12 +679,12 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
             product(L.qkv, qkv.data(), 3 * D, false, nothing);
             wait();
             {  // this thread's run of the (row, head) queries, each asking for the next one's keys as it ends
+                const auto slot = [&](int64_t task) { return (s->first_row + task / H) * H + task % H; };
                 const int64_t first = M * H * thread / threads, end = M * H * (thread + 1) / threads;
                 for (int64_t task = first; task < end; task++) {
                     const int64_t m = task / H, head = task % H, next = task + 1;
                     const float *qh = qkv.data() + m * 3 * D + head * dh, *kh = qh + D, *vh = qh + 2 * D;
-                    self_attend(L, s->max_len, (s->first_row + m) * H + head, positions[m], dh, qh, kh, vh,
-                                next < end ? (s->first_row + next / H) * H + next % H : -1,
+                    self_attend(L, s->max_len, slot(task), positions[m], dh, qh, kh, vh, next < end ? slot(next) : -1,
                                 next < end ? positions[next / H] + 1 : 0, my_scores,
                                 attention.data() + m * D + head * dh);
                 }
@@ -699,17 +699,16 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
                 wait();
                 // heads dealt in turn: a row without text (guidance's null one, length 0) leaves every thread an
                 // equal share of the rows with text
-                const auto text_keys = [&](int64_t task) {  // a (row, head) query's text keys (none past the last)
-                    if (task >= M * H) return NextKeys<float>{};
-                    const int64_t row = s->first_row + task / H;
-                    return NextKeys<float>{L.text_k + (row * H + task % H) * s->text_len * dh, s->text_lengths[row]};
+                const auto text_at = [&](int64_t task) {  // where a (row, head) query's text keys/values start
+                    return ((s->first_row + task / H) * H + task % H) * s->text_len * dh;
                 };
                 for (int64_t task = thread; task < M * H; task += threads) {
-                    const int64_t m = task / H, head = task % H, row = s->first_row + m;
-                    const int64_t base = (row * H + head) * s->text_len * dh;
-                    attend(q.data() + m * D + head * dh, L.text_k + base, nullptr, L.text_v + base, nullptr,
-                           s->text_lengths[row], dh, s->text_mask + row * s->text_len, text_keys(task + threads),
-                           my_scores, attention.data() + m * D + head * dh);
+                    const int64_t m = task / H, head = task % H, row = s->first_row + m, next = task + threads;
+                    NextKeys<float> next_keys;  // (none after the last query)
+                    if (next < M * H) next_keys = {L.text_k + text_at(next), s->text_lengths[s->first_row + next / H]};
+                    attend(q.data() + m * D + head * dh, L.text_k + text_at(task), nullptr, L.text_v + text_at(task),
+                           nullptr, s->text_lengths[row], dh, s->text_mask + row * s->text_len, next_keys, my_scores,
+                           attention.data() + m * D + head * dh);
                 }
                 wait();
                 prepare(attention.data(), D, L.cross_out, nullptr, nullptr, attention.data());
