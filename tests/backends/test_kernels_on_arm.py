@@ -23,11 +23,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def arm_linear(tmp_path_factory):
-    """tests/backends/arm_linear.cpp built for ARMv8-A (statically: qemu needs no ARM libraries then)."""
+@pytest.fixture(scope="module", params=["armv8-a", "armv8.2-a+dotprod"])
+def arm_linear(request, tmp_path_factory):
+    """tests/backends/arm_linear.cpp built for ARMv8-A, and for ARMv8.2-A with the dot product instructions (int4's
+    sdot blocks), statically: qemu needs no ARM libraries then."""
     program = tmp_path_factory.mktemp("arm") / "linear"
-    command = [COMPILER, *kernels.FLAGS, "-fopenmp", "-march=armv8-a", "-static", f"-I{kernels.SOURCES}"]
+    command = [COMPILER, *kernels.FLAGS, "-fopenmp", f"-march={request.param}", "-static", f"-I{kernels.SOURCES}"]
     command = [flag for flag in command if flag not in ("-shared", "-fPIC")]
     subprocess.run(
         [*command, str(Path(__file__).with_name("arm_linear.cpp")), "-o", str(program)], check=True, capture_output=True
