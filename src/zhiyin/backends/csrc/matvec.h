@@ -475,95 +475,84 @@ inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, con
     for (int h = 0; h < 2; h++)
         for (int m = 0; m < M; m++) _mm256_storeu_si256((__m256i *)(sums + m * INT4_ROWS + 8 * h), acc[h][m]);
 }
-#elif defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
-// sdot by element (ARMv8.2's dot product: Apple M1 and later, Neoverse, Cortex-A76 and later): a run's quarter (4
-// rows, 4 bytes each) against 4 activation bytes taken from a lane of the group's activations, 4 products into each
-// row's int32 lane, as vpdpbusd reads the layout (value + 8 is 0..15: the same as a signed byte). A group's sums
-// start at minus its offset and go to the row's sum times the group scale. Two activation rows a pass: their group
-// sums and row sums (8 vectors each) and their 32 bytes beside a quarter's nibbles in NEON's 32 registers (GCC 12
-// keeps 4 of the row sums on the stack, a load and a store each a group: the same number of sdot a group as
-// vpdpbusd's lanes need, 64 for 2 rows, where smlal needs 128 and the pairwise sums).
+#elif defined(__aarch64__)
+// NEON: each quarter of a 64-byte run (4 rows, 4 bytes each) against the group's activation bytes, two activation
+// rows a pass. A group's sums start at minus its offset and go to the row sums times the group scale.
 #define ZHIYIN_INT4_BLOCKS 1
 constexpr int INT4_PASS_ROWS = 2;
+#if defined(__ARM_FEATURE_DOTPROD)
+// ARMv8.2's dot product (Apple M1 and later, Neoverse, Cortex-A76 and later): sdot by element, a quarter against 4
+// activation bytes taken from a lane of the group's 32, 4 products into each row's int32 lane, as vpdpbusd reads the
+// layout (value + 8 is 0..15: the same as a signed byte). 64 sdot a group for 2 rows, run by run.
 template <int LANE>  // low nibbles by the activations' lane LANE, high ones by lane LANE + 1
 inline int32x4_t dot_lanes(int32x4_t sum, int8x16_t low, int8x16_t high, int8x16_t x) {
     return vdotq_laneq_s32(vdotq_laneq_s32(sum, low, x, LANE), high, x, LANE + 1);
 }
+// group[q][m] += quarter q of the group at p against the M activation rows' bytes of the group (x, kp apart)
 template <int M>
-inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
-                       const int8_t *scales, int32_t *sums) {
-    const int64_t G = kp / INT4_GROUP;
+inline void add_group(const uint8_t *p, const int8_t *x, int64_t kp, int32x4_t (&group)[4][M]) {
     const uint8x16_t nibble = vdupq_n_u8(15);
-    int32x4_t acc[4][M];
-    for (int q = 0; q < 4; q++)
-        for (int m = 0; m < M; m++) acc[q][m] = vdupq_n_s32(0);
-    for (int64_t g = 0; g < G; g++) {
-        const uint8_t *p = bytes + g * 256;
-        int8x16_t x[M][2];  // the group's 32 activation bytes: columns 4i..4i+3 in lane i % 4 of x[m][i / 4]
-        int32x4_t group[4][M];
-        for (int m = 0; m < M; m++) {
-            x[m][0] = vld1q_s8(xb + m * kp + g * INT4_GROUP), x[m][1] = vld1q_s8(xb + m * kp + g * INT4_GROUP + 16);
-            const int32x4_t start = vdupq_n_s32(-whole_offset(offsets[m * G + g]));
-            for (int q = 0; q < 4; q++) group[q][m] = start;
+    int8x16_t bytes[M][2];  // columns 4i..4i+3 in lane i % 4 of bytes[m][i / 4]
+    for (int m = 0; m < M; m++) bytes[m][0] = vld1q_s8(x + m * kp), bytes[m][1] = vld1q_s8(x + m * kp + 16);
+    for (int t = 0; t < 4; t++) {  // run t: columns 8t..8t+3 (low nibbles) and 8t+4..8t+7 (high)
+        for (int q = 0; q < 4; q++) {
+            const uint8x16_t v = vld1q_u8(p + 64 * t + 16 * q);
+            const int8x16_t low = vreinterpretq_s8_u8(vandq_u8(v, nibble));
+            const int8x16_t high = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+            for (int m = 0; m < M; m++)
+                group[q][m] = t % 2 ? dot_lanes<2>(group[q][m], low, high, bytes[m][t / 2])
+                                    : dot_lanes<0>(group[q][m], low, high, bytes[m][t / 2]);
         }
-        for (int t = 0; t < 4; t++) {  // run t: columns 8t..8t+3 (low nibbles) and 8t+4..8t+7 (high)
-            prefetch(p + 64 * t);
-            for (int q = 0; q < 4; q++) {
-                const uint8x16_t v = vld1q_u8(p + 64 * t + 16 * q);
-                const int8x16_t low = vreinterpretq_s8_u8(vandq_u8(v, nibble));
-                const int8x16_t high = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-                for (int m = 0; m < M; m++)
-                    group[q][m] = t % 2 ? dot_lanes<2>(group[q][m], low, high, x[m][t / 2])
-                                        : dot_lanes<0>(group[q][m], low, high, x[m][t / 2]);
-            }
-        }
-        const int8x16_t sixteen = vld1q_s8(scales + g * 16);
-        const int16x8_t low_scales = vmovl_s8(vget_low_s8(sixteen)), high_scales = vmovl_high_s8(sixteen);
-        const int32x4_t scale[4] = {vmovl_s16(vget_low_s16(low_scales)), vmovl_high_s16(low_scales),
-                                    vmovl_s16(vget_low_s16(high_scales)), vmovl_high_s16(high_scales)};
-        for (int q = 0; q < 4; q++)
-            for (int m = 0; m < M; m++) acc[q][m] = vmlaq_s32(acc[q][m], group[q][m], scale[q]);
     }
-    for (int q = 0; q < 4; q++)
-        for (int m = 0; m < M; m++) vst1q_s32(sums + m * INT4_ROWS + 4 * q, acc[q][m]);
 }
-#elif defined(__aarch64__)
-// Without the dot product (ARMv8.0: Cortex-A53, A72), smlal on bytes: (value + 8) * xb into int16 (eight products
-// a lane, 15240 at most), then pairwise into int32; each 64-byte run as four quarters of 4 rows
-#define ZHIYIN_INT4_BLOCKS 1
-constexpr int INT4_PASS_ROWS = 4;
+#else
+// Without it (ARMv8.0: Cortex-A53, A72), smlal on bytes: (value + 8) * xb into int16 (eight products a lane, 15240
+// at most), then pairwise into int32, quarter by quarter
+template <int M>
+inline void add_group(const uint8_t *p, const int8_t *x, int64_t kp, int32x4_t (&group)[4][M]) {
+    const uint8x16_t nibble = vdupq_n_u8(15);
+    for (int q = 0; q < 4; q++) {
+        int8x16_t low[4], high[4];
+        for (int t = 0; t < 4; t++) {
+            const uint8x16_t v = vld1q_u8(p + 64 * t + 16 * q);
+            low[t] = vreinterpretq_s8_u8(vandq_u8(v, nibble)), high[t] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        }
+        for (int m = 0; m < M; m++) {
+            int16x8_t first = vdupq_n_s16(0), second = vdupq_n_s16(0);  // rows 0-1 and 2-3 of the quarter
+            for (int t = 0; t < 4; t++) {
+                const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(four_bytes(x + m * kp + 8 * t)));
+                const int8x16_t b = vreinterpretq_s8_s32(vdupq_n_s32(four_bytes(x + m * kp + 8 * t + 4)));
+                first = vmlal_s8(vmlal_s8(first, vget_low_s8(low[t]), vget_low_s8(a)), vget_low_s8(high[t]),
+                                 vget_low_s8(b));
+                second = vmlal_high_s8(vmlal_high_s8(second, low[t], a), high[t], b);
+            }
+            group[q][m] = vaddq_s32(group[q][m], vpaddq_s32(vpaddlq_s16(first), vpaddlq_s16(second)));
+        }
+    }
+}
+#endif
 template <int M>
 inline void int4_block(const int8_t *xb, const int32_t *offsets, int64_t kp, const uint8_t *bytes,
                        const int8_t *scales, int32_t *sums) {
     const int64_t G = kp / INT4_GROUP;
-    const uint8x16_t nibble = vdupq_n_u8(15);
     int32x4_t acc[4][M];
     for (int q = 0; q < 4; q++)
         for (int m = 0; m < M; m++) acc[q][m] = vdupq_n_s32(0);
     for (int64_t g = 0; g < G; g++) {
         const uint8_t *p = bytes + g * 256;
         for (int t = 0; t < 4; t++) prefetch(p + 64 * t);
-        for (int q = 0; q < 4; q++) {
-            int8x16_t low[4], high[4];
-            for (int t = 0; t < 4; t++) {
-                const uint8x16_t v = vld1q_u8(p + 64 * t + 16 * q);
-                low[t] = vreinterpretq_s8_u8(vandq_u8(v, nibble)), high[t] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-            }
-            const int32x4_t scale = vmovl_s16(vget_low_s16(vmovl_s8(vld1_s8(scales + g * 16 + 4 * q))));
-            for (int m = 0; m < M; m++) {
-                const int8_t *x = xb + m * kp + g * INT4_GROUP;
-                int16x8_t first = vdupq_n_s16(0), second = vdupq_n_s16(0);  // rows 0-1 and 2-3 of the quarter
-                for (int t = 0; t < 4; t++) {
-                    const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(four_bytes(x + 8 * t)));
-                    const int8x16_t b = vreinterpretq_s8_s32(vdupq_n_s32(four_bytes(x + 8 * t + 4)));
-                    first = vmlal_s8(vmlal_s8(first, vget_low_s8(low[t]), vget_low_s8(a)), vget_low_s8(high[t]), vget_low_s8(b));
-                    second = vmlal_high_s8(vmlal_high_s8(second, low[t], a), high[t], b);
-                }
-                const int32x4_t group = vsubq_s32(vpaddq_s32(vpaddlq_s16(first), vpaddlq_s16(second)),
-                                                  vdupq_n_s32(whole_offset(offsets[m * G + g])));
-                acc[q][m] = vmlaq_s32(acc[q][m], group, scale);
-            }
+        int32x4_t group[4][M];
+        for (int m = 0; m < M; m++) {
+            const int32x4_t start = vdupq_n_s32(-whole_offset(offsets[m * G + g]));
+            for (int q = 0; q < 4; q++) group[q][m] = start;
         }
+        add_group<M>(p, xb + g * INT4_GROUP, kp, group);
+        const int8x16_t sixteen = vld1q_s8(scales + g * 16);
+        const int16x8_t low_scales = vmovl_s8(vget_low_s8(sixteen)), high_scales = vmovl_high_s8(sixteen);
+        const int32x4_t scale[4] = {vmovl_s16(vget_low_s16(low_scales)), vmovl_high_s16(low_scales),
+                                    vmovl_s16(vget_low_s16(high_scales)), vmovl_high_s16(high_scales)};
+        for (int q = 0; q < 4; q++)
+            for (int m = 0; m < M; m++) acc[q][m] = vmlaq_s32(acc[q][m], group[q][m], scale[q]);
     }
     for (int q = 0; q < 4; q++)
         for (int m = 0; m < M; m++) vst1q_s32(sums + m * INT4_ROWS + 4 * q, acc[q][m]);
