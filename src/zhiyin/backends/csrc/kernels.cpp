@@ -672,6 +672,8 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
             for (int64_t j = 0; j < D; j++) row[j] = row[j] * s->embed_scale + p[j];
         }
         wait();
+        // a (row, head) query's slot: its row's place among all the cache's rows, times the heads, plus its head
+        const auto slot = [&](int64_t task) { return (s->first_row + task / H) * H + task % H; };
         for (int64_t i = 0; i < s->layers; i++) {
             const Layer &L = s->layer[i];
             // self-attention: this position's keys/values into the cache, then one query per row and head
@@ -679,7 +681,6 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
             product(L.qkv, qkv.data(), 3 * D, false, nothing);
             wait();
             {  // this thread's run of the (row, head) queries, each asking for the next one's keys as it ends
-                const auto slot = [&](int64_t task) { return (s->first_row + task / H) * H + task % H; };
                 const int64_t first = M * H * thread / threads, end = M * H * (thread + 1) / threads;
                 for (int64_t task = first; task < end; task++) {
                     const int64_t m = task / H, head = task % H, next = task + 1;
@@ -699,9 +700,8 @@ int zhiyin_decoder_step(const Step *s, const int64_t *tokens, const int64_t *pos
                 wait();
                 // heads dealt in turn: a row without text (guidance's null one, length 0) leaves every thread an
                 // equal share of the rows with text
-                const auto text_at = [&](int64_t task) {  // where a (row, head) query's text keys/values start
-                    return ((s->first_row + task / H) * H + task % H) * s->text_len * dh;
-                };
+                // where a (row, head) query's text keys/values start
+                const auto text_at = [&](int64_t task) { return slot(task) * s->text_len * dh; };
                 for (int64_t task = thread; task < M * H; task += threads) {
                     const int64_t m = task / H, head = task % H, row = s->first_row + m, next = task + threads;
                     NextKeys<float> next_keys;  // (none after the last query)
